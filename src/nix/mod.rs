@@ -1,0 +1,3 @@
+//! The formats of a Nix binary cache, as Nix 2.x reads them: nixbase32, hashes, store paths,
+//! NAR serialisation, narinfo text and ed25519 signing keys. No I/O beyond reading the path
+//! being serialised, and no async.

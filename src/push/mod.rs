@@ -1,0 +1,1 @@
+//! The push pipeline: closure → missing paths → NAR stream → hash, compress, upload → narinfo.
