@@ -28,7 +28,10 @@ pub enum HashError {
     )]
     BadLength { text: String, len: usize },
     #[error("sha256 hash {text:?} is not valid {encoding}")]
-    BadEncoding { text: String, encoding: &'static str },
+    BadEncoding {
+        text: String,
+        encoding: &'static str,
+    },
 }
 
 impl Sha256 {
@@ -225,9 +228,15 @@ mod tests {
     }
 
     #[rstest]
-    #[case::no_type("00xyyr3fi8l6hb839bv3f7yb86yjv7xi1cgh1xnhipym4asvb4aq", "does not name its type")]
+    #[case::no_type(
+        "00xyyr3fi8l6hb839bv3f7yb86yjv7xi1cgh1xnhipym4asvb4aq",
+        "does not name its type"
+    )]
     #[case::sha1("sha1:0d4x3n2rn0qb9m1qcb5ch5jmmn0q9dk5", "only sha256")]
-    #[case::short("sha256:00xyyr3fi8l6hb839bv3f7yb86yjv7xi1cgh1xnhipym4asvb4a", "has 51 characters")]
+    #[case::short(
+        "sha256:00xyyr3fi8l6hb839bv3f7yb86yjv7xi1cgh1xnhipym4asvb4a",
+        "has 51 characters"
+    )]
     #[case::bad_nix32_char(
         "sha256:00xyyr3fi8l6hb839bv3f7yb86yjv7xi1cgh1xnhipym4asvb4ae",
         "not valid nixbase32"
@@ -240,7 +249,10 @@ mod tests {
         "sha256-00xyyr3fi8l6hb839bv3f7yb86yjv7xi1cgh1xnhipym4asvb4aq",
         "has 52 characters"
     )]
-    #[case::bad_base64("sha256-WJG1tSLV3whtD/CxEPvZ0hu0/HFjrzTQgoai6Eb2v!M=", "not valid base64")]
+    #[case::bad_base64(
+        "sha256-WJG1tSLV3whtD/CxEPvZ0hu0/HFjrzTQgoai6Eb2v!M=",
+        "not valid base64"
+    )]
     fn rejects(#[case] text: &str, #[case] message: &str) {
         let err = Sha256::parse(text).unwrap_err().to_string();
         assert!(err.contains(message), "{err:?} should contain {message:?}");

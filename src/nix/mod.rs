@@ -4,6 +4,7 @@
 
 pub mod base32;
 pub mod hash;
+pub mod nar;
 pub mod store_path;
 
 pub use hash::Sha256;

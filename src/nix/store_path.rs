@@ -50,7 +50,9 @@ impl StorePath {
         let (Some(hash), Some(rest)) = (s.get(..HASH_CHARS), s.get(HASH_CHARS..)) else {
             // Either shorter than the hash or a multi-byte char straddles its end: both invalid.
             return Err(match s.chars().find(|c| !c.is_ascii()) {
-                Some(char) if s.len() > HASH_CHARS => StorePathError::BadHashChar { path: path(), char },
+                Some(char) if s.len() > HASH_CHARS => {
+                    StorePathError::BadHashChar { path: path(), char }
+                }
                 _ => StorePathError::TooShort { path: path() },
             });
         };
@@ -211,7 +213,10 @@ mod tests {
         assert_eq!(path.to_absolute(), TOP);
         assert_eq!(path.to_string(), TOP);
         assert_eq!(format!("{path:?}"), TOP);
-        assert_eq!(path.narinfo_key(), "rsnpyhm63gcba6l9qgpn7v1x19raxwy0.narinfo");
+        assert_eq!(
+            path.narinfo_key(),
+            "rsnpyhm63gcba6l9qgpn7v1x19raxwy0.narinfo"
+        );
         // `nix hash to-base16 --type sha1 rsnpyhm63gcba6l9qgpn7v1x19raxwy0` on Nix 2.8.
         let hex: String = path.digest().iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex, "c0f3ae720a3dec63efc3891ab5d81ba6427fadce");
@@ -263,9 +268,18 @@ mod tests {
     #[case::exact(TOP, Ok(()))]
     #[case::subpath(&format!("{TOP}/bin/hello"), Err("below a store path"))]
     #[case::trailing_slash(&format!("{TOP}/"), Err("below a store path"))]
-    #[case::other_dir("/gnu/store/rsnpyhm63gcba6l9qgpn7v1x19raxwy0-fmt-top", Err("not in the Nix store"))]
-    #[case::store_dir_prefix_only("/nix/storex/rsnpyhm63gcba6l9qgpn7v1x19raxwy0-fmt-top", Err("not in the Nix store"))]
-    #[case::relative("rsnpyhm63gcba6l9qgpn7v1x19raxwy0-fmt-top", Err("not in the Nix store"))]
+    #[case::other_dir(
+        "/gnu/store/rsnpyhm63gcba6l9qgpn7v1x19raxwy0-fmt-top",
+        Err("not in the Nix store")
+    )]
+    #[case::store_dir_prefix_only(
+        "/nix/storex/rsnpyhm63gcba6l9qgpn7v1x19raxwy0-fmt-top",
+        Err("not in the Nix store")
+    )]
+    #[case::relative(
+        "rsnpyhm63gcba6l9qgpn7v1x19raxwy0-fmt-top",
+        Err("not in the Nix store")
+    )]
     #[case::store_dir_itself("/nix/store", Err("not in the Nix store"))]
     fn from_absolute(#[case] text: &str, #[case] expected: Result<(), &str>) {
         match (StorePath::from_absolute(text), expected) {
@@ -284,7 +298,10 @@ mod tests {
     #[case::deep(&format!("{TOP}/a/b/c"))]
     #[case::trailing_slash(&format!("{TOP}/"))]
     fn from_absolute_prefix_finds_the_top_path(#[case] text: &str) {
-        assert_eq!(StorePath::from_absolute_prefix(text).unwrap().to_absolute(), TOP);
+        assert_eq!(
+            StorePath::from_absolute_prefix(text).unwrap().to_absolute(),
+            TOP
+        );
     }
 
     #[rstest]
