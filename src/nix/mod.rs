@@ -5,9 +5,11 @@
 pub mod base32;
 pub mod hash;
 pub mod nar;
+pub mod narinfo;
 pub mod signing;
 pub mod store_path;
 
 pub use hash::Sha256;
+pub use narinfo::{Compression, NarInfo, fingerprint};
 pub use signing::{PublicKey, SecretKey, Signature};
 pub use store_path::{STORE_DIR, StorePath};

@@ -308,7 +308,7 @@ impl std::str::FromStr for Signature {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use rstest::rstest;
 
