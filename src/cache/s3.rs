@@ -44,6 +44,7 @@ const CREDENTIAL_CODES: &[&str] = &[
     "ExpiredToken",
     "TokenRefreshRequired",
     "InvalidSecurity",
+    "NotSignedUp",
 ];
 
 /// What every request needs to know to do its work and to explain its failures.
@@ -138,6 +139,18 @@ fn service_details<E: ProvideErrorMetadata>(
     Some((status, code, message))
 }
 
+/// What a bare error code means, for stores that send no message with it.
+fn code_hint(code: &str) -> &'static str {
+    match code {
+        "SignatureDoesNotMatch" => "the secret access key does not belong to this access key id",
+        "InvalidAccessKeyId" => "this access key id is unknown to the store",
+        "AccessDenied" => "the credentials lack permission for this bucket or operation",
+        "ExpiredToken" | "TokenRefreshRequired" => "the session token has expired",
+        "InvalidToken" => "the session token is malformed or invalid",
+        _ => "(no message from the store)",
+    }
+}
+
 impl Ctx {
     fn error<E>(
         &self,
@@ -161,6 +174,11 @@ impl Ctx {
             };
         }
         if let Some((_, code, message)) = service_details(&err) {
+            let message = if message.is_empty() {
+                code_hint(&code).to_owned()
+            } else {
+                message
+            };
             if code == "NoSuchBucket" {
                 return CacheError::BucketNotFound {
                     bucket: self.bucket.clone(),
