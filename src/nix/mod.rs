@@ -3,6 +3,7 @@
 //! being serialised, and no async.
 
 pub mod base32;
+pub mod conf;
 pub mod hash;
 pub mod nar;
 pub mod narinfo;

@@ -212,7 +212,7 @@ pub async fn execute(cache: &Cache, plan: Plan, opts: &PushOptions) -> Result<Pu
         let (cache, opts, jobs, counters) = (cache.clone(), opts.clone(), jobs.clone(), counters.clone());
         tasks.spawn(async move {
             let path = info.path.clone();
-            let result = push_one(&cache, info, waits, &opts, &jobs, &counters.nar_bytes).await;
+            let result = push_one(&cache, info, waits, &opts, &jobs, &counters).await;
             landed.send_replace(if result.is_ok() { Landed::Yes } else { Landed::No });
             counters.paths_done.fetch_add(1, Ordering::Relaxed);
             (path, result)
@@ -247,7 +247,7 @@ async fn push_one(
     waits: Vec<(StorePath, watch::Receiver<Landed>)>,
     opts: &PushOptions,
     jobs: &Semaphore,
-    nar_bytes: &Arc<AtomicU64>,
+    counters: &Arc<progress::Counters>,
 ) -> Result<Pushed, PushError> {
     let started = Instant::now();
     let key = nar_key(&info.nar_hash, &opts.compression);
@@ -260,14 +260,14 @@ async fn push_one(
         match cache.head(&key).await? {
             // Content-keyed: an object under this name holds this NAR, whole.
             Some(existing) => {
-                nar_bytes.fetch_add(info.nar_size, Ordering::Relaxed);
+                counters.nar_bytes.fetch_add(info.nar_size, Ordering::Relaxed);
                 (None, existing.size, true)
             }
             None => {
                 let writer = cache.writer(&key, "application/x-nix-nar");
-                let (info2, opts2, counter) = (info.clone(), opts.clone(), nar_bytes.clone());
+                let (info2, opts2, counters) = (info.clone(), opts.clone(), counters.clone());
                 let (hash, size) =
-                    tokio::task::spawn_blocking(move || stream_nar(&info2, writer, &opts2, &counter))
+                    tokio::task::spawn_blocking(move || stream_nar(&info2, writer, &opts2, &counters.nar_bytes))
                         .await
                         .map_err(|e| PushError::Worker(e.to_string()))??;
                 (Some(hash), size, false)

@@ -108,12 +108,12 @@ pub(crate) fn parse_path_info_json(bytes: &[u8], skip_invalid: bool) -> Result<V
     for (key, value) in entries {
         let info = {
             // Newer Nix prints `null` for a path it does not have.
-            let raw: RawInfo = if value.is_null() {
+            let mut raw: RawInfo = if value.is_null() {
                 RawInfo::default()
             } else {
                 serde_json::from_value(value).map_err(|e| StoreError::BadJson(e.to_string()))?
             };
-            let path_text = raw.path.or(key).ok_or_else(|| StoreError::BadJson("an entry has no path".into()))?;
+            let path_text = raw.path.take().or(key).ok_or_else(|| StoreError::BadJson("an entry has no path".into()))?;
             if !raw.valid {
                 if skip_invalid {
                     continue;
