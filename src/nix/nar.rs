@@ -118,7 +118,7 @@ impl<W: Write> Sink<W> {
         tokens.iter().try_for_each(|t| self.token(t))
     }
 
-    fn expect(&self, due: Due, what: &'static str) -> Result<(), NarError> {
+    fn require(&self, due: Due, what: &'static str) -> Result<(), NarError> {
         if self.due == due {
             Ok(())
         } else {
@@ -175,7 +175,7 @@ impl<W: Write> NarWriter<W> {
                 "finish() called before root() was written",
             ));
         }
-        self.sink.expect(
+        self.sink.require(
             Due::Nothing,
             "finish() called while a node or file contents were due",
         )?;
@@ -374,7 +374,7 @@ impl<W: Write> Directory<'_, W> {
 
     fn end_entry(&mut self) -> Result<(), NarError> {
         self.sink
-            .expect(Due::Nothing, "a directory entry's node was not written")?;
+            .require(Due::Nothing, "a directory entry's node was not written")?;
         if self.sink.depth != self.depth {
             return Err(NarError::Misuse("a subdirectory was not closed"));
         }

@@ -289,7 +289,11 @@ impl Fields {
             "URL" => set(&mut self.url, value.to_owned(), line, "URL"),
             "Compression" => set(
                 &mut self.compression,
-                Compression::parse(value),
+                // Nix reads an empty value as its default, bzip2.
+                match value {
+                    "" => Compression::Bzip2,
+                    name => Compression::parse(name),
+                },
                 line,
                 "Compression",
             ),
@@ -640,6 +644,7 @@ System: x86_64-linux
 NarHash: sha256-WJG1tSLV3whtD/CxEPvZ0hu0/HFjrzTQgoai6Eb2vgM=
 NarSize: 120
 Deriver: unknown-deriver
+Compression: 
 SomethingNew: ignored
 ";
         let info = NarInfo::parse(text).unwrap();
