@@ -361,6 +361,14 @@ mod tests {
     use super::*;
     use rstest::rstest;
 
+    #[test]
+    fn open_options_debug_hides_the_secret() {
+        let opts = OpenOptions::default().static_credentials("AKIDEXAMPLE", "s3cr3t-value");
+        let shown = format!("{opts:?}");
+        assert!(shown.contains("AKIDEXAMPLE"), "{shown}");
+        assert!(!shown.contains("s3cr3t-value"), "{shown}");
+    }
+
     #[rstest]
     #[case::narinfo("abc.narinfo")]
     #[case::nar("nar/abc.nar.zst")]
