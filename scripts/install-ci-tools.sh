@@ -41,6 +41,14 @@ runs() {
     command -v "$1" >/dev/null 2>&1 && "$1" --version >/dev/null 2>&1
 }
 
+# gitlab-ci-local copies the project into its build directory with rsync.
+if ! command -v rsync >/dev/null 2>&1; then
+    quietly apt-get install -y --no-install-recommends rsync
+fi
+
+# Debian's own Python refuses system-wide installs (PEP 668); these are
+# stand-alone command-line tools on a CI machine, so that is what is wanted.
+export PIP_BREAK_SYSTEM_PACKAGES=1
 pip_specs=()
 runs zizmor || pip_specs+=("zizmor==$ZIZMOR_VERSION")
 runs check-jsonschema || pip_specs+=("check-jsonschema==$CHECK_JSONSCHEMA_VERSION")
@@ -65,7 +73,7 @@ fi
 
 # A tool that installed but does not start is as good as missing: say so now
 # rather than let a test fail later with a confusing "not found".
-for tool in node zizmor check-jsonschema gitlab-ci-local; do
+for tool in node rsync zizmor check-jsonschema gitlab-ci-local; do
     if ! runs "$tool"; then
         echo "install-ci-tools: $tool does not run after installing" >&2
         exit 1
