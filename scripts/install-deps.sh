@@ -58,3 +58,6 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
     run "install cargo-nextest" cargo install cargo-nextest --locked
 fi
+
+# The CI linters and runners the integration tests shell out to.
+"$(dirname "$0")/install-ci-tools.sh"

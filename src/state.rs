@@ -27,11 +27,17 @@ pub enum StateError {
     )]
     Missing { path: PathBuf },
     #[error("could not read the state file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the state file {path} is damaged or from another nixbucket version: {reason}")]
     Invalid { path: PathBuf, reason: String },
     #[error("could not write the state file {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl State {
@@ -39,26 +45,46 @@ impl State {
         let created = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        State { version: VERSION, cache, created, store_paths, public_keys }
+        State {
+            version: VERSION,
+            cache,
+            created,
+            store_paths,
+            public_keys,
+        }
     }
 
     pub fn load(path: &Path) -> Result<State, StateError> {
         let bytes = std::fs::read(path).map_err(|source| match source.kind() {
             std::io::ErrorKind::NotFound => StateError::Missing { path: path.into() },
-            _ => StateError::Read { path: path.into(), source },
+            _ => StateError::Read {
+                path: path.into(),
+                source,
+            },
         })?;
-        let state: State = serde_json::from_slice(&bytes)
-            .map_err(|e| StateError::Invalid { path: path.into(), reason: e.to_string() })?;
+        let state: State = serde_json::from_slice(&bytes).map_err(|e| StateError::Invalid {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
         if state.version != VERSION {
-            return Err(StateError::Invalid { path: path.into(), reason: format!("version {}", state.version) });
+            return Err(StateError::Invalid {
+                path: path.into(),
+                reason: format!("version {}", state.version),
+            });
         }
         Ok(state)
     }
 
     /// Written under a temporary name and renamed, so a reader never sees half a file.
     pub fn save(&self, path: &Path) -> Result<(), StateError> {
-        let err = |source| StateError::Write { path: path.into(), source };
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let err = |source| StateError::Write {
+            path: path.into(),
+            source,
+        };
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(err)?;
         let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
         serde_json::to_writer(&mut tmp, self).map_err(|e| err(e.into()))?;
@@ -90,8 +116,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/state.json");
         let err = State::load(&path).unwrap_err();
-        assert!(err.to_string().contains("run `nixbucket setup` before the build"), "{err}");
-        let state = State::new("file:///c".into(), vec!["a".into()], vec!["k-1:AAAA".into()]);
+        assert!(
+            err.to_string()
+                .contains("run `nixbucket setup` before the build"),
+            "{err}"
+        );
+        let state = State::new(
+            "file:///c".into(),
+            vec!["a".into()],
+            vec!["k-1:AAAA".into()],
+        );
         state.save(&path).unwrap();
         assert_eq!(State::load(&path).unwrap(), state);
     }

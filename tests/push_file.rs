@@ -23,7 +23,10 @@ fn pushed_closure_is_accepted_by_nix_and_refused_under_another_key() {
     let cache = tmp.path().join("cache");
     let url = format!("file://{}", cache.display());
 
-    let out = run(nixbucket().args(["push", "--cache", &url, "--signing-key-file"]).arg(&secret).arg(&app));
+    let out = run(nixbucket()
+        .args(["push", "--cache", &url, "--signing-key-file"])
+        .arg(&secret)
+        .arg(&app));
     assert_ok(&out);
     assert!(stderr(&out).contains("pushed 3 paths"), "{}", stderr(&out));
     for path in [&app, &lib, &data] {
@@ -31,19 +34,36 @@ fn pushed_closure_is_accepted_by_nix_and_refused_under_another_key() {
     }
     let files = list_files(&cache);
     assert!(files.contains(&"nix-cache-info".to_owned()), "{files:?}");
-    assert_eq!(files.iter().filter(|f| f.starts_with("nar/") && f.ends_with(".nar.zst")).count(), 3, "{files:?}");
-    assert!(!files.iter().any(|f| f.contains(".tmp")), "temporary files left behind: {files:?}");
+    assert_eq!(
+        files
+            .iter()
+            .filter(|f| f.starts_with("nar/") && f.ends_with(".nar.zst"))
+            .count(),
+        3,
+        "{files:?}"
+    );
+    assert!(
+        !files.iter().any(|f| f.contains(".tmp")),
+        "temporary files left behind: {files:?}"
+    );
 
     let fresh = tmp.path().join("fresh");
     let copied = copy_into_fresh_store(&url, &public, &fresh, &app);
     assert_ok(&copied);
-    assert!(fresh.join(&app[1..]).join("run").exists(), "the app's symlink did not arrive");
+    assert!(
+        fresh.join(&app[1..]).join("run").exists(),
+        "the app's symlink did not arrive"
+    );
     let big = std::fs::read(fresh.join(&lib[1..]).join("lib/big")).unwrap();
     assert_eq!(big.len(), 300_000);
 
     let (_, other_public) = keygen(tmp.path(), "other-cache-1");
     let refused = copy_into_fresh_store(&url, &other_public, &tmp.path().join("fresh2"), &app);
-    assert!(stderr(&refused).contains("lacks a valid signature"), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("lacks a valid signature"),
+        "{}",
+        stderr(&refused)
+    );
 }
 
 #[test]
@@ -52,12 +72,25 @@ fn a_second_push_uploads_nothing() {
     let [app, ..] = build_closure(tmp.path(), &nonce());
     let (secret, _) = keygen(tmp.path(), "test-cache-1");
     let url = format!("file://{}", tmp.path().join("cache").display());
-    let push = || run(nixbucket().args(["push", "--cache", &url, "--signing-key-file"]).arg(&secret).arg(&app));
+    let push = || {
+        run(nixbucket()
+            .args(["push", "--cache", &url, "--signing-key-file"])
+            .arg(&secret)
+            .arg(&app))
+    };
     assert_ok(&push());
     let again = push();
     assert_ok(&again);
-    assert!(stderr(&again).contains("pushed 0 paths"), "{}", stderr(&again));
-    assert!(stderr(&again).contains("3 already in the cache"), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("pushed 0 paths"),
+        "{}",
+        stderr(&again)
+    );
+    assert!(
+        stderr(&again).contains("3 already in the cache"),
+        "{}",
+        stderr(&again)
+    );
 }
 
 #[test]
@@ -70,13 +103,25 @@ fn narinfo_is_byte_identical_to_what_nix_copy_writes() {
     let ours = tmp.path().join("ours");
     let theirs = tmp.path().join("theirs");
     let out = run(nixbucket()
-        .args(["push", "--compression", "none", "--cache", &format!("file://{}", ours.display())])
+        .args([
+            "push",
+            "--compression",
+            "none",
+            "--cache",
+            &format!("file://{}", ours.display()),
+        ])
         .arg("--signing-key-file")
         .arg(&secret)
         .arg(&app));
     assert_ok(&out);
-    let nix_url = format!("file://{}?compression=none&secret-key={}", theirs.display(), secret.display());
-    assert_ok(&run(nix_command("nix").args(["copy", "--to", &nix_url, &app])));
+    let nix_url = format!(
+        "file://{}?compression=none&secret-key={}",
+        theirs.display(),
+        secret.display()
+    );
+    assert_ok(&run(
+        nix_command("nix").args(["copy", "--to", &nix_url, &app])
+    ));
     for path in [&app, &lib] {
         let a = std::fs::read_to_string(narinfo_path(&ours, path)).unwrap();
         let b = std::fs::read_to_string(narinfo_path(&theirs, path)).unwrap();
@@ -92,11 +137,23 @@ fn xz_and_uncompressed_caches_are_accepted_by_nix() {
         let (secret, public) = keygen(tmp.path(), "test-cache-1");
         let url = format!("file://{}", tmp.path().join("cache").display());
         let out = run(nixbucket()
-            .args(["push", "--compression", compression, "--cache", &url, "--signing-key-file"])
+            .args([
+                "push",
+                "--compression",
+                compression,
+                "--cache",
+                &url,
+                "--signing-key-file",
+            ])
             .arg(&secret)
             .arg(&app));
         assert_ok(&out);
-        assert_ok(&copy_into_fresh_store(&url, &public, &tmp.path().join("fresh"), &app));
+        assert_ok(&copy_into_fresh_store(
+            &url,
+            &public,
+            &tmp.path().join("fresh"),
+            &app,
+        ));
     }
 }
 
@@ -109,10 +166,44 @@ fn the_key_can_come_from_the_environment_and_the_path_from_a_result_link() {
     let url = format!("file://{}", tmp.path().join("cache").display());
     let out = run(nixbucket()
         .current_dir(tmp.path())
-        .env("NIXBUCKET_SIGNING_KEY", std::fs::read_to_string(&secret).unwrap())
+        .env(
+            "NIXBUCKET_SIGNING_KEY",
+            std::fs::read_to_string(&secret).unwrap(),
+        )
         .args(["push", "--cache", &url, "./result"]));
     assert_ok(&out);
-    assert_ok(&copy_into_fresh_store(&url, &public, &tmp.path().join("fresh"), &app));
+    assert_ok(&copy_into_fresh_store(
+        &url,
+        &public,
+        &tmp.path().join("fresh"),
+        &app,
+    ));
+}
+
+#[test]
+fn a_key_file_others_can_read_is_warned_about_but_used() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let [app, ..] = build_closure(tmp.path(), &nonce());
+    let (secret, public) = keygen(tmp.path(), "test-cache-1");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let url = format!("file://{}", tmp.path().join("cache").display());
+    let out = run(nixbucket()
+        .args(["push", "--cache", &url, "--signing-key-file"])
+        .arg(&secret)
+        .arg(&app));
+    assert_ok(&out);
+    assert!(
+        stderr(&out).contains("can be read by other users (mode 644); `chmod 600` it"),
+        "{}",
+        stderr(&out)
+    );
+    assert_ok(&copy_into_fresh_store(
+        &url,
+        &public,
+        &tmp.path().join("fresh"),
+        &app,
+    ));
 }
 
 #[test]
@@ -120,9 +211,17 @@ fn refuses_to_push_without_a_key_and_writes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let [app, ..] = build_closure(tmp.path(), &nonce());
     let cache = tmp.path().join("cache");
-    let out = run(nixbucket().args(["push", "--cache", &format!("file://{}", cache.display()), &app]));
+    let out = run(nixbucket().args([
+        "push",
+        "--cache",
+        &format!("file://{}", cache.display()),
+        &app,
+    ]));
     let err = assert_fails(&out);
-    assert!(err.contains("no signing key") && err.contains("--signing-key-file"), "{err}");
+    assert!(
+        err.contains("no signing key") && err.contains("--signing-key-file"),
+        "{err}"
+    );
     assert!(list_files(&cache).iter().all(|f| !f.ends_with(".narinfo")));
 }
 
@@ -132,9 +231,19 @@ fn an_unsigned_push_is_refused_by_nix() {
     let [app, ..] = build_closure(tmp.path(), &nonce());
     let (_, public) = keygen(tmp.path(), "test-cache-1");
     let url = format!("file://{}", tmp.path().join("cache").display());
-    assert_ok(&run(nixbucket().args(["push", "--unsigned", "--cache", &url, &app])));
+    assert_ok(&run(nixbucket().args([
+        "push",
+        "--unsigned",
+        "--cache",
+        &url,
+        &app,
+    ])));
     let refused = copy_into_fresh_store(&url, &public, &tmp.path().join("fresh"), &app);
-    assert!(stderr(&refused).contains("lacks a valid signature"), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("lacks a valid signature"),
+        "{}",
+        stderr(&refused)
+    );
 }
 
 #[test]
@@ -142,13 +251,26 @@ fn dry_run_lists_what_would_go_and_writes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let [app, lib, data] = build_closure(tmp.path(), &nonce());
     let cache = tmp.path().join("cache");
-    let out = run(nixbucket().args(["push", "--dry-run", "--cache", &format!("file://{}", cache.display()), &app]));
+    let out = run(nixbucket().args([
+        "push",
+        "--dry-run",
+        "--cache",
+        &format!("file://{}", cache.display()),
+        &app,
+    ]));
     assert_ok(&out);
     let listed = common::stdout(&out);
     for path in [&app, &lib, &data] {
-        assert!(listed.contains(path.as_str()), "{path} missing from:\n{listed}");
+        assert!(
+            listed.contains(path.as_str()),
+            "{path} missing from:\n{listed}"
+        );
     }
-    assert!(list_files(&cache).iter().all(|f| !f.ends_with(".narinfo") && !f.starts_with("nar/")));
+    assert!(
+        list_files(&cache)
+            .iter()
+            .all(|f| !f.ends_with(".narinfo") && !f.starts_with("nar/"))
+    );
 }
 
 #[test]
@@ -165,16 +287,36 @@ fn bad_keys_get_one_clear_error_without_the_key_text() {
     for (case, text) in cases {
         let file = tmp.path().join(format!("{}.sk", nonce()));
         std::fs::write(&file, &text).unwrap();
-        let out = run(nixbucket().args(["push", "--cache", &url, "--signing-key-file"]).arg(&file).arg(&app));
+        let out = run(nixbucket()
+            .args(["push", "--cache", &url, "--signing-key-file"])
+            .arg(&file)
+            .arg(&app));
         let err = assert_fails(&out);
         assert!(err.contains("is not a Nix secret key"), "{case}: {err}");
-        assert_eq!(err.trim().lines().count(), 1, "{case}: one line expected: {err}");
+        assert_eq!(
+            err.trim().lines().count(),
+            1,
+            "{case}: one line expected: {err}"
+        );
         let secret_part = text.split(':').nth(1).unwrap_or(&text);
-        assert!(secret_part.len() < 8 || !err.contains(secret_part), "{case}: key text leaked: {err}");
+        assert!(
+            secret_part.len() < 8 || !err.contains(secret_part),
+            "{case}: key text leaked: {err}"
+        );
     }
-    let out = run(nixbucket().args(["push", "--cache", &url, "--signing-key-file", "/nonexistent/key", &app]));
+    let out = run(nixbucket().args([
+        "push",
+        "--cache",
+        &url,
+        "--signing-key-file",
+        "/nonexistent/key",
+        &app,
+    ]));
     let err = assert_fails(&out);
-    assert!(err.contains("could not read the signing key file /nonexistent/key"), "{err}");
+    assert!(
+        err.contains("could not read the signing key file /nonexistent/key"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -183,12 +325,24 @@ fn a_path_outside_the_store_is_named_in_the_error() {
     let (secret, _) = keygen(tmp.path(), "test-cache-1");
     let url = format!("file://{}", tmp.path().join("cache").display());
     let missing = "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-not-built";
-    let out = run(nixbucket().args(["push", "--cache", &url, "--signing-key-file"]).arg(&secret).arg(missing));
+    let out = run(nixbucket()
+        .args(["push", "--cache", &url, "--signing-key-file"])
+        .arg(&secret)
+        .arg(missing));
     let err = assert_fails(&out);
-    assert!(err.contains(missing) && err.contains("not a valid path"), "{err}");
-    let out = run(nixbucket().args(["push", "--cache", &url, "--signing-key-file"]).arg(&secret).arg("/etc/hostname"));
+    assert!(
+        err.contains(missing) && err.contains("not a valid path"),
+        "{err}"
+    );
+    let out = run(nixbucket()
+        .args(["push", "--cache", &url, "--signing-key-file"])
+        .arg(&secret)
+        .arg("/etc/hostname"));
     let err = assert_fails(&out);
-    assert!(err.contains("/etc/hostname is not in the Nix store"), "{err}");
+    assert!(
+        err.contains("/etc/hostname is not in the Nix store"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -203,13 +357,28 @@ fn a_corrupt_store_path_is_reported_and_nothing_of_it_lands() {
     run(std::process::Command::new("chmod").args(["u+w", &lib, &format!("{lib}/lib"), &victim]));
     std::fs::write(&victim, b"tampered").unwrap();
 
-    let out = run(nixbucket().args(["push", "--cache", &url, "--signing-key-file"]).arg(&secret).arg(&app));
+    let out = run(nixbucket()
+        .args(["push", "--cache", &url, "--signing-key-file"])
+        .arg(&secret)
+        .arg(&app));
     let err = assert_fails(&out);
     assert!(err.contains(&lib) && err.contains("corrupt"), "{err}");
-    assert!(!narinfo_path(&cache, &lib).exists(), "narinfo of the corrupt path was written");
-    assert!(!narinfo_path(&cache, &app).exists(), "narinfo of a path referencing it was written");
-    assert!(narinfo_path(&cache, &data).exists(), "the independent path should still land");
-    let nars = list_files(&cache).into_iter().filter(|f| f.starts_with("nar/")).count();
+    assert!(
+        !narinfo_path(&cache, &lib).exists(),
+        "narinfo of the corrupt path was written"
+    );
+    assert!(
+        !narinfo_path(&cache, &app).exists(),
+        "narinfo of a path referencing it was written"
+    );
+    assert!(
+        narinfo_path(&cache, &data).exists(),
+        "the independent path should still land"
+    );
+    let nars = list_files(&cache)
+        .into_iter()
+        .filter(|f| f.starts_with("nar/"))
+        .count();
     assert_eq!(nars, 2, "only the NARs of data and app may exist");
     let _ = run(nix_command("nix-store").args(["--repair-path", &lib]));
 }

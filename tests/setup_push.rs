@@ -61,7 +61,10 @@ fn pushed_store_paths(cache: &Path) -> Vec<String> {
         .filter(|f| f.ends_with(".narinfo"))
         .map(|f| {
             let text = std::fs::read_to_string(cache.join(f)).unwrap();
-            text.lines().find_map(|l| l.strip_prefix("StorePath: ")).unwrap().to_owned()
+            text.lines()
+                .find_map(|l| l.strip_prefix("StorePath: "))
+                .unwrap()
+                .to_owned()
         })
         .collect();
     paths.sort();
@@ -77,10 +80,20 @@ fn pushes_exactly_what_the_build_made_and_nothing_on_a_second_cycle() {
     let url = format!("file://{}", cache.display());
     let state = tmp.path().join("state.json");
     let setup = || {
-        run(conf.nixbucket().args(["setup", "--cache", &url, "--signing-key-file"]).arg(&secret).arg("--state-file").arg(&state))
+        run(conf
+            .nixbucket()
+            .args(["setup", "--cache", &url, "--signing-key-file"])
+            .arg(&secret)
+            .arg("--state-file")
+            .arg(&state))
     };
     let push = || {
-        run(conf.nixbucket().args(["push", "--cache", &url, "--signing-key-file"]).arg(&secret).arg("--state-file").arg(&state))
+        run(conf
+            .nixbucket()
+            .args(["push", "--cache", &url, "--signing-key-file"])
+            .arg(&secret)
+            .arg("--state-file")
+            .arg(&state))
     };
 
     assert_ok(&setup());
@@ -94,7 +107,11 @@ fn pushes_exactly_what_the_build_made_and_nothing_on_a_second_cycle() {
     assert_ok(&setup());
     let again = push();
     assert_ok(&again);
-    assert!(stderr(&again).contains("pushed 0 paths"), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("pushed 0 paths"),
+        "{}",
+        stderr(&again)
+    );
     assert_eq!(pushed_store_paths(&cache).len(), 3);
 }
 
@@ -107,21 +124,48 @@ fn editing_nix_conf_is_idempotent_and_keeps_the_rest() {
     let (_, public) = keygen(tmp.path(), "ours-1");
     let url = format!("file://{}", tmp.path().join("cache").display());
     let setup = || {
-        run(conf.nixbucket().args(["setup", "--cache", &url, "--public-key", &public, "--state-file"]).arg(tmp.path().join("s.json")))
+        run(conf
+            .nixbucket()
+            .args([
+                "setup",
+                "--cache",
+                &url,
+                "--public-key",
+                &public,
+                "--state-file",
+            ])
+            .arg(tmp.path().join("s.json")))
     };
     assert_ok(&setup());
     let once = std::fs::read_to_string(conf.user_conf()).unwrap();
     assert!(once.starts_with(user_before), "{once}");
     assert_eq!(once.matches(&url).count(), 1, "{once}");
-    assert!(once.contains(&format!("extra-trusted-public-keys = {public}")), "{once}");
+    assert!(
+        once.contains(&format!("extra-trusted-public-keys = {public}")),
+        "{once}"
+    );
     let second = setup();
     assert_ok(&second);
-    assert!(stderr(&second).contains("already configured"), "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("already configured"),
+        "{}",
+        stderr(&second)
+    );
     assert_eq!(std::fs::read_to_string(conf.user_conf()).unwrap(), once);
-    assert_eq!(std::fs::read_to_string(conf.dir.join("etc/nix.conf")).unwrap(), BASE_CONF, "system conf touched");
+    assert_eq!(
+        std::fs::read_to_string(conf.dir.join("etc/nix.conf")).unwrap(),
+        BASE_CONF,
+        "system conf touched"
+    );
 
     let shown = run(conf.nix("nix").args(["show-config"]));
-    assert!(stdout(&shown).lines().any(|l| l.starts_with("substituters = ") && l.contains(&url)), "{}", stdout(&shown));
+    assert!(
+        stdout(&shown)
+            .lines()
+            .any(|l| l.starts_with("substituters = ") && l.contains(&url)),
+        "{}",
+        stdout(&shown)
+    );
 }
 
 #[test]
@@ -133,8 +177,13 @@ fn a_path_substituted_from_another_cache_is_not_pushed() {
     let upstream = format!("file://{}", tmp.path().join("upstream").display());
     let base_expr = derivation(&format!("base-{tag}"), &format!("echo {tag} > $out"));
     let base = common::nix::build(tmp.path(), &base_expr);
-    assert_ok(&run(nixbucket().args(["push", "--cache", &upstream, "--signing-key-file"]).arg(&up_secret).arg(&base)));
-    assert_ok(&run(common::nix::nix_command("nix-store").args(["--delete", &base])));
+    assert_ok(&run(nixbucket()
+        .args(["push", "--cache", &upstream, "--signing-key-file"])
+        .arg(&up_secret)
+        .arg(&base)));
+    assert_ok(&run(
+        common::nix::nix_command("nix-store").args(["--delete", &base])
+    ));
 
     let conf = NixConfig::new(
         tmp.path(),
@@ -144,20 +193,56 @@ fn a_path_substituted_from_another_cache_is_not_pushed() {
     let cache = tmp.path().join("cache");
     let url = format!("file://{}", cache.display());
     let state = tmp.path().join("state.json");
-    assert_ok(&run(conf.nixbucket().args(["setup", "--cache", &url, "--signing-key-file"]).arg(&secret).arg("--state-file").arg(&state)));
+    assert_ok(&run(conf
+        .nixbucket()
+        .args(["setup", "--cache", &url, "--signing-key-file"])
+        .arg(&secret)
+        .arg("--state-file")
+        .arg(&state)));
 
-    let app_expr = format!("let base = {base_expr}; in {}", derivation(&format!("app-{tag}"), "echo ${base} > $out"));
-    let built = run(conf.nix("nix-build").arg("--no-out-link").arg(write_expr(tmp.path(), &app_expr)));
+    let app_expr = format!(
+        "let base = {base_expr}; in {}",
+        derivation(&format!("app-{tag}"), "echo ${base} > $out")
+    );
+    let built = run(conf
+        .nix("nix-build")
+        .arg("--no-out-link")
+        .arg(write_expr(tmp.path(), &app_expr)));
     assert_ok(&built);
-    assert!(stderr(&built).contains(&format!("copying path '{base}' from '{upstream}'")), "{}", stderr(&built));
+    assert!(
+        stderr(&built).contains(&format!("copying path '{base}' from '{upstream}'")),
+        "{}",
+        stderr(&built)
+    );
     let app = stdout(&built).trim().to_owned();
 
-    let dry = run(conf.nixbucket().args(["push", "--dry-run", "--cache", &url, "--signing-key-file"]).arg(&secret).arg("--state-file").arg(&state));
+    let dry = run(conf
+        .nixbucket()
+        .args(["push", "--dry-run", "--cache", &url, "--signing-key-file"])
+        .arg(&secret)
+        .arg("--state-file")
+        .arg(&state));
     assert_ok(&dry);
-    assert!(stdout(&dry).contains(&format!("skip {base}: served upstream (signed by upstream-1)")), "{}", stdout(&dry));
-    assert!(stdout(&dry).contains(&format!("skip {}", app_drv(&app))) || stdout(&dry).contains(".drv: a derivation"), "{}", stdout(&dry));
+    assert!(
+        stdout(&dry).contains(&format!(
+            "skip {base}: served upstream (signed by upstream-1)"
+        )),
+        "{}",
+        stdout(&dry)
+    );
+    assert!(
+        stdout(&dry).contains(&format!("skip {}", app_drv(&app)))
+            || stdout(&dry).contains(".drv: a derivation"),
+        "{}",
+        stdout(&dry)
+    );
 
-    let out = run(conf.nixbucket().args(["push", "--cache", &url, "--signing-key-file"]).arg(&secret).arg("--state-file").arg(&state));
+    let out = run(conf
+        .nixbucket()
+        .args(["push", "--cache", &url, "--signing-key-file"])
+        .arg(&secret)
+        .arg("--state-file")
+        .arg(&state));
     assert_ok(&out);
     assert_eq!(pushed_store_paths(&cache), vec![app], "{}", stderr(&out));
 }
@@ -175,24 +260,46 @@ fn a_store_configured_by_setup_alone_substitutes_instead_of_building() {
     let url = format!("file://{}", tmp.path().join("cache").display());
     let expr_file = write_expr(
         tmp.path(),
-        &format!("let dep = {}; in {}", derivation(&format!("dep-{tag}"), "echo dep > $out"), derivation(&format!("top-{tag}"), "echo ${dep} > $out")),
+        &format!(
+            "let dep = {}; in {}",
+            derivation(&format!("dep-{tag}"), "echo dep > $out"),
+            derivation(&format!("top-{tag}"), "echo ${dep} > $out")
+        ),
     );
-    let first = run(common::nix::nix_command("nix-build").arg("--no-out-link").arg(&expr_file));
+    let first = run(common::nix::nix_command("nix-build")
+        .arg("--no-out-link")
+        .arg(&expr_file));
     assert_ok(&first);
     let top = stdout(&first).trim().to_owned();
     let closure = query_closure(&top);
-    assert_ok(&run(nixbucket().args(["push", "--cache", &url, "--signing-key-file"]).arg(&secret).arg(&top)));
-    assert_ok(&run(common::nix::nix_command("nix-store").arg("--delete").args(&closure)));
+    assert_ok(&run(nixbucket()
+        .args(["push", "--cache", &url, "--signing-key-file"])
+        .arg(&secret)
+        .arg(&top)));
+    assert_ok(&run(common::nix::nix_command("nix-store")
+        .arg("--delete")
+        .args(&closure)));
     assert!(!Path::new(&top).exists());
 
     let conf = NixConfig::new(tmp.path(), BASE_CONF);
-    let setup = run(conf.nixbucket().args(["setup", "--cache", &url, "--signing-key-file"]).arg(&secret).arg("--state-file").arg(tmp.path().join("s.json")));
+    let setup = run(conf
+        .nixbucket()
+        .args(["setup", "--cache", &url, "--signing-key-file"])
+        .arg(&secret)
+        .arg("--state-file")
+        .arg(tmp.path().join("s.json")));
     assert_ok(&setup);
     let rebuilt = run(conf.nix("nix-build").arg("--no-out-link").arg(&expr_file));
     assert_ok(&rebuilt);
     let log = stderr(&rebuilt);
-    assert!(log.contains(&format!("copying path '{top}' from '{url}'")), "{log}");
-    assert!(!log.contains("building '"), "built instead of substituting:\n{log}");
+    assert!(
+        log.contains(&format!("copying path '{top}' from '{url}'")),
+        "{log}"
+    );
+    assert!(
+        !log.contains("building '"),
+        "built instead of substituting:\n{log}"
+    );
 }
 
 /// A nix-daemon of our own on a private socket, stopped on drop.
@@ -210,20 +317,24 @@ impl Drop for Daemon {
 
 fn start_daemon(conf: &NixConfig, dir: &Path) -> Daemon {
     let socket = dir.join("daemon.sock");
-    let child = conf
-        .nix("nix-daemon")
-        .env("NIX_DAEMON_SOCKET_PATH", &socket)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start nix-daemon");
+    let mut daemon = Daemon {
+        child: conf
+            .nix("nix-daemon")
+            .env("NIX_DAEMON_SOCKET_PATH", &socket)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start nix-daemon"),
+        socket: socket.clone(),
+    };
     for _ in 0..100 {
-        if socket.exists() {
-            return Daemon { child, socket };
+        if daemon.socket.exists() {
+            return daemon;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    panic!("nix-daemon did not create {}", socket.display());
+    let _ = daemon.child.kill();
+    panic!("nix-daemon did not create {}", daemon.socket.display());
 }
 
 #[test]
@@ -237,24 +348,45 @@ fn an_untrusted_user_gets_told_why_and_what_to_add() {
     }
     let home = tmp.path().join("home");
     std::fs::create_dir(&home).unwrap();
-    run(Command::new("chown").args(["nobody:nogroup"]).arg(&home).arg(conf.dir.join("user")));
+    run(Command::new("chown")
+        .args(["nobody:nogroup"])
+        .arg(&home)
+        .arg(conf.dir.join("user")));
     let daemon = start_daemon(&conf, tmp.path());
     let (_, public) = keygen(tmp.path(), "ours-1");
     let url = format!("file://{}", tmp.path().join("cache").display());
 
     let mut as_nobody = Command::new("setpriv");
-    as_nobody.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]).arg(env!("CARGO_BIN_EXE_nixbucket"));
+    as_nobody
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_nixbucket"));
     let out = run(conf
         .apply(&mut as_nobody)
         .env("NIX_REMOTE", "daemon")
         .env("NIX_DAEMON_SOCKET_PATH", &daemon.socket)
         .env("HOME", &home)
         .env("PATH", "/usr/bin:/bin")
-        .args(["setup", "--cache", &url, "--public-key", &public, "--state-file"])
+        .args([
+            "setup",
+            "--cache",
+            &url,
+            "--public-key",
+            &public,
+            "--state-file",
+        ])
         .arg(home.join("state.json")));
     let err = assert_fails(&out);
     assert!(err.contains("does not trust user \"nobody\""), "{err}");
-    assert!(err.contains(&format!("extra-substituters = {url}")), "{err}");
-    assert!(err.contains(&format!("extra-trusted-public-keys = {public}")), "{err}");
-    assert_eq!(std::fs::read_to_string(conf.dir.join("etc/nix.conf")).unwrap(), BASE_CONF);
+    assert!(
+        err.contains(&format!("extra-substituters = {url}")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("extra-trusted-public-keys = {public}")),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(conf.dir.join("etc/nix.conf")).unwrap(),
+        BASE_CONF
+    );
 }

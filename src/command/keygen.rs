@@ -51,9 +51,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// for an instant, and refuses to overwrite: losing a key breaks every cache that trusts it.
 fn write_new(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
     if path.exists() {
-        bail!("{} already exists; remove it first if you mean to replace the key", path.display());
+        bail!(
+            "{} already exists; remove it first if you mean to replace the key",
+            path.display()
+        );
     }
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)?;
     file.write_all(contents)?;
     file.sync_all()?;
     Ok(())

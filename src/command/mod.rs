@@ -4,5 +4,5 @@ pub mod keygen;
 pub mod push;
 pub mod setup;
 pub mod sign;
-pub mod verify;
 mod signing_key;
+pub mod verify;

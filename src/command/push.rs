@@ -12,7 +12,7 @@ use crate::cache::{Cache, CacheUrl};
 use crate::command::signing_key;
 use crate::nix::Compression;
 use crate::nix::{STORE_DIR, StorePath};
-use crate::push::select::{self, Filters, SkipReason};
+use crate::push::select::{self, Filters, Skipped};
 use crate::push::{self, ProgressMode, PushOptions, human_bytes};
 use crate::state::{self, State};
 use crate::store::{self, NixEnv, PathInfo};
@@ -43,7 +43,13 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub compression_level: Option<i32>,
     /// How many paths are read, compressed and uploaded at once.
-    #[arg(long, short = 'j', env = "NIXBUCKET_JOBS", default_value_t = 8, value_name = "N")]
+    #[arg(
+        long,
+        short = 'j',
+        env = "NIXBUCKET_JOBS",
+        default_value_t = 8,
+        value_name = "N"
+    )]
     pub jobs: usize,
     /// Say what would be pushed, and push nothing.
     #[arg(long)]
@@ -90,7 +96,10 @@ impl From<CompressionArg> for Compression {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let url: CacheUrl = args.cache.parse().with_context(|| format!("invalid cache URL {:?}", args.cache))?;
+    let url: CacheUrl = args
+        .cache
+        .parse()
+        .with_context(|| format!("invalid cache URL {:?}", args.cache))?;
     let compression = resolve_compression(args.compression, &url)?;
     let signing_key = if args.unsigned {
         None
@@ -113,7 +122,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .context("the store query stopped unexpectedly")??
     };
 
-    let cache = Cache::open(&url).await.with_context(|| format!("could not open the cache {url}"))?;
+    let cache = Cache::open(&url)
+        .await
+        .with_context(|| format!("could not open the cache {url}"))?;
     let plan = push::plan(&cache, closure).await?;
 
     if args.dry_run {
@@ -128,7 +139,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             plan.missing.len(),
             human_bytes(plan.missing_nar_bytes()),
             plan.present.len(),
-            if signing_key.is_none() { "; no signing key given" } else { "" },
+            if signing_key.is_none() {
+                "; no signing key given"
+            } else {
+                ""
+            },
         );
         return Ok(ExitCode::SUCCESS);
     }
@@ -206,7 +221,7 @@ fn select_closure(
     paths: &[PathBuf],
     state_file: Option<PathBuf>,
     filters: &Filters,
-) -> anyhow::Result<(Vec<PathInfo>, Vec<(StorePath, SkipReason)>)> {
+) -> anyhow::Result<(Vec<PathInfo>, Skipped)> {
     let mut skipped = Vec::new();
     let roots: Vec<StorePath> = if paths.is_empty() {
         let state_path = state_file.unwrap_or_else(state::default_path);
@@ -217,7 +232,10 @@ fn select_closure(
         skipped.extend(skip);
         roots.into_iter().map(|i| i.path).collect()
     } else {
-        paths.iter().map(|p| store::resolve_store_path(p)).collect::<Result<_, _>>()?
+        paths
+            .iter()
+            .map(|p| store::resolve_store_path(p))
+            .collect::<Result<_, _>>()?
     };
     if roots.is_empty() {
         return Ok((Vec::new(), skipped));
@@ -229,7 +247,10 @@ fn select_closure(
     Ok((closure, skipped))
 }
 
-fn resolve_compression(flag: Option<CompressionArg>, url: &CacheUrl) -> anyhow::Result<Compression> {
+fn resolve_compression(
+    flag: Option<CompressionArg>,
+    url: &CacheUrl,
+) -> anyhow::Result<Compression> {
     if let Some(c) = flag {
         return Ok(c.into());
     }
@@ -237,6 +258,8 @@ fn resolve_compression(flag: Option<CompressionArg>, url: &CacheUrl) -> anyhow::
         None | Some("zstd") => Ok(Compression::Zstd),
         Some("xz") => Ok(Compression::Xz),
         Some("none") => Ok(Compression::None),
-        Some(other) => bail!("the cache URL asks for compression={other}; nixbucket writes zstd, xz or none"),
+        Some(other) => {
+            bail!("the cache URL asks for compression={other}; nixbucket writes zstd, xz or none")
+        }
     }
 }

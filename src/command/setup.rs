@@ -20,7 +20,12 @@ pub struct Args {
     pub cache: String,
     /// Public key(s) Nix should trust for the cache, `NAME:BASE64`. Without it, the public half
     /// of the signing key ($NIXBUCKET_SIGNING_KEY or --signing-key-file) is used.
-    #[arg(long = "public-key", env = "NIXBUCKET_PUBLIC_KEYS", value_delimiter = ' ', value_name = "KEY")]
+    #[arg(
+        long = "public-key",
+        env = "NIXBUCKET_PUBLIC_KEYS",
+        value_delimiter = ' ',
+        value_name = "KEY"
+    )]
     pub public_keys: Vec<String>,
     /// Secret key file to derive the public key from, when no --public-key is given.
     #[arg(long, env = "NIXBUCKET_SIGNING_KEY_FILE", value_name = "FILE")]
@@ -39,7 +44,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let url: CacheUrl = args.cache.parse().with_context(|| format!("invalid cache URL {:?}", args.cache))?;
+    let url: CacheUrl = args
+        .cache
+        .parse()
+        .with_context(|| format!("invalid cache URL {:?}", args.cache))?;
     let state_path = args.state_file.clone().unwrap_or_else(state::default_path);
     let keys = public_keys(&args)?;
 
@@ -51,8 +59,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     let paths = store::read_store_dir(Path::new(STORE_DIR))?;
     let count = paths.len();
-    State::new(url.to_string(), paths, keys.iter().map(ToString::to_string).collect())
-        .save(&state_path)?;
+    State::new(
+        url.to_string(),
+        paths,
+        keys.iter().map(ToString::to_string).collect(),
+    )
+    .save(&state_path)?;
     eprintln!(
         "recorded {count} store paths in {} ({} ms)",
         state_path.display(),
@@ -66,7 +78,10 @@ fn public_keys(args: &Args) -> anyhow::Result<Vec<PublicKey>> {
         .public_keys
         .iter()
         .filter(|k| !k.trim().is_empty())
-        .map(|k| PublicKey::parse(k).with_context(|| format!("--public-key {k:?} is not a Nix public key")))
+        .map(|k| {
+            PublicKey::parse(k)
+                .with_context(|| format!("--public-key {k:?} is not a Nix public key"))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     if keys.is_empty() {
         if let Some(secret) = signing_key::load(args.signing_key_file.as_deref())? {
@@ -92,14 +107,22 @@ enum Target {
     System { path: PathBuf, restart_daemon: bool },
 }
 
-fn choose_target(env: &NixEnv, substituter: &str, keys: &[String], user_conf: Option<PathBuf>) -> Target {
+fn choose_target(
+    env: &NixEnv,
+    substituter: &str,
+    keys: &[String],
+    user_conf: Option<PathBuf>,
+) -> Target {
     let daemon_accepts_ours = !env.daemon
         || env.trusted
         || (env.trusted_substituters.iter().any(|s| s == substituter)
             && keys.iter().all(|k| env.trusted_public_keys.contains(k)));
     match user_conf {
         Some(path) if daemon_accepts_ours => Target::User(path),
-        _ => Target::System { path: store::system_conf_path(), restart_daemon: env.daemon },
+        _ => Target::System {
+            path: store::system_conf_path(),
+            restart_daemon: env.daemon,
+        },
     }
 }
 
@@ -119,18 +142,25 @@ fn configure(substituter: &str, keys: &[PublicKey]) -> anyhow::Result<()> {
     let target = choose_target(&env, substituter, &keys, store::user_conf_path());
     let (path, restart) = match &target {
         Target::User(path) => (path.clone(), false),
-        Target::System { path, restart_daemon } => (path.clone(), *restart_daemon),
+        Target::System {
+            path,
+            restart_daemon,
+        } => (path.clone(), *restart_daemon),
     };
     let before = match std::fs::read_to_string(&path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(e).with_context(|| format!("could not read {}", path.display())),
     };
-    let after = conf::set_managed_block(&before, &settings).with_context(|| format!("in {}", path.display()))?;
+    let after = conf::set_managed_block(&before, &settings)
+        .with_context(|| format!("in {}", path.display()))?;
     let changed = after != before;
     if changed {
         if let Err(err) = write_conf(&path, &after, &env) {
-            bail!("{}", explain_untrusted(&env, &path, substituter, &keys, &format!("{err:#}")));
+            bail!(
+                "{}",
+                explain_untrusted(&env, &path, substituter, &keys, &format!("{err:#}"))
+            );
         }
         if restart {
             if let Err(err) = restart_daemon(&env) {
@@ -145,7 +175,11 @@ fn configure(substituter: &str, keys: &[PublicKey]) -> anyhow::Result<()> {
     check_nix_sees(substituter, &path)?;
     eprintln!(
         "nix will substitute from {substituter} ({} {})",
-        if changed { "configured in" } else { "already configured in" },
+        if changed {
+            "configured in"
+        } else {
+            "already configured in"
+        },
         path.display()
     );
     Ok(())
@@ -161,7 +195,8 @@ fn write_conf(path: &Path, text: &str, env: &NixEnv) -> anyhow::Result<()> {
             tmp.as_file().set_permissions(meta.permissions())?;
         } else {
             use std::os::unix::fs::PermissionsExt;
-            tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
+            tmp.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(0o644))?;
         }
         tmp.persist(path).map_err(|e| e.error)?;
         Ok(())
@@ -177,7 +212,12 @@ fn write_conf(path: &Path, text: &str, env: &NixEnv) -> anyhow::Result<()> {
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
-                .with_context(|| format!("{} is not writable ({e}) and sudo could not be started", path.display()))?;
+                .with_context(|| {
+                    format!(
+                        "{} is not writable ({e}) and sudo could not be started",
+                        path.display()
+                    )
+                })?;
             std::io::Write::write_all(child.stdin.as_mut().expect("piped stdin"), text.as_bytes())?;
             let out = child.wait_with_output()?;
             if !out.status.success() {
@@ -205,9 +245,25 @@ fn restart_daemon(env: &NixEnv) -> anyhow::Result<()> {
         cmd.args(&args[1..]).output()
     };
     let attempts: [&[&str]; 2] = if cfg!(target_os = "macos") {
-        [&["launchctl", "kickstart", "-k", "system/org.nixos.nix-daemon"], &["launchctl", "kickstart", "-k", "system/systems.determinate.nix-daemon"]]
+        [
+            &[
+                "launchctl",
+                "kickstart",
+                "-k",
+                "system/org.nixos.nix-daemon",
+            ],
+            &[
+                "launchctl",
+                "kickstart",
+                "-k",
+                "system/systems.determinate.nix-daemon",
+            ],
+        ]
     } else {
-        [&["systemctl", "restart", "nix-daemon.service"], &["systemctl", "restart", "nix-daemon.socket"]]
+        [
+            &["systemctl", "restart", "nix-daemon.service"],
+            &["systemctl", "restart", "nix-daemon.socket"],
+        ]
     };
     let mut last = String::new();
     for args in attempts {
@@ -220,7 +276,13 @@ fn restart_daemon(env: &NixEnv) -> anyhow::Result<()> {
     bail!("{last}")
 }
 
-fn explain_untrusted(env: &NixEnv, path: &Path, substituter: &str, keys: &[String], why: &str) -> String {
+fn explain_untrusted(
+    env: &NixEnv,
+    path: &Path,
+    substituter: &str,
+    keys: &[String],
+    why: &str,
+) -> String {
     let mut text = format!("could not configure Nix to use the cache: {why}.\n");
     if env.daemon && !env.trusted {
         text.push_str(&format!(
@@ -244,7 +306,11 @@ fn explain_untrusted(env: &NixEnv, path: &Path, substituter: &str, keys: &[Strin
 fn check_nix_sees(substituter: &str, path: &Path) -> anyhow::Result<()> {
     let env = NixEnv::detect()?;
     let normal = |s: &str| s.trim_end_matches('/').to_owned();
-    if !env.substituters.iter().any(|s| normal(s) == normal(substituter)) {
+    if !env
+        .substituters
+        .iter()
+        .any(|s| normal(s) == normal(substituter))
+    {
         bail!(
             "wrote {substituter} to {}, but Nix does not list it among its substituters ({}); is \
              $NIX_CONFIG or $NIX_USER_CONF_FILES overriding that file?",
@@ -260,23 +326,42 @@ mod tests {
     use super::*;
 
     fn env(daemon: bool, trusted: bool) -> NixEnv {
-        NixEnv { daemon, trusted, user: "runner".into(), ..Default::default() }
+        NixEnv {
+            daemon,
+            trusted,
+            user: "runner".into(),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn picks_the_conf_that_takes_effect() {
-        let user = Some(PathBuf::from("/home/runner/.config/nix/nix.conf"));
+        let user = PathBuf::from("/home/runner/.config/nix/nix.conf");
         let keys = ["c-1:AAAA".to_owned()];
-        assert_eq!(choose_target(&env(false, false), "file:///c", &keys, user.clone()), Target::User(user.clone().unwrap()));
-        assert_eq!(choose_target(&env(true, true), "file:///c", &keys, user.clone()), Target::User(user.clone().unwrap()));
+        let pick = |env: &NixEnv| choose_target(env, "file:///c", &keys, Some(user.clone()));
+        assert_eq!(pick(&env(false, false)), Target::User(user.clone()));
+        assert_eq!(pick(&env(true, true)), Target::User(user.clone()));
         assert!(matches!(
-            choose_target(&env(true, false), "file:///c", &keys, user.clone()),
-            Target::System { restart_daemon: true, .. }
+            pick(&env(true, false)),
+            Target::System {
+                restart_daemon: true,
+                ..
+            }
         ));
         let mut allowed = env(true, false);
         allowed.trusted_substituters = vec!["file:///c".into()];
-        assert!(matches!(choose_target(&allowed, "file:///c", &keys, user.clone()), Target::System { .. }), "key not trusted yet");
+        assert!(
+            matches!(pick(&allowed), Target::System { .. }),
+            "key not trusted yet"
+        );
         allowed.trusted_public_keys = keys.to_vec();
-        assert_eq!(choose_target(&allowed, "file:///c", &keys, user.clone()), Target::User(user.unwrap()));
+        assert_eq!(pick(&allowed), Target::User(user.clone()));
+        assert!(matches!(
+            choose_target(&env(false, false), "file:///c", &keys, None),
+            Target::System {
+                restart_daemon: false,
+                ..
+            }
+        ));
     }
 }

@@ -36,11 +36,19 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let url: CacheUrl = args.cache.parse().with_context(|| format!("invalid cache URL {:?}", args.cache))?;
+    let url: CacheUrl = args
+        .cache
+        .parse()
+        .with_context(|| format!("invalid cache URL {:?}", args.cache))?;
     let Some(key) = signing_key::load(args.signing_key_file.as_deref())? else {
-        bail!("no signing key: pass --signing-key-file FILE or set ${}", signing_key::ENV);
+        bail!(
+            "no signing key: pass --signing-key-file FILE or set ${}",
+            signing_key::ENV
+        );
     };
-    let cache = Cache::open(&url).await.with_context(|| format!("could not open the cache {url}"))?;
+    let cache = Cache::open(&url)
+        .await
+        .with_context(|| format!("could not open the cache {url}"))?;
     let keys: Vec<String> = if args.all {
         cache
             .list("")
@@ -56,13 +64,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .collect::<Result<_, _>>()?
     };
     let (key, remove) = (&key, &args.remove_keys);
-    let results: Vec<(String, anyhow::Result<bool>)> = futures::stream::iter(keys.iter().map(|k| {
-        let cache = cache.clone();
-        async move { (k.clone(), sign_one(&cache, k, key, remove).await) }
-    }))
-    .buffer_unordered(args.jobs.max(1))
-    .collect()
-    .await;
+    let results: Vec<(String, anyhow::Result<bool>)> =
+        futures::stream::iter(keys.iter().map(|k| {
+            let cache = cache.clone();
+            async move { (k.clone(), sign_one(&cache, k, key, remove).await) }
+        }))
+        .buffer_unordered(args.jobs.max(1))
+        .collect()
+        .await;
     let (mut changed, mut failed) = (0, 0);
     for (k, result) in &results {
         match result {
@@ -78,7 +87,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         "signed {changed} narinfos with {}; {} already were{}",
         key.name(),
         results.len() - changed - failed,
-        if failed > 0 { format!("; {failed} FAILED") } else { String::new() }
+        if failed > 0 {
+            format!("; {failed} FAILED")
+        } else {
+            String::new()
+        }
     );
     if failed > 0 {
         bail!("{failed} narinfos could not be signed");
@@ -87,7 +100,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// Rewrites one narinfo if its signatures change; Ok(false) when it was already as wanted.
-async fn sign_one(cache: &Cache, key_name: &str, key: &SecretKey, remove: &[String]) -> anyhow::Result<bool> {
+async fn sign_one(
+    cache: &Cache,
+    key_name: &str,
+    key: &SecretKey,
+    remove: &[String],
+) -> anyhow::Result<bool> {
     let Some(bytes) = cache.get(key_name).await? else {
         bail!("not in the cache");
     };
@@ -101,6 +119,8 @@ async fn sign_one(cache: &Cache, key_name: &str, key: &SecretKey, remove: &[Stri
     if info.signatures == before {
         return Ok(false);
     }
-    cache.put(key_name, info.to_string().into(), "text/x-nix-narinfo").await?;
+    cache
+        .put(key_name, info.to_string().into(), "text/x-nix-narinfo")
+        .await?;
     Ok(true)
 }

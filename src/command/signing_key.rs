@@ -15,10 +15,16 @@ pub const ENV: &str = "NIXBUCKET_SIGNING_KEY";
 /// The key from a file (preferred) or the environment; `None` when neither is given.
 pub fn load(file: Option<&Path>) -> anyhow::Result<Option<Arc<SecretKey>>> {
     if let Some(path) = file {
-        let text = Zeroizing::new(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("could not read the signing key file {}", path.display()))?,
-        );
+        let text =
+            Zeroizing::new(std::fs::read_to_string(path).with_context(|| {
+                format!("could not read the signing key file {}", path.display())
+            })?);
+        let key = SecretKey::parse(&text).with_context(|| {
+            format!(
+                "the signing key file {} is not a Nix secret key",
+                path.display()
+            )
+        })?;
         if let Ok(meta) = std::fs::metadata(path) {
             if meta.permissions().mode() & 0o077 != 0 {
                 eprintln!(
@@ -28,8 +34,6 @@ pub fn load(file: Option<&Path>) -> anyhow::Result<Option<Arc<SecretKey>>> {
                 );
             }
         }
-        let key = SecretKey::parse(&text)
-            .with_context(|| format!("the signing key file {} is not a Nix secret key", path.display()))?;
         return Ok(Some(Arc::new(key)));
     }
     match std::env::var(ENV) {

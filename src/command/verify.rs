@@ -31,13 +31,21 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let url: CacheUrl = args.cache.parse().with_context(|| format!("invalid cache URL {:?}", args.cache))?;
+    let url: CacheUrl = args
+        .cache
+        .parse()
+        .with_context(|| format!("invalid cache URL {:?}", args.cache))?;
     let keys = args
         .public_keys
         .iter()
-        .map(|k| PublicKey::parse(k).with_context(|| format!("--public-key {k:?} is not a Nix public key")))
+        .map(|k| {
+            PublicKey::parse(k)
+                .with_context(|| format!("--public-key {k:?} is not a Nix public key"))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let cache = Cache::open(&url).await.with_context(|| format!("could not open the cache {url}"))?;
+    let cache = Cache::open(&url)
+        .await
+        .with_context(|| format!("could not open the cache {url}"))?;
     let report = verify(&cache, &keys, args.deep, args.jobs.max(1)).await?;
     for problem in &report.problems {
         println!("{problem}");
@@ -48,7 +56,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         if args.deep { " and their NARs" } else { "" },
         report.problems.len()
     );
-    if report.problems.is_empty() { Ok(ExitCode::SUCCESS) } else { bail!("the cache {url} is not whole") }
+    if report.problems.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        bail!("the cache {url} is not whole")
+    }
 }
 
 #[derive(Debug, Default)]
@@ -58,7 +70,12 @@ pub struct Report {
 }
 
 /// Checks every narinfo in the cache; problems are collected, not fatal.
-pub async fn verify(cache: &Cache, keys: &[PublicKey], deep: bool, jobs: usize) -> anyhow::Result<Report> {
+pub async fn verify(
+    cache: &Cache,
+    keys: &[PublicKey],
+    deep: bool,
+    jobs: usize,
+) -> anyhow::Result<Report> {
     let listing = cache.list("").await?;
     let mut nars = HashMap::new();
     let mut narinfo_keys = Vec::new();
@@ -70,16 +87,23 @@ pub async fn verify(cache: &Cache, keys: &[PublicKey], deep: bool, jobs: usize) 
             nars.insert(object.key.clone(), object.size);
         }
     }
-    let hashes: std::collections::HashSet<String> =
-        narinfo_keys.iter().map(|k| k.trim_end_matches(".narinfo").to_owned()).collect();
+    let hashes: std::collections::HashSet<String> = narinfo_keys
+        .iter()
+        .map(|k| k.trim_end_matches(".narinfo").to_owned())
+        .collect();
     let (nars, hashes) = (&nars, &hashes);
-    let checks = futures::stream::iter(narinfo_keys.iter().map(|key| async move {
-        check_one(cache, key, keys, nars, hashes, deep).await
-    }))
+    let checks = futures::stream::iter(
+        narinfo_keys
+            .iter()
+            .map(|key| async move { check_one(cache, key, keys, nars, hashes, deep).await }),
+    )
     .buffer_unordered(jobs);
     let mut problems: Vec<String> = checks.flat_map(futures::stream::iter).collect().await;
     problems.sort();
-    Ok(Report { narinfos: narinfo_keys.len(), problems })
+    Ok(Report {
+        narinfos: narinfo_keys.len(),
+        problems,
+    })
 }
 
 async fn check_one(
@@ -96,13 +120,18 @@ async fn check_one(
         Ok(None) => return vec![format!("{key}: listed but gone (deleted while checking?)")],
         Err(e) => return vec![format!("{key}: could not read: {e}")],
     };
-    let info = match std::str::from_utf8(&text).map_err(|e| e.to_string()).and_then(|t| NarInfo::parse(t).map_err(|e| e.to_string())) {
+    let info = match std::str::from_utf8(&text)
+        .map_err(|e| e.to_string())
+        .and_then(|t| NarInfo::parse(t).map_err(|e| e.to_string()))
+    {
         Ok(info) => info,
         Err(e) => return vec![format!("{key}: not a valid narinfo: {e}")],
     };
     let path = info.store_path.to_absolute();
     if format!("{}.narinfo", info.store_path.hash_part()) != key {
-        problems.push(format!("{key}: describes {path}, whose narinfo would have another name"));
+        problems.push(format!(
+            "{key}: describes {path}, whose narinfo would have another name"
+        ));
     }
     if !keys.is_empty() && !info.verify(keys) {
         problems.push(format!("{path}: no valid signature by a trusted key"));
@@ -147,7 +176,9 @@ async fn check_nar(cache: &Cache, info: &NarInfo) -> anyhow::Result<()> {
         let mut buf = vec![0u8; 1 << 20];
         let mut size = 0u64;
         loop {
-            let n = reader.read(&mut buf).context("could not read or decompress the NAR")?;
+            let n = reader
+                .read(&mut buf)
+                .context("could not read or decompress the NAR")?;
             if n == 0 {
                 break;
             }

@@ -3,7 +3,8 @@
 //! line (comments, settings, includes) stays byte for byte.
 
 /// First and last line of the block nixbucket manages.
-pub const BEGIN: &str = "# nixbucket: begin (managed by `nixbucket setup`; edits inside are replaced)";
+pub const BEGIN: &str =
+    "# nixbucket: begin (managed by `nixbucket setup`; edits inside are replaced)";
 pub const END: &str = "# nixbucket: end";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -16,7 +17,10 @@ pub enum ConfError {
 
 /// `text` with nixbucket's block set to `settings` (name, values). An empty `settings` removes
 /// the block. Values are deduplicated, in their first order.
-pub fn set_managed_block(text: &str, settings: &[(&str, Vec<String>)]) -> Result<String, ConfError> {
+pub fn set_managed_block(
+    text: &str,
+    settings: &[(&str, Vec<String>)],
+) -> Result<String, ConfError> {
     let (before, after) = split_block(text)?;
     let mut out = String::with_capacity(text.len() + 256);
     out.push_str(before);
@@ -39,7 +43,12 @@ pub fn managed_settings(text: &str) -> Result<Vec<(String, Vec<String>)>, ConfEr
         .lines()
         .filter(|l| !l.trim_start().starts_with('#'))
         .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.trim().to_owned(), v.split_whitespace().map(str::to_owned).collect()))
+        .map(|(k, v)| {
+            (
+                k.trim().to_owned(),
+                v.split_whitespace().map(str::to_owned).collect(),
+            )
+        })
         .collect())
 }
 
@@ -71,7 +80,10 @@ fn render_block(settings: &[(&str, Vec<String>)]) -> Result<String, ConfError> {
         let mut seen = Vec::<&str>::new();
         for value in values {
             if value.contains('\n') {
-                return Err(ConfError::Newline { setting: (*name).to_owned(), value: value.clone() });
+                return Err(ConfError::Newline {
+                    setting: (*name).to_owned(),
+                    value: value.clone(),
+                });
             }
             if !seen.contains(&value.as_str()) {
                 seen.push(value);
@@ -94,7 +106,10 @@ mod tests {
     fn ours() -> Vec<(&'static str, Vec<String>)> {
         vec![
             ("extra-substituters", vec!["s3://b?region=x".into()]),
-            ("extra-trusted-public-keys", vec!["c-1:AAAA".into(), "c-1:AAAA".into()]),
+            (
+                "extra-trusted-public-keys",
+                vec!["c-1:AAAA".into(), "c-1:AAAA".into()],
+            ),
         ]
     }
 
@@ -106,7 +121,9 @@ mod tests {
         assert!(out.starts_with(USER));
         assert_eq!(
             &out[USER.len()..],
-            format!("{BEGIN}\nextra-substituters = s3://b?region=x\nextra-trusted-public-keys = c-1:AAAA\n{END}\n")
+            format!(
+                "{BEGIN}\nextra-substituters = s3://b?region=x\nextra-trusted-public-keys = c-1:AAAA\n{END}\n"
+            )
         );
     }
 
@@ -120,10 +137,21 @@ mod tests {
     fn replaces_the_block_in_place_and_keeps_what_follows() {
         let once = set_managed_block(USER, &ours()).unwrap();
         let with_tail = format!("{once}# after\nkeep-outputs = true");
-        let replaced =
-            set_managed_block(&with_tail, &[("extra-substituters", vec!["file:///c".into()])]).unwrap();
-        assert_eq!(replaced, format!("{USER}{BEGIN}\nextra-substituters = file:///c\n{END}\n# after\nkeep-outputs = true"));
-        assert_eq!(managed_settings(&replaced).unwrap(), vec![("extra-substituters".into(), vec!["file:///c".into()])]);
+        let replaced = set_managed_block(
+            &with_tail,
+            &[("extra-substituters", vec!["file:///c".into()])],
+        )
+        .unwrap();
+        assert_eq!(
+            replaced,
+            format!(
+                "{USER}{BEGIN}\nextra-substituters = file:///c\n{END}\n# after\nkeep-outputs = true"
+            )
+        );
+        assert_eq!(
+            managed_settings(&replaced).unwrap(),
+            vec![("extra-substituters".into(), vec!["file:///c".into()])]
+        );
     }
 
     #[test]
@@ -141,12 +169,16 @@ mod tests {
     #[test]
     fn an_unclosed_block_is_an_error_not_a_guess() {
         let text = format!("a = b\n{BEGIN}\nextra-substituters = x\n");
-        assert_eq!(set_managed_block(&text, &ours()), Err(ConfError::UnclosedBlock { line: 2 }));
+        assert_eq!(
+            set_managed_block(&text, &ours()),
+            Err(ConfError::UnclosedBlock { line: 2 })
+        );
     }
 
     #[test]
     fn newlines_in_values_are_refused() {
-        let err = set_managed_block("", &[("extra-substituters", vec!["a\nb".into()])]).unwrap_err();
+        let err =
+            set_managed_block("", &[("extra-substituters", vec!["a\nb".into()])]).unwrap_err();
         assert!(matches!(err, ConfError::Newline { .. }));
     }
 }

@@ -16,7 +16,12 @@ pub enum Encoder<W: Write> {
 
 impl<W: Write> Encoder<W> {
     /// `nar_size` picks single- or multi-threaded compression; `level` None is the codec's default.
-    pub fn new(compression: &Compression, level: Option<i32>, nar_size: u64, inner: W) -> io::Result<Self> {
+    pub fn new(
+        compression: &Compression,
+        level: Option<i32>,
+        nar_size: u64,
+        inner: W,
+    ) -> io::Result<Self> {
         let threads = if nar_size >= MULTITHREAD_FROM {
             std::thread::available_parallelism().map_or(1, |n| n.get()) as u32
         } else {
@@ -48,7 +53,10 @@ impl<W: Write> Encoder<W> {
             other => {
                 return Err(io::Error::new(
                     io::ErrorKind::Unsupported,
-                    format!("compression {} is not supported for pushing", other.as_str()),
+                    format!(
+                        "compression {} is not supported for pushing",
+                        other.as_str()
+                    ),
                 ));
             }
         })
@@ -96,7 +104,9 @@ mod tests {
     use std::io::Read;
 
     fn round_trip(compression: Compression, nar_size: u64) -> Vec<u8> {
-        let data: Vec<u8> = (0..300_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let data: Vec<u8> = (0..300_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
         let mut enc = Encoder::new(&compression, None, nar_size, Vec::new()).unwrap();
         enc.write_all(&data).unwrap();
         let packed = enc.finish().unwrap();
@@ -104,7 +114,9 @@ mod tests {
             Compression::Zstd => zstd::decode_all(&packed[..]).unwrap(),
             Compression::Xz => {
                 let mut out = Vec::new();
-                liblzma::read::XzDecoder::new(&packed[..]).read_to_end(&mut out).unwrap();
+                liblzma::read::XzDecoder::new(&packed[..])
+                    .read_to_end(&mut out)
+                    .unwrap();
                 out
             }
             _ => packed,
@@ -123,7 +135,9 @@ mod tests {
 
     #[test]
     fn refuses_bzip2() {
-        let err = Encoder::new(&Compression::Bzip2, None, 1, Vec::new()).err().unwrap();
+        let err = Encoder::new(&Compression::Bzip2, None, 1, Vec::new())
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("bzip2 is not supported"), "{err}");
     }
 }

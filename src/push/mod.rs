@@ -47,26 +47,37 @@ pub struct PushOptions {
 pub enum PushError {
     #[error(transparent)]
     Cache(#[from] CacheError),
-    #[error(
-        "{path} does not match what the Nix store recorded (expected {expected_hash}, {expected_size} bytes; read {actual_hash}, {actual_size} bytes): the store path is corrupt; nothing of it was uploaded (repair it with `nix-store --repair-path {path}`)"
-    )]
-    Corrupt {
-        path: StorePath,
-        expected_hash: Sha256,
-        expected_size: u64,
-        actual_hash: Sha256,
-        actual_size: u64,
-    },
+    #[error(transparent)]
+    Corrupt(Box<Corruption>),
     #[error("could not read {path}: {source}")]
-    Nar { path: StorePath, source: crate::nix::nar::NarError },
+    Nar {
+        path: StorePath,
+        source: crate::nix::nar::NarError,
+    },
     #[error("could not compress the NAR of {path}: {source}")]
-    Compress { path: StorePath, source: std::io::Error },
+    Compress {
+        path: StorePath,
+        source: std::io::Error,
+    },
     #[error("not pushed because its reference {reference} could not be pushed")]
     ReferenceFailed { reference: StorePath },
     #[error("an upload worker stopped unexpectedly: {0}")]
     Worker(String),
     #[error("interrupted before it was pushed")]
     Cancelled,
+}
+
+/// A store path whose contents no longer hash to what Nix recorded.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{path} does not match what the Nix store recorded (expected {expected_hash}, {expected_size} bytes; read {actual_hash}, {actual_size} bytes): the store path is corrupt; nothing of it was uploaded (repair it with `nix-store --repair-path {path}`)"
+)]
+pub struct Corruption {
+    pub path: StorePath,
+    pub expected_hash: Sha256,
+    pub expected_size: u64,
+    pub actual_hash: Sha256,
+    pub actual_size: u64,
 }
 
 /// Which paths of a closure the cache still lacks.
@@ -131,7 +142,10 @@ impl PushReport {
 
     /// Paths left out because the push was interrupted.
     pub fn cancelled(&self) -> usize {
-        self.failed.iter().filter(|(_, e)| matches!(e, PushError::Cancelled)).count()
+        self.failed
+            .iter()
+            .filter(|(_, e)| matches!(e, PushError::Cancelled))
+            .count()
     }
 }
 
@@ -140,7 +154,11 @@ pub fn narinfo_key(path: &StorePath) -> String {
 }
 
 pub fn nar_key(nar_hash: &Sha256, compression: &Compression) -> String {
-    format!("nar/{}{}", nar_hash.to_nix_base32(), compression.nar_extension())
+    format!(
+        "nar/{}{}",
+        nar_hash.to_nix_base32(),
+        compression.nar_extension()
+    )
 }
 
 /// Asks the cache which narinfos exist, many requests at once.
@@ -157,9 +175,17 @@ pub async fn plan(cache: &Cache, closure: Vec<PathInfo>) -> Result<Plan, PushErr
     let mut plan = Plan::default();
     for result in results {
         let (info, exists) = result?;
-        if exists { plan.present.push(info) } else { plan.missing.push(info) }
+        if exists {
+            plan.present.push(info)
+        } else {
+            plan.missing.push(info)
+        }
     }
-    plan.missing.sort_by(|a, b| b.nar_size.cmp(&a.nar_size).then_with(|| a.path.cmp(&b.path)));
+    plan.missing.sort_by(|a, b| {
+        b.nar_size
+            .cmp(&a.nar_size)
+            .then_with(|| a.path.cmp(&b.path))
+    });
     plan.present.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(plan)
 }
@@ -167,7 +193,9 @@ pub async fn plan(cache: &Cache, closure: Vec<PathInfo>) -> Result<Plan, PushErr
 /// Writes `nix-cache-info` unless the cache already has one.
 pub async fn ensure_cache_info(cache: &Cache) -> Result<(), PushError> {
     if cache.head("nix-cache-info").await?.is_none() {
-        cache.put_if_absent("nix-cache-info", CACHE_INFO.into(), "text/x-nix-cache-info").await?;
+        cache
+            .put_if_absent("nix-cache-info", CACHE_INFO.into(), "text/x-nix-cache-info")
+            .await?;
     }
     Ok(())
 }
@@ -182,7 +210,11 @@ enum Landed {
 /// Uploads every missing path of `plan`: NARs largest first, `jobs` at a time; each narinfo as
 /// soon as its NAR and its references' narinfos are in. A failed path fails only the paths that
 /// reference it; everything else still lands.
-pub async fn execute(cache: &Cache, plan: Plan, opts: &PushOptions) -> Result<PushReport, PushError> {
+pub async fn execute(
+    cache: &Cache,
+    plan: Plan,
+    opts: &PushOptions,
+) -> Result<PushReport, PushError> {
     let started = Instant::now();
     let already_present = plan.present.len();
     let total_bytes = plan.missing_nar_bytes();
@@ -209,25 +241,36 @@ pub async fn execute(cache: &Cache, plan: Plan, opts: &PushOptions) -> Result<Pu
             .filter(|r| **r != info.path)
             .filter_map(|r| receivers.get(r).map(|rx| (r.clone(), rx.clone())))
             .collect();
-        let (cache, opts, jobs, counters) = (cache.clone(), opts.clone(), jobs.clone(), counters.clone());
+        let (cache, opts, jobs, counters) =
+            (cache.clone(), opts.clone(), jobs.clone(), counters.clone());
         tasks.spawn(async move {
             let path = info.path.clone();
             let result = push_one(&cache, info, waits, &opts, &jobs, &counters).await;
-            landed.send_replace(if result.is_ok() { Landed::Yes } else { Landed::No });
+            landed.send_replace(if result.is_ok() {
+                Landed::Yes
+            } else {
+                Landed::No
+            });
             counters.paths_done.fetch_add(1, Ordering::Relaxed);
             (path, result)
         });
     }
     drop(receivers);
 
-    let mut report = PushReport { already_present, ..Default::default() };
+    let mut report = PushReport {
+        already_present,
+        ..Default::default()
+    };
     while let Some(joined) = tasks.join_next().await {
         let (path, result) = joined.map_err(|e| PushError::Worker(e.to_string()))?;
         match result {
             Ok(pushed) => report.pushed.push(pushed),
             Err(err) => {
                 // A reference's failure is reported once, at the reference.
-                if !matches!(err, PushError::ReferenceFailed { .. } | PushError::Cancelled) {
+                if !matches!(
+                    err,
+                    PushError::ReferenceFailed { .. } | PushError::Cancelled
+                ) {
                     progress.println(&format!("error: {path}: {err}"));
                 }
                 report.failed.push((path, err));
@@ -253,30 +296,39 @@ async fn push_one(
     let key = nar_key(&info.nar_hash, &opts.compression);
     let cancelled = || opts.cancel.load(Ordering::Relaxed);
     let (file_hash, file_size, reused_nar) = {
-        let _slot = jobs.acquire().await.map_err(|e| PushError::Worker(e.to_string()))?;
+        let _slot = jobs
+            .acquire()
+            .await
+            .map_err(|e| PushError::Worker(e.to_string()))?;
         if cancelled() {
             return Err(PushError::Cancelled);
         }
         match cache.head(&key).await? {
             // Content-keyed: an object under this name holds this NAR, whole.
             Some(existing) => {
-                counters.nar_bytes.fetch_add(info.nar_size, Ordering::Relaxed);
+                counters
+                    .nar_bytes
+                    .fetch_add(info.nar_size, Ordering::Relaxed);
                 (None, existing.size, true)
             }
             None => {
                 let writer = cache.writer(&key, "application/x-nix-nar");
                 let (info2, opts2, counters) = (info.clone(), opts.clone(), counters.clone());
-                let (hash, size) =
-                    tokio::task::spawn_blocking(move || stream_nar(&info2, writer, &opts2, &counters.nar_bytes))
-                        .await
-                        .map_err(|e| PushError::Worker(e.to_string()))??;
+                let (hash, size) = tokio::task::spawn_blocking(move || {
+                    stream_nar(&info2, writer, &opts2, &counters.nar_bytes)
+                })
+                .await
+                .map_err(|e| PushError::Worker(e.to_string()))??;
                 (Some(hash), size, false)
             }
         }
     };
 
     for (reference, mut rx) in waits {
-        let state = *rx.wait_for(|s| *s != Landed::Pending).await.map_err(|e| PushError::Worker(e.to_string()))?;
+        let state = *rx
+            .wait_for(|s| *s != Landed::Pending)
+            .await
+            .map_err(|e| PushError::Worker(e.to_string()))?;
         if state == Landed::No {
             return Err(PushError::ReferenceFailed { reference });
         }
@@ -301,8 +353,20 @@ async fn push_one(
     if let Some(key) = &opts.signing_key {
         narinfo.sign(key);
     }
-    cache.put(&narinfo_key(&info.path), narinfo.to_string().into(), "text/x-nix-narinfo").await?;
-    Ok(Pushed { path: info.path, nar_size: info.nar_size, file_size, reused_nar, elapsed: started.elapsed() })
+    cache
+        .put(
+            &narinfo_key(&info.path),
+            narinfo.to_string().into(),
+            "text/x-nix-narinfo",
+        )
+        .await?;
+    Ok(Pushed {
+        path: info.path,
+        nar_size: info.nar_size,
+        file_size,
+        reused_nar,
+        elapsed: started.elapsed(),
+    })
 }
 
 /// Counts NAR bytes for the progress display as they stream past, and stops the stream when
@@ -316,7 +380,10 @@ struct Counting<'a, W> {
 impl<W: Write> Write for Counting<'_, W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if self.cancel.load(Ordering::Relaxed) {
-            return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "the push was interrupted"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "the push was interrupted",
+            ));
         }
         let n = self.inner.write(buf)?;
         self.counter.fetch_add(n as u64, Ordering::Relaxed);
@@ -336,28 +403,39 @@ fn stream_nar(
     counter: &AtomicU64,
 ) -> Result<(Sha256, u64), PushError> {
     let path = &info.path;
-    let compress_err = |source| PushError::Compress { path: path.clone(), source };
+    let compress_err = |source| PushError::Compress {
+        path: path.clone(),
+        source,
+    };
     let file_hasher = Sha256Writer::new(writer);
-    let encoder = Encoder::new(&opts.compression, opts.level, info.nar_size, file_hasher).map_err(compress_err)?;
-    let mut nar = Sha256Writer::new(Counting { inner: encoder, counter, cancel: &opts.cancel });
+    let encoder = Encoder::new(&opts.compression, opts.level, info.nar_size, file_hasher)
+        .map_err(compress_err)?;
+    let mut nar = Sha256Writer::new(Counting {
+        inner: encoder,
+        counter,
+        cancel: &opts.cancel,
+    });
     // On any error below the writer is dropped, which aborts the upload.
     let dumped = crate::nix::nar::dump_path(std::path::Path::new(&path.to_absolute()), &mut nar);
     if opts.cancel.load(Ordering::Relaxed) {
         return Err(PushError::Cancelled);
     }
-    dumped.map_err(|source| PushError::Nar { path: path.clone(), source })?;
+    dumped.map_err(|source| PushError::Nar {
+        path: path.clone(),
+        source,
+    })?;
     let (counting, nar_hash, nar_size) = nar.finish();
     let file_hasher = counting.inner.finish().map_err(compress_err)?;
     let (writer, file_hash, _) = file_hasher.finish();
     if nar_hash != info.nar_hash || nar_size != info.nar_size {
         writer.abort();
-        return Err(PushError::Corrupt {
+        return Err(PushError::Corrupt(Box::new(Corruption {
             path: path.clone(),
             expected_hash: info.nar_hash,
             expected_size: info.nar_size,
             actual_hash: nar_hash,
             actual_size: nar_size,
-        });
+        })));
     }
     let size = writer.commit()?;
     Ok((file_hash, size))

@@ -51,7 +51,8 @@ impl Progress {
         let started = Instant::now();
         let (bar, ticker) = match mode.resolve() {
             ProgressMode::Bars => {
-                let bar = ProgressBar::with_draw_target(Some(total_bytes), ProgressDrawTarget::stderr());
+                let bar =
+                    ProgressBar::with_draw_target(Some(total_bytes), ProgressDrawTarget::stderr());
                 bar.set_style(
                     ProgressStyle::with_template(
                         "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} {msg}",
@@ -92,7 +93,11 @@ impl Progress {
             }
             _ => (None, None),
         };
-        Progress { counters, ticker, bar }
+        Progress {
+            counters,
+            ticker,
+            bar,
+        }
     }
 
     pub fn counters(&self) -> Arc<Counters> {
@@ -136,7 +141,11 @@ pub fn human_bytes(n: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 #[cfg(test)]

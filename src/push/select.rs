@@ -28,7 +28,9 @@ impl std::fmt::Display for SkipReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SkipReason::Upstream { key } => write!(f, "served upstream (signed by {key})"),
-            SkipReason::Derivation => f.write_str("a derivation (--include-derivations pushes them)"),
+            SkipReason::Derivation => {
+                f.write_str("a derivation (--include-derivations pushes them)")
+            }
             SkipReason::Excluded => f.write_str("matches --exclude"),
             SkipReason::NotIncluded => f.write_str("does not match --include"),
         }
@@ -38,7 +40,10 @@ impl std::fmt::Display for SkipReason {
 impl Filters {
     /// The upstream key that signed `info`, if any.
     pub fn upstream_signer(&self, info: &PathInfo) -> Option<String> {
-        info.signatures.iter().find(|s| self.upstream_keys.contains(&s.key_name)).map(|s| s.key_name.clone())
+        info.signatures
+            .iter()
+            .find(|s| self.upstream_keys.contains(&s.key_name))
+            .map(|s| s.key_name.clone())
     }
 
     /// Why the job's new path `info` is not a root of the push, or None to push it.
@@ -60,8 +65,11 @@ impl Filters {
     }
 }
 
+/// Paths left out of a push, each with its reason.
+pub type Skipped = Vec<(StorePath, SkipReason)>;
+
 /// Splits `infos` into the paths to push and the skipped ones with their reason.
-pub fn split_roots(infos: Vec<PathInfo>, filters: &Filters) -> (Vec<PathInfo>, Vec<(StorePath, SkipReason)>) {
+pub fn split_roots(infos: Vec<PathInfo>, filters: &Filters) -> (Vec<PathInfo>, Skipped) {
     let mut keep = Vec::new();
     let mut skipped = Vec::new();
     for info in infos {
@@ -74,7 +82,7 @@ pub fn split_roots(infos: Vec<PathInfo>, filters: &Filters) -> (Vec<PathInfo>, V
 }
 
 /// Removes upstream-served paths from a closure: a consumer with both caches finds them upstream.
-pub fn drop_upstream(closure: Vec<PathInfo>, filters: &Filters) -> (Vec<PathInfo>, Vec<(StorePath, SkipReason)>) {
+pub fn drop_upstream(closure: Vec<PathInfo>, filters: &Filters) -> (Vec<PathInfo>, Skipped) {
     let mut keep = Vec::new();
     let mut skipped = Vec::new();
     for info in closure {
@@ -98,7 +106,13 @@ mod tests {
             nar_size: 1,
             references: vec![],
             deriver: None,
-            signatures: signed_by.iter().map(|k| Signature { key_name: (*k).into(), bytes: [0; 64] }).collect(),
+            signatures: signed_by
+                .iter()
+                .map(|k| Signature {
+                    key_name: (*k).into(),
+                    bytes: [0; 64],
+                })
+                .collect(),
             ca: None,
         }
     }
@@ -112,11 +126,33 @@ mod tests {
             exclude: Some(Regex::new("-debug$").unwrap()),
         };
         let cases = [
-            ("bw9svbjjplvpv3vpkgb10wycmbncwrk1-app", &["ours-1"][..], None),
-            ("bw9svbjjplvpv3vpkgb10wycmbncwrk1-app-x", &["cache.nixos.org-1"][..], Some(SkipReason::Upstream { key: "cache.nixos.org-1".into() })),
-            ("bw9svbjjplvpv3vpkgb10wycmbncwrk1-app.drv", &[][..], Some(SkipReason::Derivation)),
-            ("bw9svbjjplvpv3vpkgb10wycmbncwrk1-app-debug", &[][..], Some(SkipReason::Excluded)),
-            ("bw9svbjjplvpv3vpkgb10wycmbncwrk1-lib", &[][..], Some(SkipReason::NotIncluded)),
+            (
+                "bw9svbjjplvpv3vpkgb10wycmbncwrk1-app",
+                &["ours-1"][..],
+                None,
+            ),
+            (
+                "bw9svbjjplvpv3vpkgb10wycmbncwrk1-app-x",
+                &["cache.nixos.org-1"][..],
+                Some(SkipReason::Upstream {
+                    key: "cache.nixos.org-1".into(),
+                }),
+            ),
+            (
+                "bw9svbjjplvpv3vpkgb10wycmbncwrk1-app.drv",
+                &[][..],
+                Some(SkipReason::Derivation),
+            ),
+            (
+                "bw9svbjjplvpv3vpkgb10wycmbncwrk1-app-debug",
+                &[][..],
+                Some(SkipReason::Excluded),
+            ),
+            (
+                "bw9svbjjplvpv3vpkgb10wycmbncwrk1-lib",
+                &[][..],
+                Some(SkipReason::NotIncluded),
+            ),
         ];
         for (base, sigs, expected) in cases {
             assert_eq!(filters.skip_root(&info(base, sigs)), expected, "{base}");

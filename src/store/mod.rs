@@ -3,10 +3,10 @@
 
 mod nix_env;
 mod path_info;
-mod snapshot;
 mod resolve;
+mod snapshot;
 
+pub use nix_env::{NixEnv, system_conf_path, user_conf_path};
 pub use path_info::{PathInfo, StoreError, query_path_info, query_valid_path_info};
 pub use resolve::{ResolveError, resolve_store_path};
-pub use nix_env::{NixEnv, system_conf_path, user_conf_path};
 pub use snapshot::{SnapshotError, added_since, read_store_dir};

@@ -22,14 +22,22 @@ pub struct NixEnv {
 impl NixEnv {
     /// Asks Nix (`nix show-config`, `nix store ping`) and the system (`id`).
     pub fn detect() -> Result<NixEnv, StoreError> {
-        let config = nix_output(&["show-config", "--json"])?;
+        let config = nix_output(&["show-config", "--json"])?.stdout;
         let config: serde_json::Value =
             serde_json::from_str(&config).map_err(|e| StoreError::BadJson(e.to_string()))?;
+        // Nix 2.8 prints the ping's answer on stderr, later versions on stdout.
         let ping = nix_output(&["store", "ping"])?;
+        let ping = format!("{}\n{}", ping.stdout, ping.stderr);
         let user = id(&["-un"]).unwrap_or_default();
-        let groups: Vec<String> = id(&["-Gn"]).unwrap_or_default().split_whitespace().map(str::to_owned).collect();
+        let groups: Vec<String> = id(&["-Gn"])
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
         let is_root = id(&["-u"]).as_deref() == Some("0");
-        let daemon = ping.lines().any(|l| l.trim() == "Store URL: daemon" || l.contains("Store URL: unix://"));
+        let daemon = ping
+            .lines()
+            .any(|l| l.trim() == "Store URL: daemon" || l.contains("Store URL: unix://"));
         // Newer Nix says outright whether the daemon trusts us; 2.8 does not, so we work it out.
         let trusted = match ping.lines().find_map(|l| l.strip_prefix("Trusted: ")) {
             Some(t) => t.trim() == "1",
@@ -39,7 +47,9 @@ impl NixEnv {
                     || setting(&config, "trusted-users").iter().any(|entry| {
                         entry == "*"
                             || *entry == user
-                            || entry.strip_prefix('@').is_some_and(|g| groups.iter().any(|mine| mine == g))
+                            || entry
+                                .strip_prefix('@')
+                                .is_some_and(|g| groups.iter().any(|mine| mine == g))
                     })
             }
         };
@@ -78,21 +88,33 @@ pub fn system_conf_path() -> PathBuf {
         .join("nix.conf")
 }
 
-fn nix_output(args: &[&str]) -> Result<String, StoreError> {
+struct NixOutput {
+    stdout: String,
+    stderr: String,
+}
+
+fn nix_output(args: &[&str]) -> Result<NixOutput, StoreError> {
     let out = Command::new("nix")
         .args(["--extra-experimental-features", "nix-command"])
         .args(args)
         .output()
         .map_err(StoreError::Spawn)?;
     if !out.status.success() {
-        return Err(StoreError::Failed { stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned() });
+        return Err(StoreError::Failed {
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(NixOutput {
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
 }
 
 fn id(args: &[&str]) -> Option<String> {
     let out = Command::new("id").args(args).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 /// A setting's value as a list of words; `nix show-config --json` wraps values in
@@ -101,7 +123,11 @@ fn setting(config: &serde_json::Value, name: &str) -> Vec<String> {
     let value = &config[name];
     let value = value.get("value").unwrap_or(value);
     match value {
-        serde_json::Value::Array(items) => items.iter().filter_map(|v| v.as_str()).map(str::to_owned).collect(),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .filter_map(|v| v.as_str())
+            .map(str::to_owned)
+            .collect(),
         serde_json::Value::String(s) => s.split_whitespace().map(str::to_owned).collect(),
         _ => Vec::new(),
     }

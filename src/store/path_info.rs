@@ -29,7 +29,9 @@ pub enum StoreError {
     Spawn(#[source] std::io::Error),
     #[error("`nix path-info` failed: {stderr}")]
     Failed { stderr: String },
-    #[error("{path} is not a valid path in the local Nix store (was it built or fetched on this machine?)")]
+    #[error(
+        "{path} is not a valid path in the local Nix store (was it built or fetched on this machine?)"
+    )]
     NotValid { path: String },
     #[error("could not read the output of `nix path-info`: {0}")]
     BadJson(String),
@@ -67,27 +69,47 @@ pub fn query_valid_path_info(paths: &[StorePath]) -> Result<Vec<PathInfo>, Store
     query(paths, false, true)
 }
 
-fn query(paths: &[StorePath], closure: bool, skip_invalid: bool) -> Result<Vec<PathInfo>, StoreError> {
+fn query(
+    paths: &[StorePath],
+    closure: bool,
+    skip_invalid: bool,
+) -> Result<Vec<PathInfo>, StoreError> {
+    // Nix 2.8 reads a `.drv` argument as "the outputs of this derivation" unless told
+    // `--derivation`, which in turn drops arguments that are not derivations: so two queries.
+    let (drvs, others): (Vec<StorePath>, Vec<StorePath>) =
+        paths.iter().cloned().partition(StorePath::is_derivation);
     let mut seen = HashSet::new();
     let mut infos = Vec::new();
-    for batch in paths.chunks(BATCH) {
-        let mut cmd = Command::new("nix");
-        cmd.args(["--extra-experimental-features", "nix-command", "path-info", "--json"]);
-        if closure {
-            cmd.arg("--recursive");
-        }
-        cmd.args(batch.iter().map(|p| p.to_absolute()));
-        let out = cmd.output().map_err(StoreError::Spawn)?;
-        if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            if let Some(path) = not_valid_path(&stderr) {
-                return Err(StoreError::NotValid { path });
+    for (group, derivation) in [(others, false), (drvs, true)] {
+        for batch in group.chunks(BATCH) {
+            let mut cmd = Command::new("nix");
+            cmd.args([
+                "--extra-experimental-features",
+                "nix-command",
+                "path-info",
+                "--json",
+            ]);
+            if closure {
+                cmd.arg("--recursive");
             }
-            return Err(StoreError::Failed { stderr: stderr.trim().to_owned() });
-        }
-        for info in parse_path_info_json(&out.stdout, skip_invalid)? {
-            if seen.insert(info.path.clone()) {
-                infos.push(info);
+            if derivation {
+                cmd.arg("--derivation");
+            }
+            cmd.args(batch.iter().map(|p| p.to_absolute()));
+            let out = cmd.output().map_err(StoreError::Spawn)?;
+            if !out.status.success() {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                if let Some(path) = not_valid_path(&stderr) {
+                    return Err(StoreError::NotValid { path });
+                }
+                return Err(StoreError::Failed {
+                    stderr: stderr.trim().to_owned(),
+                });
+            }
+            for info in parse_path_info_json(&out.stdout, skip_invalid)? {
+                if seen.insert(info.path.clone()) {
+                    infos.push(info);
+                }
             }
         }
     }
@@ -96,13 +118,20 @@ fn query(paths: &[StorePath], closure: bool, skip_invalid: bool) -> Result<Vec<P
 
 /// Nix 2.8–2.18 print an array of objects with a `path` field; later versions an object keyed
 /// by path. Both are read.
-pub(crate) fn parse_path_info_json(bytes: &[u8], skip_invalid: bool) -> Result<Vec<PathInfo>, StoreError> {
+pub(crate) fn parse_path_info_json(
+    bytes: &[u8],
+    skip_invalid: bool,
+) -> Result<Vec<PathInfo>, StoreError> {
     let value: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| StoreError::BadJson(e.to_string()))?;
     let entries: Vec<(Option<String>, serde_json::Value)> = match value {
         serde_json::Value::Array(items) => items.into_iter().map(|v| (None, v)).collect(),
         serde_json::Value::Object(map) => map.into_iter().map(|(k, v)| (Some(k), v)).collect(),
-        _ => return Err(StoreError::BadJson("expected a JSON array or object".into())),
+        _ => {
+            return Err(StoreError::BadJson(
+                "expected a JSON array or object".into(),
+            ));
+        }
     };
     let mut infos = Vec::with_capacity(entries.len());
     for (key, value) in entries {
@@ -113,7 +142,11 @@ pub(crate) fn parse_path_info_json(bytes: &[u8], skip_invalid: bool) -> Result<V
             } else {
                 serde_json::from_value(value).map_err(|e| StoreError::BadJson(e.to_string()))?
             };
-            let path_text = raw.path.take().or(key).ok_or_else(|| StoreError::BadJson("an entry has no path".into()))?;
+            let path_text = raw
+                .path
+                .take()
+                .or(key)
+                .ok_or_else(|| StoreError::BadJson("an entry has no path".into()))?;
             if !raw.valid {
                 if skip_invalid {
                     continue;
@@ -143,8 +176,20 @@ fn convert(path_text: String, raw: RawInfo) -> Result<PathInfo, StoreError> {
         Some(d) => Some(StorePath::from_absolute(d).map_err(|e| bad(&e.to_string()))?),
     };
     // A signature we cannot parse is not ours to judge; it is dropped rather than failing the push.
-    let signatures = raw.signatures.iter().filter_map(|s| Signature::parse(s).ok()).collect();
-    Ok(PathInfo { path, nar_hash, nar_size, references, deriver, signatures, ca: raw.ca })
+    let signatures = raw
+        .signatures
+        .iter()
+        .filter_map(|s| Signature::parse(s).ok())
+        .collect();
+    Ok(PathInfo {
+        path,
+        nar_hash,
+        nar_size,
+        references,
+        deriver,
+        signatures,
+        ca: raw.ca,
+    })
 }
 
 fn not_valid_path(stderr: &str) -> Option<String> {
@@ -152,7 +197,9 @@ fn not_valid_path(stderr: &str) -> Option<String> {
     let start = stderr.find("path '")? + "path '".len();
     let rest = &stderr[start..];
     let end = rest.find('\'')?;
-    rest[end..].starts_with("' is not valid").then(|| rest[..end].to_owned())
+    rest[end..]
+        .starts_with("' is not valid")
+        .then(|| rest[..end].to_owned())
 }
 
 #[cfg(test)]
@@ -168,7 +215,10 @@ mod tests {
         let info = &infos[0];
         assert_eq!(info.path.name(), "hello-test");
         assert_eq!(info.nar_size, 752);
-        assert_eq!(info.nar_hash.to_nix_base32(), "192vcw20fdmq43ybmxc4na24vghfqf8gbinbnrdkanx6sr9zlr2y");
+        assert_eq!(
+            info.nar_hash.to_nix_base32(),
+            "192vcw20fdmq43ybmxc4na24vghfqf8gbinbnrdkanx6sr9zlr2y"
+        );
         assert_eq!(info.references[0].name(), "dep");
         assert_eq!(info.deriver.as_ref().unwrap().name(), "hello-test.drv");
         assert_eq!(info.signatures[0].key_name, "test-1");
@@ -186,7 +236,16 @@ mod tests {
     fn an_invalid_path_is_an_error_naming_it() {
         let text = r#"[{"path":"/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nope","valid":false}]"#;
         let err = parse_path_info_json(text.as_bytes(), false).unwrap_err();
-        assert!(err.to_string().starts_with("/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nope is not a valid path"), "{err}");
-        assert!(parse_path_info_json(text.as_bytes(), true).unwrap().is_empty());
+        assert!(
+            err.to_string().starts_with(
+                "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nope is not a valid path"
+            ),
+            "{err}"
+        );
+        assert!(
+            parse_path_info_json(text.as_bytes(), true)
+                .unwrap()
+                .is_empty()
+        );
     }
 }

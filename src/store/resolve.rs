@@ -9,12 +9,17 @@ use crate::nix::{STORE_DIR, StorePath};
 pub enum ResolveError {
     #[error("{path}: no such file or symlink")]
     NotFound { path: PathBuf },
-    #[error("{path} is not in the Nix store ({STORE_DIR}); give a store path or a link to one such as ./result")]
+    #[error(
+        "{path} is not in the Nix store ({STORE_DIR}); give a store path or a link to one such as ./result"
+    )]
     NotInStore { path: PathBuf },
     #[error("{path}: too many levels of symbolic links")]
     TooManyLinks { path: PathBuf },
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The store path that `arg` names, following symlinks outside the store.
@@ -23,7 +28,10 @@ pub fn resolve_store_path(arg: &Path) -> Result<StorePath, ResolveError> {
         arg.to_path_buf()
     } else {
         std::env::current_dir()
-            .map_err(|source| ResolveError::Io { path: arg.into(), source })?
+            .map_err(|source| ResolveError::Io {
+                path: arg.into(),
+                source,
+            })?
             .join(arg)
     };
     for _ in 0..40 {
@@ -37,14 +45,21 @@ pub fn resolve_store_path(arg: &Path) -> Result<StorePath, ResolveError> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(ResolveError::NotFound { path: arg.into() });
             }
-            Err(source) => return Err(ResolveError::Io { path: arg.into(), source }),
+            Err(source) => {
+                return Err(ResolveError::Io {
+                    path: arg.into(),
+                    source,
+                });
+            }
             Ok(meta) if !meta.file_type().is_symlink() => {
                 return Err(ResolveError::NotInStore { path: arg.into() });
             }
             Ok(_) => {}
         }
-        let target = std::fs::read_link(&current)
-            .map_err(|source| ResolveError::Io { path: arg.into(), source })?;
+        let target = std::fs::read_link(&current).map_err(|source| ResolveError::Io {
+            path: arg.into(),
+            source,
+        })?;
         current = match current.parent() {
             Some(parent) if target.is_relative() => parent.join(target),
             _ => target,
@@ -64,7 +79,10 @@ mod tests {
         std::os::unix::fs::symlink(&target, dir.path().join("a")).unwrap();
         std::os::unix::fs::symlink("a", dir.path().join("result")).unwrap();
         let path = resolve_store_path(&dir.path().join("result")).unwrap();
-        assert_eq!(path.to_absolute(), format!("{STORE_DIR}/wsjymlc52qk8vs92n03qp5spl0rva21y-dep"));
+        assert_eq!(
+            path.to_absolute(),
+            format!("{STORE_DIR}/wsjymlc52qk8vs92n03qp5spl0rva21y-dep")
+        );
     }
 
     #[test]
@@ -78,7 +96,10 @@ mod tests {
     #[test]
     fn names_a_missing_argument() {
         let err = resolve_store_path(Path::new("/nonexistent/result")).unwrap_err();
-        assert_eq!(err.to_string(), "/nonexistent/result: no such file or symlink");
+        assert_eq!(
+            err.to_string(),
+            "/nonexistent/result: no such file or symlink"
+        );
     }
 
     #[test]

@@ -17,7 +17,10 @@ pub struct SnapshotError {
 
 /// Names of the entries of `dir` that look like store paths (`<32 nixbase32 chars>-<name>`).
 pub fn read_store_dir(dir: &Path) -> Result<Vec<String>, SnapshotError> {
-    let err = |source| SnapshotError { dir: dir.display().to_string(), source };
+    let err = |source| SnapshotError {
+        dir: dir.display().to_string(),
+        source,
+    };
     let mut names = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(err)? {
         let entry = entry.map_err(err)?;
@@ -57,7 +60,13 @@ mod tests {
             std::fs::write(dir.path().join(name), b"").unwrap();
         }
         let now = read_store_dir(dir.path()).unwrap();
-        assert_eq!(now, ["bw9svbjjplvpv3vpkgb10wycmbncwrk1-hello-test", "wsjymlc52qk8vs92n03qp5spl0rva21y-dep"]);
+        assert_eq!(
+            now,
+            [
+                "bw9svbjjplvpv3vpkgb10wycmbncwrk1-hello-test",
+                "wsjymlc52qk8vs92n03qp5spl0rva21y-dep"
+            ]
+        );
         let before = vec!["wsjymlc52qk8vs92n03qp5spl0rva21y-dep".to_owned()];
         let added = added_since(&before, &now);
         assert_eq!(added.len(), 1);

@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod nix;
+pub mod s3;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -22,7 +23,8 @@ pub fn nixbucket() -> Command {
 
 /// Runs a command, returning its output; panics only if it could not be started.
 pub fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("could not start {cmd:?}: {e}"))
+    cmd.output()
+        .unwrap_or_else(|e| panic!("could not start {cmd:?}: {e}"))
 }
 
 pub fn stdout(out: &Output) -> String {
@@ -36,19 +38,32 @@ pub fn stderr(out: &Output) -> String {
 /// Asserts success and shows both streams when it was not.
 #[track_caller]
 pub fn assert_ok(out: &Output) {
-    assert!(out.status.success(), "exit {:?}\nstdout:\n{}\nstderr:\n{}", out.status, stdout(out), stderr(out));
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        stdout(out),
+        stderr(out)
+    );
 }
 
 #[track_caller]
 pub fn assert_fails(out: &Output) -> String {
-    assert!(!out.status.success(), "expected a failure\nstdout:\n{}\nstderr:\n{}", stdout(out), stderr(out));
+    assert!(
+        !out.status.success(),
+        "expected a failure\nstdout:\n{}\nstderr:\n{}",
+        stdout(out),
+        stderr(out)
+    );
     stderr(out)
 }
 
 /// A fresh key pair made by `nixbucket keygen`: (secret key file, public key text).
 pub fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
     let secret = dir.join(format!("{name}.sk"));
-    let out = run(nixbucket().args(["keygen", name, "--secret-file"]).arg(&secret));
+    let out = run(nixbucket()
+        .args(["keygen", name, "--secret-file"])
+        .arg(&secret));
     assert_ok(&out);
     (secret, stdout(&out).trim().to_owned())
 }
@@ -56,13 +71,20 @@ pub fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
 /// Files below `root` (relative, sorted), for asserting what a cache holds.
 pub fn list_files(root: &Path) -> Vec<String> {
     fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
         for entry in entries.flatten() {
             let path = entry.path();
             if path.is_dir() {
                 walk(root, &path, out);
             } else {
-                out.push(path.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+                out.push(
+                    path.strip_prefix(root)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
             }
         }
     }

@@ -47,12 +47,19 @@ pub fn build_closure(dir: &Path, tag: &str) -> [String; 3] {
     );
     let app = format!(
         r#"let lib = {lib}; in {}"#,
-        derivation(&format!("app-{tag}"), "mkdir $out; ln -s ${lib}/lib/run $out/run; echo ${lib} > $out/deps")
+        derivation(
+            &format!("app-{tag}"),
+            "mkdir $out; ln -s ${lib}/lib/run $out/run; echo ${lib} > $out/deps"
+        )
     );
     let app_path = build(dir, &app);
     let closure = query_closure(&app_path);
     let find = |prefix: &str| {
-        closure.iter().find(|p| p.contains(&format!("-{prefix}-{tag}"))).cloned().expect("path in closure")
+        closure
+            .iter()
+            .find(|p| p.contains(&format!("-{prefix}-{tag}")))
+            .cloned()
+            .expect("path in closure")
     };
     [app_path.clone(), find("lib"), find("data")]
 }
@@ -66,7 +73,12 @@ pub fn query_closure(path: &str) -> Vec<String> {
 
 /// Copies `path` from `cache_url` into a fresh store under `store_root`, trusting only
 /// `public_key`: the proof that Nix accepts what we wrote.
-pub fn copy_into_fresh_store(cache_url: &str, public_key: &str, store_root: &Path, path: &str) -> Output {
+pub fn copy_into_fresh_store(
+    cache_url: &str,
+    public_key: &str,
+    store_root: &Path,
+    path: &str,
+) -> Output {
     run(nix_command("nix")
         .args(["copy", "--from", cache_url, "--to"])
         .arg(store_root)
