@@ -13,7 +13,7 @@ use crate::command::signing_key;
 use crate::nix::Compression;
 use crate::nix::{STORE_DIR, StorePath};
 use crate::push::select::{self, Filters, Skipped};
-use crate::push::{self, ProgressMode, PushOptions, human_bytes};
+use crate::push::{self, ProgressMode, PushOptions, count, human_bytes};
 use crate::state::{self, State};
 use crate::store::{self, NixEnv, PathInfo};
 
@@ -135,8 +135,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             println!("skip {path}: {reason}");
         }
         eprintln!(
-            "{} paths ({} NAR) would be pushed; {} already in the cache{}",
-            plan.missing.len(),
+            "{} ({} NAR) would be pushed; {} already in the cache{}",
+            count(plan.missing.len(), "path"),
             human_bytes(plan.missing_nar_bytes()),
             plan.present.len(),
             if signing_key.is_none() {
@@ -162,16 +162,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     eprintln!("{}", report.summary(&compression));
     if report.cancelled() > 0 {
         bail!(
-            "interrupted: {} paths landed whole, {} did not start or were abandoned; run the push again to finish",
-            report.pushed.len(),
+            "interrupted: {} landed whole, {} did not start or were abandoned; run the push again to finish",
+            count(report.pushed.len(), "path"),
             report.failed.len()
         );
     }
     if !report.failed.is_empty() {
         bail!(
-            "{} of {} paths could not be pushed (see the errors above); what was pushed is complete and usable",
+            "{} of {} could not be pushed (see the errors above); what was pushed is complete and usable",
             report.failed.len(),
-            report.failed.len() + report.pushed.len()
+            count(report.failed.len() + report.pushed.len(), "path")
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -23,7 +23,7 @@ use crate::nix::hash::Sha256Writer;
 use crate::nix::{Compression, NarInfo, SecretKey, Sha256, StorePath};
 use crate::store::PathInfo;
 use encode::Encoder;
-pub use progress::{ProgressMode, human_bytes};
+pub use progress::{ProgressMode, count, human_bytes};
 
 /// What `nix-cache-info` says for a cache we create.
 pub const CACHE_INFO: &str = "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n";
@@ -122,8 +122,8 @@ impl PushReport {
     /// One line for the end of a CI log.
     pub fn summary(&self, compression: &Compression) -> String {
         let mut line = format!(
-            "pushed {} paths ({} NAR, {} as {}) in {:.1}s; {} already in the cache",
-            self.pushed.len(),
+            "pushed {} ({} NAR, {} as {}) in {:.1}s; {} already in the cache",
+            count(self.pushed.len(), "path"),
             human_bytes(self.nar_bytes()),
             human_bytes(self.file_bytes()),
             compression.as_str(),
