@@ -642,10 +642,12 @@ impl Upload {
         let mut next = Some(Chunk::Part(first));
         let joined = |r: Option<
             Result<Result<CompletedPart, CacheError>, tokio::task::JoinError>,
-        >| match r {
-            Some(Ok(r)) => r.map(Some),
-            Some(Err(e)) => Err(self.interrupted(&format!("part upload task failed: {e}"))),
-            None => Ok(None),
+        >| {
+            match r {
+                Some(Ok(r)) => r.map(Some),
+                Some(Err(e)) => Err(self.interrupted(&format!("part upload task failed: {e}"))),
+                None => Ok(None),
+            }
         };
         loop {
             let chunk = match next.take() {
