@@ -445,7 +445,7 @@ async fn push_and_report(inputs: &Inputs) -> anyhow::Result<(ExitCode, usize, u6
                 skipped: &skipped,
                 compression: &settings.compression,
             };
-            say(&format!("nixbucket: {}", outcome.title()));
+            say(&outcome.title());
             report(inputs, &outcome).await?;
             let mut code = ExitCode::SUCCESS;
             for (path, err) in &push_report.failed {
