@@ -26,6 +26,9 @@ pub enum Command {
     Sign(command::sign::Args),
     /// Check that a cache is whole: signatures, NARs, references (and with --deep, NAR hashes).
     Verify(command::verify::Args),
+    /// The GitHub Action's steps (run by its JavaScript): `main` sets up, `post` pushes.
+    #[command(hide = true)]
+    GithubAction(command::github_action::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -47,6 +50,7 @@ pub fn main() -> ExitCode {
             Command::Push(args) => command::push::run(args).await,
             Command::Sign(args) => command::sign::run(args).await,
             Command::Verify(args) => command::verify::run(args).await,
+            Command::GithubAction(args) => command::github_action::run(args).await,
         }
     });
     match result {

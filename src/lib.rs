@@ -5,9 +5,11 @@
 //! - [`cache`]: where a binary cache lives (an S3 bucket, a local directory).
 //! - [`push`]: the pipeline that turns store paths into signed cache entries.
 //! - [`state`]: what `setup` hands to `push` across CI steps.
+//! - [`ci`]: glue for CI systems (the GitHub Action's inputs, step files, OIDC, reports).
 //! - [`command`]: one module per subcommand.
 
 pub mod cache;
+pub mod ci;
 pub mod cli;
 pub mod command;
 pub mod nix;

@@ -50,10 +50,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("invalid cache URL {:?}", args.cache))?;
     let state_path = args.state_file.clone().unwrap_or_else(state::default_path);
     let keys = public_keys(&args)?;
+    let substituter =
+        (!args.no_configure).then(|| args.substituter.clone().unwrap_or_else(|| url.to_string()));
+    setup_job(&url, substituter.as_deref(), &keys, &state_path)?;
+    Ok(ExitCode::SUCCESS)
+}
 
-    if !args.no_configure {
-        let substituter = args.substituter.clone().unwrap_or_else(|| url.to_string());
-        configure(&substituter, &keys)?;
+/// What `run` does once the arguments are resolved: point Nix at `substituter` trusting `keys`
+/// (unless it is `None`), then record the store for `push` in `state_path`. The GitHub Action
+/// calls this with what it read from its inputs.
+pub fn setup_job(
+    url: &CacheUrl,
+    substituter: Option<&str>,
+    keys: &[PublicKey],
+    state_path: &Path,
+) -> anyhow::Result<()> {
+    if let Some(substituter) = substituter {
+        configure(substituter, keys)?;
     }
 
     let started = std::time::Instant::now();
@@ -64,13 +77,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         paths,
         keys.iter().map(ToString::to_string).collect(),
     )
-    .save(&state_path)?;
+    .save(state_path)?;
     eprintln!(
         "recorded {count} store paths in {} ({} ms)",
         state_path.display(),
         started.elapsed().as_millis()
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 fn public_keys(args: &Args) -> anyhow::Result<Vec<PublicKey>> {
