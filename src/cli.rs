@@ -26,6 +26,10 @@ pub enum Command {
     Sign(command::sign::Args),
     /// Check that a cache is whole: signatures, NARs, references (and with --deep, NAR hashes).
     Verify(command::verify::Args),
+    /// Serve the cache to Nix over HTTP on loopback (what `setup --serve` starts).
+    Serve(command::serve::Args),
+    /// Nix's post-build-hook: hand built paths to `nixbucket serve` (never fails the build).
+    Hook(command::hook::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -47,6 +51,8 @@ pub fn main() -> ExitCode {
             Command::Push(args) => command::push::run(args).await,
             Command::Sign(args) => command::sign::run(args).await,
             Command::Verify(args) => command::verify::run(args).await,
+            Command::Serve(args) => command::serve::run(args).await,
+            Command::Hook(args) => Ok(command::hook::run(args)),
         }
     });
     match result {

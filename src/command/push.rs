@@ -115,6 +115,18 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         key
     };
     let filters = filters(&args, signing_key.as_deref().map(|k| k.name().to_owned()))?;
+    // After `setup --serve`: the server's uploads finish first, so the store diff below finds
+    // them in the cache; then its counters are read and it is stopped.
+    let served = match args.paths.is_empty() {
+        true => {
+            let (state_file, keep) = (args.state_file.clone(), args.dry_run);
+            tokio::task::spawn_blocking(move || super::serve::finish(state_file.as_deref(), keep))
+                .await
+                .ok()
+                .flatten()
+        }
+        false => None,
+    };
     let (closure, skipped) = {
         let (paths, state_file) = (args.paths.clone(), args.state_file.clone());
         tokio::task::spawn_blocking(move || select_closure(&paths, state_file, &filters))
@@ -160,6 +172,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let report = push::execute(&cache, plan, &opts).await?;
     signals.abort();
     eprintln!("{}", report.summary(&compression));
+    if let Some(stats) = &served {
+        eprintln!("{}", stats.summary());
+    }
     if report.cancelled() > 0 {
         bail!(
             "interrupted: {} paths landed whole, {} did not start or were abandoned; run the push again to finish",
@@ -247,7 +262,7 @@ fn select_closure(
     Ok((closure, skipped))
 }
 
-fn resolve_compression(
+pub(crate) fn resolve_compression(
     flag: Option<CompressionArg>,
     url: &CacheUrl,
 ) -> anyhow::Result<Compression> {
