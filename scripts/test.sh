@@ -7,5 +7,5 @@ scripts/install-deps.sh
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
 # The setup/push tests diff the shared /nix/store, so they run after the rest, one at a time.
-cargo nextest run --no-fail-fast -E 'not binary(setup_push)'
-cargo nextest run --no-fail-fast -E 'binary(setup_push)' --test-threads 1
+cargo nextest run --no-fail-fast -E 'not (binary(setup_push) | binary(serve))'
+cargo nextest run --no-fail-fast -E 'binary(setup_push) | binary(serve)' --test-threads 1

@@ -1,4 +1,4 @@
-//! `nixbucket hook`: Nix's post-build-hook. Hands the paths Nix just built ($OUT_PATHS) to the
+//! `nixbucket hook`: Nix's post-build-hook. Hands the paths Nix just built to the
 //! `nixbucket serve` that `setup --serve --push-during-build` started, and exits 0 whatever
 //! happens: the hook runs inside the build, and a cache problem must never fail or stall it.
 
@@ -20,7 +20,13 @@ pub struct Args {
 /// Never returns an error: problems are one line in the build log, and `push` uploads at the
 /// end whatever did not get through.
 pub fn run(args: Args) -> ExitCode {
-    let paths = std::env::var("OUT_PATHS").unwrap_or_default();
+    // Nix 2.8 leaves $OUT_PATHS empty; then the derivation stands for its outputs and the
+    // server looks them up.
+    let paths = ["OUT_PATHS", "DRV_PATH"]
+        .iter()
+        .filter_map(|var| std::env::var(var).ok())
+        .collect::<Vec<_>>()
+        .join(" ");
     if paths.trim().is_empty() {
         return ExitCode::SUCCESS;
     }

@@ -248,11 +248,18 @@ pub(crate) fn install_hook_script(state_path: &Path, port: u16) -> anyhow::Resul
         .to_str()
         .context("the nixbucket binary's path is not UTF-8")?;
     let script = sibling(state_path, "nixbucket-post-build-hook");
-    let quoted = format!("'{}'", exe.replace('\'', r"'\''"));
+    // Nix 2.8's nix-build does not show a hook's output, so it goes to a log of its own.
+    let log = sibling(state_path, "nixbucket-hook.log");
+    let log = log
+        .to_str()
+        .context("the state directory's path is not UTF-8")?;
+    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
     let text = format!(
         "#!/bin/sh\n# Written by `nixbucket setup --push-during-build`: hands what Nix built to \
          `nixbucket serve`.\n# It never fails the build; `nixbucket push` uploads what it missed.\n\
-         {quoted} hook --server http://127.0.0.1:{port} || true\nexit 0\n"
+         {} hook --server http://127.0.0.1:{port} 2>>{} || true\nexit 0\n",
+        quote(exe),
+        quote(log),
     );
     write_atomically(&script, &text)
         .with_context(|| format!("could not write {}", script.display()))?;

@@ -212,14 +212,14 @@ async fn narinfo(server: &Server, hash: &str, head: bool) -> Response<Body> {
     };
     match found {
         Ok(Some((size, body))) => {
-            Stats::add(&server.stats.narinfo_hits, 1);
+            server.stats.lookup(hash, true);
             let mut resp = small(body.unwrap_or_default(), "text/x-nix-narinfo");
             resp.headers_mut()
                 .insert(CONTENT_LENGTH, HeaderValue::from(size));
             resp
         }
         Ok(None) => {
-            Stats::add(&server.stats.narinfo_misses, 1);
+            server.stats.lookup(hash, false);
             not_found()
         }
         Err(err) => failure(server, &key, &err),

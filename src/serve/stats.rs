@@ -1,16 +1,26 @@
 //! What the server counts while it runs, and the JSON snapshot `push` reads at job end.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
 use crate::push::human_bytes;
 
+/// Paths remembered one by one for the hit rate; beyond this, lookups are counted as they come
+/// (so memory stays bounded on a huge build).
+const DISTINCT_PATHS: usize = 200_000;
+
 /// Live counters, shared by every connection.
 #[derive(Debug, Default)]
 pub struct Stats {
-    pub(crate) narinfo_hits: AtomicU64,
-    pub(crate) narinfo_misses: AtomicU64,
+    /// Per hash part: whether any lookup of it hit. Nix often asks twice for one path (a HEAD,
+    /// then a GET), and the hit rate is about paths, not requests.
+    looked_up: Mutex<HashMap<String, bool>>,
+    overflow_hits: AtomicU64,
+    overflow_misses: AtomicU64,
+    pub(crate) narinfo_requests: AtomicU64,
     pub(crate) nar_requests: AtomicU64,
     pub(crate) nar_bytes: AtomicU64,
     pub(crate) errors: AtomicU64,
@@ -21,11 +31,32 @@ impl Stats {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// One narinfo lookup of the path with hash part `hash`.
+    pub(crate) fn lookup(&self, hash: &str, hit: bool) {
+        Self::add(&self.narinfo_requests, 1);
+        let mut seen = self.looked_up.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(was) = seen.get_mut(hash) {
+            *was |= hit;
+        } else if seen.len() < DISTINCT_PATHS {
+            seen.insert(hash.to_owned(), hit);
+        } else if hit {
+            Self::add(&self.overflow_hits, 1);
+        } else {
+            Self::add(&self.overflow_misses, 1);
+        }
+    }
+
     pub fn snapshot(&self, upload: UploadSnapshot) -> StatsSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let (hits, misses) = {
+            let seen = self.looked_up.lock().unwrap_or_else(|e| e.into_inner());
+            let hits = seen.values().filter(|hit| **hit).count() as u64;
+            (hits, seen.len() as u64 - hits)
+        };
         StatsSnapshot {
-            narinfo_hits: get(&self.narinfo_hits),
-            narinfo_misses: get(&self.narinfo_misses),
+            narinfo_hits: hits + get(&self.overflow_hits),
+            narinfo_misses: misses + get(&self.overflow_misses),
+            narinfo_requests: get(&self.narinfo_requests),
             nar_requests: get(&self.nar_requests),
             nar_bytes: get(&self.nar_bytes),
             errors: get(&self.errors),
@@ -37,11 +68,13 @@ impl Stats {
 /// The counters at one moment, as `GET /_nixbucket/stats` returns them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatsSnapshot {
-    /// narinfo lookups (GET or HEAD) answered from the cache.
+    /// Paths Nix looked up (GET or HEAD of their narinfo) and found in the cache.
     pub narinfo_hits: u64,
-    /// narinfo lookups the cache could not answer: Nix builds those paths (or finds them
-    /// elsewhere).
+    /// Paths Nix looked up and did not find: it builds them (or finds them elsewhere).
     pub narinfo_misses: u64,
+    /// narinfo requests, repeats included.
+    #[serde(default)]
+    pub narinfo_requests: u64,
     pub nar_requests: u64,
     /// NAR (file) bytes sent to Nix.
     pub nar_bytes: u64,
@@ -135,6 +168,20 @@ mod tests {
         assert_eq!(
             StatsSnapshot::default().summary(),
             "cache: Nix asked for no paths"
+        );
+    }
+
+    #[test]
+    fn a_path_asked_for_twice_counts_once_and_a_later_hit_wins() {
+        let stats = Stats::default();
+        stats.lookup("a", false);
+        stats.lookup("a", true);
+        stats.lookup("a", false);
+        stats.lookup("b", false);
+        let s = stats.snapshot(UploadSnapshot::default());
+        assert_eq!(
+            (s.narinfo_hits, s.narinfo_misses, s.narinfo_requests),
+            (1, 1, 4)
         );
     }
 

@@ -189,14 +189,41 @@ async fn push_roots(
     Ok(push::execute(cache, plan, &config.options).await?)
 }
 
-/// The closure of the valid, pushable ones among `roots`; a path the hook named that is not
-/// valid (yet, or any more) is left to the job-end push.
+/// The closure of the valid, pushable ones among `roots` (a derivation stands for its
+/// outputs); a path the hook named that is not valid (yet, or any more) is left to the job-end
+/// push.
 fn closure_of(roots: &[StorePath], filters: &Filters) -> Result<Vec<PathInfo>, store::StoreError> {
-    let (keep, _) = select::split_roots(store::query_valid_path_info(roots)?, filters);
+    let (drvs, mut roots): (Vec<StorePath>, Vec<StorePath>) =
+        roots.iter().cloned().partition(StorePath::is_derivation);
+    roots.extend(outputs_of(&drvs)?);
+    let (keep, _) = select::split_roots(store::query_valid_path_info(&roots)?, filters);
     if keep.is_empty() {
         return Ok(Vec::new());
     }
     let roots: Vec<StorePath> = keep.into_iter().map(|i| i.path).collect();
     let (closure, _) = select::drop_upstream(store::query_path_info(&roots, true)?, filters);
     Ok(closure)
+}
+
+/// The output paths of derivations. Nix 2.8 runs the post-build hook with an empty $OUT_PATHS
+/// (only $DRV_PATH is set), so the hook may hand over the derivation instead of its outputs.
+fn outputs_of(drvs: &[StorePath]) -> Result<Vec<StorePath>, store::StoreError> {
+    let mut outputs = Vec::new();
+    // One at a time: a derivation that is gone (garbage-collected) fails only itself.
+    for drv in drvs {
+        let out = std::process::Command::new("nix-store")
+            .args(["--query", "--outputs"])
+            .arg(drv.to_absolute())
+            .output()
+            .map_err(store::StoreError::Spawn)?;
+        if !out.status.success() {
+            continue;
+        }
+        outputs.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .filter_map(|p| StorePath::from_absolute(p).ok()),
+        );
+    }
+    Ok(outputs)
 }
