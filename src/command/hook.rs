@@ -30,8 +30,14 @@ pub fn run(args: Args) -> ExitCode {
     if paths.trim().is_empty() {
         return ExitCode::SUCCESS;
     }
+    let token = std::env::var(crate::serve::TOKEN_ENV).ok();
     let result = client::parse_addr(&args.server).and_then(|addr| {
-        client::post_paths(addr, &paths, Duration::from_secs(args.timeout.clamp(1, 60)))
+        client::post_paths(
+            addr,
+            &paths,
+            token.as_deref(),
+            Duration::from_secs(args.timeout.clamp(1, 60)),
+        )
     });
     if let Err(err) = result {
         eprintln!(

@@ -83,7 +83,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let uploads = uploader.is_some();
-    let server = Arc::new(Server::new(cache, uploader));
+    let token = std::env::var(serve::TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.is_empty());
+    let server = Arc::new(Server::new(cache, uploader, token));
 
     let served = format!("http://{addr}");
     if let Some(file) = &args.ready_file {
@@ -102,9 +105,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let stop = shutdown_signal()?;
     serve::run(listener, server.clone(), stop).await;
     eprintln!("nixbucket serve: stopping");
-    if let Ok(server) = Arc::try_unwrap(server) {
-        server.shutdown(Duration::from_secs(10)).await;
-    }
+    server.shutdown(Duration::from_secs(10)).await;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -166,6 +167,12 @@ fn sibling(state_path: &Path, name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A server `setup` started: what goes in the state, and the token only the hook gets.
+pub(crate) struct Background {
+    pub state: ServeState,
+    token: zeroize::Zeroizing<String>,
+}
+
 /// Starts `nixbucket serve` for `cache` as a detached process that outlives `setup`: its own
 /// process group (a CI step's end or Ctrl-C does not reach it), output to a log file next to
 /// the state file. Returns once it answers.
@@ -173,7 +180,7 @@ pub(crate) fn start_background(
     cache: &str,
     state_path: &Path,
     signing_key_file: Option<&Path>,
-) -> anyhow::Result<ServeState> {
+) -> anyhow::Result<Background> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("could not find the nixbucket binary")?;
     let log_path = sibling(state_path, "nixbucket-serve.log");
@@ -186,7 +193,11 @@ pub(crate) fn start_background(
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("could not create {}", log_path.display()))?;
     let log2 = log.try_clone().context("could not share the log file")?;
+    let mut random = [0u8; 24];
+    getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("no random bytes: {e}"))?;
+    let token = zeroize::Zeroizing::new(random.iter().map(|b| format!("{b:02x}")).collect());
     let mut cmd = Command::new(&exe);
+    cmd.env(serve::TOKEN_ENV, &*token);
     cmd.args(["serve", "--cache", cache, "--ready-file"])
         .arg(&ready)
         .stdin(Stdio::null())
@@ -218,9 +229,12 @@ pub(crate) fn start_background(
         if let Ok(url) = std::fs::read_to_string(&ready) {
             let addr = client::parse_addr(url.trim())?;
             if client::stats(addr, Duration::from_secs(2)).is_ok() {
-                return Ok(ServeState {
-                    pid,
-                    port: addr.port(),
+                return Ok(Background {
+                    state: ServeState {
+                        pid,
+                        port: addr.port(),
+                    },
+                    token,
                 });
             }
         }
@@ -240,8 +254,13 @@ pub(crate) fn start_background(
 
 /// Writes the post-build-hook script Nix runs after each build. It hands the outputs to the
 /// server and exits 0 whatever happens: a missing binary, a dead server or a bad answer must
-/// never fail the build (the job-end push uploads whatever the hook did not).
-pub(crate) fn install_hook_script(state_path: &Path, port: u16) -> anyhow::Result<PathBuf> {
+/// never fail the build (the job-end push uploads whatever the hook did not). It holds the
+/// hand-over token, so only its owner (and root, who runs it for the daemon) may read it.
+pub(crate) fn install_hook_script(
+    state_path: &Path,
+    served: &Background,
+) -> anyhow::Result<PathBuf> {
+    let port = served.state.port;
     use std::os::unix::fs::PermissionsExt;
     let exe = std::env::current_exe().context("could not find the nixbucket binary")?;
     let exe = exe
@@ -257,13 +276,17 @@ pub(crate) fn install_hook_script(state_path: &Path, port: u16) -> anyhow::Resul
     let text = format!(
         "#!/bin/sh\n# Written by `nixbucket setup --push-during-build`: hands what Nix built to \
          `nixbucket serve`.\n# It never fails the build; `nixbucket push` uploads what it missed.\n\
-         {} hook --server http://127.0.0.1:{port} 2>>{} || true\nexit 0\n",
+         {}={} {} hook --server http://127.0.0.1:{port} 2>>{} || true\nexit 0\n",
+        serve::TOKEN_ENV,
+        &*served.token,
         quote(exe),
         quote(log),
     );
+    let text = zeroize::Zeroizing::new(text);
+    // NamedTempFile creates the file 0600, so the token is never readable by others.
     write_atomically(&script, &text)
         .with_context(|| format!("could not write {}", script.display()))?;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("could not make {} executable", script.display()))?;
     Ok(script)
 }

@@ -10,7 +10,7 @@ use crate::cache::CacheUrl;
 use crate::command::{serve, signing_key};
 use crate::nix::conf;
 use crate::nix::{PublicKey, STORE_DIR};
-use crate::state::{self, ServeState, State};
+use crate::state::{self, State};
 use crate::store::{self, NixEnv};
 
 #[derive(clap::Args, Debug)]
@@ -60,7 +60,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let state_path = args.state_file.clone().unwrap_or_else(state::default_path);
     let keys = public_keys(&args)?;
 
-    let served = match args.serve {
+    let background = match args.serve {
         true => Some(serve::start_background(
             &url.to_string(),
             &state_path,
@@ -69,12 +69,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         false => None,
     };
     if !args.no_configure {
-        let configured = configure_for(&args, &url, &keys, &state_path, served.as_ref());
-        if let (Err(_), Some(served)) = (&configured, &served) {
-            let _ = serve::stop(served.pid);
+        let configured = configure_for(&args, &url, &keys, &state_path, background.as_ref());
+        if let (Err(_), Some(served)) = (&configured, &background) {
+            let _ = serve::stop(served.state.pid);
         }
         configured?;
     }
+    let served = background.map(|b| b.state);
 
     let started = std::time::Instant::now();
     let paths = store::read_store_dir(Path::new(STORE_DIR))?;
@@ -101,7 +102,7 @@ fn configure_for(
     url: &CacheUrl,
     keys: &[PublicKey],
     state_path: &Path,
-    served: Option<&ServeState>,
+    served: Option<&serve::Background>,
 ) -> anyhow::Result<()> {
     let Some(served) = served else {
         let substituter = args.substituter.clone().unwrap_or_else(|| url.to_string());
@@ -109,10 +110,14 @@ fn configure_for(
     };
     let mut extra = vec![("fallback", vec!["true".to_owned()])];
     if args.push_during_build {
-        let hook = serve::install_hook_script(state_path, served.port)?;
+        let hook = serve::install_hook_script(state_path, served)?;
         extra.push(("post-build-hook", vec![hook.display().to_string()]));
     }
-    configure(&format!("http://127.0.0.1:{}", served.port), keys, extra)
+    configure(
+        &format!("http://127.0.0.1:{}", served.state.port),
+        keys,
+        extra,
+    )
 }
 
 fn public_keys(args: &Args) -> anyhow::Result<Vec<PublicKey>> {

@@ -54,6 +54,17 @@ pub fn request(
     body: &[u8],
     timeout: Duration,
 ) -> Result<(u16, Vec<u8>), ClientError> {
+    request_with(addr, method, path, body, None, timeout)
+}
+
+fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<(u16, Vec<u8>), ClientError> {
     let deadline = Instant::now() + timeout;
     let left = || {
         deadline
@@ -64,10 +75,14 @@ pub fn request(
     let mut stream = TcpStream::connect_timeout(&addr, timeout)
         .map_err(|source| ClientError::Connect { addr, source })?;
     stream.set_write_timeout(Some(left())).map_err(io)?;
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n",
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let head = zeroize::Zeroizing::new(format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n{auth}Connection: close\r\n\r\n",
         body.len()
-    );
+    ));
+    drop(zeroize::Zeroizing::new(auth));
     stream.write_all(head.as_bytes()).map_err(io)?;
     stream.write_all(body).map_err(io)?;
     let mut answer = Vec::new();
@@ -161,9 +176,21 @@ fn expect_success(
 }
 
 /// Hands store paths (whitespace-separated, as Nix puts them in $OUT_PATHS) to the server's
-/// upload queue.
-pub fn post_paths(addr: SocketAddr, paths: &str, timeout: Duration) -> Result<(), ClientError> {
-    let answer = request(addr, "POST", super::PUSH_PATH, paths.as_bytes(), timeout)?;
+/// upload queue, with the token the server was started with, if any.
+pub fn post_paths(
+    addr: SocketAddr,
+    paths: &str,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<(), ClientError> {
+    let answer = request_with(
+        addr,
+        "POST",
+        super::PUSH_PATH,
+        paths.as_bytes(),
+        token,
+        timeout,
+    )?;
     expect_success(addr, answer).map(drop)
 }
 
@@ -223,6 +250,7 @@ mod tests {
         let err = post_paths(
             SocketAddr::from(([127, 0, 0, 1], port)),
             "/nix/store/x",
+            None,
             Duration::from_secs(5),
         )
         .unwrap_err();

@@ -42,26 +42,41 @@ pub const PUSH_PATH: &str = "/_nixbucket/push";
 /// The largest hand-over the hook may send (a derivation with thousands of outputs fits).
 const MAX_PUSH_BODY: usize = 1 << 20;
 
+/// narinfos kept in memory once found: Nix asks for most paths twice (HEAD, then GET), and
+/// a narinfo does not change while a job runs. Bounded, so memory stays flat (≈ 1 KiB each).
+const NARINFO_MEMORY: usize = 16_384;
+
 /// Read size of the NAR stream: big enough for throughput, small enough to keep memory flat.
 const STREAM_CHUNK: usize = 256 * 1024;
 
 type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// The environment variable that hands the hand-over token to `serve` and `hook` (never a
+/// command-line argument, which other users of the machine could read in `ps`).
+pub const TOKEN_ENV: &str = "NIXBUCKET_SERVE_TOKEN";
 
 /// What every connection shares.
 pub struct Server {
     cache: Cache,
     stats: Arc<Stats>,
     uploader: Option<Uploader>,
+    /// Found narinfos by hash part. Misses are not kept: the uploader may add the path any time.
+    narinfos: std::sync::Mutex<std::collections::HashMap<String, Bytes>>,
+    /// Required on hand-overs when set: otherwise anyone on the machine could have any store
+    /// path signed with our key and uploaded.
+    token: Option<zeroize::Zeroizing<String>>,
 }
 
 impl Server {
     /// `uploader`: `None` refuses hand-overs from the hook (no signing key, say); `push` then
     /// uploads everything at the end.
-    pub fn new(cache: Cache, uploader: Option<Uploader>) -> Server {
+    pub fn new(cache: Cache, uploader: Option<Uploader>, token: Option<String>) -> Server {
         Server {
             cache,
             stats: Arc::default(),
             uploader,
+            narinfos: Default::default(),
+            token: token.map(zeroize::Zeroizing::new),
         }
     }
 
@@ -75,8 +90,8 @@ impl Server {
     }
 
     /// Stops the uploader (cancelling uploads in flight), waiting at most `grace`.
-    pub async fn shutdown(self, grace: Duration) {
-        if let Some(uploader) = self.uploader {
+    pub async fn shutdown(&self, grace: Duration) {
+        if let Some(uploader) = &self.uploader {
             uploader.shutdown(grace).await;
         }
     }
@@ -197,7 +212,15 @@ async fn narinfo(server: &Server, hash: &str, head: bool) -> Response<Body> {
         return not_found();
     }
     let key = format!("{hash}.narinfo");
-    let found = if head {
+    let remembered = server
+        .narinfos
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(hash)
+        .cloned();
+    let found = if let Some(bytes) = remembered {
+        Ok(Some((bytes.len() as u64, Some(bytes))))
+    } else if head {
         server
             .cache
             .head(&key)
@@ -213,6 +236,12 @@ async fn narinfo(server: &Server, hash: &str, head: bool) -> Response<Body> {
     match found {
         Ok(Some((size, body))) => {
             server.stats.lookup(hash, true);
+            if let Some(bytes) = &body {
+                let mut kept = server.narinfos.lock().unwrap_or_else(|e| e.into_inner());
+                if kept.len() < NARINFO_MEMORY {
+                    kept.insert(hash.to_owned(), bytes.clone());
+                }
+            }
             let mut resp = small(body.unwrap_or_default(), "text/x-nix-narinfo");
             resp.headers_mut()
                 .insert(CONTENT_LENGTH, HeaderValue::from(size));
@@ -284,6 +313,20 @@ async fn accept_push(server: &Server, req: Request<Incoming>) -> Response<Body> 
             "this server does not upload (it has no signing key); `nixbucket push` uploads at the end\n",
         );
     };
+    if let Some(token) = &server.token {
+        let given = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if !same_secret(given.as_bytes(), token.as_bytes()) {
+            return text(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong hand-over token\n",
+            );
+        }
+    }
     let body = match Limited::new(req.into_body(), MAX_PUSH_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "too many paths\n"),
@@ -310,6 +353,11 @@ async fn accept_push(server: &Server, req: Request<Incoming>) -> Response<Body> 
         Ok(()) => text(StatusCode::ACCEPTED, "queued\n"),
         Err(err) => text(StatusCode::SERVICE_UNAVAILABLE, &format!("{err}\n")),
     }
+}
+
+/// Compares without stopping at the first difference, so timing says nothing about the token.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The 32 nixbase32 characters of a store path's hash part.

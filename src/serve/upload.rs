@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::cache::Cache;
@@ -50,12 +50,13 @@ pub enum EnqueueError {
     Closed,
 }
 
-/// The background uploader. Dropping it closes the queue; [`Uploader::shutdown`] also waits.
+/// The background uploader. [`Uploader::shutdown`] stops it.
 pub struct Uploader {
     tx: mpsc::Sender<Vec<StorePath>>,
     counters: Arc<Counters>,
     cancel: Arc<std::sync::atomic::AtomicBool>,
-    worker: JoinHandle<()>,
+    stop: watch::Sender<bool>,
+    worker: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Uploader {
@@ -64,12 +65,14 @@ impl Uploader {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let counters = Arc::new(Counters::default());
         let cancel = config.options.cancel.clone();
-        let worker = tokio::spawn(work(cache, config, rx, counters.clone()));
+        let (stop, stopped) = watch::channel(false);
+        let worker = tokio::spawn(work(cache, config, rx, stopped, counters.clone()));
         Uploader {
             tx,
             counters,
             cancel,
-            worker,
+            stop,
+            worker: std::sync::Mutex::new(Some(worker)),
         }
     }
 
@@ -110,10 +113,13 @@ impl Uploader {
 
     /// Stops taking paths and cancels uploads in flight (nothing half-written stays behind),
     /// waiting at most `grace` for the worker to wind down.
-    pub async fn shutdown(self, grace: Duration) {
+    pub async fn shutdown(&self, grace: Duration) {
         self.cancel.store(true, Ordering::Relaxed);
-        drop(self.tx);
-        let _ = tokio::time::timeout(grace, self.worker).await;
+        self.stop.send_replace(true);
+        let worker = self.worker.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(worker) = worker {
+            let _ = tokio::time::timeout(grace, worker).await;
+        }
     }
 }
 
@@ -121,9 +127,17 @@ async fn work(
     cache: Cache,
     config: UploadConfig,
     mut rx: mpsc::Receiver<Vec<StorePath>>,
+    mut stopped: watch::Receiver<bool>,
     counters: Arc<Counters>,
 ) {
-    while let Some(first) = rx.recv().await {
+    loop {
+        let first = tokio::select! {
+            next = rx.recv() => match next {
+                Some(paths) => paths,
+                None => return,
+            },
+            _ = stopped.wait_for(|stop| *stop) => return,
+        };
         // Builds finishing close together go up as one push: one store query, one plan.
         let mut roots = first;
         let mut batches = 1;
