@@ -29,6 +29,10 @@ pub enum Command {
     /// The GitHub Action's steps (run by its JavaScript): `main` sets up, `post` pushes.
     #[command(hide = true)]
     GithubAction(command::github_action::Args),
+    /// Serve the cache to Nix over HTTP on loopback (what `setup --serve` starts).
+    Serve(command::serve::Args),
+    /// Nix's post-build-hook: hand built paths to `nixbucket serve` (never fails the build).
+    Hook(command::hook::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -51,6 +55,8 @@ pub fn main() -> ExitCode {
             Command::Sign(args) => command::sign::run(args).await,
             Command::Verify(args) => command::verify::run(args).await,
             Command::GithubAction(args) => command::github_action::run(args).await,
+            Command::Serve(args) => command::serve::run(args).await,
+            Command::Hook(args) => Ok(command::hook::run(args)),
         }
     });
     match result {

@@ -4,6 +4,7 @@
 //! - [`store`]: what the local Nix store knows (path metadata, the set of valid paths).
 //! - [`cache`]: where a binary cache lives (an S3 bucket, a local directory).
 //! - [`push`]: the pipeline that turns store paths into signed cache entries.
+//! - [`serve`]: the cache as an HTTP substituter on loopback, with uploads during the build.
 //! - [`state`]: what `setup` hands to `push` across CI steps.
 //! - [`ci`]: glue for CI systems (the GitHub Action's inputs, step files, OIDC, reports).
 //! - [`command`]: one module per subcommand.
@@ -14,5 +15,6 @@ pub mod cli;
 pub mod command;
 pub mod nix;
 pub mod push;
+pub mod serve;
 pub mod state;
 pub mod store;

@@ -197,6 +197,19 @@ async fn prepare(
     open: OpenOptions,
 ) -> anyhow::Result<(Cache, Plan, Skipped)> {
     let filters = filters(args, signing_key.map(|k| k.name().to_owned()))?;
+    // After `setup --serve`: the server's uploads finish first, so the store diff below finds
+    // them in the cache; then its counters are read and it is stopped (kept for a dry run).
+    if args.paths.is_empty() {
+        let (state_file, keep) = (args.state_file.clone(), args.dry_run);
+        let served =
+            tokio::task::spawn_blocking(move || super::serve::finish(state_file.as_deref(), keep))
+                .await
+                .ok()
+                .flatten();
+        if let Some(stats) = served {
+            eprintln!("{}", stats.summary());
+        }
+    }
     let (closure, skipped) = {
         let (paths, state_file) = (args.paths.clone(), args.state_file.clone());
         tokio::task::spawn_blocking(move || select_closure(&paths, state_file, &filters))
