@@ -126,6 +126,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("could not open the cache {url}"))?;
     let plan = push::plan(&cache, closure).await?;
+    for (path, why) in &plan.unusable {
+        eprintln!("warning: {why}; pushing {path} again");
+    }
 
     if args.dry_run {
         for info in &plan.missing {
