@@ -215,6 +215,21 @@ fn pushes_through_ten_percent_failing_requests_complete_and_verify_deep() {
         pending <= stats.faults_on("CreateMultipartUpload"),
         "{pending} multipart uploads left open: {stats:?}"
     );
+    // verify itself rides out the same faults: a NAR download cut short is read again.
+    let faults_before = proxy.stats().total_faults();
+    let out = run(nixbucket().envs(server.env()).args([
+        "verify",
+        "--deep",
+        "--cache",
+        &s3_url(&bucket, &proxy.endpoint()),
+        "--public-key",
+        &f.public,
+    ]));
+    assert_ok(&out);
+    eprintln!(
+        "verify --deep through the proxy met {} faults",
+        proxy.stats().total_faults() - faults_before
+    );
     // And Nix takes it all from the last bucket.
     let anon = server.anon_http_url().replace(server.bucket(), &bucket);
     let fresh = f.tmp.path().join("fresh");
@@ -336,15 +351,16 @@ fn sigint_and_sigkill_at_random_points_leave_a_whole_cache() {
         let sig = if i % 2 == 0 { "-INT" } else { "-KILL" };
         let bucket = new_bucket(&server, &format!("signal-{i}"));
         let url = s3_url(&bucket, &server.endpoint());
+        // Uploads left open by earlier SIGKILLs; an interrupted push must add none.
+        let open_before = server.pending_uploads();
         let child = spawn(&mut push_cmd(&server, &url, &f.secret, &f.paths()));
         std::thread::sleep(rng.below(full));
-        let open_before = server.pending_uploads().len();
         let sent = Instant::now();
         signal(&child, sig);
         let out = finish(child);
         if sig == "-INT" {
             // An interrupted push aborts its multipart uploads before it exits.
-            assert_eq!(server.pending_uploads().len(), open_before, "{i}: {}", stderr(&out));
+            assert_eq!(server.pending_uploads(), open_before, "{i}: {}", stderr(&out));
             // A cancelled CI job gets a few seconds before SIGKILL: stopping must be quick.
             assert!(sent.elapsed() < Duration::from_secs(10), "SIGINT took {:?}", sent.elapsed());
             if !out.status.success() {

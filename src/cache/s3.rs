@@ -62,6 +62,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// enough that a stalled connection costs a retry instead of the CI job's time limit.
 const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(120);
 pub const ATTEMPT_TIMEOUT_ENV: &str = "NIXBUCKET_S3_ATTEMPT_TIMEOUT";
+/// How long a failed or cancelled multipart upload waits for its parts in flight before it
+/// aborts; short, because a cancelled CI job is killed a few seconds after SIGINT.
+const PART_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Whole reads of a small object when its body is cut short after the headers.
 const GET_ATTEMPTS: u32 = 4;
 
@@ -731,8 +734,13 @@ impl Upload {
             Err(e) => Err(e),
         };
         if result.is_err() {
-            // No part may land after the abort, or it would linger as billed storage.
-            inflight.shutdown().await;
+            // No part may land after the abort, or it would linger as billed storage. A part
+            // request merely dropped may still be written by the store after the abort (S3
+            // documents this), so parts in flight get a moment to finish first.
+            let drain = async { while inflight.join_next().await.is_some() {} };
+            if tokio::time::timeout(PART_DRAIN_TIMEOUT, drain).await.is_err() {
+                inflight.shutdown().await;
+            }
             let _ = ctx
                 .client
                 .abort_multipart_upload()
