@@ -381,7 +381,11 @@ fn sigint_and_sigkill_at_random_points_leave_a_whole_cache() {
     eprintln!(
         "10 SIGINT ({interrupted} interrupted a push in progress), 10 SIGKILL ({} multipart \
          uploads left open, invisible to readers): all verified and finished",
-        server.pending_uploads().len()
+        server
+            .pending_uploads()
+            .iter()
+            .filter(|f| f.starts_with(".upload-"))
+            .count()
     );
 }
 
@@ -420,5 +424,38 @@ fn sixteen_concurrent_pushers_of_overlapping_closures() {
             &fresh,
             path,
         ));
+    }
+}
+
+/// Every answer is `503 SlowDown` with `Retry-After: 2`: the client waits what the server asks
+/// (not its own sub-second backoff) and gives up after AWS_MAX_ATTEMPTS with S3's word for it.
+#[test]
+fn retry_after_is_honoured_and_attempts_are_bounded() {
+    let server = S3Server::start();
+    let config = FaultConfig {
+        share: 1.0,
+        faults: vec![Fault::SlowDown],
+        retry_after: 2,
+        ..FaultConfig::mixed(0.0, 1)
+    };
+    let proxy = FaultProxy::start(&server.endpoint(), config);
+    let out = run(nixbucket()
+        .envs(server.env())
+        .env("AWS_MAX_ATTEMPTS", "3")
+        .args(["verify", "--cache", &s3_url(server.bucket(), &proxy.endpoint())]));
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("SlowDown"), "{err}");
+    let arrivals = proxy.stats().arrivals;
+    // HeadBucket, then the one-key listing that asks why: three attempts each.
+    assert_eq!(arrivals.len(), 6, "{arrivals:?}");
+    for pair in arrivals.chunks(3) {
+        for w in pair.windows(2) {
+            let gap = w[1].0 - w[0].0;
+            assert!(
+                gap >= Duration::from_millis(1900) && gap < Duration::from_secs(4),
+                "retried after {gap:?}, the server asked for 2s"
+            );
+        }
     }
 }

@@ -70,6 +70,8 @@ impl FaultConfig {
 pub struct Stats {
     pub requests: BTreeMap<String, u64>,
     pub faults: BTreeMap<(Fault, String), u64>,
+    /// When each request arrived (read whole), with its operation, in order.
+    pub arrivals: Vec<(Instant, String)>,
 }
 
 impl Stats {
@@ -367,6 +369,7 @@ fn serve(mut client: TcpStream, shared: &Shared) -> std::io::Result<()> {
     {
         let mut stats = shared.stats.lock().unwrap();
         *stats.requests.entry(op.clone()).or_default() += 1;
+        stats.arrivals.push((Instant::now(), op.clone()));
         if let Some(f) = fault {
             *stats.faults.entry((f, op.clone())).or_default() += 1;
         }
