@@ -68,7 +68,10 @@ fn malformed_truncated_and_wrong_keys_are_refused_before_anything_is_written() {
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("garbage", b"not a key at all".to_vec()),
         ("empty", Vec::new()),
-        ("truncated", format!("{name}:{}", &b64[..b64.len() / 2]).into_bytes()),
+        (
+            "truncated",
+            format!("{name}:{}", &b64[..b64.len() / 2]).into_bytes(),
+        ),
         ("no name", b64.as_bytes().to_vec()),
         ("the public key", public.clone().into_bytes()),
         ("not UTF-8", vec![0xff, 0xfe, b':', 0x80]),
@@ -76,10 +79,16 @@ fn malformed_truncated_and_wrong_keys_are_refused_before_anything_is_written() {
     for (case, bytes) in &cases {
         let file = tmp.path().join(format!("{}.sk", nonce()));
         std::fs::write(&file, bytes).unwrap();
-        let out = run(&mut push(&server, &server.cache_url(), Some(&file), &[&app]));
+        let out = run(&mut push(
+            &server,
+            &server.cache_url(),
+            Some(&file),
+            &[&app],
+        ));
         let err = one_error(&out);
         assert!(
-            err.contains("is not a Nix secret key") || err.contains("could not read the signing key"),
+            err.contains("is not a Nix secret key")
+                || err.contains("could not read the signing key"),
             "{case}: {err}"
         );
         assert!(err.contains(&file.display().to_string()), "{case}: {err}");
@@ -98,7 +107,12 @@ fn malformed_truncated_and_wrong_keys_are_refused_before_anything_is_written() {
     assert_nothing_pushed(&server);
     // A valid key that readers do not trust: the push works, verify and Nix say why not.
     let (other, _) = keygen(tmp.path(), "other-cache-1");
-    assert_ok(&run(&mut push(&server, &server.cache_url(), Some(&other), &[&app])));
+    assert_ok(&run(&mut push(
+        &server,
+        &server.cache_url(),
+        Some(&other),
+        &[&app],
+    )));
     let out = run(nixbucket().envs(server.env()).args([
         "verify",
         "--cache",
@@ -113,8 +127,17 @@ fn malformed_truncated_and_wrong_keys_are_refused_before_anything_is_written() {
         "{}",
         stdout(&out)
     );
-    let refused = copy_into_fresh_store(&server.anon_http_url(), &public, &tmp.path().join("f"), &app);
-    assert!(stderr(&refused).contains("lacks a valid signature"), "{}", stderr(&refused));
+    let refused = copy_into_fresh_store(
+        &server.anon_http_url(),
+        &public,
+        &tmp.path().join("f"),
+        &app,
+    );
+    assert!(
+        stderr(&refused).contains("lacks a valid signature"),
+        "{}",
+        stderr(&refused)
+    );
     // A malformed public key for verify.
     let out = run(nixbucket().envs(server.env()).args([
         "verify",
@@ -134,7 +157,12 @@ fn a_key_file_others_can_read_is_warned_about_but_used() {
     let (secret, public) = keygen(tmp.path(), "test-cache-1");
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o640)).unwrap();
     let server = S3Server::start();
-    let out = run(&mut push(&server, &server.cache_url(), Some(&secret), &[&app]));
+    let out = run(&mut push(
+        &server,
+        &server.cache_url(),
+        Some(&secret),
+        &[&app],
+    ));
     assert_ok(&out);
     let err = stderr(&out);
     assert!(
@@ -162,9 +190,18 @@ fn a_garbage_narinfo_is_reported_by_verify_and_replaced_by_push() {
     let [app, lib, _] = build_closure(tmp.path(), &nonce());
     let (secret, public) = keygen(tmp.path(), "test-cache-1");
     let server = S3Server::start();
-    assert_ok(&run(&mut push(&server, &server.cache_url(), Some(&secret), &[&app])));
+    assert_ok(&run(&mut push(
+        &server,
+        &server.cache_url(),
+        Some(&secret),
+        &[&app],
+    )));
     let key = format!("{}.narinfo", hash_part(&lib));
-    std::fs::write(server.object_path(&key), b"StorePath: /nix/store/garbage\n\x00\xff").unwrap();
+    std::fs::write(
+        server.object_path(&key),
+        b"StorePath: /nix/store/garbage\n\x00\xff",
+    )
+    .unwrap();
 
     let verify = || {
         run(nixbucket().envs(server.env()).args([
@@ -184,7 +221,12 @@ fn a_garbage_narinfo_is_reported_by_verify_and_replaced_by_push() {
         stdout(&out)
     );
 
-    let out = run(&mut push(&server, &server.cache_url(), Some(&secret), &[&app]));
+    let out = run(&mut push(
+        &server,
+        &server.cache_url(),
+        Some(&secret),
+        &[&app],
+    ));
     assert_ok(&out);
     let err = stderr(&out);
     assert!(
@@ -220,9 +262,13 @@ fn a_cache_url_with_an_unknown_parameter_is_refused() {
         "{err}"
     );
     assert_nothing_pushed(&server);
-    let out = run(nixbucket()
-        .envs(server.env())
-        .args(["verify", "--cache", &url, "--public-key", &public]));
+    let out = run(nixbucket().envs(server.env()).args([
+        "verify",
+        "--cache",
+        &url,
+        "--public-key",
+        &public,
+    ]));
     assert!(one_error(&out).contains("unknown parameter 'regoin'"));
 }
 
@@ -242,7 +288,10 @@ fn refused_credentials_are_named_without_the_secret() {
             && err.contains("SignatureDoesNotMatch"),
         "{err}"
     );
-    assert!(!err.contains(&wrong) && !err.contains(server.secret_key()), "{err}");
+    assert!(
+        !err.contains(&wrong) && !err.contains(server.secret_key()),
+        "{err}"
+    );
     assert_nothing_pushed(&server);
 }
 
@@ -280,22 +329,46 @@ fn a_corrupt_store_path_is_reported_and_nothing_of_it_lands_on_s3() {
     run(Command::new("chmod").args(["u+w", &lib, &format!("{lib}/lib"), &victim]));
     std::fs::write(&victim, b"tampered").unwrap();
 
-    let out = run(&mut push(&server, &server.cache_url(), Some(&secret), &[&app]));
+    let out = run(&mut push(
+        &server,
+        &server.cache_url(),
+        Some(&secret),
+        &[&app],
+    ));
     let _ = run(nix_command("nix-store").args(["--repair-path", &lib]));
     let err = stderr(&out);
     assert!(!out.status.success(), "{err}");
     // One message about the corrupt path (app, which needs it, is only counted), then the count.
     assert_eq!(err.matches("corrupt").count(), 1, "{err}");
-    assert!(err.contains(&format!("error: {lib}: {lib} does not match")), "{err}");
     assert!(
-        err.lines().last().unwrap_or("").starts_with("error: 2 of 3 paths could not be pushed"),
+        err.contains(&format!("error: {lib}: {lib} does not match")),
+        "{err}"
+    );
+    assert!(
+        err.lines()
+            .last()
+            .unwrap_or("")
+            .starts_with("error: 2 of 3 paths could not be pushed"),
         "{err}"
     );
     let objs = objects(&server);
-    assert!(!objs.contains(&format!("{}.narinfo", hash_part(&lib))), "{objs:?}");
-    assert!(!objs.contains(&format!("{}.narinfo", hash_part(&app))), "{objs:?}");
-    assert!(objs.contains(&format!("{}.narinfo", hash_part(&data))), "{objs:?}");
-    assert_eq!(objs.iter().filter(|o| o.starts_with("nar/")).count(), 2, "{objs:?}");
+    assert!(
+        !objs.contains(&format!("{}.narinfo", hash_part(&lib))),
+        "{objs:?}"
+    );
+    assert!(
+        !objs.contains(&format!("{}.narinfo", hash_part(&app))),
+        "{objs:?}"
+    );
+    assert!(
+        objs.contains(&format!("{}.narinfo", hash_part(&data))),
+        "{objs:?}"
+    );
+    assert_eq!(
+        objs.iter().filter(|o| o.starts_with("nar/")).count(),
+        2,
+        "{objs:?}"
+    );
     assert_eq!(server.pending_uploads(), Vec::<String>::new());
     // What did land is whole.
     assert_ok(&run(nixbucket().envs(server.env()).args([
@@ -321,16 +394,31 @@ fn the_secrets_check_finds_a_planted_leak_and_refuses_an_empty_log() {
     std::fs::write(dir.path().join("secrets/1.txt"), format!("\n{secret}\n")).unwrap();
 
     let out = check(dir.path());
-    assert!(!out.status.success(), "an empty log must fail: {}", stderr(&out));
-    assert!(stderr(&out).contains("no outputs recorded"), "{}", stderr(&out));
+    assert!(
+        !out.status.success(),
+        "an empty log must fail: {}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("no outputs recorded"),
+        "{}",
+        stderr(&out)
+    );
 
     std::fs::write(dir.path().join("out/1.log"), "all fine\n").unwrap();
     assert_ok(&check(dir.path()));
 
-    std::fs::write(dir.path().join("nextest.log"), format!("a\nb key={secret} c\n")).unwrap();
+    std::fs::write(
+        dir.path().join("nextest.log"),
+        format!("a\nb key={secret} c\n"),
+    )
+    .unwrap();
     let out = check(dir.path());
     assert!(!out.status.success(), "a leak must fail");
     let shown = format!("{}{}", stdout(&out), stderr(&out));
     assert!(shown.contains("nextest.log:2"), "{shown}");
-    assert!(!shown.contains(&secret), "the check printed the secret: {shown}");
+    assert!(
+        !shown.contains(&secret),
+        "the check printed the secret: {shown}"
+    );
 }

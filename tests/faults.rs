@@ -73,7 +73,14 @@ fn new_bucket(server: &S3Server, name: &str) -> String {
 fn push_cmd(server: &S3Server, url: &str, secret: &Path, paths: &[&str]) -> Command {
     let mut cmd = nixbucket();
     cmd.envs(server.env())
-        .args(["push", "--progress", "none", "--cache", url, "--signing-key-file"])
+        .args([
+            "push",
+            "--progress",
+            "none",
+            "--cache",
+            url,
+            "--signing-key-file",
+        ])
         .arg(secret)
         .args(paths);
     cmd
@@ -182,7 +189,13 @@ fn pushes_through_ten_percent_failing_requests_complete_and_verify_deep() {
         assert_ok(&out);
         assert!(stderr(&out).contains("pushed 4 paths"), "{}", stderr(&out));
         eprintln!("round {rounds}: pushed in {:?}", started.elapsed());
-        assert_verifies(&server, &bucket, &f.public, true, &format!("round {rounds}"));
+        assert_verifies(
+            &server,
+            &bucket,
+            &f.public,
+            true,
+            &format!("round {rounds}"),
+        );
         let stats = proxy.stats();
         if stats.faults_on("UploadPart") > 0 && stats.faults_on("PutObject") > 0 && rounds >= 3 {
             break;
@@ -360,9 +373,18 @@ fn sigint_and_sigkill_at_random_points_leave_a_whole_cache() {
         let out = finish(child);
         if sig == "-INT" {
             // An interrupted push aborts its multipart uploads before it exits.
-            assert_eq!(server.pending_uploads(), open_before, "{i}: {}", stderr(&out));
+            assert_eq!(
+                server.pending_uploads(),
+                open_before,
+                "{i}: {}",
+                stderr(&out)
+            );
             // A cancelled CI job gets a few seconds before SIGKILL: stopping must be quick.
-            assert!(sent.elapsed() < Duration::from_secs(10), "SIGINT took {:?}", sent.elapsed());
+            assert!(
+                sent.elapsed() < Duration::from_secs(10),
+                "SIGINT took {:?}",
+                sent.elapsed()
+            );
             if !out.status.success() {
                 interrupted += 1;
                 let err = stderr(&out);
@@ -408,11 +430,7 @@ fn sixteen_concurrent_pushers_of_overlapping_closures() {
         .collect();
     for (i, child) in children.into_iter().enumerate() {
         let out = finish(child);
-        assert!(
-            out.status.success(),
-            "pusher {i}:\n{}",
-            stderr(&out)
-        );
+        assert!(out.status.success(), "pusher {i}:\n{}", stderr(&out));
     }
     assert_eq!(narinfo_count(&server, server.bucket()), 13);
     assert_verifies(&server, server.bucket(), &public, true, "16 pushers");
@@ -442,7 +460,11 @@ fn retry_after_is_honoured_and_attempts_are_bounded() {
     let out = run(nixbucket()
         .envs(server.env())
         .env("AWS_MAX_ATTEMPTS", "3")
-        .args(["verify", "--cache", &s3_url(server.bucket(), &proxy.endpoint())]));
+        .args([
+            "verify",
+            "--cache",
+            &s3_url(server.bucket(), &proxy.endpoint()),
+        ]));
     let err = stderr(&out);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("SlowDown"), "{err}");

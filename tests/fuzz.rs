@@ -43,8 +43,10 @@ where
             failure_persistence: None,
             ..Config::default()
         };
-        let mut runner =
-            TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &batch_seed));
+        let mut runner = TestRunner::new_with_rng(
+            config,
+            TestRng::from_seed(RngAlgorithm::ChaCha, &batch_seed),
+        );
         if let Err(e) = runner.run(&strategy, &test) {
             panic!("{name}: {e}\nreplay with NIXBUCKET_FUZZ_SEED={hex}");
         }
@@ -154,7 +156,10 @@ fn fuzz_narinfo_parser() {
 #[test]
 #[ignore = "fuzzing: run by scripts/fuzz.sh"]
 fn fuzz_key_parsers() {
-    let secret = SecretKey::generate("fuzz-key-1").unwrap().to_nix_string().to_string();
+    let secret = SecretKey::generate("fuzz-key-1")
+        .unwrap()
+        .to_nix_string()
+        .to_string();
     let public = SecretKey::parse(&secret).unwrap().to_public().to_string();
     let leaked: &'static str = Box::leak(secret.clone().into_boxed_str());
     let input = prop_oneof![
@@ -183,7 +188,10 @@ fn fuzz_key_parsers() {
             }
         }
         if let Ok(k) = SecretKey::parse(&text) {
-            prop_assert_eq!(SecretKey::parse(&k.to_nix_string()).unwrap().to_public(), k.to_public());
+            prop_assert_eq!(
+                SecretKey::parse(&k.to_nix_string()).unwrap().to_public(),
+                k.to_public()
+            );
             let shown = format!("{:?}", k);
             let material = text.split_once(':').map_or("", |x| x.1);
             prop_assert!(!shown.contains(material), "Debug shows the key: {}", shown);
@@ -224,7 +232,11 @@ fn conf_line() -> impl Strategy<Value = String> {
 #[test]
 #[ignore = "fuzzing: run by scripts/fuzz.sh"]
 fn fuzz_nix_conf_editing() {
-    let text = (proptest::collection::vec(conf_line(), 0..12), any::<bool>(), any::<bool>())
+    let text = (
+        proptest::collection::vec(conf_line(), 0..12),
+        any::<bool>(),
+        any::<bool>(),
+    )
         .prop_map(|(lines, crlf, final_newline)| {
             let mut t = lines.join(if crlf { "\r\n" } else { "\n" });
             if final_newline {
@@ -278,7 +290,13 @@ fn fuzz_cache_url_parser() {
         "[ -~]{0,12}",
     ];
     let structured = (
-        prop_oneof![Just("s3://"), Just("file://"), Just("file:///"), Just("http://"), Just("")],
+        prop_oneof![
+            Just("s3://"),
+            Just("file://"),
+            Just("file:///"),
+            Just("http://"),
+            Just("")
+        ],
         "[ -~]{0,20}",
         proptest::collection::vec(param, 0..4),
     )

@@ -34,11 +34,11 @@ use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
     Region, RequestChecksumCalculation, ResponseChecksumValidation, StalledStreamProtectionConfig,
 };
-use aws_smithy_runtime_api::client::retries::classifiers::RetryClassifierPriority;
-use aws_smithy_types::retry::ErrorKind;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_smithy_runtime_api::client::retries::classifiers::RetryClassifierPriority;
+use aws_smithy_types::retry::ErrorKind;
 use bytes::Bytes;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
@@ -738,7 +738,10 @@ impl Upload {
             // request merely dropped may still be written by the store after the abort (S3
             // documents this), so parts in flight get a moment to finish first.
             let drain = async { while inflight.join_next().await.is_some() {} };
-            if tokio::time::timeout(PART_DRAIN_TIMEOUT, drain).await.is_err() {
+            if tokio::time::timeout(PART_DRAIN_TIMEOUT, drain)
+                .await
+                .is_err()
+            {
                 inflight.shutdown().await;
             }
             let _ = ctx
@@ -1027,7 +1030,10 @@ mod tests {
         assert_eq!(retry_after_delay(Some(" 0 ")), Some(Duration::ZERO));
         assert_eq!(retry_after_delay(Some("86400")), Some(MAX_BACKOFF));
         // The HTTP-date form and junk fall back to the SDK's own backoff.
-        assert_eq!(retry_after_delay(Some("Wed, 21 Oct 2015 07:28:00 GMT")), None);
+        assert_eq!(
+            retry_after_delay(Some("Wed, 21 Oct 2015 07:28:00 GMT")),
+            None
+        );
         assert_eq!(retry_after_delay(Some("-1")), None);
         assert_eq!(retry_after_delay(None), None);
     }

@@ -121,12 +121,12 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// Listens on a free loopback port and forwards to `upstream` (e.g. "http://127.0.0.1:9000").
     pub fn start(upstream: &str, config: FaultConfig) -> FaultProxy {
-        let hostport = upstream
-            .trim_start_matches("http://")
-            .trim_end_matches('/');
+        let hostport = upstream.trim_start_matches("http://").trim_end_matches('/');
         let upstream: SocketAddr = hostport.parse().expect("upstream is http://IP:PORT");
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy port");
-        listener.set_nonblocking(true).expect("nonblocking listener");
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
         let port = listener.local_addr().expect("proxy addr").port();
         let shared = Arc::new(Shared {
             upstream,
@@ -229,7 +229,11 @@ impl Shared {
 /// S3's operation name for a request, for the statistics.
 fn operation(method: &str, target: &str) -> String {
     let query = target.split_once('?').map_or("", |(_, q)| q);
-    let has = |p: &str| query.split('&').any(|kv| kv == p || kv.starts_with(&format!("{p}=")));
+    let has = |p: &str| {
+        query
+            .split('&')
+            .any(|kv| kv == p || kv.starts_with(&format!("{p}=")))
+    };
     let name = match method {
         "PUT" if has("partNumber") => "UploadPart",
         "PUT" => "PutObject",

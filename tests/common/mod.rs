@@ -40,7 +40,11 @@ pub fn log_output(program: &std::ffi::OsStr, out: &Output) {
     let dir = Path::new(&dir).join("out");
     let _ = std::fs::create_dir_all(&dir);
     let file = dir.join(format!("{}.log", std::process::id()));
-    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(file) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+    {
         use std::io::Write;
         let _ = writeln!(f, "=== {}", program.to_string_lossy());
         let _ = f.write_all(&out.stdout);

@@ -70,7 +70,11 @@ pub fn register_secret(secret: &str) {
     let dir = Path::new(&dir).join("secrets");
     let _ = std::fs::create_dir_all(&dir);
     let file = dir.join(format!("{}.txt", std::process::id()));
-    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(file) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+    {
         use std::io::Write;
         let _ = writeln!(f, "{secret}");
     }
