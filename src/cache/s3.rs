@@ -54,6 +54,8 @@ const MAX_PARTS: i32 = 10_000;
 /// Attempts per request (the first one included) unless `AWS_MAX_ATTEMPTS` says otherwise.
 /// Ten attempts with backoff capped at [`MAX_BACKOFF`] ride out about a minute of outage.
 const DEFAULT_MAX_ATTEMPTS: u32 = 10;
+/// Attempts of the bucket check at open (see [`open_retries`]).
+const OPEN_MAX_ATTEMPTS: u32 = 3;
 const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
 /// Also the cap on a server's `Retry-After`, so a hostile value cannot park the job.
 const MAX_BACKOFF: Duration = Duration::from_secs(20);
@@ -329,16 +331,33 @@ fn retry_after_delay(value: Option<&str>) -> Option<Duration> {
     Some(Duration::from_secs(secs).min(MAX_BACKOFF))
 }
 
+/// Fewer attempts for the first request: failing there is mostly a wrong endpoint, bucket or
+/// key, and the user should hear so in seconds, not after a minute of backoff.
+fn open_retries() -> aws_sdk_s3::config::Builder {
+    let attempts = max_attempts().min(OPEN_MAX_ATTEMPTS);
+    aws_sdk_s3::config::Builder::new().retry_config(
+        RetryConfig::standard()
+            .with_max_attempts(attempts)
+            .with_initial_backoff(INITIAL_BACKOFF)
+            .with_max_backoff(MAX_BACKOFF),
+    )
+}
+
+fn env_number(name: &str) -> Option<u32> {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .filter(|n| *n > 0)
+}
+
+fn max_attempts() -> u32 {
+    env_number("AWS_MAX_ATTEMPTS").unwrap_or(DEFAULT_MAX_ATTEMPTS)
+}
+
 /// Retries, timeouts and stall detection for every request of one client.
 fn fault_tolerance(conf: aws_sdk_s3::config::Builder) -> aws_sdk_s3::config::Builder {
-    let env_num = |name: &str| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.trim().parse::<u32>().ok())
-            .filter(|n| *n > 0)
-    };
-    let attempts = env_num("AWS_MAX_ATTEMPTS").unwrap_or(DEFAULT_MAX_ATTEMPTS);
-    let attempt_timeout = env_num(ATTEMPT_TIMEOUT_ENV)
+    let attempts = max_attempts();
+    let attempt_timeout = env_number(ATTEMPT_TIMEOUT_ENV)
         .map_or(DEFAULT_ATTEMPT_TIMEOUT, |s| Duration::from_secs(s.into()));
     conf.retry_config(
         RetryConfig::standard()
@@ -439,7 +458,15 @@ impl S3Cache {
     /// body to say *why* it was refused; then a one-key listing asks again to get S3's code.
     async fn check_bucket(&self) -> Result<(), CacheError> {
         let ctx = &self.ctx;
-        let err = match ctx.client.head_bucket().bucket(&ctx.bucket).send().await {
+        let err = match ctx
+            .client
+            .head_bucket()
+            .bucket(&ctx.bucket)
+            .customize()
+            .config_override(open_retries())
+            .send()
+            .await
+        {
             Ok(_) => return Ok(()),
             Err(e) => e,
         };
@@ -462,6 +489,8 @@ impl S3Cache {
             .list_objects_v2()
             .bucket(&ctx.bucket)
             .max_keys(1)
+            .customize()
+            .config_override(open_retries())
             .send()
             .await
         {
