@@ -220,6 +220,9 @@ async fn prepare(
         .await
         .with_context(|| format!("could not open the cache {url}"))?;
     let plan = push::plan(&cache, closure).await?;
+    for (path, why) in &plan.unusable {
+        eprintln!("warning: {why}; pushing {path} again");
+    }
     Ok((cache, plan, skipped))
 }
 
