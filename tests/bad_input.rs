@@ -234,7 +234,7 @@ fn a_garbage_narinfo_is_reported_by_verify_and_replaced_by_push() {
             && err.contains(&format!("pushing {lib} again")),
         "{err}"
     );
-    assert!(err.contains("pushed 1 paths"), "{err}");
+    assert!(err.contains("pushed 1 path "), "{err}");
     assert_ok(&verify());
     assert_ok(&copy_into_fresh_store(
         &server.anon_http_url(),

@@ -44,6 +44,9 @@ pub struct OpenOptions {
     pub parts_in_flight: usize,
     /// Page size for ListObjectsV2 (S3 caps it at 1000).
     pub list_page_size: i32,
+    /// Attempts per S3 request, the first included; None is the default (10, or
+    /// `AWS_MAX_ATTEMPTS`). A server answering Nix wants few: Nix is waiting.
+    pub max_attempts: Option<u32>,
 }
 
 impl Default for OpenOptions {
@@ -53,6 +56,7 @@ impl Default for OpenOptions {
             part_size: DEFAULT_PART_SIZE,
             parts_in_flight: 3,
             list_page_size: 1000,
+            max_attempts: None,
         }
     }
 }

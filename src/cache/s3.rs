@@ -355,8 +355,11 @@ fn max_attempts() -> u32 {
 }
 
 /// Retries, timeouts and stall detection for every request of one client.
-fn fault_tolerance(conf: aws_sdk_s3::config::Builder) -> aws_sdk_s3::config::Builder {
-    let attempts = max_attempts();
+fn fault_tolerance(
+    conf: aws_sdk_s3::config::Builder,
+    attempts: Option<u32>,
+) -> aws_sdk_s3::config::Builder {
+    let attempts = attempts.unwrap_or_else(max_attempts).max(1);
     let attempt_timeout = env_number(ATTEMPT_TIMEOUT_ENV)
         .map_or(DEFAULT_ATTEMPT_TIMEOUT, |s| Duration::from_secs(s.into()));
     conf.retry_config(
@@ -436,7 +439,7 @@ impl S3Cache {
                 format!("AWS S3 (region {r})")
             }
         };
-        conf = fault_tolerance(conf);
+        conf = fault_tolerance(conf, opts.max_attempts);
         let ctx = Ctx {
             client: Client::from_conf(conf.build()),
             bucket: bucket.clone(),

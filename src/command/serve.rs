@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::cache::{Cache, CacheUrl};
+use crate::cache::{Cache, CacheUrl, OpenOptions};
 use crate::command::push::{CompressionArg, resolve_compression};
 use crate::command::signing_key;
 use crate::push::select::Filters;
@@ -18,6 +18,9 @@ use crate::push::{ProgressMode, PushOptions};
 use crate::serve::{self, Server, StatsSnapshot, UploadConfig, Uploader, client};
 use crate::state::{ServeState, State};
 use crate::store::NixEnv;
+
+/// Attempts per request to the bucket while serving Nix.
+const SERVE_ATTEMPTS: u32 = 3;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -53,7 +56,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("invalid cache URL {:?}", args.cache))?;
     let compression = resolve_compression(args.compression, &url)?;
     let signing_key = signing_key::load(args.signing_key_file.as_deref())?;
-    let cache = Cache::open(&url)
+    // Nix waits on every answer and falls back to building, so a failing bucket should be
+    // reported in seconds rather than retried for a minute.
+    let open = OpenOptions {
+        max_attempts: Some(SERVE_ATTEMPTS),
+        ..OpenOptions::default()
+    };
+    let cache = Cache::open_with(&url, open)
         .await
         .with_context(|| format!("could not open the cache {url}"))?;
     let listener = serve::bind(args.listen).await?;
