@@ -26,6 +26,8 @@ pub enum Command {
     Sign(command::sign::Args),
     /// Check that a cache is whole: signatures, NARs, references (and with --deep, NAR hashes).
     Verify(command::verify::Args),
+    /// Delete closures no job used for a while, or beyond a size budget; the cache stays whole.
+    Gc(command::gc::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -47,6 +49,7 @@ pub fn main() -> ExitCode {
             Command::Push(args) => command::push::run(args).await,
             Command::Sign(args) => command::sign::run(args).await,
             Command::Verify(args) => command::verify::run(args).await,
+            Command::Gc(args) => command::gc::run(args).await,
         }
     });
     match result {

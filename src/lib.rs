@@ -5,11 +5,13 @@
 //! - [`cache`]: where a binary cache lives (an S3 bucket, a local directory).
 //! - [`push`]: the pipeline that turns store paths into signed cache entries.
 //! - [`state`]: what `setup` hands to `push` across CI steps.
+//! - [`gc`]: garbage collection of a cache, by age of use or size, closures kept whole.
 //! - [`command`]: one module per subcommand.
 
 pub mod cache;
 pub mod cli;
 pub mod command;
+pub mod gc;
 pub mod nix;
 pub mod push;
 pub mod state;

@@ -125,6 +125,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let cache = Cache::open(&url)
         .await
         .with_context(|| format!("could not open the cache {url}"))?;
+    // gc usage record (issue 7): before the existence checks, so a concurrent gc keeps these.
+    if !args.dry_run {
+        let used = push::usage::record(
+            &cache,
+            std::time::SystemTime::now(),
+            closure.iter().map(|i| &i.path),
+        );
+        if let Err(e) = used.await {
+            eprintln!("warning: could not record this job's paths for `nixbucket gc`: {e}");
+        }
+    }
     let plan = push::plan(&cache, closure).await?;
 
     if args.dry_run {
