@@ -64,12 +64,12 @@ pub fn parse_size(text: &str) -> Result<u64, UnitError> {
         return Err(err());
     }
     let n: u64 = s[..digits].parse().map_err(|_| err())?;
-    let unit = s[digits..].trim();
+    let unit = s[digits..].trim().to_ascii_uppercase();
     let unit = unit
-        .strip_suffix("iB")
+        .strip_suffix("IB")
         .or_else(|| unit.strip_suffix('B'))
-        .unwrap_or(unit);
-    let shift = match unit.to_ascii_uppercase().as_str() {
+        .unwrap_or(&unit);
+    let shift = match unit {
         "" => 0,
         "K" => 10,
         "M" => 20,

@@ -19,7 +19,7 @@
 //! ```text
 //! nixbucket-usage 1
 //! @1764061462
-//! 1d5i1r8ldqmbfsb2q3i52hbk3a4kbg9h
+//! 1d5i1r8ldqwbfsb2q3i52hbk3a4kbg9h
 //! 5qn9lblnzjgza2vb23kwaclrcxnska2z
 //! ```
 //! An `@<unix seconds>` line sets the time of the hash parts that follow it; a merged record
@@ -252,7 +252,7 @@ pub fn is_record_key(key: &str) -> bool {
 mod tests {
     use super::*;
 
-    const A: &str = "1d5i1r8ldqmbfsb2q3i52hbk3a4kbg9h";
+    const A: &str = "1d5i1r8ldqwbfsb2q3i52hbk3a4kbg9h";
     const B: &str = "5qn9lblnzjgza2vb23kwaclrcxnska2z";
 
     #[test]
