@@ -37,7 +37,7 @@ pub const PREFIX: &str = "usage/";
 
 const MAGIC: &str = "nixbucket-usage 1";
 const HASH_CHARS: usize = 32;
-const NIXBASE32: &str = "0123456789abcdfghijklnpqrsvwxyz";
+const NIXBASE32: &[u8; 32] = b"0123456789abcdfghijklmnpqrsvwxyz";
 
 #[derive(Debug, thiserror::Error)]
 pub enum UsageError {
@@ -149,7 +149,7 @@ impl Usage {
             let Some(secs) = time else {
                 return Err(bad(line_no, "a hash part before any '@<time>' line"));
             };
-            if line.len() != HASH_CHARS || !line.chars().all(|c| NIXBASE32.contains(c)) {
+            if line.len() != HASH_CHARS || !line.bytes().all(|c| NIXBASE32.contains(&c)) {
                 return Err(bad(line_no, "not a 32-character nixbase32 hash part"));
             }
             usage.note(line, secs);
