@@ -387,6 +387,12 @@ fn keep_and_grace_protect_paths_whatever_their_use() {
     for (key, _) in target.usage_records() {
         std::fs::remove_file(target.objects.join(key)).unwrap();
     }
+    // NARs no narinfo names: one left by a push interrupted long ago, one a push is writing.
+    let stale = "nar/0000000000000000000000000000000000000000000000000000.nar.zst".to_owned();
+    let in_flight = "nar/1111111111111111111111111111111111111111111111111111.nar.zst".to_owned();
+    std::fs::write(target.objects.join(&stale), b"stale").unwrap();
+    std::fs::write(target.objects.join(&in_flight), b"uploading").unwrap();
+    target.age(std::slice::from_ref(&stale), 2 * DAY);
 
     let out = target.gc(&["--older-than", "1d", "--keep", &kept[0]]);
     assert_ok(&out);
@@ -396,6 +402,9 @@ fn keep_and_grace_protect_paths_whatever_their_use() {
     for p in &old {
         assert!(!target.has_narinfo(p), "{p} kept:\n{}", stderr(&out));
     }
+    let keys = target.keys();
+    assert!(!keys.contains(&stale), "an old orphan NAR survived");
+    assert!(keys.contains(&in_flight), "a young NAR was deleted");
     assert!(
         stderr(&out).contains("younger than the grace period"),
         "{}",
