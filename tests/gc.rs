@@ -517,3 +517,38 @@ fn gc_errors_are_explained() {
         "{err}"
     );
 }
+
+#[test]
+fn a_narinfo_gc_cannot_read_is_kept_with_its_nar() {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = Target::file(tmp.path());
+    let (secret, _) = keygen(tmp.path(), "gc-test-1");
+    let closure = build_closure(tmp.path(), &nonce());
+    target.push(&secret, &closure[0]);
+    // Written by some other tool, in a form our parser refuses (no NarHash).
+    let odd = "0000000000000000000000000000000a.narinfo".to_owned();
+    let odd_nar = "nar/0aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.nar.xz".to_owned();
+    std::fs::write(
+        target.objects.join(&odd),
+        format!("StorePath: /nix/store/0000000000000000000000000000000a-odd\nURL: {odd_nar}\n"),
+    )
+    .unwrap();
+    std::fs::write(target.objects.join(&odd_nar), b"xz").unwrap();
+    let all = target.keys();
+    target.age(&all, 30 * DAY);
+    for (key, _) in target.usage_records() {
+        std::fs::remove_file(target.objects.join(key)).unwrap();
+    }
+    let out = target.gc(&["--older-than", "1d"]);
+    assert_ok(&out);
+    assert!(
+        stderr(&out).contains(&format!("warning: kept {odd}")) && stderr(&out).contains("NarHash"),
+        "{}",
+        stderr(&out)
+    );
+    let keys = target.keys();
+    assert!(keys.contains(&odd) && keys.contains(&odd_nar), "{keys:?}");
+    for p in &closure {
+        assert!(!target.has_narinfo(p), "{p} survived");
+    }
+}

@@ -105,6 +105,21 @@ struct Entry {
     info: Option<NarInfo>,
 }
 
+impl Entry {
+    /// The NAR this narinfo names. For one we cannot parse, the text of its `URL:` line: we
+    /// keep such a narinfo, and must not delete what it may still point at.
+    fn nar_url(&self) -> Option<&str> {
+        match &self.info {
+            Some(info) => Some(info.url.as_str()),
+            None => std::str::from_utf8(&self.text)
+                .ok()?
+                .lines()
+                .find_map(|l| l.strip_prefix("URL:"))
+                .map(str::trim),
+        }
+    }
+}
+
 /// Lists the cache, plans, and (unless a dry run) deletes. See the module docs for the order.
 pub async fn collect(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcError> {
     let jobs = opts.jobs.max(1);
@@ -166,9 +181,8 @@ pub async fn collect(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcErro
         usage.last_used(&e.hash).unwrap_or(0).max(modified)
     };
     let nar_size_of = |e: &Entry| -> u64 {
-        e.info
-            .as_ref()
-            .and_then(|i| nar_sizes.get(i.url.as_str()).copied())
+        e.nar_url()
+            .and_then(|u| nar_sizes.get(u).copied())
             .unwrap_or(0)
     };
     match opts.policy {
@@ -221,7 +235,7 @@ pub async fn collect(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcErro
     report.nar_bytes_kept = {
         let named: HashSet<&str> = (0..entries.len())
             .filter(|&i| kept[i])
-            .filter_map(|i| entries[i].info.as_ref().map(|n| n.url.as_str()))
+            .filter_map(|i| entries[i].nar_url())
             .collect();
         named.iter().filter_map(|u| nar_sizes.get(u)).sum()
     };
@@ -242,7 +256,7 @@ pub async fn collect(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcErro
         // What NARs would go: those only doomed narinfos name, plus old orphans.
         let named_by_kept: HashSet<&str> = (0..entries.len())
             .filter(|&i| kept[i])
-            .filter_map(|i| entries[i].info.as_ref().map(|n| n.url.as_str()))
+            .filter_map(|i| entries[i].nar_url())
             .collect();
         for o in listing.iter().filter(|o| o.key.starts_with("nar/")) {
             if !named_by_kept.contains(o.key.as_str()) && !is_young(o.last_modified) {
@@ -319,16 +333,10 @@ pub async fn collect(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcErro
     let mut named: HashSet<&str> = HashSet::new();
     for (i, e) in entries.iter().enumerate() {
         if !gone[i] {
-            if let Some(info) = &e.info {
-                named.insert(info.url.as_str());
-            }
+            named.extend(e.nar_url());
         }
     }
-    for e in &fresh_entries {
-        if let Some(info) = &e.info {
-            named.insert(info.url.as_str());
-        }
-    }
+    named.extend(fresh_entries.iter().filter_map(Entry::nar_url));
     let mut nar_doomed = Vec::new();
     for o in after.iter().filter(|o| o.key.starts_with("nar/")) {
         if named.contains(o.key.as_str()) {
