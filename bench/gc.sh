@@ -132,8 +132,8 @@ URL="s3://bench?endpoint=http://127.0.0.1:$port&region=us-east-1"
 
 # ops LOGSTART: S3 operations the server logged since byte LOGSTART, counted by name.
 ops() {
-    tail -c +"$(($1 + 1))" "$WORK/s3s-fs.log" | grep -oE '(ListObjectsV2|GetObject|HeadObject|DeleteObject|PutObject)' \
-        | sort | uniq -c | awk '{printf "%s=%s ", $2, $1}'
+    tail -c +"$(($1 + 1))" "$WORK/s3s-fs.log" | grep -oE 'resolved route, op: [A-Za-z0-9]+' \
+        | awk '{print $4}' | sort | uniq -c | awk '{printf "%s=%s ", $2, $1}'
 }
 
 run() {
