@@ -6,6 +6,17 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
-# The setup/push tests diff the shared /nix/store, so they run after the rest, one at a time.
-cargo nextest run --no-fail-fast -E 'not binary(setup_push)'
-cargo nextest run --no-fail-fast -E 'binary(setup_push)' --test-threads 1
+# Every child's output (tests/common run()) and the tests' own output land here; the secrets
+# the tests create are registered here too, and check-secrets.sh greps the one for the other.
+NIXBUCKET_TEST_LOG_DIR=${NIXBUCKET_TEST_LOG_DIR:-$(mktemp -d -t nixbucket-test-logs.XXXXXX)}
+export NIXBUCKET_TEST_LOG_DIR
+status=0
+# The setup/push tests (and the CI integrations and serve, which run setup then push) diff the
+# shared /nix/store, so they run after the rest, one at a time.
+serial='binary(setup_push) | binary(github_action) | binary(gitlab_ci) | binary(serve)'
+cargo nextest run --no-fail-fast --success-output final -E "not ($serial)" 2>&1 |
+    tee -a "$NIXBUCKET_TEST_LOG_DIR/nextest.log" || status=1
+cargo nextest run --no-fail-fast --success-output final -E "$serial" --test-threads 1 2>&1 |
+    tee -a "$NIXBUCKET_TEST_LOG_DIR/nextest.log" || status=1
+scripts/check-secrets.sh "$NIXBUCKET_TEST_LOG_DIR" || status=1
+exit $status

@@ -28,6 +28,13 @@ pub enum Command {
     Verify(command::verify::Args),
     /// Delete closures no job used for a while, or beyond a size budget; the cache stays whole.
     Gc(command::gc::Args),
+    /// The GitHub Action's steps (run by its JavaScript): `main` sets up, `post` pushes.
+    #[command(hide = true)]
+    GithubAction(command::github_action::Args),
+    /// Serve the cache to Nix over HTTP on loopback (what `setup --serve` starts).
+    Serve(command::serve::Args),
+    /// Nix's post-build-hook: hand built paths to `nixbucket serve` (never fails the build).
+    Hook(command::hook::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -50,6 +57,9 @@ pub fn main() -> ExitCode {
             Command::Sign(args) => command::sign::run(args).await,
             Command::Verify(args) => command::verify::run(args).await,
             Command::Gc(args) => command::gc::run(args).await,
+            Command::GithubAction(args) => command::github_action::run(args).await,
+            Command::Serve(args) => command::serve::run(args).await,
+            Command::Hook(args) => Ok(command::hook::run(args)),
         }
     });
     match result {

@@ -4,15 +4,19 @@
 //! - [`store`]: what the local Nix store knows (path metadata, the set of valid paths).
 //! - [`cache`]: where a binary cache lives (an S3 bucket, a local directory).
 //! - [`push`]: the pipeline that turns store paths into signed cache entries.
+//! - [`serve`]: the cache as an HTTP substituter on loopback, with uploads during the build.
 //! - [`state`]: what `setup` hands to `push` across CI steps.
 //! - [`gc`]: garbage collection of a cache, by age of use or size, closures kept whole.
+//! - [`ci`]: glue for CI systems (the GitHub Action's inputs, step files, OIDC, reports).
 //! - [`command`]: one module per subcommand.
 
 pub mod cache;
+pub mod ci;
 pub mod cli;
 pub mod command;
 pub mod gc;
 pub mod nix;
 pub mod push;
+pub mod serve;
 pub mod state;
 pub mod store;

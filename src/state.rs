@@ -18,6 +18,15 @@ pub struct State {
     /// Public keys `setup` made Nix trust for this cache.
     #[serde(default)]
     pub public_keys: Vec<String>,
+    /// The `nixbucket serve` that `setup --serve` started, for `push` to read and stop.
+    #[serde(default)]
+    pub serve: Option<ServeState>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ServeState {
+    pub pid: u32,
+    pub port: u16,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +60,7 @@ impl State {
             created,
             store_paths,
             public_keys,
+            serve: None,
         }
     }
 

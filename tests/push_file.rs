@@ -2,7 +2,8 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Output;
 
 use common::nix::{build_closure, copy_into_fresh_store, nix_command, nonce};
 use common::{assert_fails, assert_ok, keygen, list_files, nixbucket, run, stderr};
@@ -15,50 +16,88 @@ fn narinfo_path(cache: &Path, store_path: &str) -> std::path::PathBuf {
     cache.join(format!("{}.narinfo", hash_part(store_path)))
 }
 
+/// What most tests start from: a freshly built three-path closure, a key pair and an empty
+/// `file://` cache, all in one temporary directory.
+struct Fixture {
+    tmp: tempfile::TempDir,
+    app: String,
+    lib: String,
+    data: String,
+    secret: PathBuf,
+    public: String,
+    cache: PathBuf,
+    url: String,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let [app, lib, data] = build_closure(tmp.path(), &nonce());
+        let (secret, public) = keygen(tmp.path(), "test-cache-1");
+        let cache = tmp.path().join("cache");
+        let url = format!("file://{}", cache.display());
+        Fixture {
+            tmp,
+            app,
+            lib,
+            data,
+            secret,
+            public,
+            cache,
+            url,
+        }
+    }
+
+    /// `nixbucket push --cache URL --signing-key-file KEY EXTRA… APP`.
+    fn push(&self, extra: &[&str]) -> Output {
+        run(nixbucket()
+            .args(["push", "--cache", &self.url, "--signing-key-file"])
+            .arg(&self.secret)
+            .args(extra)
+            .arg(&self.app))
+    }
+
+    /// Nix copies the app's closure from the cache into a new store, trusting `key`.
+    fn copy_out(&self, key: &str) -> Output {
+        let store = self.tmp.path().join(format!("fresh-{}", nonce()));
+        copy_into_fresh_store(&self.url, key, &store, &self.app)
+    }
+}
+
 #[test]
 fn pushed_closure_is_accepted_by_nix_and_refused_under_another_key() {
-    let tmp = tempfile::tempdir().unwrap();
-    let [app, lib, data] = build_closure(tmp.path(), &nonce());
-    let (secret, public) = keygen(tmp.path(), "test-cache-1");
-    let cache = tmp.path().join("cache");
-    let url = format!("file://{}", cache.display());
-
-    let out = run(nixbucket()
-        .args(["push", "--cache", &url, "--signing-key-file"])
-        .arg(&secret)
-        .arg(&app));
+    let f = Fixture::new();
+    let out = f.push(&[]);
     assert_ok(&out);
     assert!(stderr(&out).contains("pushed 3 paths"), "{}", stderr(&out));
-    for path in [&app, &lib, &data] {
-        assert!(narinfo_path(&cache, path).exists(), "no narinfo for {path}");
+    for path in [&f.app, &f.lib, &f.data] {
+        assert!(
+            narinfo_path(&f.cache, path).exists(),
+            "no narinfo for {path}"
+        );
     }
-    let files = list_files(&cache);
+    let files = list_files(&f.cache);
     assert!(files.contains(&"nix-cache-info".to_owned()), "{files:?}");
-    assert_eq!(
-        files
-            .iter()
-            .filter(|f| f.starts_with("nar/") && f.ends_with(".nar.zst"))
-            .count(),
-        3,
-        "{files:?}"
-    );
+    let nars = files
+        .iter()
+        .filter(|f| f.starts_with("nar/") && f.ends_with(".nar.zst"));
+    assert_eq!(nars.count(), 3, "{files:?}");
     assert!(
         !files.iter().any(|f| f.contains(".tmp")),
         "temporary files left behind: {files:?}"
     );
 
-    let fresh = tmp.path().join("fresh");
-    let copied = copy_into_fresh_store(&url, &public, &fresh, &app);
-    assert_ok(&copied);
+    let fresh = f.tmp.path().join("fresh");
+    assert_ok(&copy_into_fresh_store(&f.url, &f.public, &fresh, &f.app));
     assert!(
-        fresh.join(&app[1..]).join("run").exists(),
+        fresh.join(&f.app[1..]).join("run").exists(),
         "the app's symlink did not arrive"
     );
-    let big = std::fs::read(fresh.join(&lib[1..]).join("lib/big")).unwrap();
+    let big = std::fs::read(fresh.join(&f.lib[1..]).join("lib/big")).unwrap();
     assert_eq!(big.len(), 300_000);
 
-    let (_, other_public) = keygen(tmp.path(), "other-cache-1");
-    let refused = copy_into_fresh_store(&url, &other_public, &tmp.path().join("fresh2"), &app);
+    let (_, other_public) = keygen(f.tmp.path(), "other-cache-1");
+    let refused = f.copy_out(&other_public);
     assert!(
         stderr(&refused).contains("lacks a valid signature"),
         "{}",
@@ -68,18 +107,9 @@ fn pushed_closure_is_accepted_by_nix_and_refused_under_another_key() {
 
 #[test]
 fn a_second_push_uploads_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let [app, ..] = build_closure(tmp.path(), &nonce());
-    let (secret, _) = keygen(tmp.path(), "test-cache-1");
-    let url = format!("file://{}", tmp.path().join("cache").display());
-    let push = || {
-        run(nixbucket()
-            .args(["push", "--cache", &url, "--signing-key-file"])
-            .arg(&secret)
-            .arg(&app))
-    };
-    assert_ok(&push());
-    let again = push();
+    let f = Fixture::new();
+    assert_ok(&f.push(&[]));
+    let again = f.push(&[]);
     assert_ok(&again);
     assert!(
         stderr(&again).contains("pushed 0 paths"),
@@ -132,113 +162,66 @@ fn narinfo_is_byte_identical_to_what_nix_copy_writes() {
 #[test]
 fn xz_and_uncompressed_caches_are_accepted_by_nix() {
     for compression in ["xz", "none"] {
-        let tmp = tempfile::tempdir().unwrap();
-        let [app, ..] = build_closure(tmp.path(), &nonce());
-        let (secret, public) = keygen(tmp.path(), "test-cache-1");
-        let url = format!("file://{}", tmp.path().join("cache").display());
-        let out = run(nixbucket()
-            .args([
-                "push",
-                "--compression",
-                compression,
-                "--cache",
-                &url,
-                "--signing-key-file",
-            ])
-            .arg(&secret)
-            .arg(&app));
-        assert_ok(&out);
-        assert_ok(&copy_into_fresh_store(
-            &url,
-            &public,
-            &tmp.path().join("fresh"),
-            &app,
-        ));
+        let f = Fixture::new();
+        assert_ok(&f.push(&["--compression", compression]));
+        assert_ok(&f.copy_out(&f.public));
     }
 }
 
 #[test]
 fn the_key_can_come_from_the_environment_and_the_path_from_a_result_link() {
-    let tmp = tempfile::tempdir().unwrap();
-    let [app, ..] = build_closure(tmp.path(), &nonce());
-    let (secret, public) = keygen(tmp.path(), "test-cache-1");
-    std::os::unix::fs::symlink(&app, tmp.path().join("result")).unwrap();
-    let url = format!("file://{}", tmp.path().join("cache").display());
+    let f = Fixture::new();
+    std::os::unix::fs::symlink(&f.app, f.tmp.path().join("result")).unwrap();
     let out = run(nixbucket()
-        .current_dir(tmp.path())
+        .current_dir(f.tmp.path())
         .env(
             "NIXBUCKET_SIGNING_KEY",
-            std::fs::read_to_string(&secret).unwrap(),
+            std::fs::read_to_string(&f.secret).unwrap(),
         )
-        .args(["push", "--cache", &url, "./result"]));
+        .args(["push", "--cache", &f.url, "./result"]));
     assert_ok(&out);
-    assert_ok(&copy_into_fresh_store(
-        &url,
-        &public,
-        &tmp.path().join("fresh"),
-        &app,
-    ));
+    assert_ok(&f.copy_out(&f.public));
 }
 
 #[test]
 fn a_key_file_others_can_read_is_warned_about_but_used() {
     use std::os::unix::fs::PermissionsExt;
-    let tmp = tempfile::tempdir().unwrap();
-    let [app, ..] = build_closure(tmp.path(), &nonce());
-    let (secret, public) = keygen(tmp.path(), "test-cache-1");
-    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let url = format!("file://{}", tmp.path().join("cache").display());
-    let out = run(nixbucket()
-        .args(["push", "--cache", &url, "--signing-key-file"])
-        .arg(&secret)
-        .arg(&app));
+    let f = Fixture::new();
+    std::fs::set_permissions(&f.secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = f.push(&[]);
     assert_ok(&out);
-    assert!(
-        stderr(&out).contains("can be read by other users (mode 644); `chmod 600` it"),
-        "{}",
-        stderr(&out)
-    );
-    assert_ok(&copy_into_fresh_store(
-        &url,
-        &public,
-        &tmp.path().join("fresh"),
-        &app,
-    ));
+    let warning = "can be read by other users (mode 644); `chmod 600` it";
+    assert!(stderr(&out).contains(warning), "{}", stderr(&out));
+    assert_ok(&f.copy_out(&f.public));
 }
 
 #[test]
 fn refuses_to_push_without_a_key_and_writes_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let [app, ..] = build_closure(tmp.path(), &nonce());
-    let cache = tmp.path().join("cache");
-    let out = run(nixbucket().args([
-        "push",
-        "--cache",
-        &format!("file://{}", cache.display()),
-        &app,
-    ]));
+    let f = Fixture::new();
+    let out = run(nixbucket().args(["push", "--cache", &f.url, &f.app]));
     let err = assert_fails(&out);
     assert!(
         err.contains("no signing key") && err.contains("--signing-key-file"),
         "{err}"
     );
-    assert!(list_files(&cache).iter().all(|f| !f.ends_with(".narinfo")));
+    assert!(
+        list_files(&f.cache)
+            .iter()
+            .all(|f| !f.ends_with(".narinfo"))
+    );
 }
 
 #[test]
 fn an_unsigned_push_is_refused_by_nix() {
-    let tmp = tempfile::tempdir().unwrap();
-    let [app, ..] = build_closure(tmp.path(), &nonce());
-    let (_, public) = keygen(tmp.path(), "test-cache-1");
-    let url = format!("file://{}", tmp.path().join("cache").display());
+    let f = Fixture::new();
     assert_ok(&run(nixbucket().args([
         "push",
         "--unsigned",
         "--cache",
-        &url,
-        &app,
+        &f.url,
+        &f.app,
     ])));
-    let refused = copy_into_fresh_store(&url, &public, &tmp.path().join("fresh"), &app);
+    let refused = f.copy_out(&f.public);
     assert!(
         stderr(&refused).contains("lacks a valid signature"),
         "{}",
@@ -248,50 +231,43 @@ fn an_unsigned_push_is_refused_by_nix() {
 
 #[test]
 fn dry_run_lists_what_would_go_and_writes_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let [app, lib, data] = build_closure(tmp.path(), &nonce());
-    let cache = tmp.path().join("cache");
-    let out = run(nixbucket().args([
-        "push",
-        "--dry-run",
-        "--cache",
-        &format!("file://{}", cache.display()),
-        &app,
-    ]));
+    let f = Fixture::new();
+    let out = f.push(&["--dry-run"]);
     assert_ok(&out);
     let listed = common::stdout(&out);
-    for path in [&app, &lib, &data] {
+    for path in [&f.app, &f.lib, &f.data] {
         assert!(
             listed.contains(path.as_str()),
             "{path} missing from:\n{listed}"
         );
     }
+    let files = list_files(&f.cache);
     assert!(
-        list_files(&cache)
+        files
             .iter()
-            .all(|f| !f.ends_with(".narinfo") && !f.starts_with("nar/"))
+            .all(|f| !f.ends_with(".narinfo") && !f.starts_with("nar/")),
+        "{files:?}"
     );
 }
 
 #[test]
 fn bad_keys_get_one_clear_error_without_the_key_text() {
-    let tmp = tempfile::tempdir().unwrap();
-    let [app, ..] = build_closure(tmp.path(), &nonce());
-    let (_, public) = keygen(tmp.path(), "test-cache-1");
-    let url = format!("file://{}", tmp.path().join("cache").display());
+    let f = Fixture::new();
     let cases = [
         ("garbage", "not a key at all".to_owned()),
-        ("public key given", public.clone()),
+        ("public key given", f.public.clone()),
         ("truncated", "test-cache-1:AAAA".to_owned()),
     ];
+    let push_with = |key_file: &Path| {
+        run(nixbucket()
+            .args(["push", "--cache", &f.url, "--signing-key-file"])
+            .arg(key_file)
+            .arg(&f.app))
+    };
     for (case, text) in cases {
-        let file = tmp.path().join(format!("{}.sk", nonce()));
+        let file = f.tmp.path().join(format!("{}.sk", nonce()));
         std::fs::write(&file, &text).unwrap();
-        let out = run(nixbucket()
-            .args(["push", "--cache", &url, "--signing-key-file"])
-            .arg(&file)
-            .arg(&app));
-        let err = assert_fails(&out);
+        let err = assert_fails(&push_with(&file));
         assert!(err.contains("is not a Nix secret key"), "{case}: {err}");
         assert_eq!(
             err.trim().lines().count(),
@@ -304,15 +280,7 @@ fn bad_keys_get_one_clear_error_without_the_key_text() {
             "{case}: key text leaked: {err}"
         );
     }
-    let out = run(nixbucket().args([
-        "push",
-        "--cache",
-        &url,
-        "--signing-key-file",
-        "/nonexistent/key",
-        &app,
-    ]));
-    let err = assert_fails(&out);
+    let err = assert_fails(&push_with(Path::new("/nonexistent/key")));
     assert!(
         err.contains("could not read the signing key file /nonexistent/key"),
         "{err}"
@@ -347,38 +315,34 @@ fn a_path_outside_the_store_is_named_in_the_error() {
 
 #[test]
 fn a_corrupt_store_path_is_reported_and_nothing_of_it_lands() {
-    let tmp = tempfile::tempdir().unwrap();
-    let [app, lib, data] = build_closure(tmp.path(), &nonce());
-    let (secret, _) = keygen(tmp.path(), "test-cache-1");
-    let cache = tmp.path().join("cache");
-    let url = format!("file://{}", cache.display());
+    let f = Fixture::new();
+    let (app, lib, data) = (&f.app, &f.lib, &f.data);
     // Tamper with lib behind Nix's back (as a broken disk or a stray `chmod +w` would).
     let victim = format!("{lib}/lib/big");
-    run(std::process::Command::new("chmod").args(["u+w", &lib, &format!("{lib}/lib"), &victim]));
+    run(std::process::Command::new("chmod").args(["u+w", lib, &format!("{lib}/lib"), &victim]));
     std::fs::write(&victim, b"tampered").unwrap();
 
-    let out = run(nixbucket()
-        .args(["push", "--cache", &url, "--signing-key-file"])
-        .arg(&secret)
-        .arg(&app));
-    let err = assert_fails(&out);
-    assert!(err.contains(&lib) && err.contains("corrupt"), "{err}");
+    let err = assert_fails(&f.push(&[]));
     assert!(
-        !narinfo_path(&cache, &lib).exists(),
+        err.contains(lib.as_str()) && err.contains("corrupt"),
+        "{err}"
+    );
+    assert!(
+        !narinfo_path(&f.cache, lib).exists(),
         "narinfo of the corrupt path was written"
     );
     assert!(
-        !narinfo_path(&cache, &app).exists(),
+        !narinfo_path(&f.cache, app).exists(),
         "narinfo of a path referencing it was written"
     );
     assert!(
-        narinfo_path(&cache, &data).exists(),
+        narinfo_path(&f.cache, data).exists(),
         "the independent path should still land"
     );
-    let nars = list_files(&cache)
+    let nars = list_files(&f.cache)
         .into_iter()
         .filter(|f| f.starts_with("nar/"))
         .count();
     assert_eq!(nars, 2, "only the NARs of data and app may exist");
-    let _ = run(nix_command("nix-store").args(["--repair-path", &lib]));
+    let _ = run(nix_command("nix-store").args(["--repair-path", lib]));
 }

@@ -356,10 +356,14 @@ fn an_untrusted_user_gets_told_why_and_what_to_add() {
     let (_, public) = keygen(tmp.path(), "ours-1");
     let url = format!("file://{}", tmp.path().join("cache").display());
 
+    // A copy `nobody` can reach wherever the checkout lives (CI may clone under a 0700 dir).
+    let binary = tmp.path().join("nixbucket");
+    std::fs::copy(env!("CARGO_BIN_EXE_nixbucket"), &binary).unwrap();
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut as_nobody = Command::new("setpriv");
     as_nobody
         .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
-        .arg(env!("CARGO_BIN_EXE_nixbucket"));
+        .arg(&binary);
     let out = run(conf
         .apply(&mut as_nobody)
         .env("NIX_REMOTE", "daemon")

@@ -7,6 +7,15 @@
 //! and hands them over a channel of capacity 1 to one async task, which keeps at most
 //! `parts_in_flight` UploadPart calls running. Memory is bounded by
 //! `(parts_in_flight + 2) * part_size` whatever the object size.
+//!
+//! Faults are the SDK's job where it does it well: every request (bodies are `Bytes`, so
+//! PutObject and UploadPart replay) is retried with jittered exponential backoff on throttling
+//! (429, 503 SlowDown), 5xx, timeouts, resets and truncated answers; a `Retry-After` header sets
+//! the delay instead ([`RetryAfter`]); an attempt that takes longer than the attempt timeout
+//! (a stalled upload, a server that never answers) is abandoned and retried. What the SDK cannot
+//! see is handled here: a GET body cut short is fetched again, and a CompleteMultipartUpload
+//! whose success answer was lost is recognised by the object it left behind.
+//! `AWS_MAX_ATTEMPTS` and `NIXBUCKET_S3_ATTEMPT_TIMEOUT` (seconds) override the defaults.
 
 use std::error::Error as StdError;
 use std::pin::Pin;
@@ -19,10 +28,17 @@ use aws_config::meta::region::RegionProviderChain;
 use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
-use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::config::interceptors::InterceptorContext;
+use aws_sdk_s3::config::retry::{ClassifyRetry, RetryAction, RetryConfig};
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{
+    Region, RequestChecksumCalculation, ResponseChecksumValidation, StalledStreamProtectionConfig,
+};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_smithy_runtime_api::client::retries::classifiers::RetryClassifierPriority;
+use aws_smithy_types::retry::ErrorKind;
 use bytes::Bytes;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
@@ -34,6 +50,25 @@ use super::{CacheError, CacheUrl, ObjectInfo, OpenOptions};
 const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
 /// S3's largest part number.
 const MAX_PARTS: i32 = 10_000;
+
+/// Attempts per request (the first one included) unless `AWS_MAX_ATTEMPTS` says otherwise.
+/// Ten attempts with backoff capped at [`MAX_BACKOFF`] ride out about a minute of outage.
+const DEFAULT_MAX_ATTEMPTS: u32 = 10;
+/// Attempts of the bucket check at open (see [`open_retries`]).
+const OPEN_MAX_ATTEMPTS: u32 = 3;
+const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
+/// Also the cap on a server's `Retry-After`, so a hostile value cannot park the job.
+const MAX_BACKOFF: Duration = Duration::from_secs(20);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// One attempt, request body included: generous enough for a full part on a slow link, short
+/// enough that a stalled connection costs a retry instead of the CI job's time limit.
+const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(120);
+pub const ATTEMPT_TIMEOUT_ENV: &str = "NIXBUCKET_S3_ATTEMPT_TIMEOUT";
+/// How long a failed or cancelled multipart upload waits for its parts in flight before it
+/// aborts; short, because a cancelled CI job is killed a few seconds after SIGINT.
+const PART_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Whole reads of a small object when its body is cut short after the headers.
+const GET_ATTEMPTS: u32 = 4;
 
 /// S3 error codes that mean "these credentials are not accepted here".
 const CREDENTIAL_CODES: &[&str] = &[
@@ -256,6 +291,95 @@ fn to_size(n: Option<i64>) -> u64 {
     n.and_then(|n| u64::try_from(n).ok()).unwrap_or(0)
 }
 
+/// Honours a `Retry-After: <seconds>` header on a retryable status: the SDK only reads AWS's
+/// own `x-amz-retry-after`, but S3-compatible stores and proxies send the standard one.
+#[derive(Debug)]
+struct RetryAfter;
+
+impl ClassifyRetry for RetryAfter {
+    fn classify_retry(&self, ctx: &InterceptorContext) -> RetryAction {
+        if !matches!(ctx.output_or_error(), Some(Err(_))) {
+            return RetryAction::NoActionIndicated;
+        }
+        let Some(response) = ctx.response() else {
+            return RetryAction::NoActionIndicated;
+        };
+        let kind = match response.status().as_u16() {
+            429 | 503 => ErrorKind::ThrottlingError,
+            500 | 502 | 504 => ErrorKind::ServerError,
+            _ => return RetryAction::NoActionIndicated,
+        };
+        match retry_after_delay(response.headers().get("retry-after")) {
+            Some(delay) => RetryAction::retryable_error_with_explicit_delay(kind, delay),
+            None => RetryAction::NoActionIndicated,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "Retry-After header"
+    }
+
+    fn priority(&self) -> RetryClassifierPriority {
+        // Last, so that its delay wins over the status and error-code classifiers' verdicts.
+        RetryClassifierPriority::run_after(RetryClassifierPriority::transient_error_classifier())
+    }
+}
+
+/// The delta-seconds form only (what S3-compatible stores send), capped at [`MAX_BACKOFF`].
+fn retry_after_delay(value: Option<&str>) -> Option<Duration> {
+    let secs: u64 = value?.trim().parse().ok()?;
+    Some(Duration::from_secs(secs).min(MAX_BACKOFF))
+}
+
+/// Fewer attempts for the first request: failing there is mostly a wrong endpoint, bucket or
+/// key, and the user should hear so in seconds, not after a minute of backoff.
+fn open_retries() -> aws_sdk_s3::config::Builder {
+    let attempts = max_attempts().min(OPEN_MAX_ATTEMPTS);
+    aws_sdk_s3::config::Builder::new().retry_config(
+        RetryConfig::standard()
+            .with_max_attempts(attempts)
+            .with_initial_backoff(INITIAL_BACKOFF)
+            .with_max_backoff(MAX_BACKOFF),
+    )
+}
+
+fn env_number(name: &str) -> Option<u32> {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .filter(|n| *n > 0)
+}
+
+fn max_attempts() -> u32 {
+    env_number("AWS_MAX_ATTEMPTS").unwrap_or(DEFAULT_MAX_ATTEMPTS)
+}
+
+/// Retries, timeouts and stall detection for every request of one client.
+fn fault_tolerance(conf: aws_sdk_s3::config::Builder) -> aws_sdk_s3::config::Builder {
+    let attempts = max_attempts();
+    let attempt_timeout = env_number(ATTEMPT_TIMEOUT_ENV)
+        .map_or(DEFAULT_ATTEMPT_TIMEOUT, |s| Duration::from_secs(s.into()));
+    conf.retry_config(
+        RetryConfig::standard()
+            .with_max_attempts(attempts)
+            .with_initial_backoff(INITIAL_BACKOFF)
+            .with_max_backoff(MAX_BACKOFF),
+    )
+    .timeout_config(
+        TimeoutConfig::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .operation_attempt_timeout(attempt_timeout)
+            .build(),
+    )
+    // A body that stops flowing for the grace period fails its attempt, which is then retried.
+    .stalled_stream_protection(
+        StalledStreamProtectionConfig::enabled()
+            .grace_period(Duration::from_secs(10))
+            .build(),
+    )
+    .retry_classifier(RetryAfter)
+}
+
 impl S3Cache {
     pub(crate) async fn open(url: &CacheUrl, opts: OpenOptions) -> Result<S3Cache, CacheError> {
         let CacheUrl::S3 {
@@ -312,6 +436,7 @@ impl S3Cache {
                 format!("AWS S3 (region {r})")
             }
         };
+        conf = fault_tolerance(conf);
         let ctx = Ctx {
             client: Client::from_conf(conf.build()),
             bucket: bucket.clone(),
@@ -333,7 +458,15 @@ impl S3Cache {
     /// body to say *why* it was refused; then a one-key listing asks again to get S3's code.
     async fn check_bucket(&self) -> Result<(), CacheError> {
         let ctx = &self.ctx;
-        let err = match ctx.client.head_bucket().bucket(&ctx.bucket).send().await {
+        let err = match ctx
+            .client
+            .head_bucket()
+            .bucket(&ctx.bucket)
+            .customize()
+            .config_override(open_retries())
+            .send()
+            .await
+        {
             Ok(_) => return Ok(()),
             Err(e) => e,
         };
@@ -356,6 +489,8 @@ impl S3Cache {
             .list_objects_v2()
             .bucket(&ctx.bucket)
             .max_keys(1)
+            .customize()
+            .config_override(open_retries())
             .send()
             .await
         {
@@ -387,26 +522,40 @@ impl S3Cache {
 
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
         let ctx = &self.ctx;
-        let out = match ctx
-            .client
-            .get_object()
-            .bucket(&ctx.bucket)
-            .key(key)
-            .send()
-            .await
-        {
-            Ok(out) => out,
-            Err(e) if is_status(&e, 404) && e.code() != Some("NoSuchBucket") => return Ok(None),
-            Err(e) => return Err(ctx.error("GetObject", key, e)),
-        };
-        let body = out.body.collect().await.map_err(|e| CacheError::S3 {
-            operation: "GetObject",
-            bucket: ctx.bucket.clone(),
-            key: key.to_owned(),
-            code: "ReadError".to_owned(),
-            message: format!("{e}: {}", root_cause(&e)),
-        })?;
-        Ok(Some(body.into_bytes()))
+        let mut attempt = 1;
+        loop {
+            let out = match ctx
+                .client
+                .get_object()
+                .bucket(&ctx.bucket)
+                .key(key)
+                .send()
+                .await
+            {
+                Ok(out) => out,
+                Err(e) if is_status(&e, 404) && e.code() != Some("NoSuchBucket") => {
+                    return Ok(None);
+                }
+                Err(e) => return Err(ctx.error("GetObject", key, e)),
+            };
+            // The SDK's retries end with the headers; a body cut short is ours to fetch again.
+            match out.body.collect().await {
+                Ok(body) => return Ok(Some(body.into_bytes())),
+                Err(_) if attempt < GET_ATTEMPTS => {
+                    attempt += 1;
+                    tokio::time::sleep(INITIAL_BACKOFF * attempt).await;
+                }
+                Err(e) => {
+                    return Err(CacheError::S3 {
+                        operation: "GetObject",
+                        bucket: ctx.bucket.clone(),
+                        key: key.to_owned(),
+                        code: "ReadError".to_owned(),
+                        message: format!("{e}: {}", root_cause(&e)),
+                    });
+                }
+            }
+        }
     }
 
     pub(crate) async fn put(&self, key: &str, body: Bytes, ct: &str) -> Result<(), CacheError> {
@@ -610,12 +759,20 @@ impl Upload {
         };
         let mut inflight = JoinSet::new();
         let result = match self.parts(upload_id, first, &mut rx, &mut inflight).await {
-            Ok((parts, size)) => self.complete(upload_id, parts).await.map(|()| size),
+            Ok((parts, size)) => self.complete(upload_id, parts, size).await.map(|()| size),
             Err(e) => Err(e),
         };
         if result.is_err() {
-            // No part may land after the abort, or it would linger as billed storage.
-            inflight.shutdown().await;
+            // No part may land after the abort, or it would linger as billed storage. A part
+            // request merely dropped may still be written by the store after the abort (S3
+            // documents this), so parts in flight get a moment to finish first.
+            let drain = async { while inflight.join_next().await.is_some() {} };
+            if tokio::time::timeout(PART_DRAIN_TIMEOUT, drain)
+                .await
+                .is_err()
+            {
+                inflight.shutdown().await;
+            }
             let _ = ctx
                 .client
                 .abort_multipart_upload()
@@ -696,9 +853,15 @@ impl Upload {
         }
     }
 
-    async fn complete(&self, upload_id: &str, parts: Vec<CompletedPart>) -> Result<(), CacheError> {
+    async fn complete(
+        &self,
+        upload_id: &str,
+        parts: Vec<CompletedPart>,
+        size: u64,
+    ) -> Result<(), CacheError> {
         let ctx = &self.ctx;
-        ctx.client
+        let res = ctx
+            .client
             .complete_multipart_upload()
             .bucket(&ctx.bucket)
             .key(&self.key)
@@ -709,9 +872,34 @@ impl Upload {
                     .build(),
             )
             .send()
-            .await
-            .map_err(|e| ctx.error("CompleteMultipartUpload", &self.key, e))?;
-        Ok(())
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            // A retry after an attempt that did complete but whose answer was lost: the upload
+            // is gone because it became the object. The key is content-addressed, so an object
+            // of the right size there is this upload (or an identical concurrent one).
+            Err(e) if e.code() == Some("NoSuchUpload") => match ctx_head(ctx, &self.key).await {
+                Ok(Some(found)) if found == size => Ok(()),
+                _ => Err(ctx.error("CompleteMultipartUpload", &self.key, e)),
+            },
+            Err(e) => Err(ctx.error("CompleteMultipartUpload", &self.key, e)),
+        }
+    }
+}
+
+/// The size of an object, `None` if absent.
+async fn ctx_head(ctx: &Ctx, key: &str) -> Result<Option<u64>, CacheError> {
+    match ctx
+        .client
+        .head_object()
+        .bucket(&ctx.bucket)
+        .key(key)
+        .send()
+        .await
+    {
+        Ok(out) => Ok(Some(to_size(out.content_length()))),
+        Err(e) if is_status(&e, 404) => Ok(None),
+        Err(e) => Err(ctx.error("HeadObject", key, e)),
     }
 }
 
@@ -858,5 +1046,24 @@ impl S3Writer {
         if self.done.is_some() {
             let _ = self.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_and_is_capped() {
+        assert_eq!(retry_after_delay(Some("2")), Some(Duration::from_secs(2)));
+        assert_eq!(retry_after_delay(Some(" 0 ")), Some(Duration::ZERO));
+        assert_eq!(retry_after_delay(Some("86400")), Some(MAX_BACKOFF));
+        // The HTTP-date form and junk fall back to the SDK's own backoff.
+        assert_eq!(
+            retry_after_delay(Some("Wed, 21 Oct 2015 07:28:00 GMT")),
+            None
+        );
+        assert_eq!(retry_after_delay(Some("-1")), None);
+        assert_eq!(retry_after_delay(None), None);
     }
 }

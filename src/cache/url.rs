@@ -143,7 +143,9 @@ impl FromStr for CacheUrl {
         }
         let url = s.to_owned();
         let (base, query) = match s.split_once('?') {
-            Some((b, q)) => (b, Some(q)),
+            // Trimmed like the whole URL: `file:///dir ?x=y` must not name "/dir ", which
+            // nix.conf (whitespace-trimmed) would read back as "/dir" (found by fuzzing).
+            Some((b, q)) => (b.trim_end(), Some(q)),
             None => (s, None),
         };
 
@@ -384,6 +386,13 @@ mod tests {
 
     fn parse(s: &str) -> Result<CacheUrl, CacheUrlError> {
         s.parse()
+    }
+
+    #[test]
+    fn space_before_the_query_is_not_part_of_the_path() {
+        let u = parse("file:///var/cache ?compression=zstd").unwrap();
+        assert_eq!(u.to_string(), "file:///var/cache?compression=zstd");
+        assert_eq!(parse("file:/// ?").unwrap(), parse("file:///").unwrap());
     }
 
     #[test]

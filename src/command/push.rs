@@ -8,12 +8,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, bail};
 use regex::Regex;
 
-use crate::cache::{Cache, CacheUrl};
+use crate::cache::{Cache, CacheUrl, OpenOptions};
 use crate::command::signing_key;
 use crate::nix::Compression;
-use crate::nix::{STORE_DIR, StorePath};
+use crate::nix::{STORE_DIR, SecretKey, StorePath};
 use crate::push::select::{self, Filters, Skipped};
-use crate::push::{self, ProgressMode, PushOptions, human_bytes};
+use crate::push::{self, Plan, ProgressMode, PushOptions, PushReport, count, human_bytes};
 use crate::state::{self, State};
 use crate::store::{self, NixEnv, PathInfo};
 
@@ -114,15 +114,109 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         key
     };
-    let filters = filters(&args, signing_key.as_deref().map(|k| k.name().to_owned()))?;
+
+    if args.dry_run {
+        let (_, plan, skipped) =
+            prepare(&args, &url, signing_key.as_deref(), OpenOptions::default()).await?;
+        for info in &plan.missing {
+            println!("would push {} ({})", info.path, human_bytes(info.nar_size));
+        }
+        for (path, reason) in &skipped {
+            println!("skip {path}: {reason}");
+        }
+        eprintln!(
+            "{} ({} NAR) would be pushed; {} already in the cache{}",
+            count(plan.missing.len(), "path"),
+            human_bytes(plan.missing_nar_bytes()),
+            plan.present.len(),
+            if signing_key.is_none() {
+                "; no signing key given"
+            } else {
+                ""
+            },
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let (report, _) = push_job(
+        &args,
+        &url,
+        compression,
+        signing_key,
+        OpenOptions::default(),
+    )
+    .await?;
+    if report.cancelled() > 0 {
+        bail!(
+            "interrupted: {} landed whole, {} did not start or were abandoned; run the push again to finish",
+            count(report.pushed.len(), "path"),
+            report.failed.len()
+        );
+    }
+    if !report.failed.is_empty() {
+        bail!(
+            "{} of {} could not be pushed (see the errors above); what was pushed is complete and usable",
+            report.failed.len(),
+            count(report.failed.len() + report.pushed.len(), "path")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The push `run` does once the arguments are resolved, for callers that resolve them
+/// differently (the GitHub Action reads its key from an input and may bring OIDC credentials).
+/// Paths that fail are in the report, not in the error: the caller decides what they mean.
+pub async fn push_job(
+    args: &Args,
+    url: &CacheUrl,
+    compression: Compression,
+    signing_key: Option<Arc<SecretKey>>,
+    open: OpenOptions,
+) -> anyhow::Result<(PushReport, Skipped)> {
+    let (cache, plan, skipped) = prepare(args, url, signing_key.as_deref(), open).await?;
+    let opts = PushOptions {
+        compression: compression.clone(),
+        level: args.compression_level,
+        jobs: args.jobs,
+        signing_key,
+        progress: args.progress,
+        cancel: Arc::new(AtomicBool::new(false)),
+    };
+    let signals = stop_on_signal(opts.cancel.clone())?;
+    let report = push::execute(&cache, plan, &opts).await?;
+    signals.abort();
+    eprintln!("{}", report.summary(&compression));
+    Ok((report, skipped))
+}
+
+/// Selects the closure, opens the cache and asks it what it lacks.
+async fn prepare(
+    args: &Args,
+    url: &CacheUrl,
+    signing_key: Option<&SecretKey>,
+    open: OpenOptions,
+) -> anyhow::Result<(Cache, Plan, Skipped)> {
+    let filters = filters(args, signing_key.map(|k| k.name().to_owned()))?;
+    // After `setup --serve`: the server's uploads finish first, so the store diff below finds
+    // them in the cache; then its counters are read and it is stopped (kept for a dry run).
+    if args.paths.is_empty() {
+        let (state_file, keep) = (args.state_file.clone(), args.dry_run);
+        let served =
+            tokio::task::spawn_blocking(move || super::serve::finish(state_file.as_deref(), keep))
+                .await
+                .ok()
+                .flatten();
+        if let Some(stats) = served {
+            eprintln!("{}", stats.summary());
+        }
+    }
     let (closure, skipped) = {
         let (paths, state_file) = (args.paths.clone(), args.state_file.clone());
         tokio::task::spawn_blocking(move || select_closure(&paths, state_file, &filters))
             .await
             .context("the store query stopped unexpectedly")??
     };
-
-    let cache = Cache::open(&url)
+    let cache = Cache::open_with(url, open)
         .await
         .with_context(|| format!("could not open the cache {url}"))?;
     // gc usage record (issue 7): before the existence checks, so a concurrent gc keeps these.
@@ -137,55 +231,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     let plan = push::plan(&cache, closure).await?;
-
-    if args.dry_run {
-        for info in &plan.missing {
-            println!("would push {} ({})", info.path, human_bytes(info.nar_size));
-        }
-        for (path, reason) in &skipped {
-            println!("skip {path}: {reason}");
-        }
-        eprintln!(
-            "{} paths ({} NAR) would be pushed; {} already in the cache{}",
-            plan.missing.len(),
-            human_bytes(plan.missing_nar_bytes()),
-            plan.present.len(),
-            if signing_key.is_none() {
-                "; no signing key given"
-            } else {
-                ""
-            },
-        );
-        return Ok(ExitCode::SUCCESS);
+    for (path, why) in &plan.unusable {
+        eprintln!("warning: {why}; pushing {path} again");
     }
-
-    let opts = PushOptions {
-        compression: compression.clone(),
-        level: args.compression_level,
-        jobs: args.jobs,
-        signing_key,
-        progress: args.progress,
-        cancel: Arc::new(AtomicBool::new(false)),
-    };
-    let signals = stop_on_signal(opts.cancel.clone())?;
-    let report = push::execute(&cache, plan, &opts).await?;
-    signals.abort();
-    eprintln!("{}", report.summary(&compression));
-    if report.cancelled() > 0 {
-        bail!(
-            "interrupted: {} paths landed whole, {} did not start or were abandoned; run the push again to finish",
-            report.pushed.len(),
-            report.failed.len()
-        );
-    }
-    if !report.failed.is_empty() {
-        bail!(
-            "{} of {} paths could not be pushed (see the errors above); what was pushed is complete and usable",
-            report.failed.len(),
-            report.failed.len() + report.pushed.len()
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok((cache, plan, skipped))
 }
 
 /// A cancelled CI job gets SIGINT or SIGTERM: stop cleanly, so what landed is whole and a
@@ -258,7 +307,7 @@ fn select_closure(
     Ok((closure, skipped))
 }
 
-fn resolve_compression(
+pub fn resolve_compression(
     flag: Option<CompressionArg>,
     url: &CacheUrl,
 ) -> anyhow::Result<Compression> {

@@ -7,10 +7,10 @@ use std::process::{Command, ExitCode, Stdio};
 use anyhow::{Context, bail};
 
 use crate::cache::CacheUrl;
-use crate::command::signing_key;
+use crate::command::{serve, signing_key};
 use crate::nix::conf;
 use crate::nix::{PublicKey, STORE_DIR};
-use crate::state::{self, State};
+use crate::state::{self, ServeState, State};
 use crate::store::{self, NixEnv};
 
 #[derive(clap::Args, Debug)]
@@ -41,6 +41,15 @@ pub struct Args {
     /// Only record the store; leave Nix's configuration alone.
     #[arg(long)]
     pub no_configure: bool,
+    /// Start `nixbucket serve` in the background and make Nix substitute from it
+    /// (`http://127.0.0.1:PORT`): the nix-daemon then needs no credentials of its own, and a Nix
+    /// without S3 support works. `push` stops it and reports the job's cache hit rate.
+    #[arg(long, conflicts_with = "substituter")]
+    pub serve: bool,
+    /// With --serve: upload each path as soon as Nix has built it (a post-build-hook hands it to
+    /// the server), so `push` only uploads what remains.
+    #[arg(long, requires = "serve")]
+    pub push_during_build: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -50,27 +59,86 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("invalid cache URL {:?}", args.cache))?;
     let state_path = args.state_file.clone().unwrap_or_else(state::default_path);
     let keys = public_keys(&args)?;
-
-    if !args.no_configure {
-        let substituter = args.substituter.clone().unwrap_or_else(|| url.to_string());
-        configure(&substituter, &keys)?;
+    if !args.serve {
+        let substituter = (!args.no_configure)
+            .then(|| args.substituter.clone().unwrap_or_else(|| url.to_string()));
+        setup_job(&url, substituter.as_deref(), &keys, &state_path)?;
+        return Ok(ExitCode::SUCCESS);
     }
+    let background = serve::start_background(
+        &url.to_string(),
+        &state_path,
+        args.signing_key_file.as_deref(),
+    )?;
+    if !args.no_configure {
+        let configured = configure_served(&args, &keys, &state_path, &background);
+        if configured.is_err() {
+            let _ = serve::stop(background.state.pid);
+        }
+        configured?;
+    }
+    record_store(&url, &keys, &state_path, Some(background.state))?;
+    Ok(ExitCode::SUCCESS)
+}
 
+/// What `run` does once the arguments are resolved: point Nix at `substituter` trusting `keys`
+/// (unless it is `None`), then record the store for `push` in `state_path`. The GitHub Action
+/// calls this with what it read from its inputs.
+pub fn setup_job(
+    url: &CacheUrl,
+    substituter: Option<&str>,
+    keys: &[PublicKey],
+    state_path: &Path,
+) -> anyhow::Result<()> {
+    if let Some(substituter) = substituter {
+        configure(substituter, keys, Vec::new())?;
+    }
+    record_store(url, keys, state_path, None)
+}
+
+/// Records the store as it is before the build, for `push` to diff against.
+fn record_store(
+    url: &CacheUrl,
+    keys: &[PublicKey],
+    state_path: &Path,
+    served: Option<ServeState>,
+) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let paths = store::read_store_dir(Path::new(STORE_DIR))?;
     let count = paths.len();
-    State::new(
+    let mut state = State::new(
         url.to_string(),
         paths,
         keys.iter().map(ToString::to_string).collect(),
-    )
-    .save(&state_path)?;
+    );
+    state.serve = served;
+    state.save(state_path)?;
     eprintln!(
         "recorded {count} store paths in {} ({} ms)",
         state_path.display(),
         started.elapsed().as_millis()
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(())
+}
+
+/// With --serve, Nix reads the local server, falls back to building when it is gone
+/// (`fallback`), and with --push-during-build runs the hook after each build.
+fn configure_served(
+    args: &Args,
+    keys: &[PublicKey],
+    state_path: &Path,
+    served: &serve::Background,
+) -> anyhow::Result<()> {
+    let mut extra = vec![("fallback", vec!["true".to_owned()])];
+    if args.push_during_build {
+        let hook = serve::install_hook_script(state_path, served)?;
+        extra.push(("post-build-hook", vec![hook.display().to_string()]));
+    }
+    configure(
+        &format!("http://127.0.0.1:{}", served.state.port),
+        keys,
+        extra,
+    )
 }
 
 fn public_keys(args: &Args) -> anyhow::Result<Vec<PublicKey>> {
@@ -126,7 +194,11 @@ fn choose_target(
     }
 }
 
-fn configure(substituter: &str, keys: &[PublicKey]) -> anyhow::Result<()> {
+fn configure(
+    substituter: &str,
+    keys: &[PublicKey],
+    extra: Vec<(&str, Vec<String>)>,
+) -> anyhow::Result<()> {
     let keys: Vec<String> = keys.iter().map(ToString::to_string).collect();
     let env = NixEnv::detect().context("could not ask Nix how it is set up")?;
     if substituter.starts_with("s3://") && env.daemon {
@@ -135,10 +207,11 @@ fn configure(substituter: &str, keys: &[PublicKey]) -> anyhow::Result<()> {
              credentials of its own; a public https:// endpoint (--substituter) avoids that"
         );
     }
-    let settings = [
+    let mut settings = vec![
         ("extra-substituters", vec![substituter.to_owned()]),
         ("extra-trusted-public-keys", keys.clone()),
     ];
+    settings.extend(extra);
     let target = choose_target(&env, substituter, &keys, store::user_conf_path());
     let (path, restart) = match &target {
         Target::User(path) => (path.clone(), false),

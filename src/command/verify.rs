@@ -144,8 +144,25 @@ async fn check_one(
             info.file_size.unwrap_or_default()
         )),
         Some(_) if deep => {
-            if let Err(e) = check_nar(cache, &info).await {
-                problems.push(format!("{path}: {e:#}"));
+            // A download cut short says nothing about the cache; only a NAR read whole and
+            // found wrong (or unreadable every time) is a problem.
+            let mut attempt = 1;
+            loop {
+                match check_nar(cache, &info).await {
+                    Ok(()) => break,
+                    Err(NarCheck::Mismatch(e)) => {
+                        problems.push(format!("{path}: {e:#}"));
+                        break;
+                    }
+                    Err(NarCheck::Unreadable(e)) if attempt >= DEEP_ATTEMPTS => {
+                        problems.push(format!("{path}: {e:#} (tried {attempt} times)"));
+                        break;
+                    }
+                    Err(NarCheck::Unreadable(_)) => {
+                        attempt += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(500 * attempt)).await;
+                    }
+                }
             }
         }
         Some(_) => {}
@@ -158,10 +175,28 @@ async fn check_one(
     problems
 }
 
+/// How often `--deep` reads a NAR whose download failed before calling it unreadable.
+const DEEP_ATTEMPTS: u64 = 3;
+
+enum NarCheck {
+    /// Read whole, and not what the narinfo says: the cache is wrong.
+    Mismatch(anyhow::Error),
+    /// Could not be read or decompressed: a network fault, or a damaged object.
+    Unreadable(anyhow::Error),
+}
+
 /// Streams the NAR through its decompressor and a hasher; constant memory.
-async fn check_nar(cache: &Cache, info: &NarInfo) -> anyhow::Result<()> {
-    let Some((_, stream)) = cache.get_stream(&info.url).await? else {
-        bail!("its NAR {} vanished", info.url);
+async fn check_nar(cache: &Cache, info: &NarInfo) -> Result<(), NarCheck> {
+    let unreadable = |e: anyhow::Error| NarCheck::Unreadable(e);
+    let Some((_, stream)) = cache
+        .get_stream(&info.url)
+        .await
+        .map_err(|e| unreadable(e.into()))?
+    else {
+        return Err(NarCheck::Mismatch(anyhow::anyhow!(
+            "its NAR {} vanished",
+            info.url
+        )));
     };
     let compression = info.compression.clone();
     let reader = tokio_util::io::SyncIoBridge::new(stream);
@@ -187,14 +222,16 @@ async fn check_nar(cache: &Cache, info: &NarInfo) -> anyhow::Result<()> {
         }
         Ok((hasher.finish(), size))
     })
-    .await??;
+    .await
+    .map_err(|e| unreadable(e.into()))?
+    .map_err(unreadable)?;
     if hash != info.nar_hash || size != info.nar_size {
-        bail!(
+        return Err(NarCheck::Mismatch(anyhow::anyhow!(
             "its NAR {} unpacks to {hash} ({size} bytes), the narinfo says {} ({} bytes)",
             info.url,
             info.nar_hash,
             info.nar_size
-        );
+        )));
     }
     Ok(())
 }

@@ -11,6 +11,8 @@ pub const END: &str = "# nixbucket: end";
 pub enum ConfError {
     #[error("line {line}: found the start of the nixbucket block but not its end ({END:?})")]
     UnclosedBlock { line: usize },
+    #[error("line {line}: a second nixbucket block; remove one of them")]
+    SecondBlock { line: usize },
     #[error("{setting} value {value:?} contains a newline")]
     Newline { setting: String, value: String },
 }
@@ -62,7 +64,19 @@ fn split_block(text: &str) -> Result<(&str, &str), ConfError> {
         match start {
             None if trimmed == BEGIN => start = Some((offset, number + 1)),
             Some((begin, _)) if trimmed == END => {
-                return Ok((&text[..begin], &text[offset + line.len()..]));
+                let after = &text[offset + line.len()..];
+                // A second block would survive every rewrite of the first (or, unclosed, make
+                // our own output unreadable next time): refuse it now (found by fuzzing).
+                let skipped = number + 1;
+                if let Some(n) = after
+                    .lines()
+                    .position(|l| l.trim_end_matches('\r') == BEGIN)
+                {
+                    return Err(ConfError::SecondBlock {
+                        line: skipped + n + 1,
+                    });
+                }
+                return Ok((&text[..begin], after));
             }
             _ => {}
         }
@@ -173,6 +187,18 @@ mod tests {
             set_managed_block(&text, &ours()),
             Err(ConfError::UnclosedBlock { line: 2 })
         );
+    }
+
+    #[test]
+    fn a_second_block_is_an_error() {
+        // Closed or not, a second block would outlive every rewrite of the first.
+        for tail in ["", "x = y\n", &format!("{END}\n")] {
+            let text = format!("a = b\n{BEGIN}\n{END}\nc = d\n{BEGIN}\n{tail}");
+            assert_eq!(
+                set_managed_block(&text, &[]),
+                Err(ConfError::SecondBlock { line: 5 })
+            );
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::nix::hash::Sha256Writer;
 use crate::nix::{Compression, NarInfo, SecretKey, Sha256, StorePath};
 use crate::store::PathInfo;
 use encode::Encoder;
-pub use progress::{ProgressMode, human_bytes};
+pub use progress::{ProgressMode, count, human_bytes};
 
 /// What `nix-cache-info` says for a cache we create.
 pub const CACHE_INFO: &str = "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n";
@@ -86,6 +86,9 @@ pub struct Corruption {
 pub struct Plan {
     pub missing: Vec<PathInfo>,
     pub present: Vec<PathInfo>,
+    /// Paths whose narinfo exists but is unusable (does not parse, or describes another
+    /// path), with why. They are in `missing`: pushing them overwrites the bad narinfo.
+    pub unusable: Vec<(StorePath, String)>,
 }
 
 impl Plan {
@@ -123,8 +126,8 @@ impl PushReport {
     /// One line for the end of a CI log.
     pub fn summary(&self, compression: &Compression) -> String {
         let mut line = format!(
-            "pushed {} paths ({} NAR, {} as {}) in {:.1}s; {} already in the cache",
-            self.pushed.len(),
+            "pushed {} ({} NAR, {} as {}) in {:.1}s; {} already in the cache",
+            count(self.pushed.len(), "path"),
             human_bytes(self.nar_bytes()),
             human_bytes(self.file_bytes()),
             compression.as_str(),
@@ -162,24 +165,40 @@ pub fn nar_key(nar_hash: &Sha256, compression: &Compression) -> String {
     )
 }
 
-/// Asks the cache which narinfos exist, many requests at once.
+/// Asks the cache which narinfos exist, many requests at once. A narinfo is read, not just
+/// checked for existence: one that Nix could not use (garbage, or another path's) must not
+/// keep its path from being pushed, or the cache would stay broken for that path forever.
+/// A GET of a small object costs the same request as a HEAD.
 pub async fn plan(cache: &Cache, closure: Vec<PathInfo>) -> Result<Plan, PushError> {
     let checks = futures::stream::iter(closure.into_iter().map(|info| {
         let cache = cache.clone();
         async move {
-            let exists = cache.head(&narinfo_key(&info.path)).await?.is_some();
-            Ok::<_, CacheError>((info, exists))
+            let key = narinfo_key(&info.path);
+            let state = match cache.get(&key).await? {
+                None => Ok(false),
+                Some(bytes) => match std::str::from_utf8(&bytes)
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| NarInfo::parse(t).map_err(|e| e.to_string()))
+                {
+                    Ok(found) if found.store_path == info.path => Ok(true),
+                    Ok(found) => Err(format!("{key} describes {}", found.store_path)),
+                    Err(e) => Err(format!("{key} is not a valid narinfo: {e}")),
+                },
+            };
+            Ok::<_, CacheError>((info, state))
         }
     }))
     .buffer_unordered(HEAD_CONCURRENCY);
     let results: Vec<_> = checks.collect().await;
     let mut plan = Plan::default();
     for result in results {
-        let (info, exists) = result?;
-        if exists {
-            plan.present.push(info)
-        } else {
-            plan.missing.push(info)
+        match result? {
+            (info, Ok(true)) => plan.present.push(info),
+            (info, Ok(false)) => plan.missing.push(info),
+            (info, Err(why)) => {
+                plan.unusable.push((info.path.clone(), why));
+                plan.missing.push(info);
+            }
         }
     }
     plan.missing.sort_by(|a, b| {
@@ -188,6 +207,7 @@ pub async fn plan(cache: &Cache, closure: Vec<PathInfo>) -> Result<Plan, PushErr
             .then_with(|| a.path.cmp(&b.path))
     });
     plan.present.sort_by(|a, b| a.path.cmp(&b.path));
+    plan.unusable.sort();
     Ok(plan)
 }
 
@@ -381,10 +401,9 @@ struct Counting<'a, W> {
 impl<W: Write> Write for Counting<'_, W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if self.cancel.load(Ordering::Relaxed) {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::Interrupted,
-                "the push was interrupted",
-            ));
+            // Not ErrorKind::Interrupted: `write_all` retries that kind forever, so a
+            // cancelled push spun on its largest NAR instead of stopping.
+            return Err(std::io::Error::other("the push was interrupted"));
         }
         let n = self.inner.write(buf)?;
         self.counter.fetch_add(n as u64, Ordering::Relaxed);
@@ -416,15 +435,20 @@ fn stream_nar(
         counter,
         cancel: &opts.cancel,
     });
-    // On any error below the writer is dropped, which aborts the upload.
+    // On an error below, `abandon` or dropping the writer aborts the upload.
     let dumped = crate::nix::nar::dump_path(std::path::Path::new(&path.to_absolute()), &mut nar);
-    if opts.cancel.load(Ordering::Relaxed) {
-        return Err(PushError::Cancelled);
+    let cancelled = opts.cancel.load(Ordering::Relaxed);
+    if cancelled || dumped.is_err() {
+        abandon(nar);
+        return Err(match dumped {
+            _ if cancelled => PushError::Cancelled,
+            Err(source) => PushError::Nar {
+                path: path.clone(),
+                source,
+            },
+            Ok(_) => PushError::Cancelled,
+        });
     }
-    dumped.map_err(|source| PushError::Nar {
-        path: path.clone(),
-        source,
-    })?;
     let (counting, nar_hash, nar_size) = nar.finish();
     let file_hasher = counting.inner.finish().map_err(compress_err)?;
     let (writer, file_hash, _) = file_hasher.finish();
@@ -440,4 +464,14 @@ fn stream_nar(
     }
     let size = writer.commit()?;
     Ok((file_hash, size))
+}
+
+/// Aborts the upload under a NAR stream and waits until it is gone: an interrupted push exits
+/// right after, and a merely dropped writer would leave the abort (and, on S3, an open
+/// multipart upload) to a runtime that is shutting down.
+fn abandon(nar: Sha256Writer<Counting<'_, Encoder<Sha256Writer<ObjectWriter>>>>) {
+    let (counting, _, _) = nar.finish();
+    if let Ok(file_hasher) = counting.inner.finish() {
+        file_hasher.finish().0.abort();
+    }
 }

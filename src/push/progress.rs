@@ -148,9 +148,25 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// `3 paths`, `1 path`.
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::human_bytes;
+    use super::{count, human_bytes};
+
+    #[test]
+    fn counts_take_the_plural_only_when_due() {
+        assert_eq!(count(0, "path"), "0 paths");
+        assert_eq!(count(1, "path"), "1 path");
+        assert_eq!(count(2, "narinfo"), "2 narinfos");
+    }
 
     #[test]
     fn sizes_read_like_a_person_writes_them() {

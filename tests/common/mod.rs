@@ -1,6 +1,7 @@
 //! Test environment helpers: the real Nix, the real nixbucket binary, a throwaway directory.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod fault_proxy;
 pub mod nix;
 pub mod s3;
 
@@ -23,8 +24,37 @@ pub fn nixbucket() -> Command {
 
 /// Runs a command, returning its output; panics only if it could not be started.
 pub fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("could not start {cmd:?}: {e}"))
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("could not start {:?}: {e}", cmd.get_program()));
+    log_output(cmd.get_program(), &out);
+    out
+}
+
+/// Appends a child's stdout and stderr to `$NIXBUCKET_TEST_LOG_DIR/out/`, where
+/// scripts/check-secrets.sh looks for registered secrets after the suite.
+pub fn log_output(program: &std::ffi::OsStr, out: &Output) {
+    let Some(dir) = std::env::var_os("NIXBUCKET_TEST_LOG_DIR") else {
+        return;
+    };
+    let dir = Path::new(&dir).join("out");
+    let _ = std::fs::create_dir_all(&dir);
+    let file = dir.join(format!("{}.log", std::process::id()));
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+    {
+        use std::io::Write;
+        let _ = writeln!(f, "=== {}", program.to_string_lossy());
+        let _ = f.write_all(&out.stdout);
+        let _ = f.write_all(&out.stderr);
+    }
+}
+
+/// Records a secret that must never appear in any output (see [`log_output`]).
+pub fn register_secret(secret: &str) {
+    s3::register_secret(secret);
 }
 
 pub fn stdout(out: &Output) -> String {
@@ -65,6 +95,9 @@ pub fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
         .args(["keygen", name, "--secret-file"])
         .arg(&secret));
     assert_ok(&out);
+    if let Ok(text) = std::fs::read_to_string(&secret) {
+        register_secret(text.trim().split_once(':').map_or("", |(_, k)| k));
+    }
     (secret, stdout(&out).trim().to_owned())
 }
 

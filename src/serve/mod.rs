@@ -1,0 +1,428 @@
+//! A binary cache as an HTTP substituter on loopback (`nixbucket serve`).
+//!
+//! Nix, and the nix-daemon that does its fetching, then read the bucket through the job's own
+//! credentials: the daemon needs none, and a Nix without S3 support works. The server answers
+//! `nix-cache-info`, `<hash>.narinfo`, `nar/…` and `log/…` from [`Cache`], streams NARs in
+//! constant memory, counts what Nix asked for, and (with an [`Uploader`]) accepts paths from
+//! the post-build hook to upload while the build goes on.
+//!
+//! A failure reaches Nix only as a status code and a fixed text: the real error, which names
+//! buckets and keys, goes to the server's log, and no error text ever goes to the client.
+
+pub mod client;
+mod stats;
+mod upload;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::cache::{Cache, CacheError};
+use crate::nix::StorePath;
+use crate::push::CACHE_INFO;
+
+pub use stats::{Stats, StatsSnapshot, UploadSnapshot};
+pub use upload::{EnqueueError, UploadConfig, Uploader};
+
+/// Where the server's own endpoints live; no cache key starts with `_`.
+pub const STATS_PATH: &str = "/_nixbucket/stats";
+pub const PUSH_PATH: &str = "/_nixbucket/push";
+
+/// The largest hand-over the hook may send (a derivation with thousands of outputs fits).
+const MAX_PUSH_BODY: usize = 1 << 20;
+
+/// narinfos kept in memory once found: Nix asks for most paths twice (HEAD, then GET), and
+/// a narinfo does not change while a job runs. Bounded, so memory stays flat (≈ 1 KiB each).
+const NARINFO_MEMORY: usize = 16_384;
+
+/// Read size of the NAR stream: big enough for throughput, small enough to keep memory flat.
+const STREAM_CHUNK: usize = 256 * 1024;
+
+type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// The environment variable that hands the hand-over token to `serve` and `hook` (never a
+/// command-line argument, which other users of the machine could read in `ps`).
+pub const TOKEN_ENV: &str = "NIXBUCKET_SERVE_TOKEN";
+
+/// What every connection shares.
+pub struct Server {
+    cache: Cache,
+    stats: Arc<Stats>,
+    uploader: Option<Uploader>,
+    /// Found narinfos by hash part. Misses are not kept: the uploader may add the path any time.
+    narinfos: std::sync::Mutex<std::collections::HashMap<String, Bytes>>,
+    /// Required on hand-overs when set: otherwise anyone on the machine could have any store
+    /// path signed with our key and uploaded.
+    token: Option<zeroize::Zeroizing<String>>,
+}
+
+impl Server {
+    /// `uploader`: `None` refuses hand-overs from the hook (no signing key, say); `push` then
+    /// uploads everything at the end.
+    pub fn new(cache: Cache, uploader: Option<Uploader>, token: Option<String>) -> Server {
+        Server {
+            cache,
+            stats: Arc::default(),
+            uploader,
+            narinfos: Default::default(),
+            token: token.map(zeroize::Zeroizing::new),
+        }
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        self.stats.snapshot(
+            self.uploader
+                .as_ref()
+                .map(Uploader::snapshot)
+                .unwrap_or_default(),
+        )
+    }
+
+    /// Stops the uploader (cancelling uploads in flight), waiting at most `grace`.
+    pub async fn shutdown(&self, grace: Duration) {
+        if let Some(uploader) = &self.uploader {
+            uploader.shutdown(grace).await;
+        }
+    }
+}
+
+/// Accepts connections on `listener` until `shutdown` completes. Each connection runs on its
+/// own task; a failing connection affects no other.
+pub async fn run(
+    listener: TcpListener,
+    server: Arc<Server>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => return,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                // Out of file descriptors, usually: wait instead of spinning.
+                eprintln!("nixbucket serve: could not accept a connection: {err}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let server = server.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let server = server.clone();
+                async move { Ok::<_, Infallible>(handle(&server, req).await) }
+            });
+            // A client that goes away mid-answer is normal (Nix stops reading a NAR it no
+            // longer needs); nothing to report.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// Binds `addr`, refusing anything but loopback: the server hands out the bucket's contents
+/// with the job's credentials to whoever asks.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
+    if !addr.ip().is_loopback() {
+        return Err(BindError::NotLoopback { addr });
+    }
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| BindError::Io { addr, source })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error(
+        "{addr} is not a loopback address: nixbucket serve only listens on 127.0.0.1 or ::1, since anyone who reaches it reads the cache with this job's credentials"
+    )]
+    NotLoopback { addr: SocketAddr },
+    #[error("could not listen on {addr}: {source}")]
+    Io {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+async fn handle(server: &Server, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    if path == PUSH_PATH {
+        return match method {
+            Method::POST => accept_push(server, req).await,
+            _ => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
+        };
+    }
+    let head = match method {
+        Method::GET => false,
+        Method::HEAD => true,
+        _ => return text(StatusCode::METHOD_NOT_ALLOWED, "use GET or HEAD\n"),
+    };
+    let mut response = if path == STATS_PATH {
+        json(&server.snapshot())
+    } else if path == "/nix-cache-info" {
+        cache_info(server).await
+    } else if let Some(hash) = path
+        .strip_prefix('/')
+        .and_then(|p| p.strip_suffix(".narinfo"))
+    {
+        narinfo(server, hash, head).await
+    } else if path.starts_with("/nar/") || path.starts_with("/log/") {
+        object(server, &path[1..], head).await
+    } else {
+        not_found()
+    };
+    if head {
+        *response.body_mut() = empty();
+    }
+    response
+}
+
+async fn cache_info(server: &Server) -> Response<Body> {
+    match server.cache.get("nix-cache-info").await {
+        Ok(Some(bytes)) => small(bytes, "text/x-nix-cache-info"),
+        // A cache nothing was pushed to yet: Nix still needs to hear where its store is, and
+        // would otherwise try (and fail) to write the file itself.
+        Ok(None) => small(
+            Bytes::from_static(CACHE_INFO.as_bytes()),
+            "text/x-nix-cache-info",
+        ),
+        Err(err) => failure(server, "nix-cache-info", &err),
+    }
+}
+
+async fn narinfo(server: &Server, hash: &str, head: bool) -> Response<Body> {
+    if !is_hash_part(hash) {
+        return not_found();
+    }
+    let key = format!("{hash}.narinfo");
+    let remembered = server
+        .narinfos
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(hash)
+        .cloned();
+    let found = if let Some(bytes) = remembered {
+        Ok(Some((bytes.len() as u64, Some(bytes))))
+    } else if head {
+        server
+            .cache
+            .head(&key)
+            .await
+            .map(|o| o.map(|info| (info.size, None)))
+    } else {
+        server
+            .cache
+            .get(&key)
+            .await
+            .map(|o| o.map(|b| (b.len() as u64, Some(b))))
+    };
+    match found {
+        Ok(Some((size, body))) => {
+            server.stats.lookup(hash, true);
+            if let Some(bytes) = &body {
+                let mut kept = server.narinfos.lock().unwrap_or_else(|e| e.into_inner());
+                if kept.len() < NARINFO_MEMORY {
+                    kept.insert(hash.to_owned(), bytes.clone());
+                }
+            }
+            let mut resp = small(body.unwrap_or_default(), "text/x-nix-narinfo");
+            resp.headers_mut()
+                .insert(CONTENT_LENGTH, HeaderValue::from(size));
+            resp
+        }
+        Ok(None) => {
+            server.stats.lookup(hash, false);
+            not_found()
+        }
+        Err(err) => failure(server, &key, &err),
+    }
+}
+
+/// NARs and logs, streamed: a NAR of any size passes through in chunks.
+async fn object(server: &Server, key: &str, head: bool) -> Response<Body> {
+    let is_nar = key.starts_with("nar/");
+    let content_type = if is_nar {
+        "application/x-nix-nar"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    if head {
+        return match server.cache.head(key).await {
+            Ok(Some(info)) => {
+                let mut resp = small(Bytes::new(), content_type);
+                resp.headers_mut()
+                    .insert(CONTENT_LENGTH, HeaderValue::from(info.size));
+                resp
+            }
+            Ok(None) => not_found(),
+            Err(err) => failure(server, key, &err),
+        };
+    }
+    let (size, reader) = match server.cache.get_stream(key).await {
+        Ok(Some(found)) => found,
+        Ok(None) => return not_found(),
+        Err(err) => return failure(server, key, &err),
+    };
+    if is_nar {
+        Stats::add(&server.stats.nar_requests, 1);
+    }
+    let nar_bytes = is_nar.then(|| server.stats.clone());
+    let key_for_log = key.to_owned();
+    let stream = tokio_util::io::ReaderStream::with_capacity(reader, STREAM_CHUNK)
+        .map_ok(move |chunk| {
+            if let Some(stats) = &nar_bytes {
+                Stats::add(&stats.nar_bytes, chunk.len() as u64);
+            }
+            Frame::data(chunk)
+        })
+        .map_err(move |err| {
+            // The status line is out already; all we can do is cut the answer short, which
+            // Nix notices (the size and hash no longer match).
+            eprintln!("nixbucket serve: reading {key_for_log} failed mid-stream: {err}");
+            err
+        });
+    let mut resp = Response::new(BodyExt::boxed_unsync(StreamBody::new(stream)));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from(size));
+    resp
+}
+
+async fn accept_push(server: &Server, req: Request<Incoming>) -> Response<Body> {
+    let Some(uploader) = &server.uploader else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this server does not upload (it has no signing key); `nixbucket push` uploads at the end\n",
+        );
+    };
+    if let Some(token) = &server.token {
+        let given = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if !same_secret(given.as_bytes(), token.as_bytes()) {
+            return text(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong hand-over token\n",
+            );
+        }
+    }
+    let body = match Limited::new(req.into_body(), MAX_PUSH_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "too many paths\n"),
+    };
+    let Ok(text_body) = std::str::from_utf8(&body) else {
+        return text(StatusCode::BAD_REQUEST, "expected store paths as text\n");
+    };
+    let mut paths = Vec::new();
+    for word in text_body.split_whitespace() {
+        match StorePath::from_absolute(word) {
+            Ok(p) => paths.push(p),
+            Err(_) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "expected whitespace-separated /nix/store paths\n",
+                );
+            }
+        }
+    }
+    if paths.is_empty() {
+        return text(StatusCode::OK, "nothing to upload\n");
+    }
+    match uploader.enqueue(paths) {
+        Ok(()) => text(StatusCode::ACCEPTED, "queued\n"),
+        Err(err) => text(StatusCode::SERVICE_UNAVAILABLE, &format!("{err}\n")),
+    }
+}
+
+/// Compares without stopping at the first difference, so timing says nothing about the token.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The 32 nixbase32 characters of a store path's hash part.
+fn is_hash_part(s: &str) -> bool {
+    s.len() == 32 && crate::nix::base32::decode(s).is_ok()
+}
+
+fn failure(server: &Server, key: &str, err: &CacheError) -> Response<Body> {
+    if matches!(err, CacheError::InvalidKey { .. }) {
+        return not_found();
+    }
+    Stats::add(&server.stats.errors, 1);
+    eprintln!("nixbucket serve: {key}: {err}");
+    text(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "nixbucket serve could not read the cache; see its log\n",
+    )
+}
+
+fn empty() -> Body {
+    BodyExt::boxed_unsync(Empty::new().map_err(|never| match never {}))
+}
+
+fn small(bytes: Bytes, content_type: &'static str) -> Response<Body> {
+    let mut resp = Response::new(BodyExt::boxed_unsync(
+        Full::new(bytes).map_err(|never| match never {}),
+    ));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut resp = small(
+        Bytes::copy_from_slice(body.as_bytes()),
+        "text/plain; charset=utf-8",
+    );
+    *resp.status_mut() = status;
+    resp
+}
+
+fn not_found() -> Response<Body> {
+    text(StatusCode::NOT_FOUND, "not in this cache\n")
+}
+
+fn json(snapshot: &StatsSnapshot) -> Response<Body> {
+    match serde_json::to_vec(snapshot) {
+        Ok(body) => small(Bytes::from(body), "application/json"),
+        Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "could not encode\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_nixbase32_hash_parts_reach_the_cache() {
+        assert!(is_hash_part("1d5i1r8ldqmbfsb2q3i52hbk3a4kbg9h"));
+        assert!(
+            is_hash_part("ybsipnncdhpmyqzbqcm6mdw06mjl96vg"),
+            "m is nixbase32"
+        );
+        assert!(!is_hash_part("1d5i1r8ldqmbfsb2q3i52hbk3a4kbg9e"), "no e");
+        assert!(!is_hash_part("../../etc/passwd"));
+        assert!(!is_hash_part("1d5i1r8ldqmbfsb2q3i52hbk3a4kbg9"));
+    }
+}

@@ -1,0 +1,421 @@
+//! A fault-injecting HTTP proxy on 127.0.0.1, put between nixbucket and the real S3 server.
+//!
+//! Each request is read whole, then a seeded RNG decides whether it meets a fault: the
+//! connection dropped before the server sees the request, a delay, the server's answer cut
+//! short (possibly to nothing, after the server acted on the request), a stall (no answer at
+//! all), or an S3-style `500 InternalError` / `503 SlowDown` with an XML body and
+//! `Retry-After`. One request per connection (`Connection: close` both ways) keeps the proxy
+//! simple and is legal HTTP/1.1. Threads only; everything stops when the proxy is dropped.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// What can happen to one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fault {
+    /// Close the connection before the request reaches the server.
+    Reset,
+    /// Forward the request after [`FaultConfig::delay`].
+    Delay,
+    /// Forward the request, then send only a random prefix of the answer (maybe nothing).
+    Truncate,
+    /// Answer `500 InternalError` without asking the server.
+    Error500,
+    /// Answer `503 SlowDown` with `Retry-After` without asking the server.
+    SlowDown,
+    /// Read the request and never answer (until the client gives up or [`FaultConfig::stall`]).
+    Stall,
+}
+
+#[derive(Clone, Debug)]
+pub struct FaultConfig {
+    /// Share of requests that meet a fault, 0.0–1.0.
+    pub share: f64,
+    /// The faults to choose from, uniformly.
+    pub faults: Vec<Fault>,
+    pub seed: u64,
+    pub delay: Duration,
+    pub stall: Duration,
+    /// The `Retry-After` value (seconds) sent with 503 SlowDown.
+    pub retry_after: u32,
+}
+
+impl FaultConfig {
+    /// `share` of requests fail, mixed: resets, truncated answers, 500 and 503 SlowDown.
+    pub fn mixed(share: f64, seed: u64) -> FaultConfig {
+        FaultConfig {
+            share,
+            faults: vec![
+                Fault::Reset,
+                Fault::Truncate,
+                Fault::Error500,
+                Fault::SlowDown,
+            ],
+            seed,
+            delay: Duration::from_millis(300),
+            stall: Duration::from_secs(60),
+            retry_after: 1,
+        }
+    }
+}
+
+/// What the proxy saw: requests per operation and faults per (fault, operation).
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub requests: BTreeMap<String, u64>,
+    pub faults: BTreeMap<(Fault, String), u64>,
+    /// When each request arrived (read whole), with its operation, in order.
+    pub arrivals: Vec<(Instant, String)>,
+}
+
+impl Stats {
+    pub fn total_requests(&self) -> u64 {
+        self.requests.values().sum()
+    }
+    pub fn total_faults(&self) -> u64 {
+        self.faults.values().sum()
+    }
+    pub fn faults_of(&self, fault: Fault) -> u64 {
+        self.faults
+            .iter()
+            .filter(|((f, _), _)| *f == fault)
+            .map(|(_, n)| n)
+            .sum()
+    }
+    /// Faults that hit requests of this operation (e.g. "UploadPart").
+    pub fn faults_on(&self, op: &str) -> u64 {
+        self.faults
+            .iter()
+            .filter(|((_, o), _)| o == op)
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+/// At most this many connections are served at once; more wait in the listen queue.
+const MAX_CONNECTIONS: usize = 128;
+
+struct Shared {
+    upstream: SocketAddr,
+    config: FaultConfig,
+    rng: Mutex<u64>,
+    /// Set by [`FaultProxy::set_share`]; replaces `config.share`.
+    share_override: Mutex<Option<f64>>,
+    stats: Mutex<Stats>,
+    stop: AtomicBool,
+    active: AtomicUsize,
+}
+
+pub struct FaultProxy {
+    port: u16,
+    shared: Arc<Shared>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl FaultProxy {
+    /// Listens on a free loopback port and forwards to `upstream` (e.g. "http://127.0.0.1:9000").
+    pub fn start(upstream: &str, config: FaultConfig) -> FaultProxy {
+        let hostport = upstream.trim_start_matches("http://").trim_end_matches('/');
+        let upstream: SocketAddr = hostport.parse().expect("upstream is http://IP:PORT");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy port");
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
+        let port = listener.local_addr().expect("proxy addr").port();
+        let shared = Arc::new(Shared {
+            upstream,
+            rng: Mutex::new(config.seed ^ 0x9e37_79b9_7f4a_7c15),
+            share_override: Mutex::new(None),
+            config,
+            stats: Mutex::new(Stats::default()),
+            stop: AtomicBool::new(false),
+            active: AtomicUsize::new(0),
+        });
+        let s = shared.clone();
+        let accept = std::thread::spawn(move || accept_loop(listener, s));
+        FaultProxy {
+            port,
+            shared,
+            accept: Some(accept),
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.shared.stats.lock().unwrap().clone()
+    }
+
+    /// Changes the share of failing requests from now on (0.0 turns faults off).
+    pub fn set_share(&self, share: f64) {
+        *self.shared.share_override.lock().unwrap() = Some(share);
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+        // Connection threads notice `stop` within their poll interval or socket timeout.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.shared.active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    while !shared.stop.load(Ordering::SeqCst) {
+        if shared.active.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
+        match listener.accept() {
+            Ok((client, _)) => {
+                shared.active.fetch_add(1, Ordering::SeqCst);
+                let s = shared.clone();
+                std::thread::spawn(move || {
+                    let _ = serve(client, &s);
+                    s.active.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}
+
+impl Shared {
+    /// splitmix64: small, seedable, good enough to pick faults.
+    fn next(&self) -> u64 {
+        let mut state = self.rng.lock().unwrap();
+        *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = *state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn unit(&self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn pick(&self) -> Option<Fault> {
+        let share = self
+            .share_override
+            .lock()
+            .unwrap()
+            .unwrap_or(self.config.share);
+        if self.config.faults.is_empty() || self.unit() >= share {
+            return None;
+        }
+        let i = (self.next() % self.config.faults.len() as u64) as usize;
+        Some(self.config.faults[i])
+    }
+}
+
+/// S3's operation name for a request, for the statistics.
+fn operation(method: &str, target: &str) -> String {
+    let query = target.split_once('?').map_or("", |(_, q)| q);
+    let has = |p: &str| {
+        query
+            .split('&')
+            .any(|kv| kv == p || kv.starts_with(&format!("{p}=")))
+    };
+    let name = match method {
+        "PUT" if has("partNumber") => "UploadPart",
+        "PUT" => "PutObject",
+        "POST" if has("uploads") => "CreateMultipartUpload",
+        "POST" if has("uploadId") => "CompleteMultipartUpload",
+        "DELETE" if has("uploadId") => "AbortMultipartUpload",
+        "DELETE" => "DeleteObject",
+        "HEAD" => "Head",
+        "GET" if has("list-type") => "ListObjectsV2",
+        "GET" => "GetObject",
+        _ => "Other",
+    };
+    name.to_owned()
+}
+
+struct Request {
+    method: String,
+    target: String,
+    /// The head as it goes upstream: `Connection: close`, no `Expect`.
+    head: Vec<u8>,
+    body: Vec<u8>,
+}
+
+fn read_line(r: &mut impl BufRead) -> std::io::Result<String> {
+    let mut line = Vec::new();
+    r.read_until(b'\n', &mut line)?;
+    if line.is_empty() {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(String::from_utf8_lossy(&line).into_owned())
+}
+
+fn read_request(r: &mut BufReader<TcpStream>, client: &mut TcpStream) -> std::io::Result<Request> {
+    let start = read_line(r)?;
+    let mut parts = start.split_whitespace();
+    let method = parts.next().unwrap_or("").to_owned();
+    let target = parts.next().unwrap_or("").to_owned();
+    let mut head = start.clone().into_bytes();
+    let (mut length, mut chunked, mut expect) = (0usize, false, false);
+    loop {
+        let line = read_line(r)?;
+        if line == "\r\n" || line == "\n" {
+            break;
+        }
+        let (name, value) = line.split_once(':').unwrap_or((&line, ""));
+        let (name, value) = (name.trim().to_ascii_lowercase(), value.trim());
+        match name.as_str() {
+            "content-length" => length = value.parse().unwrap_or(0),
+            "transfer-encoding" => chunked = value.to_ascii_lowercase().contains("chunked"),
+            "expect" => {
+                expect = true;
+                continue;
+            }
+            "connection" => continue,
+            _ => {}
+        }
+        head.extend_from_slice(line.as_bytes());
+    }
+    head.extend_from_slice(b"Connection: close\r\n\r\n");
+    if expect {
+        client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+    }
+    let mut body = Vec::new();
+    if chunked {
+        loop {
+            let size_line = read_line(r)?;
+            body.extend_from_slice(size_line.as_bytes());
+            let size = usize::from_str_radix(size_line.trim().split(';').next().unwrap_or(""), 16)
+                .map_err(|_| std::io::Error::other("bad chunk size"))?;
+            if size == 0 {
+                loop {
+                    let trailer = read_line(r)?;
+                    body.extend_from_slice(trailer.as_bytes());
+                    if trailer == "\r\n" {
+                        break;
+                    }
+                }
+                break;
+            }
+            let mut chunk = vec![0u8; size + 2];
+            r.read_exact(&mut chunk)?;
+            body.extend_from_slice(&chunk);
+        }
+    } else {
+        body.resize(length, 0);
+        r.read_exact(&mut body)?;
+    }
+    Ok(Request {
+        method,
+        target,
+        head,
+        body,
+    })
+}
+
+fn forward(shared: &Shared, req: &Request) -> std::io::Result<Vec<u8>> {
+    let mut up = TcpStream::connect_timeout(&shared.upstream, Duration::from_secs(10))?;
+    up.set_read_timeout(Some(Duration::from_secs(120)))?;
+    up.write_all(&req.head)?;
+    up.write_all(&req.body)?;
+    let mut answer = Vec::new();
+    up.read_to_end(&mut answer)?;
+    Ok(answer)
+}
+
+fn s3_error(status: &str, code: &str, message: &str, retry_after: Option<u32>) -> Vec<u8> {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{message}</Message><RequestId>fault-proxy</RequestId></Error>"
+    );
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    if let Some(s) = retry_after {
+        out.push_str(&format!("Retry-After: {s}\r\n"));
+    }
+    out.push_str("\r\n");
+    out.push_str(&body);
+    out.into_bytes()
+}
+
+/// Sleeps up to `d`, returning early when the proxy stops.
+fn pause(shared: &Shared, d: Duration) {
+    let until = Instant::now() + d;
+    while Instant::now() < until && !shared.stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn serve(mut client: TcpStream, shared: &Shared) -> std::io::Result<()> {
+    client.set_nonblocking(false)?;
+    client.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut reader = BufReader::new(client.try_clone()?);
+    let req = read_request(&mut reader, &mut client)?;
+    let op = operation(&req.method, &req.target);
+    let fault = shared.pick();
+    {
+        let mut stats = shared.stats.lock().unwrap();
+        *stats.requests.entry(op.clone()).or_default() += 1;
+        stats.arrivals.push((Instant::now(), op.clone()));
+        if let Some(f) = fault {
+            *stats.faults.entry((f, op.clone())).or_default() += 1;
+        }
+    }
+    let answer = match fault {
+        Some(Fault::Reset) => {
+            let _ = client.shutdown(std::net::Shutdown::Both);
+            return Ok(());
+        }
+        Some(Fault::Error500) => s3_error(
+            "500 Internal Server Error",
+            "InternalError",
+            "injected by the fault proxy",
+            None,
+        ),
+        Some(Fault::SlowDown) => s3_error(
+            "503 Slow Down",
+            "SlowDown",
+            "Please reduce your request rate.",
+            Some(shared.config.retry_after),
+        ),
+        Some(Fault::Stall) => {
+            pause(shared, shared.config.stall);
+            let _ = client.shutdown(std::net::Shutdown::Both);
+            return Ok(());
+        }
+        Some(Fault::Delay) => {
+            pause(shared, shared.config.delay);
+            forward(shared, &req)?
+        }
+        Some(Fault::Truncate) => {
+            let full = forward(shared, &req)?;
+            let cut = if full.is_empty() {
+                0
+            } else {
+                (shared.next() % full.len() as u64) as usize
+            };
+            full[..cut].to_vec()
+        }
+        None => forward(shared, &req)?,
+    };
+    client.write_all(&answer)?;
+    let _ = client.shutdown(std::net::Shutdown::Both);
+    Ok(())
+}

@@ -1,0 +1,490 @@
+//! Faults during `nixbucket push` to a real S3 server: a flaky network (the fault proxy), a
+//! server that dies, a push killed or interrupted, many pushers at once. After each, the cache
+//! must pass `nixbucket verify` (no narinfo without its NAR or its references), a re-run must
+//! complete the push, and Nix must accept what is there.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::fault_proxy::{Fault, FaultConfig, FaultProxy};
+use common::nix::{build, build_closure, copy_into_fresh_store, derivation, nonce};
+use common::s3::S3Server;
+use common::{assert_ok, keygen, log_output, nixbucket, run, stderr};
+
+/// Bigger than two 8 MiB parts even after compression (random bytes do not compress).
+const BIG_MIB: usize = 21;
+/// Still two parts, for the tests that push many times (a debug build compresses slowly).
+const SMALL_BIG_MIB: usize = 9;
+
+/// A store path of `mib` MiB of random bytes, so its NAR goes up in several parts.
+fn big_path(dir: &Path, tag: &str, mib: usize) -> String {
+    build(
+        dir,
+        &derivation(
+            &format!("big-{tag}"),
+            &format!("head -c {} /dev/urandom > $out", mib * 1024 * 1024),
+        ),
+    )
+}
+
+/// A small RNG for choosing kill points; seeded from the OS and printed, so a failing run can
+/// be replayed by pasting the seed.
+struct Rng(u64);
+
+impl Rng {
+    fn from_env_or_os(name: &str) -> Rng {
+        let seed = std::env::var("NIXBUCKET_FAULT_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                let mut b = [0u8; 8];
+                getrandom::fill(&mut b).expect("random seed");
+                u64::from_le_bytes(b)
+            });
+        eprintln!("{name}: NIXBUCKET_FAULT_SEED={seed}");
+        Rng(seed)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, d: Duration) -> Duration {
+        let ms = d.as_millis().max(1) as u64;
+        Duration::from_millis(self.next() % ms)
+    }
+}
+
+fn s3_url(bucket: &str, endpoint: &str) -> String {
+    format!("s3://{bucket}?endpoint={endpoint}&region=us-east-1")
+}
+
+/// A new empty bucket on the server (s3s-fs keeps a bucket as a directory).
+fn new_bucket(server: &S3Server, name: &str) -> String {
+    std::fs::create_dir(server.root().join(name)).expect("create a bucket directory");
+    name.to_owned()
+}
+
+fn push_cmd(server: &S3Server, url: &str, secret: &Path, paths: &[&str]) -> Command {
+    let mut cmd = nixbucket();
+    cmd.envs(server.env())
+        .args([
+            "push",
+            "--progress",
+            "none",
+            "--cache",
+            url,
+            "--signing-key-file",
+        ])
+        .arg(secret)
+        .args(paths);
+    cmd
+}
+
+fn spawn(cmd: &mut Command) -> Child {
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start nixbucket")
+}
+
+fn finish(child: Child) -> Output {
+    let out = child.wait_with_output().expect("wait for nixbucket");
+    log_output(std::ffi::OsStr::new("nixbucket (spawned)"), &out);
+    out
+}
+
+/// `nixbucket verify`, straight at the server (the cache as readers will find it).
+fn verify(server: &S3Server, bucket: &str, public: &str, deep: bool) -> Output {
+    let mut cmd = nixbucket();
+    cmd.envs(server.env()).args([
+        "verify",
+        "--cache",
+        &s3_url(bucket, &server.endpoint()),
+        "--public-key",
+        public,
+    ]);
+    if deep {
+        cmd.arg("--deep");
+    }
+    run(&mut cmd)
+}
+
+#[track_caller]
+fn assert_verifies(server: &S3Server, bucket: &str, public: &str, deep: bool, when: &str) {
+    let out = verify(server, bucket, public, deep);
+    assert!(
+        out.status.success(),
+        "{when}: verify{} failed\nstdout:\n{}\nstderr:\n{}",
+        if deep { " --deep" } else { "" },
+        common::stdout(&out),
+        stderr(&out)
+    );
+}
+
+fn narinfo_count(server: &S3Server, bucket: &str) -> usize {
+    std::fs::read_dir(server.root().join(bucket))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".narinfo"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+struct Fixture {
+    tmp: tempfile::TempDir,
+    secret: PathBuf,
+    public: String,
+    app: String,
+    big: String,
+}
+
+impl Fixture {
+    /// The test closure plus a path of `mib` MiB of random bytes.
+    fn new(mib: usize) -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let tag = nonce();
+        let [app, ..] = build_closure(tmp.path(), &tag);
+        let big = big_path(tmp.path(), &tag, mib);
+        let (secret, public) = keygen(tmp.path(), "test-cache-1");
+        Fixture {
+            tmp,
+            secret,
+            public,
+            app,
+            big,
+        }
+    }
+    fn paths(&self) -> [&str; 2] {
+        [&self.app, &self.big]
+    }
+}
+
+#[test]
+fn pushes_through_ten_percent_failing_requests_complete_and_verify_deep() {
+    let f = Fixture::new(BIG_MIB);
+    let server = S3Server::start();
+    let mut rng = Rng::from_env_or_os("ten_percent");
+    let proxy = FaultProxy::start(&server.endpoint(), FaultConfig::mixed(0.10, rng.next()));
+    // Rounds until the faults have hit single-part and multipart uploads alike (the bodies
+    // the SDK must replay), each into a fresh bucket.
+    let mut rounds = 0;
+    let mut bucket = String::new();
+    while rounds < 12 {
+        rounds += 1;
+        bucket = new_bucket(&server, &format!("flaky-{rounds}"));
+        let started = Instant::now();
+        let out = run(&mut push_cmd(
+            &server,
+            &s3_url(&bucket, &proxy.endpoint()),
+            &f.secret,
+            &f.paths(),
+        ));
+        assert_ok(&out);
+        assert!(stderr(&out).contains("pushed 4 paths"), "{}", stderr(&out));
+        eprintln!("round {rounds}: pushed in {:?}", started.elapsed());
+        assert_verifies(
+            &server,
+            &bucket,
+            &f.public,
+            true,
+            &format!("round {rounds}"),
+        );
+        let stats = proxy.stats();
+        if stats.faults_on("UploadPart") > 0 && stats.faults_on("PutObject") > 0 && rounds >= 3 {
+            break;
+        }
+    }
+    let stats = proxy.stats();
+    eprintln!(
+        "{rounds} rounds, {} requests, {} faults: reset {}, truncated {}, 500 {}, 503 {}; \
+         on UploadPart {}, PutObject {}, Head {}, Create {}, Complete {}",
+        stats.total_requests(),
+        stats.total_faults(),
+        stats.faults_of(Fault::Reset),
+        stats.faults_of(Fault::Truncate),
+        stats.faults_of(Fault::Error500),
+        stats.faults_of(Fault::SlowDown),
+        stats.faults_on("UploadPart"),
+        stats.faults_on("PutObject"),
+        stats.faults_on("Head"),
+        stats.faults_on("CreateMultipartUpload"),
+        stats.faults_on("CompleteMultipartUpload"),
+    );
+    eprintln!("{:?}", stats.requests);
+    assert!(stats.faults_on("UploadPart") > 0, "{stats:?}");
+    assert!(stats.faults_on("PutObject") > 0, "{stats:?}");
+    let share = stats.total_faults() as f64 / stats.total_requests() as f64;
+    assert!((0.04..0.2).contains(&share), "fault share {share}");
+    // An open upload is left only where the answer to its creation was lost.
+    let pending = server.pending_uploads().len() as u64;
+    assert!(
+        pending <= stats.faults_on("CreateMultipartUpload"),
+        "{pending} multipart uploads left open: {stats:?}"
+    );
+    // verify itself rides out the same faults: a NAR download cut short is read again.
+    let faults_before = proxy.stats().total_faults();
+    let out = run(nixbucket().envs(server.env()).args([
+        "verify",
+        "--deep",
+        "--cache",
+        &s3_url(&bucket, &proxy.endpoint()),
+        "--public-key",
+        &f.public,
+    ]));
+    assert_ok(&out);
+    eprintln!(
+        "verify --deep through the proxy met {} faults",
+        proxy.stats().total_faults() - faults_before
+    );
+    // And Nix takes it all from the last bucket.
+    let anon = server.anon_http_url().replace(server.bucket(), &bucket);
+    let fresh = f.tmp.path().join("fresh");
+    for path in f.paths() {
+        assert_ok(&copy_into_fresh_store(&anon, &f.public, &fresh, path));
+    }
+}
+
+#[test]
+fn stalled_requests_are_abandoned_and_retried() {
+    let f = Fixture::new(SMALL_BIG_MIB);
+    let server = S3Server::start();
+    let mut rng = Rng::from_env_or_os("stalls");
+    let config = FaultConfig {
+        share: 0.15,
+        faults: vec![Fault::Stall],
+        ..FaultConfig::mixed(0.0, rng.next())
+    };
+    let proxy = FaultProxy::start(&server.endpoint(), config);
+    let started = Instant::now();
+    let out = run(push_cmd(
+        &server,
+        &s3_url(server.bucket(), &proxy.endpoint()),
+        &f.secret,
+        &f.paths(),
+    )
+    .env("NIXBUCKET_S3_ATTEMPT_TIMEOUT", "3"));
+    let took = started.elapsed();
+    assert_ok(&out);
+    let stats = proxy.stats();
+    eprintln!(
+        "{} requests, {} stalled, push took {took:?}",
+        stats.total_requests(),
+        stats.faults_of(Fault::Stall)
+    );
+    assert!(stats.faults_of(Fault::Stall) > 0, "{stats:?}");
+    // Each stall costs one attempt timeout (3s) plus backoff, not the proxy's 60s.
+    assert!(
+        took < Duration::from_secs(3 * 4 * stats.faults_of(Fault::Stall) + 30),
+        "took {took:?}"
+    );
+    assert_verifies(&server, server.bucket(), &f.public, true, "after stalls");
+}
+
+/// Kills the S3 server `n` times at random points of a push; after each the cache verifies
+/// and a re-run finishes the push.
+#[test]
+fn server_killed_at_20_random_points_leaves_a_whole_cache() {
+    let f = Fixture::new(SMALL_BIG_MIB);
+    let mut server = S3Server::start();
+    let mut rng = Rng::from_env_or_os("server_killed");
+    let calib = new_bucket(&server, "calibrate");
+    let started = Instant::now();
+    assert_ok(&run(&mut push_cmd(
+        &server,
+        &s3_url(&calib, &server.endpoint()),
+        &f.secret,
+        &f.paths(),
+    )));
+    let full = started.elapsed();
+    let (mut failed, mut survived, mut partial) = (0, 0, 0);
+    for i in 0..20 {
+        let bucket = new_bucket(&server, &format!("killed-{i}"));
+        let url = s3_url(&bucket, &server.endpoint());
+        let child = spawn(&mut push_cmd(&server, &url, &f.secret, &f.paths()));
+        std::thread::sleep(rng.below(full));
+        server.kill();
+        std::thread::sleep(rng.below(Duration::from_millis(1500)));
+        server.restart();
+        let out = finish(child);
+        if out.status.success() {
+            survived += 1;
+        } else {
+            failed += 1;
+        }
+        let landed = narinfo_count(&server, &bucket);
+        if landed > 0 && landed < 4 {
+            partial += 1;
+        }
+        assert_verifies(&server, &bucket, &f.public, false, &format!("kill {i}"));
+        let again = run(&mut push_cmd(&server, &url, &f.secret, &f.paths()));
+        assert_ok(&again);
+        assert_eq!(narinfo_count(&server, &bucket), 4, "kill {i}: re-run");
+        // Deep checks download every NAR; once at the end is enough to know the bytes are right.
+        assert_verifies(&server, &bucket, &f.public, i == 19, &format!("re-run {i}"));
+    }
+    eprintln!(
+        "20 kills (a full push takes {full:?}): {survived} pushes rode it out by retrying, \
+         {failed} failed, {partial} left some but not all narinfos; all verified and finished"
+    );
+}
+
+fn signal(child: &Child, sig: &str) {
+    let out = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .output()
+        .expect("run kill");
+    // The push may have finished (and been reaped by no one yet): kill still succeeds on a
+    // zombie, so a failure here is real.
+    assert!(out.status.success(), "kill {sig}: {out:?}");
+}
+
+#[test]
+fn sigint_and_sigkill_at_random_points_leave_a_whole_cache() {
+    let f = Fixture::new(SMALL_BIG_MIB);
+    let server = S3Server::start();
+    let mut rng = Rng::from_env_or_os("signals");
+    let calib = new_bucket(&server, "calibrate");
+    let started = Instant::now();
+    assert_ok(&run(&mut push_cmd(
+        &server,
+        &s3_url(&calib, &server.endpoint()),
+        &f.secret,
+        &f.paths(),
+    )));
+    let full = started.elapsed();
+    let (mut interrupted, mut early) = (0, 0);
+    for i in 0..20 {
+        let sig = if i % 2 == 0 { "-INT" } else { "-KILL" };
+        let bucket = new_bucket(&server, &format!("signal-{i}"));
+        let url = s3_url(&bucket, &server.endpoint());
+        // Uploads left open by earlier SIGKILLs; an interrupted push must add none.
+        let open_before = server.pending_uploads();
+        let child = spawn(&mut push_cmd(&server, &url, &f.secret, &f.paths()));
+        std::thread::sleep(rng.below(full));
+        let sent = Instant::now();
+        signal(&child, sig);
+        let out = finish(child);
+        if sig == "-INT" {
+            // An interrupted push aborts its multipart uploads before it exits.
+            assert_eq!(
+                server.pending_uploads(),
+                open_before,
+                "{i}: {}",
+                stderr(&out)
+            );
+            // A cancelled CI job gets a few seconds before SIGKILL: stopping must be quick.
+            assert!(
+                sent.elapsed() < Duration::from_secs(10),
+                "SIGINT took {:?}",
+                sent.elapsed()
+            );
+            use std::os::unix::process::ExitStatusExt;
+            if out.status.signal() == Some(2) {
+                // SIGINT before the push installed its handler (it only read until then): the
+                // default action, and nothing may have been written.
+                early += 1;
+                assert_eq!(narinfo_count(&server, &bucket), 0, "{i}");
+            } else if !out.status.success() {
+                interrupted += 1;
+                let err = stderr(&out);
+                assert!(
+                    err.contains("interrupted") && err.contains("run the push again"),
+                    "{i}: {err}"
+                );
+            }
+        }
+        assert_verifies(&server, &bucket, &f.public, false, &format!("{sig} {i}"));
+        let again = run(&mut push_cmd(&server, &url, &f.secret, &f.paths()));
+        assert_ok(&again);
+        assert_eq!(narinfo_count(&server, &bucket), 4, "{sig} {i}: re-run");
+        assert_verifies(&server, &bucket, &f.public, i == 19, &format!("re-run {i}"));
+    }
+    eprintln!(
+        "10 SIGINT ({interrupted} interrupted a push in progress, {early} came before any \
+         upload), 10 SIGKILL ({} multipart \
+         uploads left open, invisible to readers): all verified and finished",
+        server
+            .pending_uploads()
+            .iter()
+            .filter(|f| f.starts_with(".upload-"))
+            .count()
+    );
+}
+
+#[test]
+fn sixteen_concurrent_pushers_of_overlapping_closures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tag = nonce();
+    let apps: Vec<String> = (0..4)
+        .map(|i| build_closure(tmp.path(), &format!("{tag}-{i}"))[0].clone())
+        .collect();
+    let big = big_path(tmp.path(), &tag, 12);
+    let (secret, public) = keygen(tmp.path(), "test-cache-1");
+    let server = S3Server::start();
+    let url = server.cache_url();
+    let children: Vec<Child> = (0..16)
+        .map(|i| {
+            let paths = [apps[i % 4].as_str(), apps[(i + 1) % 4].as_str(), &big];
+            spawn(&mut push_cmd(&server, &url, &secret, &paths))
+        })
+        .collect();
+    for (i, child) in children.into_iter().enumerate() {
+        let out = finish(child);
+        assert!(out.status.success(), "pusher {i}:\n{}", stderr(&out));
+    }
+    assert_eq!(narinfo_count(&server, server.bucket()), 13);
+    assert_verifies(&server, server.bucket(), &public, true, "16 pushers");
+    let fresh = tmp.path().join("fresh");
+    for path in apps.iter().chain([&big]) {
+        assert_ok(&copy_into_fresh_store(
+            &server.anon_http_url(),
+            &public,
+            &fresh,
+            path,
+        ));
+    }
+}
+
+/// Every answer is `503 SlowDown` with `Retry-After: 2`: the client waits what the server asks
+/// (not its own sub-second backoff) and gives up after AWS_MAX_ATTEMPTS with S3's word for it.
+#[test]
+fn retry_after_is_honoured_and_attempts_are_bounded() {
+    let server = S3Server::start();
+    let config = FaultConfig {
+        share: 1.0,
+        faults: vec![Fault::SlowDown],
+        retry_after: 2,
+        ..FaultConfig::mixed(0.0, 1)
+    };
+    let proxy = FaultProxy::start(&server.endpoint(), config);
+    let out = run(nixbucket()
+        .envs(server.env())
+        .env("AWS_MAX_ATTEMPTS", "3")
+        .args([
+            "verify",
+            "--cache",
+            &s3_url(server.bucket(), &proxy.endpoint()),
+        ]));
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("SlowDown"), "{err}");
+    let arrivals = proxy.stats().arrivals;
+    // HeadBucket, then the one-key listing that asks why: three attempts each.
+    assert_eq!(arrivals.len(), 6, "{arrivals:?}");
+    for pair in arrivals.chunks(3) {
+        for w in pair.windows(2) {
+            let gap = w[1].0 - w[0].0;
+            assert!(
+                gap >= Duration::from_millis(1900) && gap < Duration::from_secs(4),
+                "retried after {gap:?}, the server asked for 2s"
+            );
+        }
+    }
+}

@@ -1,0 +1,666 @@
+//! The GitHub Action end to end: its JavaScript (`action/main.js`, `action/post.js`) run by node
+//! with the environment the runner gives a step, the built nixbucket, the real Nix and a real
+//! S3 server. The post step diffs the shared /nix/store against what main recorded, so the test
+//! script runs this binary with the serial group (see scripts/test.sh).
+//!
+//! Why node and not `@github/local-action`: local-action 7.0.1 runs an entry point by importing
+//! it and calling its exported `run()` (the shim's entry points export none: they run on load,
+//! as the runner expects), it stubs `@actions/core` found through `npm ls` and stops with
+//! "Something went wrong with npm list" for an action without dependencies, and it keeps
+//! `saveState` in memory instead of handing `STATE_*` to the post step. So these tests play
+//! the runner's part themselves: a fresh GITHUB_STATE/GITHUB_OUTPUT/GITHUB_STEP_SUMMARY file per
+//! step, and main's state entries passed to post as `STATE_<name>`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::nix::{build_closure, copy_into_fresh_store, nonce};
+use common::s3::S3Server;
+use common::{assert_ok, keygen, list_files, run, stderr, stdout};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The files and directories one simulated job uses.
+struct Job {
+    tmp: tempfile::TempDir,
+    inputs: BTreeMap<&'static str, String>,
+    extra_env: Vec<(String, String)>,
+}
+
+/// What one step left behind.
+struct Step {
+    out: Output,
+    state: String,
+    output: String,
+    summary: String,
+    env_file: String,
+}
+
+impl Step {
+    /// Everything the step showed or wrote where a user or a later step could read it.
+    fn everything(&self) -> String {
+        format!(
+            "{}\n{}\n{}\n{}\n{}\n{}",
+            stdout(&self.out),
+            stderr(&self.out),
+            self.state,
+            self.output,
+            self.summary,
+            self.env_file
+        )
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "exit {:?}\nstdout:\n{}\nstderr:\n{}\nstate:\n{}\noutput:\n{}\nsummary:\n{}",
+            self.out.status,
+            stdout(&self.out),
+            stderr(&self.out),
+            self.state,
+            self.output,
+            self.summary
+        )
+    }
+}
+
+/// `name=value` and `name<<DELIM … DELIM` entries of a runner step file, as the runner reads them.
+fn parse_step_file(text: &str) -> BTreeMap<String, String> {
+    let mut map = BTreeMap::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if let Some((name, delimiter)) = line.split_once("<<") {
+            let mut value = Vec::new();
+            for l in lines.by_ref() {
+                if l == delimiter {
+                    break;
+                }
+                value.push(l);
+            }
+            map.insert(name.to_owned(), value.join("\n"));
+        } else if let Some((name, value)) = line.split_once('=') {
+            map.insert(name.to_owned(), value.to_owned());
+        }
+    }
+    map
+}
+
+impl Job {
+    fn new(cache: &str, signing_key: &str) -> Job {
+        let tmp = tempfile::tempdir().unwrap();
+        for dir in ["runner-temp", "conf/etc", "conf/user", "steps"] {
+            std::fs::create_dir_all(tmp.path().join(dir)).unwrap();
+        }
+        std::fs::write(
+            tmp.path().join("conf/etc/nix.conf"),
+            "substituters =\nsandbox = false\nexperimental-features = nix-command\n",
+        )
+        .unwrap();
+        // As the runner does: every input of action.yml is present, empty when not given.
+        let mut inputs: BTreeMap<&'static str, String> = [
+            "cache",
+            "signing-key",
+            "public-keys",
+            "compression",
+            "jobs",
+            "include",
+            "exclude",
+            "skip-push",
+            "aws-role-arn",
+            "aws-region",
+            "github-token",
+            "binary",
+        ]
+        .into_iter()
+        .map(|k| (k, String::new()))
+        .collect();
+        inputs.insert("cache", cache.to_owned());
+        inputs.insert("signing-key", signing_key.to_owned());
+        inputs.insert("compression", "zstd".to_owned());
+        inputs.insert("skip-push", "false".to_owned());
+        inputs.insert("binary", env!("CARGO_BIN_EXE_nixbucket").to_owned());
+        let job = Job {
+            tmp,
+            inputs,
+            extra_env: Vec::new(),
+        };
+        job.set_event("push", &serde_json::json!({}));
+        job
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.tmp.path().join(rel)
+    }
+
+    fn set_event(&self, _name: &str, payload: &serde_json::Value) {
+        std::fs::write(self.path("event.json"), payload.to_string()).unwrap();
+    }
+
+    fn env(&mut self, key: &str, value: &str) {
+        self.extra_env.push((key.to_owned(), value.to_owned()));
+    }
+
+    fn user_conf(&self) -> PathBuf {
+        self.path("conf/user/nix.conf")
+    }
+
+    /// Runs `action/<phase>.js` with node as the runner would, with `state` as STATE_* variables.
+    fn step(&self, phase: &str, event_name: &str, state: &BTreeMap<String, String>) -> Step {
+        let files = |name: &str| self.path(&format!("steps/{phase}-{name}"));
+        for name in ["state", "output", "summary", "env"] {
+            std::fs::write(files(name), "").unwrap();
+        }
+        let mut cmd = Command::new("node");
+        cmd.arg(repo().join(format!("action/{phase}.js")));
+        for (key, _) in std::env::vars() {
+            if [
+                "NIXBUCKET_",
+                "AWS_",
+                "INPUT_",
+                "GITHUB_",
+                "STATE_",
+                "RUNNER_",
+                "ACTIONS_",
+            ]
+            .iter()
+            .any(|p| key.starts_with(p))
+            {
+                cmd.env_remove(key);
+            }
+        }
+        for (name, value) in &self.inputs {
+            cmd.env(format!("INPUT_{}", name.to_uppercase()), value);
+        }
+        for (name, value) in state {
+            cmd.env(format!("STATE_{name}"), value);
+        }
+        cmd.env_remove("NIX_CONFIG")
+            .env("NIX_CONF_DIR", self.path("conf/etc"))
+            .env("NIX_USER_CONF_FILES", self.user_conf())
+            .env("GITHUB_ACTIONS", "true")
+            .env("GITHUB_STATE", files("state"))
+            .env("GITHUB_OUTPUT", files("output"))
+            .env("GITHUB_STEP_SUMMARY", files("summary"))
+            .env("GITHUB_ENV", files("env"))
+            .env("GITHUB_EVENT_NAME", event_name)
+            .env("GITHUB_EVENT_PATH", self.path("event.json"))
+            .env("GITHUB_WORKSPACE", self.tmp.path())
+            .env("GITHUB_REPOSITORY", "org/app")
+            .env("GITHUB_SHA", "0123456789abcdef0123456789abcdef01234567")
+            .env("GITHUB_RUN_ID", "42")
+            .env("RUNNER_TEMP", self.path("runner-temp"))
+            .current_dir(self.tmp.path());
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
+        let out = run(&mut cmd);
+        let read = |name: &str| std::fs::read_to_string(files(name)).unwrap();
+        Step {
+            state: read("state"),
+            output: read("output"),
+            summary: read("summary"),
+            env_file: read("env"),
+            out,
+        }
+    }
+}
+
+fn key_text(secret_file: &Path) -> String {
+    std::fs::read_to_string(secret_file)
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// The secret must appear nowhere but in the `::add-mask::` lines that hide it.
+#[track_caller]
+fn assert_secret_hidden(step: &Step, secret: &str) {
+    let base64 = secret.split_once(':').unwrap().1;
+    for line in step.everything().lines() {
+        if line.starts_with("::add-mask::") {
+            continue;
+        }
+        assert!(
+            !line.contains(base64),
+            "the secret leaked in: {line}\n{}",
+            step.describe()
+        );
+    }
+}
+
+fn narinfos(s3: &S3Server) -> Vec<String> {
+    list_files(&s3.root().join(s3.bucket()))
+        .into_iter()
+        .filter(|f| f.ends_with(".narinfo"))
+        .collect()
+}
+
+fn narinfo_field(s3: &S3Server, key: &str, field: &str) -> String {
+    let text = std::fs::read_to_string(s3.object_path(key)).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}: ")))
+        .unwrap_or_else(|| panic!("{key} has no {field}: {text}"))
+        .to_owned()
+}
+
+fn hash_part(store_path: &str) -> &str {
+    &store_path["/nix/store/".len()..][..32]
+}
+
+/// Whether a nix.conf makes Nix substitute from the test bucket (setup writes the URL with its
+/// parameters in its own order).
+fn substitutes_from(conf: &str, s3: &S3Server) -> bool {
+    conf.lines().any(|l| {
+        l.starts_with(&format!("extra-substituters = s3://{}?", s3.bucket()))
+            && l.contains(&format!("endpoint={}", s3.endpoint()))
+    })
+}
+
+fn s3_job(s3: &S3Server, secret: &str) -> Job {
+    let mut job = Job::new(&s3.cache_url(), secret);
+    for (k, v) in s3.env() {
+        job.env(&k, &v);
+    }
+    job
+}
+
+#[test]
+fn main_and_post_push_what_the_job_built_and_report_it() {
+    let s3 = S3Server::start();
+    let keys = tempfile::tempdir().unwrap();
+    let (secret_file, public) = keygen(keys.path(), "gha-test-1");
+    let secret = key_text(&secret_file);
+    let job = s3_job(&s3, &secret);
+
+    let main = job.step("main", "push", &BTreeMap::new());
+    assert!(main.out.status.success(), "{}", main.describe());
+    let first = stdout(&main.out).lines().next().unwrap_or("").to_owned();
+    assert_eq!(
+        first,
+        format!("::add-mask::{secret}"),
+        "the mask must come first"
+    );
+    let state = parse_step_file(&main.state);
+    assert_eq!(
+        state.get("nixbucket-mode").map(String::as_str),
+        Some("push"),
+        "{}",
+        main.describe()
+    );
+    let state_file = PathBuf::from(&state["nixbucket-state-file"]);
+    assert!(
+        state_file.starts_with(job.path("runner-temp")),
+        "{state_file:?}"
+    );
+    assert!(state_file.is_file());
+    assert_eq!(
+        state.get("shim-binary").map(String::as_str),
+        Some(env!("CARGO_BIN_EXE_nixbucket"))
+    );
+    let conf = std::fs::read_to_string(job.user_conf()).unwrap();
+    assert!(substitutes_from(&conf, &s3), "{conf}");
+    assert!(
+        conf.contains(&format!("extra-trusted-public-keys = {public}")),
+        "{conf}"
+    );
+    assert!(
+        !stdout(&main.out).contains("::notice::"),
+        "{}",
+        main.describe()
+    );
+
+    let [app, lib, data] = build_closure(keys.path(), &nonce());
+
+    let post = job.step("post", "push", &state);
+    assert!(post.out.status.success(), "{}", post.describe());
+    let found = narinfos(&s3);
+    for path in [&app, &lib, &data] {
+        let key = format!("{}.narinfo", hash_part(path));
+        assert!(found.contains(&key), "{path} not pushed: {found:?}");
+    }
+    let outputs = parse_step_file(&post.output);
+    assert_eq!(
+        outputs["pushed-paths"],
+        found.len().to_string(),
+        "{}",
+        post.describe()
+    );
+    let uploaded: u64 = found
+        .iter()
+        .map(|k| narinfo_field(&s3, k, "FileSize").parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(outputs["pushed-bytes"], uploaded.to_string());
+    let nar_bytes: u64 = found
+        .iter()
+        .map(|k| narinfo_field(&s3, k, "NarSize").parse::<u64>().unwrap())
+        .sum();
+    let summary = &post.summary;
+    assert!(
+        summary.contains(&format!("| paths pushed | {} |", found.len())),
+        "{summary}"
+    );
+    assert!(
+        summary.contains(&format!("({nar_bytes} bytes)")),
+        "NAR bytes: {summary}"
+    );
+    assert!(summary.contains("| bytes uploaded (zstd) | "), "{summary}");
+    assert!(
+        summary.contains(&format!("({uploaded} bytes)")),
+        "{summary}"
+    );
+    assert!(summary.contains("#### Slowest paths"), "{summary}");
+    assert!(summary.contains(&format!("| `{app}` |")), "{summary}");
+    assert!(
+        stdout(&post.out).contains(&format!("nixbucket: pushed {} paths", found.len())),
+        "{}",
+        post.describe()
+    );
+
+    // What landed is what Nix accepts from the bucket, trusting only our key.
+    let store = keys.path().join("fresh-store");
+    assert_ok(&copy_into_fresh_store(
+        &s3.anon_http_url(),
+        &public,
+        &store,
+        &app,
+    ));
+
+    assert_secret_hidden(&main, &secret);
+    assert_secret_hidden(&post, &secret);
+}
+
+fn fork_payload() -> serde_json::Value {
+    serde_json::json!({
+        "action": "synchronize",
+        "number": 7,
+        "pull_request": {
+            "number": 7,
+            "head": { "sha": "1111111111111111111111111111111111111111",
+                      "repo": { "full_name": "mallory/app" } },
+            "base": { "sha": "2222222222222222222222222222222222222222",
+                      "repo": { "full_name": "org/app" } }
+        },
+        "repository": { "full_name": "org/app" }
+    })
+}
+
+#[test]
+fn a_fork_pull_request_pulls_and_pushes_nothing() {
+    let s3 = S3Server::start();
+    let keys = tempfile::tempdir().unwrap();
+    let (secret_file, public) = keygen(keys.path(), "gha-fork-1");
+    let secret = key_text(&secret_file);
+    // Even with the key at hand (a misconfigured workflow), a fork's run must not write.
+    let job = s3_job(&s3, &secret);
+    job.set_event("pull_request", &fork_payload());
+
+    let main = job.step("main", "pull_request", &BTreeMap::new());
+    assert!(main.out.status.success(), "{}", main.describe());
+    let notices: Vec<_> = stdout(&main.out)
+        .lines()
+        .filter(|l| l.starts_with("::notice::"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(notices.len(), 1, "{}", main.describe());
+    assert!(
+        notices[0].contains("pushes nothing") && notices[0].contains("fork mallory/app"),
+        "{}",
+        notices[0]
+    );
+    let state = parse_step_file(&main.state);
+    assert_eq!(state["nixbucket-mode"], "pull-only");
+    // Pulling still works: the substituter and the key are configured.
+    let conf = std::fs::read_to_string(job.user_conf()).unwrap();
+    assert!(substitutes_from(&conf, &s3), "{conf}");
+    assert!(conf.contains(&public), "{conf}");
+
+    let [app, ..] = build_closure(keys.path(), &nonce());
+    let post = job.step("post", "pull_request", &state);
+    assert!(post.out.status.success(), "{}", post.describe());
+    assert!(
+        narinfos(&s3).is_empty(),
+        "a fork pushed: {:?}",
+        narinfos(&s3)
+    );
+    let outputs = parse_step_file(&post.output);
+    assert_eq!(outputs["pushed-paths"], "0");
+    assert_eq!(outputs["pushed-bytes"], "0");
+    assert!(
+        post.summary.contains("Nothing was pushed") && post.summary.contains("fork mallory/app"),
+        "{}",
+        post.summary
+    );
+    assert!(
+        stdout(&post.out).contains("nothing pushed"),
+        "{}",
+        post.describe()
+    );
+    assert!(!post.summary.contains(&app));
+    assert_secret_hidden(&main, &secret);
+    assert_secret_hidden(&post, &secret);
+}
+
+#[test]
+fn an_empty_signing_key_pulls_with_one_notice() {
+    let keys = tempfile::tempdir().unwrap();
+    let (_, public) = keygen(keys.path(), "gha-pull-1");
+    let cache = keys.path().join("cache");
+    let mut job = Job::new(&format!("file://{}", cache.display()), "");
+    job.inputs.insert("public-keys", format!("{public}\n"));
+    let main = job.step("main", "push", &BTreeMap::new());
+    assert!(main.out.status.success(), "{}", main.describe());
+    let notices: Vec<_> = stdout(&main.out)
+        .lines()
+        .filter(|l| l.starts_with("::notice::"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(notices.len(), 1, "{}", main.describe());
+    assert!(
+        notices[0].contains("signing-key is empty"),
+        "{}",
+        notices[0]
+    );
+    let conf = std::fs::read_to_string(job.user_conf()).unwrap();
+    assert!(conf.contains(&public), "{conf}");
+}
+
+#[test]
+fn a_bad_signing_key_fails_main_and_is_never_printed() {
+    let keys = tempfile::tempdir().unwrap();
+    let cache = keys.path().join("cache");
+    let secret = "broken-1:this-is-not-base64-but-very-secret!!";
+    let job = Job::new(&format!("file://{}", cache.display()), secret);
+    let main = job.step("main", "push", &BTreeMap::new());
+    assert!(!main.out.status.success(), "{}", main.describe());
+    let errors: Vec<_> = stdout(&main.out)
+        .lines()
+        .filter(|l| l.starts_with("::error::"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", main.describe());
+    assert!(
+        errors[0].contains("signing-key is not a Nix secret key"),
+        "{}",
+        errors[0]
+    );
+    assert_secret_hidden(&main, secret);
+}
+
+#[test]
+fn an_unreachable_cache_warns_and_keeps_the_job_green() {
+    let mut s3 = S3Server::start();
+    let keys = tempfile::tempdir().unwrap();
+    let (secret_file, _) = keygen(keys.path(), "gha-down-1");
+    let secret = key_text(&secret_file);
+    let job = s3_job(&s3, &secret);
+    let main = job.step("main", "push", &BTreeMap::new());
+    assert!(main.out.status.success(), "{}", main.describe());
+    build_closure(keys.path(), &nonce());
+    s3.kill();
+    let post = job.step("post", "push", &parse_step_file(&main.state));
+    assert!(post.out.status.success(), "{}", post.describe());
+    let warnings: Vec<_> = stdout(&post.out)
+        .lines()
+        .filter(|l| l.starts_with("::warning::"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(warnings.len(), 1, "{}", post.describe());
+    assert!(
+        warnings[0].contains("could not be reached"),
+        "{}",
+        warnings[0]
+    );
+    assert!(!stdout(&post.out).contains("::error::"));
+    assert_eq!(parse_step_file(&post.output)["pushed-paths"], "0");
+    assert!(post.summary.contains("The push to"), "{}", post.summary);
+    assert_secret_hidden(&post, &secret);
+}
+
+/// One HTTP request as a loopback server received it.
+struct Request {
+    head: String,
+    body: String,
+}
+
+/// Serves one request on 127.0.0.1 with `status` and `body`, and hands back what it received.
+fn serve_once(status: &str, body: &str) -> (u16, std::thread::JoinHandle<Request>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (status, body) = (status.to_owned(), body.to_owned());
+    let handle = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            head.push_str(&line);
+        }
+        let length = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            })
+            .unwrap_or(0);
+        let mut bytes = vec![0; length];
+        reader.read_exact(&mut bytes).unwrap();
+        let mut stream = reader.into_inner();
+        write!(
+            stream,
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        Request {
+            head,
+            body: String::from_utf8(bytes).unwrap(),
+        }
+    });
+    (port, handle)
+}
+
+#[test]
+fn a_github_token_posts_the_report_as_a_check_run() {
+    let keys = tempfile::tempdir().unwrap();
+    let (secret_file, _) = keygen(keys.path(), "gha-check-1");
+    let secret = key_text(&secret_file);
+    let cache = keys.path().join("cache");
+    let mut job = Job::new(&format!("file://{}", cache.display()), &secret);
+    let token = "ghs_loopbackTokenThatMustStayHidden";
+    job.inputs.insert("skip-push", "true".into());
+    job.inputs.insert("github-token", token.into());
+    let (port, server) = serve_once("201 Created", r#"{"id":1}"#);
+    job.env("GITHUB_API_URL", &format!("http://127.0.0.1:{port}"));
+
+    let main = job.step("main", "push", &BTreeMap::new());
+    assert!(main.out.status.success(), "{}", main.describe());
+    let post = job.step("post", "push", &parse_step_file(&main.state));
+    assert!(post.out.status.success(), "{}", post.describe());
+    let request = server.join().unwrap();
+    assert!(
+        request
+            .head
+            .starts_with("POST /repos/org/app/check-runs HTTP/1.1"),
+        "{}",
+        request.head
+    );
+    assert!(
+        request.head.to_ascii_lowercase().contains(&format!(
+            "authorization: bearer {}",
+            token.to_ascii_lowercase()
+        )),
+        "{}",
+        request.head
+    );
+    let body: serde_json::Value = serde_json::from_str(&request.body).unwrap();
+    assert_eq!(body["name"], "nixbucket");
+    assert_eq!(body["head_sha"], "0123456789abcdef0123456789abcdef01234567");
+    assert_eq!(body["status"], "completed");
+    assert_eq!(body["conclusion"], "skipped");
+    assert!(
+        body["output"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("skip-push is true"),
+        "{body}"
+    );
+    assert!(stdout(&post.out).contains(&format!("::add-mask::{token}")));
+    for line in post.everything().lines() {
+        assert!(
+            line.starts_with("::add-mask::") || !line.contains(token),
+            "token leaked: {line}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_oidc_token_is_requested_with_the_sts_audience_and_bearer() {
+    let (port, server) = serve_once("200 OK", r#"{"count":1,"value":"eyJ.header.payload"}"#);
+    let url = format!("http://127.0.0.1:{port}/_apis/oidc/token?api-version=2.0");
+    let token = nixbucket::ci::github::fetch_id_token(
+        &url,
+        &nixbucket::ci::github::Secret::new("request-token-xyz".into()),
+        nixbucket::ci::github::AWS_AUDIENCE,
+    )
+    .await
+    .unwrap();
+    assert_eq!(token.expose(), "eyJ.header.payload");
+    assert_eq!(format!("{token:?}"), "<redacted>");
+    let request = server.join().unwrap();
+    let first = request.head.lines().next().unwrap();
+    assert_eq!(
+        first,
+        "GET /_apis/oidc/token?api-version=2.0&audience=sts.amazonaws.com HTTP/1.1"
+    );
+    assert!(
+        request
+            .head
+            .to_ascii_lowercase()
+            .contains("authorization: bearer request-token-xyz"),
+        "{}",
+        request.head
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    nixbucket::ci::github::write_token_file(&file, &token).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "eyJ.header.payload"
+    );
+}

@@ -1,0 +1,175 @@
+//! The GitLab CI template run by `gitlab-ci-local` with the shell executor, in a throwaway git
+//! repository: a job that extends `.nixbucket` builds with the real Nix, and its after_script
+//! pushes to a real S3 server. The push diffs the shared /nix/store, so the test script runs
+//! this binary with the serial group (see scripts/test.sh).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::nix::{derivation, nonce};
+use common::s3::S3Server;
+use common::{keygen, list_files, run, stderr, stdout};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let out = run(Command::new("git")
+        .args([
+            "-c",
+            "user.name=test",
+            "-c",
+            "user.email=test@nixbucket.invalid",
+        ])
+        .args(args)
+        .current_dir(dir));
+    assert!(out.status.success(), "git {args:?}: {}", stderr(&out));
+}
+
+/// A project that includes the template and has one job extending it; `job_yaml` is extra YAML
+/// for the job (indented by two spaces).
+fn project(dir: &Path, tag: &str, job_yaml: &str) {
+    std::fs::copy(
+        repo().join("ci-templates/gitlab/nixbucket.gitlab-ci.yml"),
+        dir.join("nixbucket.gitlab-ci.yml"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("app.nix"),
+        derivation(&format!("gitlab-app-{tag}"), &format!("echo {tag} > $out")),
+    )
+    .unwrap();
+    // Debian's Nix cannot read s3:// stores itself, so the build turns substituters off; what
+    // the test is about is the push.
+    std::fs::write(
+        dir.join(".gitlab-ci.yml"),
+        format!(
+            "include:\n  - local: nixbucket.gitlab-ci.yml\n\n\
+             build:\n  extends: .nixbucket\n{job_yaml}  script:\n    \
+             - nix-build --no-out-link --option substituters '' app.nix > built-path\n"
+        ),
+    )
+    .unwrap();
+    git(dir, &["init", "-q", "-b", "main", "."]);
+    git(
+        dir,
+        &[
+            "remote",
+            "add",
+            "origin",
+            "https://gitlab.example/group/app.git",
+        ],
+    );
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-qm", "init"]);
+}
+
+fn gitlab_ci_local(dir: &Path, s3: &S3Server, secret: &str, conf: &Path) -> Output {
+    let mut cmd = Command::new("gitlab-ci-local");
+    for (key, _) in std::env::vars() {
+        if key.starts_with("NIXBUCKET_") || key.starts_with("AWS_") || key.starts_with("CI_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.args(["--shell-executor-no-image", "build"])
+        .current_dir(dir)
+        .env_remove("NIX_CONFIG")
+        .env("NIX_CONF_DIR", conf.join("etc"))
+        .env("NIX_USER_CONF_FILES", conf.join("user/nix.conf"))
+        .env("NIXBUCKET_BINARY", env!("CARGO_BIN_EXE_nixbucket"))
+        .env("NIXBUCKET_CACHE", s3.cache_url())
+        .env("NIXBUCKET_SIGNING_KEY", secret);
+    for (k, v) in s3.env() {
+        cmd.env(k, v);
+    }
+    run(&mut cmd)
+}
+
+fn nix_conf(root: &Path) -> PathBuf {
+    let conf = root.join("conf");
+    std::fs::create_dir_all(conf.join("etc")).unwrap();
+    std::fs::create_dir_all(conf.join("user")).unwrap();
+    std::fs::write(
+        conf.join("etc/nix.conf"),
+        "substituters =\nsandbox = false\nexperimental-features = nix-command\n",
+    )
+    .unwrap();
+    conf
+}
+
+fn narinfos(s3: &S3Server) -> Vec<String> {
+    list_files(&s3.root().join(s3.bucket()))
+        .into_iter()
+        .filter(|f| f.ends_with(".narinfo"))
+        .collect()
+}
+
+#[test]
+fn a_job_extending_the_template_builds_and_its_after_script_pushes() {
+    let s3 = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (secret_file, _) = keygen(tmp.path(), "gitlab-test-1");
+    let secret = std::fs::read_to_string(&secret_file).unwrap();
+    let dir = tmp.path().join("project");
+    std::fs::create_dir(&dir).unwrap();
+    let conf = nix_conf(tmp.path());
+    project(
+        &dir,
+        &nonce(),
+        "  variables:\n    NIXBUCKET_PUSH_UNPROTECTED: \"true\"\n",
+    );
+
+    let out = gitlab_ci_local(&dir, &s3, secret.trim(), &conf);
+    let log = format!("{}\n{}", stdout(&out), stderr(&out));
+    assert!(out.status.success(), "{log}");
+    let built = std::fs::read_to_string(dir.join("built-path")).unwrap();
+    let built = built.trim();
+    assert!(built.starts_with("/nix/store/"), "{built:?}\n{log}");
+    let hash = &built["/nix/store/".len()..][..32];
+    let key = format!("{hash}.narinfo");
+    assert!(
+        narinfos(&s3).contains(&key),
+        "{built} was not pushed: {:?}\n{log}",
+        narinfos(&s3)
+    );
+    let narinfo = std::fs::read_to_string(s3.object_path(&key)).unwrap();
+    assert!(
+        narinfo.contains(&format!("StorePath: {built}")),
+        "{narinfo}"
+    );
+    assert!(narinfo.contains("Sig: gitlab-test-1:"), "{narinfo}");
+    // before_script pointed Nix at the cache.
+    let user_conf = std::fs::read_to_string(conf.join("user/nix.conf")).unwrap();
+    assert!(
+        user_conf.contains(&format!("extra-substituters = s3://{}?", s3.bucket())),
+        "{user_conf}"
+    );
+    assert!(log.contains("pushed "), "{log}");
+    let base64 = secret.trim().split_once(':').unwrap().1;
+    assert!(!log.contains(base64), "the signing key leaked:\n{log}");
+}
+
+#[test]
+fn an_unprotected_ref_pulls_and_does_not_push() {
+    let s3 = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (secret_file, _) = keygen(tmp.path(), "gitlab-unprot-1");
+    let secret = std::fs::read_to_string(&secret_file).unwrap();
+    let dir = tmp.path().join("project");
+    std::fs::create_dir(&dir).unwrap();
+    let conf = nix_conf(tmp.path());
+    project(&dir, &nonce(), "");
+
+    let out = gitlab_ci_local(&dir, &s3, secret.trim(), &conf);
+    let log = format!("{}\n{}", stdout(&out), stderr(&out));
+    assert!(out.status.success(), "{log}");
+    assert!(dir.join("built-path").is_file(), "{log}");
+    assert!(
+        log.contains("not pushing: main is not a protected ref"),
+        "{log}"
+    );
+    assert!(narinfos(&s3).is_empty(), "{:?}", narinfos(&s3));
+}

@@ -1,0 +1,161 @@
+//! `nixbucket push` to an S3 bucket (the real s3s-fs server on loopback), judged by the real Nix
+//! reading the bucket over anonymous HTTP, as a public or proxied cache would be read.
+
+mod common;
+
+use common::nix::{build, build_closure, copy_into_fresh_store, derivation, nonce};
+use common::s3::S3Server;
+use common::{assert_fails, assert_ok, keygen, nixbucket, run, stderr, stdout};
+
+fn push_cmd(s3: &S3Server) -> std::process::Command {
+    let mut cmd = nixbucket();
+    cmd.envs(s3.env());
+    cmd
+}
+
+#[test]
+fn a_closure_pushed_to_s3_is_substituted_by_nix_and_verifies_deeply() {
+    let s3 = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let [app, lib, data] = build_closure(tmp.path(), &nonce());
+    let (secret, public) = keygen(tmp.path(), "s3-cache-1");
+    let url = s3.cache_url();
+
+    let out = run(push_cmd(&s3)
+        .args(["push", "--cache", &url, "--signing-key-file"])
+        .arg(&secret)
+        .arg(&app));
+    assert_ok(&out);
+    assert!(stderr(&out).contains("pushed 3 paths"), "{}", stderr(&out));
+    for path in [&app, &lib, &data] {
+        let key = format!("{}.narinfo", &path[11..43]);
+        assert!(s3.object_path(&key).exists(), "no {key} in the bucket");
+    }
+    assert!(
+        s3.pending_uploads().is_empty(),
+        "multipart uploads left open: {:?}",
+        s3.pending_uploads()
+    );
+
+    let verify =
+        run(push_cmd(&s3).args(["verify", "--deep", "--cache", &url, "--public-key", &public]));
+    assert_ok(&verify);
+    assert!(
+        stderr(&verify).contains("checked 3 narinfos and their NARs: 0 problems"),
+        "{}",
+        stderr(&verify)
+    );
+
+    assert_ok(&copy_into_fresh_store(
+        &s3.anon_http_url(),
+        &public,
+        &tmp.path().join("fresh"),
+        &app,
+    ));
+    let (_, other) = keygen(tmp.path(), "other-1");
+    let refused = copy_into_fresh_store(
+        &s3.anon_http_url(),
+        &other,
+        &tmp.path().join("fresh2"),
+        &app,
+    );
+    assert!(
+        stderr(&refused).contains("lacks a valid signature"),
+        "{}",
+        stderr(&refused)
+    );
+
+    let again = run(push_cmd(&s3)
+        .args(["push", "--cache", &url, "--signing-key-file"])
+        .arg(&secret)
+        .arg(&app));
+    assert_ok(&again);
+    assert!(
+        stderr(&again).contains("pushed 0 paths")
+            && stderr(&again).contains("3 already in the cache"),
+        "{}",
+        stderr(&again)
+    );
+}
+
+#[test]
+fn a_large_path_goes_up_in_parts_and_nix_accepts_it() {
+    let s3 = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    // 40 MiB of poorly compressible bytes: several 8 MiB parts even after zstd.
+    let big = build(
+        tmp.path(),
+        &derivation(
+            &format!("big-{}", nonce()),
+            "mkdir $out; head -c 41943040 /dev/urandom > $out/blob",
+        ),
+    );
+    let (secret, public) = keygen(tmp.path(), "s3-cache-1");
+    let out = run(push_cmd(&s3)
+        .args(["push", "--cache", &s3.cache_url(), "--signing-key-file"])
+        .arg(&secret)
+        .arg(&big));
+    assert_ok(&out);
+    assert!(s3.pending_uploads().is_empty());
+    let nar_key = std::fs::read_dir(s3.object_path("nar"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .file_name();
+    let info = s3
+        .internal_info(&format!("nar/{}", nar_key.to_string_lossy()))
+        .unwrap_or_default();
+    assert!(
+        info.contains("-5\"") || info.contains("-6\""),
+        "expected a 5- or 6-part upload, got {info}"
+    );
+    assert_ok(&copy_into_fresh_store(
+        &s3.anon_http_url(),
+        &public,
+        &tmp.path().join("fresh"),
+        &big,
+    ));
+}
+
+#[test]
+fn a_missing_bucket_and_refused_credentials_are_named_and_nothing_is_written() {
+    let s3 = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let [app, ..] = build_closure(tmp.path(), &nonce());
+    let (secret, _) = keygen(tmp.path(), "s3-cache-1");
+
+    let out = run(push_cmd(&s3)
+        .args([
+            "push",
+            "--cache",
+            &s3.cache_url_for("no-such-bucket"),
+            "--signing-key-file",
+        ])
+        .arg(&secret)
+        .arg(&app));
+    let err = assert_fails(&out);
+    assert!(
+        err.contains("bucket 'no-such-bucket' does not exist"),
+        "{err}"
+    );
+
+    let out = run(push_cmd(&s3)
+        .env("AWS_SECRET_ACCESS_KEY", "wrong-secret-value-123")
+        .args(["push", "--cache", &s3.cache_url(), "--signing-key-file"])
+        .arg(&secret)
+        .arg(&app));
+    let err = assert_fails(&out);
+    assert!(err.contains("refused the credentials"), "{err}");
+    assert!(
+        err.contains("AWS_ACCESS_KEY_ID"),
+        "the credential source should be named: {err}"
+    );
+    assert!(
+        !err.contains("wrong-secret-value-123") && !stdout(&out).contains("wrong-secret-value-123")
+    );
+    assert!(
+        !s3.object_path("nix-cache-info").exists(),
+        "something was written"
+    );
+}
