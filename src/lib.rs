@@ -6,6 +6,7 @@
 //! - [`push`]: the pipeline that turns store paths into signed cache entries.
 //! - [`serve`]: the cache as an HTTP substituter on loopback, with uploads during the build.
 //! - [`state`]: what `setup` hands to `push` across CI steps.
+//! - [`gc`]: garbage collection of a cache, by age of use or size, closures kept whole.
 //! - [`ci`]: glue for CI systems (the GitHub Action's inputs, step files, OIDC, reports).
 //! - [`command`]: one module per subcommand.
 
@@ -13,6 +14,7 @@ pub mod cache;
 pub mod ci;
 pub mod cli;
 pub mod command;
+pub mod gc;
 pub mod nix;
 pub mod push;
 pub mod serve;

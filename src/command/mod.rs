@@ -1,5 +1,6 @@
 //! One module per subcommand, each with a clap `Args` struct and a `run` function.
 
+pub mod gc;
 pub mod github_action;
 pub mod hook;
 pub mod keygen;

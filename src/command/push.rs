@@ -219,6 +219,17 @@ async fn prepare(
     let cache = Cache::open_with(url, open)
         .await
         .with_context(|| format!("could not open the cache {url}"))?;
+    // gc usage record (issue 7): before the existence checks, so a concurrent gc keeps these.
+    if !args.dry_run {
+        let used = push::usage::record(
+            &cache,
+            std::time::SystemTime::now(),
+            closure.iter().map(|i| &i.path),
+        );
+        if let Err(e) = used.await {
+            eprintln!("warning: could not record this job's paths for `nixbucket gc`: {e}");
+        }
+    }
     let plan = push::plan(&cache, closure).await?;
     for (path, why) in &plan.unusable {
         eprintln!("warning: {why}; pushing {path} again");

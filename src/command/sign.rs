@@ -1,5 +1,9 @@
 //! `nixbucket sign`: add our signature to narinfos already in the cache, without touching
 //! NARs — after a push with `--unsigned`, or when rotating keys (`--remove-key` drops the old).
+//!
+//! A rewritten narinfo gets a new LastModified, which `gc` counts as a use (so a rotation also
+//! postpones collection by one `--older-than`). Do not run `sign` while a `gc` runs: a narinfo
+//! read before gc deleted it would be written back, naming a NAR gc may delete next.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

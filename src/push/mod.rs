@@ -8,6 +8,7 @@
 mod encode;
 pub mod progress;
 pub mod select;
+pub mod usage;
 
 use std::collections::HashMap;
 use std::io::Write;

@@ -1,0 +1,578 @@
+//! Garbage collection of a binary cache without a database: the bucket's listing, the
+//! narinfos' References and the usage records (see [`crate::push::usage`]) are the truth.
+//!
+//! A path is kept when it is a root (used recently enough, younger than the grace period,
+//! named by `--keep`, or unreadable so we cannot know what it needs) or when a kept path
+//! references it. With a size budget, roots are taken newest use first until the next
+//! closure would not fit. Then, in this order, so that a reader never meets a narinfo whose
+//! NAR or reference is gone:
+//! 1. narinfos are deleted (after a last look at usage records written since the listing);
+//! 2. the cache is listed again: a narinfo or usage record that appeared meanwhile (a push
+//!    running alongside) and needs a deleted path gets that path's narinfo back, from the
+//!    text read in the plan, with its closure;
+//! 3. NARs that no remaining narinfo names, and that are older than the grace period, go;
+//! 4. usage records are merged into one (compaction).
+//!
+//! Cost: two ListObjectsV2 passes, one GET per narinfo and usage record, one DELETE per object
+//! removed; no HEAD per object. GETs and DELETEs run `jobs` at a time.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::StreamExt;
+
+use crate::cache::{Cache, CacheError, ObjectInfo};
+use crate::nix::{NarInfo, StorePath};
+use crate::push::usage::{self, Usage, UsageError};
+
+pub mod units;
+
+/// What decides which roots are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// Keep paths used (pushed or found present by a job) within this long.
+    OlderThan(Duration),
+    /// Keep the most recently used closures whose NARs fit in this many bytes.
+    MaxSize(u64),
+}
+
+#[derive(Clone, Debug)]
+pub struct GcOptions {
+    pub policy: Policy,
+    /// Paths kept whatever their age, with their closure.
+    pub keep: Vec<StorePath>,
+    /// Objects younger than this are never deleted: a push may be writing them.
+    pub grace: Duration,
+    /// The time gc takes as now (tests pretend days have passed).
+    pub now: SystemTime,
+    pub dry_run: bool,
+    /// How many GETs or DELETEs run at once.
+    pub jobs: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GcError {
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error(transparent)]
+    Usage(#[from] UsageError),
+    #[error("could not delete {failed} objects (first: {first}); the cache is still whole")]
+    Delete { failed: usize, first: CacheError },
+    #[error("could not restore the narinfo '{key}' that a concurrent push needs: {source}")]
+    Restore { key: String, source: CacheError },
+}
+
+/// One path that gc deletes (or would delete).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deleted {
+    pub path: StorePath,
+    /// Bytes of its NAR object, if that exists.
+    pub nar_bytes: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct GcReport {
+    pub narinfos: usize,
+    pub kept: usize,
+    /// Paths whose narinfos were deleted (or would be, in a dry run), sorted.
+    pub deleted: Vec<Deleted>,
+    /// NAR objects deleted, and their bytes.
+    pub nars_deleted: usize,
+    pub nar_bytes_freed: u64,
+    /// narinfo and usage-record bytes deleted.
+    pub meta_bytes_freed: u64,
+    /// NAR bytes the kept paths occupy.
+    pub nar_bytes_kept: u64,
+    /// Narinfos put back because a concurrent push needs them.
+    pub restored: Vec<StorePath>,
+    /// Narinfos that could not be read or parsed: kept, and reported.
+    pub unreadable: Vec<(String, String)>,
+    /// Usage records merged into one (and the key of the merged one).
+    pub usage_records_merged: usize,
+    pub usage_record_written: Option<String>,
+    /// Objects left alone only because they are younger than the grace period.
+    pub young: usize,
+}
+
+/// One narinfo as listed and read.
+struct Entry {
+    key: String,
+    hash: String,
+    modified: Option<SystemTime>,
+    size: u64,
+    text: Bytes,
+    info: Option<NarInfo>,
+}
+
+impl Entry {
+    /// The NAR this narinfo names. For one we cannot parse, the text of its `URL:` line: we
+    /// keep such a narinfo, and must not delete what it may still point at.
+    fn nar_url(&self) -> Option<&str> {
+        match &self.info {
+            Some(info) => Some(info.url.as_str()),
+            None => std::str::from_utf8(&self.text)
+                .ok()?
+                .lines()
+                .find_map(|l| l.strip_prefix("URL:"))
+                .map(str::trim),
+        }
+    }
+}
+
+/// Lists the cache, plans, and (unless a dry run) deletes. See the module docs for the order.
+pub async fn collect(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcError> {
+    let jobs = opts.jobs.max(1);
+    let listing = cache.list("").await?;
+    let listed: HashMap<String, ObjectInfo> =
+        listing.iter().map(|o| (o.key.clone(), o.clone())).collect();
+    let usage_keys: Vec<String> = listing
+        .iter()
+        .filter(|o| usage::is_record_key(&o.key))
+        .map(|o| o.key.clone())
+        .collect();
+    let mut usage = read_usage(cache, &usage_keys, jobs).await?;
+    let mut report = GcReport::default();
+
+    let narinfo_objects: Vec<&ObjectInfo> = listing.iter().filter(|o| is_narinfo(&o.key)).collect();
+    let entries = read_narinfos(cache, &narinfo_objects, jobs).await?;
+    report.narinfos = entries.len();
+    for e in &entries {
+        if e.info.is_none() {
+            let why = match std::str::from_utf8(&e.text) {
+                Err(_) => "not UTF-8".to_owned(),
+                Ok(t) => NarInfo::parse(t).err().map_or_else(
+                    || "describes another path".to_owned(),
+                    |err| err.to_string(),
+                ),
+            };
+            report.unreadable.push((e.key.clone(), why));
+        }
+    }
+    let nar_sizes: HashMap<&str, u64> = listing
+        .iter()
+        .filter(|o| o.key.starts_with("nar/"))
+        .map(|o| (o.key.as_str(), o.size))
+        .collect();
+    let graph = Graph::new(&entries);
+
+    // Roots that no policy may drop.
+    let young_before = opts
+        .now
+        .checked_sub(opts.grace)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let is_young = |t: Option<SystemTime>| t.is_none_or(|t| t > young_before);
+    let keep_hashes: HashSet<String> = opts.keep.iter().map(StorePath::hash_part).collect();
+    let mut kept = vec![false; entries.len()];
+    let mut must = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        let young = is_young(e.modified);
+        if young {
+            report.young += 1;
+        }
+        if young || e.info.is_none() || keep_hashes.contains(&e.hash) {
+            must.push(i);
+        }
+    }
+    graph.close(&must, &mut kept);
+
+    let last_used = |e: &Entry| -> u64 {
+        let modified = e.modified.map_or(u64::MAX, usage::unix_secs);
+        usage.last_used(&e.hash).unwrap_or(0).max(modified)
+    };
+    let nar_size_of = |e: &Entry| -> u64 {
+        e.nar_url()
+            .and_then(|u| nar_sizes.get(u).copied())
+            .unwrap_or(0)
+    };
+    match opts.policy {
+        Policy::OlderThan(age) => {
+            let cutoff = usage::unix_secs(opts.now).saturating_sub(age.as_secs());
+            let recent: Vec<usize> = (0..entries.len())
+                .filter(|&i| last_used(&entries[i]) >= cutoff)
+                .collect();
+            graph.close(&recent, &mut kept);
+        }
+        Policy::MaxSize(budget) => {
+            let mut total: u64 = (0..entries.len())
+                .filter(|&i| kept[i])
+                .map(|i| nar_size_of(&entries[i]))
+                .sum();
+            let mut order: Vec<usize> = (0..entries.len()).filter(|&i| !kept[i]).collect();
+            order.sort_by_key(|&i| std::cmp::Reverse(last_used(&entries[i])));
+            for i in order {
+                if kept[i] {
+                    continue;
+                }
+                let adds = graph.missing_closure(i, &kept);
+                let extra: u64 = adds.iter().map(|&j| nar_size_of(&entries[j])).sum();
+                if total + extra > budget {
+                    // Least recently used from here on: everything older goes.
+                    break;
+                }
+                total += extra;
+                for j in adds {
+                    kept[j] = true;
+                }
+            }
+        }
+    }
+
+    // A last look at jobs that started after the listing: what they use stays. (Their keys
+    // are listed again below, after the deletions, and merged then.)
+    if !opts.dry_run {
+        let fresh = new_usage(cache, &listed, jobs).await?;
+        let used: Vec<usize> = fresh
+            .1
+            .hash_parts()
+            .filter_map(|h| graph.index.get(h).copied())
+            .collect();
+        graph.close(&used, &mut kept);
+        usage.merge(&fresh.1);
+    }
+
+    report.kept = kept.iter().filter(|k| **k).count();
+    report.nar_bytes_kept = {
+        let named: HashSet<&str> = (0..entries.len())
+            .filter(|&i| kept[i])
+            .filter_map(|i| entries[i].nar_url())
+            .collect();
+        named.iter().filter_map(|u| nar_sizes.get(u)).sum()
+    };
+    let doomed: Vec<usize> = (0..entries.len()).filter(|&i| !kept[i]).collect();
+    report.deleted = doomed
+        .iter()
+        .filter_map(|&i| {
+            let e = &entries[i];
+            e.info.as_ref().map(|info| Deleted {
+                path: info.store_path.clone(),
+                nar_bytes: nar_size_of(e),
+            })
+        })
+        .collect();
+    report.deleted.sort_by(|a, b| a.path.cmp(&b.path));
+
+    if opts.dry_run {
+        // What NARs would go: those only doomed narinfos name, plus old orphans.
+        let named_by_kept: HashSet<&str> = (0..entries.len())
+            .filter(|&i| kept[i])
+            .filter_map(|i| entries[i].nar_url())
+            .collect();
+        for o in listing.iter().filter(|o| o.key.starts_with("nar/")) {
+            if !named_by_kept.contains(o.key.as_str()) && !is_young(o.last_modified) {
+                report.nars_deleted += 1;
+                report.nar_bytes_freed += o.size;
+            }
+        }
+        report.meta_bytes_freed = doomed.iter().map(|&i| entries[i].size).sum();
+        return Ok(report);
+    }
+
+    // 1. narinfos.
+    let doomed_keys: Vec<String> = doomed.iter().map(|&i| entries[i].key.clone()).collect();
+    delete_all(cache, &doomed_keys, jobs).await?;
+    report.meta_bytes_freed += doomed.iter().map(|&i| entries[i].size).sum::<u64>();
+
+    // 2. A second listing: repair what a concurrent push built on a deleted path.
+    let after = cache.list("").await?;
+    let mut gone = vec![false; entries.len()];
+    for &i in &doomed {
+        gone[i] = true;
+    }
+    let new_narinfos: Vec<&ObjectInfo> = after
+        .iter()
+        .filter(|o| is_narinfo(&o.key))
+        .filter(|o| {
+            listed
+                .get(&o.key)
+                .is_none_or(|old| old.last_modified != o.last_modified)
+        })
+        .collect();
+    let fresh_entries = read_narinfos(cache, &new_narinfos, jobs).await?;
+    let mut needed: Vec<usize> = fresh_entries
+        .iter()
+        .filter_map(|e| e.info.as_ref())
+        .flat_map(|info| info.references.iter())
+        .filter_map(|r| graph.index.get(&r.hash_part()).copied())
+        .collect();
+    // A narinfo rewritten under the same key (a re-push) is back too.
+    needed.extend(
+        fresh_entries
+            .iter()
+            .filter_map(|e| graph.index.get(&e.hash).copied()),
+    );
+    let late_usage = new_usage(cache, &listed, jobs).await?;
+    needed.extend(
+        late_usage
+            .1
+            .hash_parts()
+            .filter_map(|h| graph.index.get(h).copied()),
+    );
+    usage.merge(&late_usage.1);
+    let mut back = vec![false; entries.len()];
+    for (i, k) in kept.iter().enumerate() {
+        back[i] = *k;
+    }
+    graph.close(&needed, &mut back);
+    let to_restore: Vec<usize> = (0..entries.len())
+        .filter(|&i| back[i] && !kept[i])
+        .collect();
+    restore(cache, &entries, &to_restore, &fresh_entries).await?;
+    for &i in &to_restore {
+        gone[i] = false;
+        if let Some(info) = &entries[i].info {
+            report.restored.push(info.store_path.clone());
+        }
+    }
+    report.restored.sort();
+    report
+        .deleted
+        .retain(|d| !report.restored.contains(&d.path));
+
+    // 3. NARs that nothing names any more.
+    let mut named: HashSet<&str> = HashSet::new();
+    for (i, e) in entries.iter().enumerate() {
+        if !gone[i] {
+            named.extend(e.nar_url());
+        }
+    }
+    named.extend(fresh_entries.iter().filter_map(Entry::nar_url));
+    let mut nar_doomed = Vec::new();
+    for o in after.iter().filter(|o| o.key.starts_with("nar/")) {
+        if named.contains(o.key.as_str()) {
+            continue;
+        }
+        if is_young(o.last_modified) {
+            report.young += 1;
+            continue;
+        }
+        nar_doomed.push(o.key.clone());
+        report.nars_deleted += 1;
+        report.nar_bytes_freed += o.size;
+    }
+    delete_all(cache, &nar_doomed, jobs).await?;
+
+    // 4. Compaction: one record with what is still relevant replaces the ones read.
+    let read_keys: Vec<String> = usage_keys.iter().cloned().chain(late_usage.0).collect();
+    let live: HashSet<&str> = entries
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !gone[*i])
+        .map(|(_, e)| e.hash.as_str())
+        .chain(fresh_entries.iter().map(|e| e.hash.as_str()))
+        .collect();
+    let before = usage.len();
+    usage.retain(|h| live.contains(h));
+    if read_keys.len() > 1 || usage.len() < before {
+        report.usage_record_written = usage::write(cache, &usage).await?;
+        let meta: u64 = read_keys
+            .iter()
+            .filter_map(|k| listed.get(k).map(|o| o.size))
+            .sum();
+        delete_all(cache, &read_keys, jobs).await?;
+        report.usage_records_merged = read_keys.len();
+        report.meta_bytes_freed += meta;
+    }
+    Ok(report)
+}
+
+fn is_narinfo(key: &str) -> bool {
+    key.len() == 32 + ".narinfo".len() && key.ends_with(".narinfo") && !key.contains('/')
+}
+
+/// Usage records that were not in `listed`, read: (their keys, their merged contents).
+async fn new_usage(
+    cache: &Cache,
+    listed: &HashMap<String, ObjectInfo>,
+    jobs: usize,
+) -> Result<(Vec<String>, Usage), GcError> {
+    let keys: Vec<String> = cache
+        .list(usage::PREFIX)
+        .await?
+        .into_iter()
+        .filter(|o| usage::is_record_key(&o.key) && !listed.contains_key(&o.key))
+        .map(|o| o.key)
+        .collect();
+    let merged = read_usage(cache, &keys, jobs).await?;
+    Ok((keys, merged))
+}
+
+async fn read_usage(cache: &Cache, keys: &[String], jobs: usize) -> Result<Usage, GcError> {
+    let results: Vec<Result<Option<Usage>, UsageError>> =
+        futures::stream::iter(keys.iter().map(|k| usage::read(cache, k)))
+            .buffer_unordered(jobs)
+            .collect()
+            .await;
+    let mut merged = Usage::new();
+    for r in results {
+        // An unreadable record is an error: guessing could delete what a job relies on.
+        if let Some(u) = r? {
+            merged.merge(&u);
+        }
+    }
+    Ok(merged)
+}
+
+async fn read_narinfos(
+    cache: &Cache,
+    objects: &[&ObjectInfo],
+    jobs: usize,
+) -> Result<Vec<Entry>, GcError> {
+    let results: Vec<Result<Option<Entry>, CacheError>> =
+        futures::stream::iter(objects.iter().map(|o| async move {
+            let Some(text) = cache.get(&o.key).await? else {
+                // Deleted since the listing (another gc): nothing to decide about.
+                return Ok(None);
+            };
+            let hash = o.key.trim_end_matches(".narinfo").to_owned();
+            let info = std::str::from_utf8(&text)
+                .ok()
+                .and_then(|t| NarInfo::parse(t).ok())
+                .filter(|i| i.store_path.hash_part() == hash);
+            Ok(Some(Entry {
+                key: o.key.clone(),
+                hash,
+                modified: o.last_modified,
+                size: o.size,
+                text,
+                info,
+            }))
+        }))
+        .buffer_unordered(jobs)
+        .collect()
+        .await;
+    let mut entries = Vec::with_capacity(results.len());
+    for r in results {
+        if let Some(e) = r? {
+            entries.push(e);
+        }
+    }
+    entries.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(entries)
+}
+
+/// Puts deleted narinfos back, references before referrers, unless a push already did.
+async fn restore(
+    cache: &Cache,
+    entries: &[Entry],
+    which: &[usize],
+    fresh: &[Entry],
+) -> Result<(), GcError> {
+    let rewritten: HashSet<&str> = fresh.iter().map(|e| e.key.as_str()).collect();
+    // Any order that puts a reference first: repeat passes over what is left.
+    let mut left: Vec<usize> = which
+        .iter()
+        .copied()
+        .filter(|&i| !rewritten.contains(entries[i].key.as_str()))
+        .collect();
+    let pending: HashSet<&str> = left.iter().map(|&i| entries[i].hash.as_str()).collect();
+    let mut done: HashSet<&str> = HashSet::new();
+    while !left.is_empty() {
+        let (ready, rest): (Vec<usize>, Vec<usize>) = left.iter().partition(|&&i| {
+            entries[i].info.as_ref().is_none_or(|info| {
+                info.references.iter().all(|r| {
+                    let h = r.hash_part();
+                    h == entries[i].hash
+                        || !pending.contains(h.as_str())
+                        || done.contains(h.as_str())
+                })
+            })
+        });
+        // A reference cycle cannot happen in Nix; if data says otherwise, write the rest anyway.
+        let ready = if ready.is_empty() {
+            rest.clone()
+        } else {
+            ready
+        };
+        let rest: Vec<usize> = left
+            .iter()
+            .copied()
+            .filter(|i| !ready.contains(i))
+            .collect();
+        for &i in &ready {
+            let e = &entries[i];
+            cache
+                .put(&e.key, e.text.clone(), "text/x-nix-narinfo")
+                .await
+                .map_err(|source| GcError::Restore {
+                    key: e.key.clone(),
+                    source,
+                })?;
+            done.insert(e.hash.as_str());
+        }
+        left = rest;
+    }
+    Ok(())
+}
+
+async fn delete_all(cache: &Cache, keys: &[String], jobs: usize) -> Result<(), GcError> {
+    let results: Vec<Result<(), CacheError>> =
+        futures::stream::iter(keys.iter().map(|k| cache.delete(k)))
+            .buffer_unordered(jobs)
+            .collect()
+            .await;
+    let mut errors = results.into_iter().filter_map(Result::err);
+    if let Some(first) = errors.next() {
+        return Err(GcError::Delete {
+            failed: 1 + errors.count(),
+            first,
+        });
+    }
+    Ok(())
+}
+
+/// The reference graph between the narinfos present, by index.
+struct Graph {
+    index: HashMap<String, usize>,
+    refs: Vec<Vec<usize>>,
+}
+
+impl Graph {
+    fn new(entries: &[Entry]) -> Graph {
+        let index: HashMap<String, usize> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.hash.clone(), i))
+            .collect();
+        let refs = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                e.info.as_ref().map_or_else(Vec::new, |info| {
+                    info.references
+                        .iter()
+                        .filter_map(|r| index.get(&r.hash_part()).copied())
+                        .filter(|&j| j != i)
+                        .collect()
+                })
+            })
+            .collect();
+        Graph { index, refs }
+    }
+
+    /// Marks `roots` and everything they reference as kept.
+    fn close(&self, roots: &[usize], kept: &mut [bool]) {
+        let mut stack: Vec<usize> = roots.to_vec();
+        while let Some(i) = stack.pop() {
+            if !kept[i] {
+                kept[i] = true;
+                stack.extend(self.refs[i].iter().copied().filter(|&j| !kept[j]));
+            }
+        }
+    }
+
+    /// What keeping `root` would add to `kept`.
+    fn missing_closure(&self, root: usize, kept: &[bool]) -> Vec<usize> {
+        let mut seen = HashSet::new();
+        let mut stack = vec![root];
+        let mut out = Vec::new();
+        while let Some(i) = stack.pop() {
+            if kept[i] || !seen.insert(i) {
+                continue;
+            }
+            out.push(i);
+            stack.extend(self.refs[i].iter().copied());
+        }
+        out
+    }
+}

@@ -1,0 +1,318 @@
+//! Usage records: which store paths a CI job relied on, and when, so that `nixbucket gc
+//! --older-than` means "no job used it for that long" rather than "uploaded long ago".
+//!
+//! Design: every push writes one small object, `usage/<unix seconds>-<random>.zst`, before it
+//! asks the cache what is missing. It names the hash part of every path of the job's closure,
+//! whether the job then uploads it or finds it already there. Writing before the existence
+//! checks matters: a `gc` that lists `usage/` after this object landed sees that the job may
+//! rely on these paths and keeps them (or restores their narinfos), closing most of the window
+//! in which a job could count on a path that gc is deleting.
+//!
+//! One PutObject per job, a few bytes per path (zstd squeezes the hash parts' shared alphabet),
+//! and no read-modify-write: concurrent jobs never contend. `gc` reads all records, and unless
+//! it is a dry run, merges them into one and deletes those it merged ("compaction"), so the
+//! number of records stays about the number of jobs since the last gc.
+//!
+//! Nix ignores the `usage/` prefix: it reads only `nix-cache-info`, `*.narinfo`, NARs and `log/`.
+//!
+//! The body, before compression, is text:
+//! ```text
+//! nixbucket-usage 1
+//! @1764061462
+//! 1d5i1r8ldqwbfsb2q3i52hbk3a4kbg9h
+//! 5qn9lblnzjgza2vb23kwaclrcxnska2z
+//! ```
+//! An `@<unix seconds>` line sets the time of the hash parts that follow it; a merged record
+//! has several. The object name's time is the newest time inside (for people reading a
+//! listing); gc trusts the body.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::cache::{Cache, CacheError};
+use crate::nix::StorePath;
+
+/// Where usage records live in the cache.
+pub const PREFIX: &str = "usage/";
+
+const MAGIC: &str = "nixbucket-usage 1";
+const HASH_CHARS: usize = 32;
+const NIXBASE32: &[u8; 32] = b"0123456789abcdfghijklmnpqrsvwxyz";
+
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error("usage record '{key}' is not zstd-compressed: {source}")]
+    Decompress { key: String, source: std::io::Error },
+    #[error("usage record '{key}', line {line}: {reason}")]
+    Malformed {
+        key: String,
+        line: usize,
+        reason: &'static str,
+    },
+    #[error("could not compress a usage record: {0}")]
+    Compress(std::io::Error),
+}
+
+/// When each path (by hash part) was last used, merged from any number of records.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    last_used: HashMap<String, u64>,
+}
+
+impl Usage {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Notes a use at `secs` (unix time); keeps the newest per path.
+    pub fn note(&mut self, hash_part: &str, secs: u64) {
+        let slot = self.last_used.entry(hash_part.to_owned()).or_insert(secs);
+        *slot = (*slot).max(secs);
+    }
+
+    pub fn merge(&mut self, other: &Usage) {
+        for (hash, secs) in &other.last_used {
+            self.note(hash, *secs);
+        }
+    }
+
+    /// Unix seconds of the last recorded use of the path with this hash part.
+    pub fn last_used(&self, hash_part: &str) -> Option<u64> {
+        self.last_used.get(hash_part).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.last_used.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.last_used.is_empty()
+    }
+
+    pub fn hash_parts(&self) -> impl Iterator<Item = &str> {
+        self.last_used.keys().map(String::as_str)
+    }
+
+    /// Only the paths `keep` says yes to (gc drops what it deleted before merging).
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.last_used.retain(|hash, _| keep(hash));
+    }
+
+    /// The record body, uncompressed: times ascending, hash parts sorted within a time.
+    pub fn to_text(&self) -> String {
+        let mut by_time: BTreeMap<u64, Vec<&str>> = BTreeMap::new();
+        for (hash, secs) in &self.last_used {
+            by_time.entry(*secs).or_default().push(hash);
+        }
+        let mut out = String::with_capacity(16 + self.last_used.len() * (HASH_CHARS + 1));
+        out.push_str(MAGIC);
+        out.push('\n');
+        for (secs, mut hashes) in by_time {
+            hashes.sort_unstable();
+            out.push_str(&format!("@{secs}\n"));
+            for hash in hashes {
+                out.push_str(hash);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Parses a record body; `key` only names the record in errors.
+    pub fn parse(key: &str, text: &str) -> Result<Usage, UsageError> {
+        let bad = |line: usize, reason| UsageError::Malformed {
+            key: key.to_owned(),
+            line,
+            reason,
+        };
+        let mut lines = text.lines().enumerate();
+        match lines.next() {
+            Some((_, MAGIC)) => {}
+            _ => return Err(bad(1, "does not start with 'nixbucket-usage 1'")),
+        }
+        let mut usage = Usage::new();
+        let mut time = None;
+        for (index, line) in lines {
+            let line_no = index + 1;
+            if line.is_empty() {
+                continue;
+            }
+            if let Some(secs) = line.strip_prefix('@') {
+                time = Some(
+                    secs.parse::<u64>()
+                        .map_err(|_| bad(line_no, "'@' is not followed by unix seconds"))?,
+                );
+                continue;
+            }
+            let Some(secs) = time else {
+                return Err(bad(line_no, "a hash part before any '@<time>' line"));
+            };
+            if line.len() != HASH_CHARS || !line.bytes().all(|c| NIXBASE32.contains(&c)) {
+                return Err(bad(line_no, "not a 32-character nixbase32 hash part"));
+            }
+            usage.note(line, secs);
+        }
+        Ok(usage)
+    }
+
+    /// zstd-compressed body, as stored.
+    pub fn encode(&self) -> Result<Vec<u8>, UsageError> {
+        zstd::encode_all(self.to_text().as_bytes(), 9).map_err(UsageError::Compress)
+    }
+
+    pub fn decode(key: &str, bytes: &[u8]) -> Result<Usage, UsageError> {
+        let raw = zstd::decode_all(bytes).map_err(|source| UsageError::Decompress {
+            key: key.to_owned(),
+            source,
+        })?;
+        let text = std::str::from_utf8(&raw).map_err(|_| UsageError::Malformed {
+            key: key.to_owned(),
+            line: 0,
+            reason: "not UTF-8",
+        })?;
+        Usage::parse(key, text)
+    }
+
+    /// The newest time in the record, if any.
+    pub fn newest(&self) -> Option<u64> {
+        self.last_used.values().copied().max()
+    }
+}
+
+pub fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
+}
+
+/// A fresh record name for time `secs`: sortable by time, unique by 64 random bits.
+pub fn record_key(secs: u64) -> String {
+    let mut rnd = [0u8; 8];
+    // A failed RNG only risks a name clash with a record written in the same second; the pid
+    // and the clock's nanoseconds make even that unlikely.
+    let n = match getrandom::fill(&mut rnd) {
+        Ok(()) => u64::from_le_bytes(rnd),
+        Err(_) => {
+            u64::from(std::process::id()) << 32
+                | u64::from(
+                    SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .subsec_nanos(),
+                )
+        }
+    };
+    format!("{PREFIX}{secs:012}-{n:016x}.zst")
+}
+
+/// Writes a record for `usage` (nothing if it is empty) and returns its key.
+pub async fn write(cache: &Cache, usage: &Usage) -> Result<Option<String>, UsageError> {
+    let Some(newest) = usage.newest() else {
+        return Ok(None);
+    };
+    let key = record_key(newest);
+    cache
+        .put(&key, usage.encode()?.into(), "application/zstd")
+        .await?;
+    Ok(Some(key))
+}
+
+/// Records that a job used `paths` at `at`: one small object. Push calls this with the whole
+/// closure before it checks what the cache lacks.
+pub async fn record<'a>(
+    cache: &Cache,
+    at: SystemTime,
+    paths: impl IntoIterator<Item = &'a StorePath>,
+) -> Result<Option<String>, UsageError> {
+    let secs = unix_secs(at);
+    let mut usage = Usage::new();
+    for path in paths {
+        usage.note(&path.hash_part(), secs);
+    }
+    write(cache, &usage).await
+}
+
+/// Reads one record; `None` if it vanished (another gc compacted it meanwhile).
+pub async fn read(cache: &Cache, key: &str) -> Result<Option<Usage>, UsageError> {
+    match cache.get(key).await? {
+        Some(bytes) => Ok(Some(Usage::decode(key, &bytes)?)),
+        None => Ok(None),
+    }
+}
+
+/// True for keys that name a usage record (and not, say, a stray file under `usage/`).
+pub fn is_record_key(key: &str) -> bool {
+    key.strip_prefix(PREFIX)
+        .is_some_and(|rest| rest.ends_with(".zst") && !rest.contains('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "1d5i1r8ldqwbfsb2q3i52hbk3a4kbg9h";
+    const B: &str = "5qn9lblnzjgza2vb23kwaclrcxnska2z";
+
+    #[test]
+    fn text_groups_by_time_and_round_trips() {
+        let mut u = Usage::new();
+        u.note(B, 200);
+        u.note(A, 100);
+        u.note(A, 50); // older use of A is forgotten
+        let text = u.to_text();
+        assert_eq!(text, format!("nixbucket-usage 1\n@100\n{A}\n@200\n{B}\n"));
+        assert_eq!(Usage::parse("k", &text).unwrap(), u);
+        let bytes = u.encode().unwrap();
+        assert_eq!(Usage::decode("k", &bytes).unwrap(), u);
+        assert_eq!(u.newest(), Some(200));
+    }
+
+    #[test]
+    fn merge_keeps_the_newest_use() {
+        let mut a = Usage::new();
+        a.note(A, 10);
+        let mut b = Usage::new();
+        b.note(A, 30);
+        b.note(B, 5);
+        a.merge(&b);
+        assert_eq!(a.last_used(A), Some(30));
+        assert_eq!(a.last_used(B), Some(5));
+    }
+
+    #[test]
+    fn malformed_records_name_key_and_line() {
+        let cases = [
+            ("nope\n", 1, "does not start"),
+            ("nixbucket-usage 1\nabc\n", 2, "before any"),
+            ("nixbucket-usage 1\n@x\n", 2, "unix seconds"),
+            (
+                "nixbucket-usage 1\n@1\neeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee\n",
+                3,
+                "nixbase32",
+            ),
+        ];
+        for (text, line, reason) in cases {
+            let err = Usage::parse("usage/x.zst", text).unwrap_err().to_string();
+            assert!(err.contains("usage/x.zst"), "{err}");
+            assert!(err.contains(&format!("line {line}")), "{err}");
+            assert!(err.contains(reason), "{err}");
+        }
+        let err = Usage::decode("usage/y.zst", b"plain")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("usage/y.zst") && err.contains("zstd"), "{err}");
+    }
+
+    #[test]
+    fn record_keys_sort_by_time_and_are_unique() {
+        let (a, b) = (record_key(99), record_key(1_000));
+        assert!(a < b, "{a} {b}");
+        assert_ne!(record_key(5), record_key(5));
+        assert!(is_record_key(&a), "{a}");
+        assert!(a.starts_with("usage/000000000099-"), "{a}");
+        assert!(!is_record_key("usage/sub/x.zst"));
+        assert!(!is_record_key("x.narinfo"));
+    }
+}

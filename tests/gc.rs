@@ -1,0 +1,554 @@
+//! `nixbucket gc` on a real S3-compatible server and on `file://`, judged by `verify` and by
+//! what the real Nix can still substitute. "Days later" is the hidden `--now` flag; "used by a
+//! job" is a usage record written with the library's own writer at a chosen time.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::nix::{build, build_closure, copy_into_fresh_store, derivation, nonce};
+use common::s3::S3Server;
+use common::{assert_fails, assert_ok, keygen, list_files, nixbucket, run, stderr, stdout};
+use nixbucket::cache::{Cache, CacheUrl, OpenOptions};
+use nixbucket::nix::StorePath;
+use nixbucket::push::usage::{self, Usage};
+
+const DAY: u64 = 86_400;
+
+/// A cache under test: a directory, or a bucket on a local s3s-fs.
+struct Target {
+    url: String,
+    /// Where Nix substitutes from (the anonymous HTTP face of the bucket, or the directory).
+    nix_url: String,
+    /// The directory whose files are the cache's objects, key = relative path.
+    objects: PathBuf,
+    server: Option<S3Server>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Target {
+    fn file(tmp: &Path) -> Target {
+        let dir = tmp.join("cache");
+        let url = format!("file://{}", dir.display());
+        Target {
+            nix_url: url.clone(),
+            url,
+            objects: dir,
+            server: None,
+            _dir: None,
+        }
+    }
+
+    fn s3() -> Target {
+        let server = S3Server::start();
+        Target {
+            url: server.cache_url(),
+            nix_url: server.anon_http_url(),
+            objects: server.root().join(server.bucket()),
+            server: Some(server),
+            _dir: None,
+        }
+    }
+
+    fn cmd(&self) -> Command {
+        let mut cmd = nixbucket();
+        if let Some(s) = &self.server {
+            cmd.envs(s.env());
+        }
+        cmd
+    }
+
+    fn push(&self, secret: &Path, path: &str) -> Output {
+        let out = run(self
+            .cmd()
+            .args(["push", "--cache", &self.url, "--signing-key-file"])
+            .arg(secret)
+            .arg(path));
+        assert_ok(&out);
+        out
+    }
+
+    fn gc(&self, args: &[&str]) -> Output {
+        run(self.cmd().args(["gc", "--cache", &self.url]).args(args))
+    }
+
+    fn verify(&self, public: &str) -> Output {
+        run(self
+            .cmd()
+            .args(["verify", "--cache", &self.url, "--public-key", public]))
+    }
+
+    /// Object keys, sorted (s3s-fs keeps its own bookkeeping outside the bucket directory).
+    fn keys(&self) -> Vec<String> {
+        list_files(&self.objects)
+    }
+
+    fn has_narinfo(&self, store_path: &str) -> bool {
+        self.objects
+            .join(format!("{}.narinfo", hash_part(store_path)))
+            .exists()
+    }
+
+    /// The NAR object a path's narinfo names.
+    fn nar_of(&self, store_path: &str) -> String {
+        let text = std::fs::read_to_string(
+            self.objects
+                .join(format!("{}.narinfo", hash_part(store_path))),
+        )
+        .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("URL: "))
+            .unwrap()
+            .to_owned()
+    }
+
+    async fn open(&self) -> Cache {
+        let url: CacheUrl = self.url.parse().unwrap();
+        let opts = match &self.server {
+            Some(s) => OpenOptions::default().static_credentials(s.access_key(), s.secret_key()),
+            None => OpenOptions::default(),
+        };
+        Cache::open_with(&url, opts).await.unwrap()
+    }
+
+    /// Writes a usage record, as a job would, saying `paths` were used at `secs`.
+    fn record_use(&self, secs: u64, paths: &[&str]) {
+        let paths: Vec<StorePath> = paths
+            .iter()
+            .map(|p| StorePath::from_absolute(p).unwrap())
+            .collect();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let cache = self.open().await;
+            usage::record(&cache, UNIX_EPOCH + Duration::from_secs(secs), &paths)
+                .await
+                .unwrap()
+                .expect("a record was written");
+        });
+    }
+
+    fn usage_records(&self) -> Vec<(String, Usage)> {
+        self.keys()
+            .into_iter()
+            .filter(|k| usage::is_record_key(k))
+            .map(|k| {
+                let bytes = std::fs::read(self.objects.join(&k)).unwrap();
+                let u = Usage::decode(&k, &bytes).unwrap();
+                (k, u)
+            })
+            .collect()
+    }
+
+    /// Makes objects look `secs` old (both backends report a file's mtime as LastModified).
+    fn age(&self, keys: &[String], secs: u64) {
+        let when = SystemTime::now() - Duration::from_secs(secs);
+        for key in keys {
+            let f = std::fs::File::options()
+                .write(true)
+                .open(self.objects.join(key))
+                .unwrap();
+            f.set_modified(when).unwrap();
+        }
+    }
+
+    /// Key → (size, mtime) of every object: to prove that nothing changed.
+    fn snapshot(&self) -> Vec<(String, u64, SystemTime)> {
+        self.keys()
+            .into_iter()
+            .map(|k| {
+                let m = std::fs::metadata(self.objects.join(&k)).unwrap();
+                (k, m.len(), m.modified().unwrap())
+            })
+            .collect()
+    }
+}
+
+fn hash_part(store_path: &str) -> &str {
+    &store_path["/nix/store/".len().."/nix/store/".len() + 32]
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn substitutes(target: &Target, public: &str, store: &Path, path: &str) -> bool {
+    copy_into_fresh_store(&target.nix_url, public, store, path)
+        .status
+        .success()
+}
+
+/// Two unrelated closures are pushed "today"; ten days later one app was used yesterday by a
+/// job. gc --older-than 7d must keep that app's whole closure (its lib and data were never
+/// recorded themselves) and delete the other closure, narinfos and NARs.
+fn recently_used_closure_survives(target: &Target, tmp: &Path) {
+    let [old_app, old_lib, old_data] = build_closure(tmp, &nonce());
+    let [app, lib, data] = build_closure(tmp, &nonce());
+    let (secret, public) = keygen(tmp, "gc-test-1");
+    target.push(&secret, &old_app);
+    target.push(&secret, &app);
+    let old_nars: Vec<String> = [&old_app, &old_lib, &old_data]
+        .iter()
+        .map(|p| target.nar_of(p))
+        .collect();
+    let t0 = now_secs();
+    target.record_use(t0 + 9 * DAY, &[&app]);
+    let later = (t0 + 10 * DAY).to_string();
+
+    // A dry run names what would go and changes nothing, byte for byte and time for time.
+    let before = target.snapshot();
+    let dry = target.gc(&["--older-than", "7d", "--now", &later, "--dry-run"]);
+    assert_ok(&dry);
+    for p in [&old_app, &old_lib, &old_data] {
+        assert!(
+            stdout(&dry).contains(&format!("would delete {p}")),
+            "{p} not listed:\n{}",
+            stdout(&dry)
+        );
+    }
+    for p in [&app, &lib, &data] {
+        assert!(!stdout(&dry).contains(p.as_str()), "{}", stdout(&dry));
+    }
+    assert!(
+        stderr(&dry).contains("would delete 3 of 6 paths and 3 NARs"),
+        "{}",
+        stderr(&dry)
+    );
+    assert_eq!(target.snapshot(), before, "a dry run changed the cache");
+
+    let out = target.gc(&["--older-than", "7d", "--now", &later]);
+    assert_ok(&out);
+    assert!(
+        stderr(&out).contains("deleted 3 of 6 paths and 3 NARs"),
+        "{}",
+        stderr(&out)
+    );
+    let keys = target.keys();
+    for p in [&old_app, &old_lib, &old_data] {
+        assert!(!target.has_narinfo(p), "{p} survived");
+    }
+    for nar in &old_nars {
+        assert!(!keys.contains(nar), "{nar} survived: {keys:?}");
+    }
+    for p in [&app, &lib, &data] {
+        assert!(target.has_narinfo(p), "{p} was deleted");
+        assert!(keys.contains(&target.nar_of(p)), "NAR of {p} was deleted");
+    }
+    assert!(keys.contains(&"nix-cache-info".to_owned()), "{keys:?}");
+
+    // Three records (two pushes, one job) became one, which remembers only what is left.
+    let records = target.usage_records();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let merged = &records[0].1;
+    assert_eq!(merged.last_used(hash_part(&app)), Some(t0 + 9 * DAY));
+    assert_eq!(merged.last_used(hash_part(&old_app)), None);
+
+    assert_ok(&target.verify(&public));
+    assert!(substitutes(target, &public, &tmp.join("fresh"), &app));
+    assert!(
+        tmp.join("fresh").join(&data[1..]).exists(),
+        "the kept closure did not arrive whole"
+    );
+    assert!(
+        !substitutes(target, &public, &tmp.join("fresh2"), &old_app),
+        "a deleted path is still substitutable"
+    );
+}
+
+#[test]
+fn s3_gc_keeps_recently_used_closures_and_deletes_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    recently_used_closure_survives(&Target::s3(), tmp.path());
+}
+
+#[test]
+fn file_gc_keeps_recently_used_closures_and_deletes_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    recently_used_closure_survives(&Target::file(tmp.path()), tmp.path());
+}
+
+#[test]
+fn push_records_paths_it_uploads_and_paths_it_finds_present() {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = Target::s3();
+    let closure = build_closure(tmp.path(), &nonce());
+    let (secret, public) = keygen(tmp.path(), "gc-test-1");
+    let start = now_secs();
+    target.push(&secret, &closure[0]);
+    let again = target.push(&secret, &closure[0]);
+    assert!(
+        stderr(&again).contains("pushed 0 paths"),
+        "{}",
+        stderr(&again)
+    );
+    let records = target.usage_records();
+    assert_eq!(records.len(), 2, "one record per push: {records:?}");
+    for (key, u) in &records {
+        assert_eq!(u.len(), 3, "{key}");
+        for p in &closure {
+            let t = u
+                .last_used(hash_part(p))
+                .unwrap_or_else(|| panic!("{p} not in {key}"));
+            assert!(t >= start && t <= now_secs(), "{key}: {t}");
+        }
+    }
+    // Nix ignores the records: the cache is still what Nix expects.
+    assert!(substitutes(
+        &target,
+        &public,
+        &tmp.path().join("fresh"),
+        &closure[0]
+    ));
+}
+
+#[test]
+fn max_size_deletes_least_recently_used_closures_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = Target::file(tmp.path());
+    let (secret, public) = keygen(tmp.path(), "gc-test-1");
+    let a = build_closure(tmp.path(), &nonce());
+    let b = build_closure(tmp.path(), &nonce());
+    let c = build_closure(tmp.path(), &nonce());
+    for closure in [&a, &b, &c] {
+        target.push(&secret, &closure[0]);
+    }
+    let t0 = now_secs();
+    // c used most recently, then b, then a. Only c's app is recorded: its closure comes along.
+    target.record_use(t0 + 3 * DAY, &[&c[0]]);
+    target.record_use(t0 + 2 * DAY, &[&b[0]]);
+    target.record_use(t0 + DAY, &[&a[0]]);
+    let size_of = |closure: &[String; 3]| -> u64 {
+        closure
+            .iter()
+            .map(|p| {
+                std::fs::metadata(target.objects.join(target.nar_of(p)))
+                    .unwrap()
+                    .len()
+            })
+            .sum()
+    };
+    // Room for c and b, not for a as well.
+    let budget = size_of(&c) + size_of(&b) + size_of(&a) / 2;
+    let out = target.gc(&[
+        "--max-size",
+        &budget.to_string(),
+        "--now",
+        &(t0 + 4 * DAY).to_string(),
+    ]);
+    assert_ok(&out);
+    for p in &a {
+        assert!(!target.has_narinfo(p), "{p} kept:\n{}", stderr(&out));
+    }
+    for p in b.iter().chain(&c) {
+        assert!(target.has_narinfo(p), "{p} deleted:\n{}", stderr(&out));
+    }
+    assert_ok(&target.verify(&public));
+
+    // A budget below the newest closure deletes everything old enough.
+    let out = target.gc(&["--max-size", "1", "--now", &(t0 + 4 * DAY).to_string()]);
+    assert_ok(&out);
+    assert!(
+        target
+            .keys()
+            .iter()
+            .all(|k| !k.ends_with(".narinfo") && !k.starts_with("nar/")),
+        "{:?}",
+        target.keys()
+    );
+}
+
+#[test]
+fn keep_and_grace_protect_paths_whatever_their_use() {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = Target::file(tmp.path());
+    let (secret, public) = keygen(tmp.path(), "gc-test-1");
+    let kept = build_closure(tmp.path(), &nonce());
+    let young = build_closure(tmp.path(), &nonce());
+    let old = build_closure(tmp.path(), &nonce());
+    for closure in [&kept, &young, &old] {
+        target.push(&secret, &closure[0]);
+    }
+    // Everything unused for a day; `young`'s objects were written 10 minutes ago.
+    let ancient: Vec<String> = target
+        .keys()
+        .into_iter()
+        .filter(|k| k.ends_with(".narinfo") || k.starts_with("nar/"))
+        .collect();
+    target.age(&ancient, 2 * DAY);
+    let young_keys: Vec<String> = young
+        .iter()
+        .flat_map(|p| [format!("{}.narinfo", hash_part(p)), target.nar_of(p)])
+        .collect();
+    target.age(&young_keys, 600);
+    for (key, _) in target.usage_records() {
+        std::fs::remove_file(target.objects.join(key)).unwrap();
+    }
+    // NARs no narinfo names: one left by a push interrupted long ago, one a push is writing.
+    let stale = "nar/0000000000000000000000000000000000000000000000000000.nar.zst".to_owned();
+    let in_flight = "nar/1111111111111111111111111111111111111111111111111111.nar.zst".to_owned();
+    std::fs::write(target.objects.join(&stale), b"stale").unwrap();
+    std::fs::write(target.objects.join(&in_flight), b"uploading").unwrap();
+    target.age(std::slice::from_ref(&stale), 2 * DAY);
+
+    let out = target.gc(&["--older-than", "1d", "--keep", &kept[0]]);
+    assert_ok(&out);
+    for p in kept.iter().chain(&young) {
+        assert!(target.has_narinfo(p), "{p} deleted:\n{}", stderr(&out));
+    }
+    for p in &old {
+        assert!(!target.has_narinfo(p), "{p} kept:\n{}", stderr(&out));
+    }
+    let keys = target.keys();
+    assert!(!keys.contains(&stale), "an old orphan NAR survived");
+    assert!(keys.contains(&in_flight), "a young NAR was deleted");
+    assert!(
+        stderr(&out).contains("younger than the grace period"),
+        "{}",
+        stderr(&out)
+    );
+    assert_ok(&target.verify(&public));
+
+    // With no grace, `young` (ten minutes unused) goes under --older-than 5m.
+    let out = target.gc(&["--older-than", "5m", "--grace", "0s", "--keep", &kept[0]]);
+    assert_ok(&out);
+    for p in &young {
+        assert!(!target.has_narinfo(p), "{p} kept:\n{}", stderr(&out));
+    }
+    assert!(target.has_narinfo(&kept[2]));
+}
+
+#[test]
+fn a_push_running_alongside_gc_lands_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = Target::s3();
+    let (secret, public) = keygen(tmp.path(), "gc-test-1");
+    let old = build_closure(tmp.path(), &nonce());
+    target.push(&secret, &old[0]);
+    let aged: Vec<String> = target.keys();
+    target.age(&aged, 2 * DAY);
+    for (key, _) in target.usage_records() {
+        std::fs::remove_file(target.objects.join(key)).unwrap();
+    }
+    // A closure that takes a few seconds to push: 8 MiB of noise through xz.
+    let tag = nonce();
+    let big = derivation(
+        &format!("noise-{tag}"),
+        "mkdir $out; for i in 1 2 3 4; do head -c 2097152 /dev/urandom > $out/n$i; done",
+    );
+    let top = build(
+        tmp.path(),
+        &format!(
+            "let big = {big}; in {}",
+            derivation(&format!("top-{tag}"), "echo ${big} > $out")
+        ),
+    );
+    let mut push = target
+        .cmd()
+        .args([
+            "push",
+            "--compression",
+            "xz",
+            "-j",
+            "1",
+            "--cache",
+            &target.url,
+        ])
+        .arg("--signing-key-file")
+        .arg(&secret)
+        .arg(&top)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut during = 0;
+    loop {
+        let out = target.gc(&["--older-than", "1d"]);
+        assert_ok(&out);
+        if push.try_wait().unwrap().is_none() {
+            during += 1;
+        } else {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pushed = push.wait_with_output().unwrap();
+    assert_ok(&pushed);
+    assert!(during >= 1, "no gc finished while the push ran");
+    for p in &old {
+        assert!(!target.has_narinfo(p), "{p} survived");
+    }
+    assert!(target.has_narinfo(&top));
+    assert_ok(&target.verify(&public));
+    let fresh = tmp.path().join("fresh");
+    assert_ok(&copy_into_fresh_store(
+        &target.nix_url,
+        &public,
+        &fresh,
+        &top,
+    ));
+    assert!(fresh.join(&top[1..]).exists());
+}
+
+#[test]
+fn gc_errors_are_explained() {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = Target::file(tmp.path());
+    let err = assert_fails(&target.gc(&[]));
+    assert!(
+        err.contains("--older-than") && err.contains("--max-size"),
+        "{err}"
+    );
+    let err = assert_fails(&target.gc(&["--older-than", "1d", "--max-size", "1G"]));
+    assert!(err.contains("cannot be used with"), "{err}");
+    let err = assert_fails(&target.gc(&["--older-than", "30"]));
+    assert!(err.contains("\"30\" is not a duration"), "{err}");
+    let err = assert_fails(&target.gc(&["--max-size", "lots"]));
+    assert!(err.contains("\"lots\" is not a size"), "{err}");
+    // A usage record gc cannot read stops it: guessing could delete what a job relies on.
+    std::fs::create_dir_all(target.objects.join("usage")).unwrap();
+    std::fs::write(target.objects.join("usage/000000000001-00.zst"), b"junk").unwrap();
+    let err = assert_fails(&target.gc(&["--older-than", "1d"]));
+    assert!(
+        err.contains("usage/000000000001-00.zst") && err.contains("zstd"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_narinfo_gc_cannot_read_is_kept_with_its_nar() {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = Target::file(tmp.path());
+    let (secret, _) = keygen(tmp.path(), "gc-test-1");
+    let closure = build_closure(tmp.path(), &nonce());
+    target.push(&secret, &closure[0]);
+    // Written by some other tool, in a form our parser refuses (no NarHash).
+    let odd = "0000000000000000000000000000000a.narinfo".to_owned();
+    let odd_nar = "nar/0aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.nar.xz".to_owned();
+    std::fs::write(
+        target.objects.join(&odd),
+        format!("StorePath: /nix/store/0000000000000000000000000000000a-odd\nURL: {odd_nar}\n"),
+    )
+    .unwrap();
+    std::fs::write(target.objects.join(&odd_nar), b"xz").unwrap();
+    let all = target.keys();
+    target.age(&all, 30 * DAY);
+    for (key, _) in target.usage_records() {
+        std::fs::remove_file(target.objects.join(key)).unwrap();
+    }
+    let out = target.gc(&["--older-than", "1d"]);
+    assert_ok(&out);
+    assert!(
+        stderr(&out).contains(&format!("warning: kept {odd}")) && stderr(&out).contains("NarHash"),
+        "{}",
+        stderr(&out)
+    );
+    let keys = target.keys();
+    assert!(keys.contains(&odd) && keys.contains(&odd_nar), "{keys:?}");
+    for p in &closure {
+        assert!(!target.has_narinfo(p), "{p} survived");
+    }
+}

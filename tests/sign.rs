@@ -1,0 +1,222 @@
+//! `nixbucket sign`: signatures added to (or dropped from) narinfos in place, judged by what
+//! the real Nix accepts, with the NARs left untouched.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::nix::{build_closure, copy_into_fresh_store, nix_command, nonce};
+use common::s3::S3Server;
+use common::{assert_fails, assert_ok, keygen, list_files, nixbucket, run, stderr};
+
+fn hash_part(store_path: &str) -> &str {
+    &store_path["/nix/store/".len().."/nix/store/".len() + 32]
+}
+
+fn sig_names(narinfo: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(narinfo).unwrap();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("Sig: "))
+        .map(|s| s.split(':').next().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn sign_makes_an_unsigned_s3_cache_acceptable_to_nix_without_touching_nars() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = S3Server::start();
+    let cmd = || {
+        let mut c = nixbucket();
+        c.envs(server.env());
+        c
+    };
+    let [app, lib, data] = build_closure(tmp.path(), &nonce());
+    let (secret, public) = keygen(tmp.path(), "sign-test-1");
+    let url = server.cache_url();
+    assert_ok(&run(cmd().args([
+        "push",
+        "--unsigned",
+        "--cache",
+        &url,
+        &app,
+    ])));
+    let refused = copy_into_fresh_store(
+        &server.anon_http_url(),
+        &public,
+        &tmp.path().join("fresh0"),
+        &app,
+    );
+    assert!(
+        stderr(&refused).contains("lacks a valid signature"),
+        "{}",
+        stderr(&refused)
+    );
+
+    let bucket = server.root().join(server.bucket());
+    let nars: Vec<String> = list_files(&bucket)
+        .into_iter()
+        .filter(|k| k.starts_with("nar/"))
+        .collect();
+    assert_eq!(nars.len(), 3, "{nars:?}");
+    let nar_state = || -> Vec<_> {
+        nars.iter()
+            .map(|k| {
+                let m = std::fs::metadata(bucket.join(k)).unwrap();
+                (k.clone(), m.modified().unwrap(), server.internal_info(k))
+            })
+            .collect()
+    };
+    let before = nar_state();
+
+    let out = run(cmd()
+        .args(["sign", "--cache", &url, "--all", "--signing-key-file"])
+        .arg(&secret));
+    assert_ok(&out);
+    assert!(
+        stderr(&out).contains("signed 3 narinfos with sign-test-1"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(nar_state(), before, "sign touched a NAR (mtime or ETag)");
+    for p in [&app, &lib, &data] {
+        let names = sig_names(&bucket.join(format!("{}.narinfo", hash_part(p))));
+        assert_eq!(names, ["sign-test-1"], "{p}");
+    }
+    // Nix remembers narinfos it fetched over HTTP (narinfo-cache-positive-ttl, 30 days by
+    // default), so a client that already saw the unsigned one must be told to look again.
+    let fresh = tmp.path().join("fresh");
+    assert_ok(&run(nix_command("nix")
+        .args(["copy", "--from", &server.anon_http_url(), "--to"])
+        .arg(&fresh)
+        .args(["--option", "trusted-public-keys", &public])
+        .args(["--option", "narinfo-cache-positive-ttl", "0", &app])));
+    assert!(fresh.join(&data[1..]).exists());
+    assert_ok(&run(cmd().args([
+        "verify",
+        "--cache",
+        &url,
+        "--public-key",
+        &public,
+    ])));
+
+    // Signing again changes nothing.
+    let again = run(cmd()
+        .args(["sign", "--cache", &url, "--all", "--signing-key-file"])
+        .arg(&secret));
+    assert_ok(&again);
+    assert!(
+        stderr(&again).contains("signed 0 narinfos with sign-test-1; 3 already were"),
+        "{}",
+        stderr(&again)
+    );
+}
+
+#[test]
+fn key_rotation_adds_the_new_signature_and_removes_the_old() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [app, lib, data] = build_closure(tmp.path(), &nonce());
+    let (old_secret, old_public) = keygen(tmp.path(), "rotate-old-1");
+    let (new_secret, new_public) = keygen(tmp.path(), "rotate-new-1");
+    let cache = tmp.path().join("cache");
+    let url = format!("file://{}", cache.display());
+    assert_ok(&run(nixbucket()
+        .args(["push", "--cache", &url, "--signing-key-file"])
+        .arg(&old_secret)
+        .arg(&app)));
+
+    // Only the named paths: lib stays as it was.
+    let out = run(nixbucket()
+        .args(["sign", "--cache", &url, "--signing-key-file"])
+        .arg(&new_secret)
+        .args([&app, &data]));
+    assert_ok(&out);
+    let narinfo = |p: &str| cache.join(format!("{}.narinfo", hash_part(p)));
+    let mut both = sig_names(&narinfo(&app));
+    both.sort();
+    assert_eq!(both, ["rotate-new-1", "rotate-old-1"]);
+    assert_eq!(sig_names(&narinfo(&lib)), ["rotate-old-1"]);
+
+    let out = run(nixbucket()
+        .args([
+            "sign",
+            "--cache",
+            &url,
+            "--all",
+            "--remove-key",
+            "rotate-old-1",
+        ])
+        .arg("--signing-key-file")
+        .arg(&new_secret));
+    assert_ok(&out);
+    for p in [&app, &lib, &data] {
+        assert_eq!(sig_names(&narinfo(p)), ["rotate-new-1"], "{p}");
+    }
+    assert_ok(&copy_into_fresh_store(
+        &url,
+        &new_public,
+        &tmp.path().join("fresh-new"),
+        &app,
+    ));
+    let refused = copy_into_fresh_store(&url, &old_public, &tmp.path().join("fresh-old"), &app);
+    assert!(
+        stderr(&refused).contains("lacks a valid signature"),
+        "{}",
+        stderr(&refused)
+    );
+}
+
+#[test]
+fn sign_errors_name_what_went_wrong() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [app, lib, _] = build_closure(tmp.path(), &nonce());
+    let (secret, public) = keygen(tmp.path(), "sign-err-1");
+    let cache = tmp.path().join("cache");
+    let url = format!("file://{}", cache.display());
+    assert_ok(&run(nixbucket()
+        .args(["push", "--unsigned", "--cache", &url])
+        .arg(&lib)));
+    let sign = |extra: &[&str]| -> Command {
+        let mut c = nixbucket();
+        c.args(["sign", "--cache", &url]).args(extra);
+        c
+    };
+
+    let err = assert_fails(&run(&mut sign(&["--all"])));
+    assert!(err.contains("no signing key"), "{err}");
+
+    let bad_key = tmp.path().join("bad.sk");
+    std::fs::write(&bad_key, &public).unwrap();
+    let err = assert_fails(&run(sign(&["--all", "--signing-key-file"]).arg(&bad_key)));
+    assert!(err.contains("is not a Nix secret key"), "{err}");
+    assert!(!err.contains(public.split(':').nth(1).unwrap()), "{err}");
+
+    let err = assert_fails(&run(sign(&["--all", "--signing-key-file"])
+        .arg(&secret)
+        .arg(&app)));
+    assert!(err.contains("cannot be used with"), "{err}");
+
+    // app was never pushed: its narinfo is named, and lib is still signed.
+    let err = assert_fails(&run(sign(&["--signing-key-file"])
+        .arg(&secret)
+        .args([&app, &lib])));
+    assert!(
+        err.contains(&format!("{}.narinfo", hash_part(&app))) && err.contains("not in the cache"),
+        "{err}"
+    );
+    assert!(err.contains("1 narinfos could not be signed"), "{err}");
+    assert_eq!(
+        sig_names(&cache.join(format!("{}.narinfo", hash_part(&lib)))),
+        ["sign-err-1"]
+    );
+
+    let not_store = tmp.path().join("elsewhere");
+    std::fs::write(&not_store, "x").unwrap();
+    let err = assert_fails(&run(sign(&["--signing-key-file"])
+        .arg(&secret)
+        .arg(&not_store)));
+    assert!(err.contains("is not in the Nix store"), "{err}");
+
+    let err = assert_fails(&run(sign(&["--signing-key-file"]).arg(&secret)));
+    assert!(err.contains("--all") || err.contains("PATHS"), "{err}");
+}
