@@ -4,6 +4,7 @@
 //! - [`store`]: what the local Nix store knows (path metadata, the set of valid paths).
 //! - [`cache`]: where a binary cache lives (an S3 bucket, a local directory).
 //! - [`push`]: the pipeline that turns store paths into signed cache entries.
+//! - [`state`]: what `setup` hands to `push` across CI steps.
 //! - [`command`]: one module per subcommand.
 
 pub mod cache;
@@ -11,4 +12,5 @@ pub mod cli;
 pub mod command;
 pub mod nix;
 pub mod push;
+pub mod state;
 pub mod store;

@@ -1,1 +1,391 @@
 //! Where a binary cache lives: a local directory (`file://`) or an S3 bucket (`s3://`).
+//!
+//! [`Cache`] is the one handle the rest of nixbucket uses: small objects go through
+//! `get`/`put`, NARs through [`Cache::get_stream`] and [`ObjectWriter`], both in constant memory.
+//! Writes are all-or-nothing: an object is either absent or complete, never half written, so
+//! an interrupted push cannot leave a corrupt cache behind.
+
+pub mod file;
+pub mod s3;
+pub mod url;
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+pub use url::{CacheUrl, CacheUrlError};
+
+/// Name prefix of in-progress uploads in a `file://` cache; never listed, never a valid key.
+pub(crate) const TEMP_PREFIX: &str = ".tmp-";
+
+/// Default size of one multipart part (S3 wants at least 5 MiB for all but the last).
+pub const DEFAULT_PART_SIZE: usize = 8 * 1024 * 1024;
+
+/// One object in a cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    pub last_modified: Option<SystemTime>,
+}
+
+/// Settings for [`Cache::open_with`]. `Default` is what [`Cache::open`] uses.
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    /// Fixed S3 credentials instead of the default chain (env, profile, web identity, IMDS).
+    /// `Credentials`' Debug print redacts the secret.
+    pub credentials: Option<aws_credential_types::Credentials>,
+    /// Size of one multipart part; clamped to at least 5 MiB (S3's minimum).
+    pub part_size: usize,
+    /// How many parts of one object may be uploading at once.
+    pub parts_in_flight: usize,
+    /// Page size for ListObjectsV2 (S3 caps it at 1000).
+    pub list_page_size: i32,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            credentials: None,
+            part_size: DEFAULT_PART_SIZE,
+            parts_in_flight: 3,
+            list_page_size: 1000,
+        }
+    }
+}
+
+impl OpenOptions {
+    /// Use this access key pair instead of the default credential chain.
+    pub fn static_credentials(
+        mut self,
+        access_key_id: impl Into<String>,
+        secret_access_key: impl Into<String>,
+    ) -> Self {
+        self.credentials = Some(aws_credential_types::Credentials::new(
+            access_key_id,
+            secret_access_key,
+            None,
+            None,
+            "nixbucket-static",
+        ));
+        self
+    }
+}
+
+/// Why a cache operation failed. Messages name the bucket, endpoint, key or path involved,
+/// and never include secret keys.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cannot {action} '{}': {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid cache key '{key}': {reason}")]
+    InvalidKey { key: String, reason: &'static str },
+    #[error("bucket '{bucket}' does not exist at {endpoint}")]
+    BucketNotFound { bucket: String, endpoint: String },
+    #[error("cannot reach the S3 endpoint {endpoint}: {detail}")]
+    EndpointUnreachable { endpoint: String, detail: String },
+    #[error(
+        "no AWS credentials found for bucket '{bucket}': set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, name a profile (?profile=NAME in the cache URL, or AWS_PROFILE), or run with a web identity or instance role"
+    )]
+    NoCredentials { bucket: String },
+    #[error("could not load AWS credentials from {source_desc} for bucket '{bucket}': {detail}")]
+    CredentialsUnavailable {
+        bucket: String,
+        source_desc: String,
+        detail: String,
+    },
+    #[error(
+        "S3 at {endpoint} refused the credentials from {source_desc} for bucket '{bucket}': {code}: {message}"
+    )]
+    CredentialsRefused {
+        bucket: String,
+        endpoint: String,
+        source_desc: String,
+        code: String,
+        message: String,
+    },
+    #[error("S3 {operation} of s3://{bucket}/{key} failed: {code}: {message}")]
+    S3 {
+        operation: &'static str,
+        bucket: String,
+        key: String,
+        code: String,
+        message: String,
+    },
+    #[error("upload of '{key}' was interrupted: {detail}")]
+    UploadInterrupted { key: String, detail: String },
+}
+
+impl CacheError {
+    fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        CacheError::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Keys are relative `/`-separated paths (`abc.narinfo`, `nar/x.nar.zst`). Refusing `..`,
+/// absolute and empty segments keeps a `file://` cache inside its directory, and both backends
+/// agree on what a key is.
+pub(crate) fn check_key(key: &str) -> Result<(), CacheError> {
+    let bad = |reason| {
+        Err(CacheError::InvalidKey {
+            key: key.to_owned(),
+            reason,
+        })
+    };
+    if key.is_empty() {
+        return bad("empty");
+    }
+    if key.starts_with('/') {
+        return bad("must be relative");
+    }
+    for seg in key.split('/') {
+        match seg {
+            "" => return bad("empty path segment"),
+            "." | ".." => return bad("'.' and '..' are not allowed"),
+            s if s.starts_with(TEMP_PREFIX) => {
+                return bad("names starting with .tmp- are reserved");
+            }
+            s if s.contains('\0') => return bad("contains a NUL byte"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[derive(Clone)]
+enum Backend {
+    File(Arc<file::FileCache>),
+    S3(Arc<s3::S3Cache>),
+}
+
+/// An opened binary cache. Cheap to clone; clones share one connection pool.
+#[derive(Clone)]
+pub struct Cache {
+    url: Arc<CacheUrl>,
+    backend: Backend,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("url", &self.url.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cache {
+    /// Opens the cache with the default credential chain and checks that it is usable:
+    /// S3: the bucket answers (HeadBucket), so a wrong name or key fails here, clearly.
+    /// file: the directory (and `nar/`) exist, created if missing.
+    pub async fn open(url: &CacheUrl) -> Result<Cache, CacheError> {
+        Self::open_with(url, OpenOptions::default()).await
+    }
+
+    pub async fn open_with(url: &CacheUrl, opts: OpenOptions) -> Result<Cache, CacheError> {
+        let backend = match url {
+            CacheUrl::File { root, .. } => {
+                Backend::File(Arc::new(file::FileCache::open(root.clone()).await?))
+            }
+            CacheUrl::S3 { .. } => Backend::S3(Arc::new(s3::S3Cache::open(url, opts).await?)),
+        };
+        Ok(Cache {
+            url: Arc::new(url.clone()),
+            backend,
+        })
+    }
+
+    pub fn url(&self) -> &CacheUrl {
+        &self.url
+    }
+
+    /// Size and age of an object; `None` if it is absent.
+    pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, CacheError> {
+        check_key(key)?;
+        match &self.backend {
+            Backend::File(c) => c.head(key).await,
+            Backend::S3(c) => c.head(key).await,
+        }
+    }
+
+    /// A whole object in memory; meant for small ones (narinfo, nix-cache-info).
+    pub async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
+        check_key(key)?;
+        match &self.backend {
+            Backend::File(c) => c.get(key).await,
+            Backend::S3(c) => c.get(key).await,
+        }
+    }
+
+    /// Writes an object atomically, replacing any previous one.
+    pub async fn put(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), CacheError> {
+        check_key(key)?;
+        match &self.backend {
+            Backend::File(c) => c.put(key, body).await,
+            Backend::S3(c) => c.put(key, body, content_type).await,
+        }
+    }
+
+    /// Writes an object only if none exists under `key`. `true`: this call wrote it.
+    pub async fn put_if_absent(
+        &self,
+        key: &str,
+        body: Bytes,
+        content_type: &str,
+    ) -> Result<bool, CacheError> {
+        check_key(key)?;
+        match &self.backend {
+            Backend::File(c) => c.put_if_absent(key, body).await,
+            Backend::S3(c) => c.put_if_absent(key, body, content_type).await,
+        }
+    }
+
+    /// Removes an object; removing an absent one is not an error.
+    pub async fn delete(&self, key: &str) -> Result<(), CacheError> {
+        check_key(key)?;
+        match &self.backend {
+            Backend::File(c) => c.delete(key).await,
+            Backend::S3(c) => c.delete(key).await,
+        }
+    }
+
+    /// All objects whose key starts with `prefix` (`""` for all), sorted by key.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, CacheError> {
+        let mut v = match &self.backend {
+            Backend::File(c) => c.list(prefix).await?,
+            Backend::S3(c) => c.list(prefix).await?,
+        };
+        v.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(v)
+    }
+
+    /// An object as a stream with its size, for NARs of any size.
+    #[allow(clippy::type_complexity)]
+    pub async fn get_stream(
+        &self,
+        key: &str,
+    ) -> Result<Option<(u64, Pin<Box<dyn tokio::io::AsyncRead + Send>>)>, CacheError> {
+        check_key(key)?;
+        match &self.backend {
+            Backend::File(c) => c.get_stream(key).await,
+            Backend::S3(c) => c.get_stream(key).await,
+        }
+    }
+
+    /// A streaming upload, written from a blocking thread (the NAR pipeline runs in
+    /// `spawn_blocking`). Nothing is visible in the cache until [`ObjectWriter::commit`];
+    /// dropping the writer or calling [`ObjectWriter::abort`] leaves nothing behind.
+    ///
+    /// Must be called inside a tokio runtime: the S3 writer uploads on it.
+    /// An invalid key is reported by the first `write` or by `commit`.
+    pub fn writer(&self, key: &str, content_type: &str) -> ObjectWriter {
+        let inner = match check_key(key) {
+            Err(e) => WriterInner::Failed(Some(e)),
+            Ok(()) => match &self.backend {
+                Backend::File(c) => WriterInner::File(c.writer(key)),
+                Backend::S3(c) => WriterInner::S3(c.writer(key, content_type)),
+            },
+        };
+        ObjectWriter { inner }
+    }
+}
+
+enum WriterInner {
+    File(file::FileWriter),
+    S3(s3::S3Writer),
+    Failed(Option<CacheError>),
+}
+
+/// A streaming upload: `std::io::Write` on a blocking thread, then [`commit`](Self::commit).
+/// Memory stays bounded whatever the object size.
+pub struct ObjectWriter {
+    inner: WriterInner,
+}
+
+impl std::io::Write for ObjectWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match &mut self.inner {
+            WriterInner::File(w) => w.write(buf),
+            WriterInner::S3(w) => w.write(buf),
+            WriterInner::Failed(e) => Err(std::io::Error::other(
+                e.as_ref()
+                    .map_or_else(|| "writer failed".to_owned(), |e| e.to_string()),
+            )),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        // Flushing makes nothing visible; only commit does. Data is pushed out as parts fill.
+        Ok(())
+    }
+}
+
+impl ObjectWriter {
+    /// Makes the object visible, atomically, and returns its size. Blocking: call it from the
+    /// thread that wrote, not from async code.
+    pub fn commit(self) -> Result<u64, CacheError> {
+        match self.inner {
+            WriterInner::File(w) => w.commit(),
+            WriterInner::S3(w) => w.commit(),
+            WriterInner::Failed(mut e) => Err(e.take().unwrap_or(CacheError::UploadInterrupted {
+                key: String::new(),
+                detail: "writer failed".into(),
+            })),
+        }
+    }
+
+    /// Discards everything written. Blocking: for S3 it waits until the multipart upload is
+    /// aborted, so no storage is left billed. (Dropping aborts too, in the background.)
+    pub fn abort(self) {
+        match self.inner {
+            WriterInner::File(w) => w.abort(),
+            WriterInner::S3(w) => w.abort(),
+            WriterInner::Failed(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    #[test]
+    fn open_options_debug_hides_the_secret() {
+        let opts = OpenOptions::default().static_credentials("AKIDEXAMPLE", "s3cr3t-value");
+        let shown = format!("{opts:?}");
+        assert!(shown.contains("AKIDEXAMPLE"), "{shown}");
+        assert!(!shown.contains("s3cr3t-value"), "{shown}");
+    }
+
+    #[rstest]
+    #[case::narinfo("abc.narinfo")]
+    #[case::nar("nar/abc.nar.zst")]
+    #[case::dotfile("log/.x")]
+    fn good_keys(#[case] key: &str) {
+        check_key(key).unwrap();
+    }
+
+    #[rstest]
+    #[case::empty("", "empty")]
+    #[case::absolute("/etc/passwd", "relative")]
+    #[case::dotdot("nar/../../x", "'..'")]
+    #[case::double_slash("nar//x", "empty path segment")]
+    #[case::temp("nar/.tmp-123", "reserved")]
+    fn bad_keys(#[case] key: &str, #[case] reason: &str) {
+        let err = check_key(key).unwrap_err().to_string();
+        assert!(err.contains(reason), "{key}: {err}");
+        assert!(err.contains(&format!("'{key}'")), "{err}");
+    }
+}

@@ -1,3 +1,16 @@
 //! The formats of a Nix binary cache, as Nix 2.x reads them: nixbase32, hashes, store paths,
 //! NAR serialisation, narinfo text and ed25519 signing keys. No I/O beyond reading the path
 //! being serialised, and no async.
+
+pub mod base32;
+pub mod conf;
+pub mod hash;
+pub mod nar;
+pub mod narinfo;
+pub mod signing;
+pub mod store_path;
+
+pub use hash::Sha256;
+pub use narinfo::{Compression, NarInfo, fingerprint};
+pub use signing::{PublicKey, SecretKey, Signature};
+pub use store_path::{STORE_DIR, StorePath};

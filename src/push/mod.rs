@@ -1,1 +1,442 @@
-//! The push pipeline: closure → missing paths → NAR stream → hash, compress, upload → narinfo.
+//! The push pipeline: closure → what the cache lacks → NAR stream → hash, compress, upload →
+//! signed narinfo.
+//!
+//! Two invariants make a cache safe to read at any moment, also with many pushers at once:
+//! a NAR object is keyed by its NarHash and only becomes visible whole (the backend's commit),
+//! and a narinfo is written only after its NAR and after the narinfos of all its references.
+
+mod encode;
+pub mod progress;
+pub mod select;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tokio::sync::{Semaphore, watch};
+
+use crate::cache::{Cache, CacheError, ObjectWriter};
+use crate::nix::hash::Sha256Writer;
+use crate::nix::{Compression, NarInfo, SecretKey, Sha256, StorePath};
+use crate::store::PathInfo;
+use encode::Encoder;
+pub use progress::{ProgressMode, human_bytes};
+
+/// What `nix-cache-info` says for a cache we create.
+pub const CACHE_INFO: &str = "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n";
+
+/// How many existence checks (HEAD requests) run at once.
+const HEAD_CONCURRENCY: usize = 64;
+
+#[derive(Clone, Debug)]
+pub struct PushOptions {
+    pub compression: Compression,
+    pub level: Option<i32>,
+    pub jobs: usize,
+    pub signing_key: Option<Arc<SecretKey>>,
+    pub progress: ProgressMode,
+    /// Set (by a signal handler, say) to stop: no new path starts, NAR streams in flight are
+    /// aborted, and no further narinfo is written.
+    pub cancel: Arc<AtomicBool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error(transparent)]
+    Corrupt(Box<Corruption>),
+    #[error("could not read {path}: {source}")]
+    Nar {
+        path: StorePath,
+        source: crate::nix::nar::NarError,
+    },
+    #[error("could not compress the NAR of {path}: {source}")]
+    Compress {
+        path: StorePath,
+        source: std::io::Error,
+    },
+    #[error("not pushed because its reference {reference} could not be pushed")]
+    ReferenceFailed { reference: StorePath },
+    #[error("an upload worker stopped unexpectedly: {0}")]
+    Worker(String),
+    #[error("interrupted before it was pushed")]
+    Cancelled,
+}
+
+/// A store path whose contents no longer hash to what Nix recorded.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{path} does not match what the Nix store recorded (expected {expected_hash}, {expected_size} bytes; read {actual_hash}, {actual_size} bytes): the store path is corrupt; nothing of it was uploaded (repair it with `nix-store --repair-path {path}`)"
+)]
+pub struct Corruption {
+    pub path: StorePath,
+    pub expected_hash: Sha256,
+    pub expected_size: u64,
+    pub actual_hash: Sha256,
+    pub actual_size: u64,
+}
+
+/// Which paths of a closure the cache still lacks.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub missing: Vec<PathInfo>,
+    pub present: Vec<PathInfo>,
+}
+
+impl Plan {
+    pub fn missing_nar_bytes(&self) -> u64 {
+        self.missing.iter().map(|p| p.nar_size).sum()
+    }
+}
+
+/// One path that landed in the cache.
+#[derive(Clone, Debug)]
+pub struct Pushed {
+    pub path: StorePath,
+    pub nar_size: u64,
+    pub file_size: u64,
+    /// The NAR object was already there (an interrupted or concurrent push) and was reused.
+    pub reused_nar: bool,
+    pub elapsed: Duration,
+}
+
+#[derive(Debug, Default)]
+pub struct PushReport {
+    pub pushed: Vec<Pushed>,
+    pub already_present: usize,
+    pub failed: Vec<(StorePath, PushError)>,
+    pub elapsed: Duration,
+}
+
+impl PushReport {
+    pub fn nar_bytes(&self) -> u64 {
+        self.pushed.iter().map(|p| p.nar_size).sum()
+    }
+    pub fn file_bytes(&self) -> u64 {
+        self.pushed.iter().map(|p| p.file_size).sum()
+    }
+    /// One line for the end of a CI log.
+    pub fn summary(&self, compression: &Compression) -> String {
+        let mut line = format!(
+            "pushed {} paths ({} NAR, {} as {}) in {:.1}s; {} already in the cache",
+            self.pushed.len(),
+            human_bytes(self.nar_bytes()),
+            human_bytes(self.file_bytes()),
+            compression.as_str(),
+            self.elapsed.as_secs_f64(),
+            self.already_present,
+        );
+        let cancelled = self.cancelled();
+        if cancelled > 0 {
+            line.push_str(&format!("; interrupted, {cancelled} not pushed"));
+        }
+        if self.failed.len() > cancelled {
+            line.push_str(&format!("; {} FAILED", self.failed.len() - cancelled));
+        }
+        line
+    }
+
+    /// Paths left out because the push was interrupted.
+    pub fn cancelled(&self) -> usize {
+        self.failed
+            .iter()
+            .filter(|(_, e)| matches!(e, PushError::Cancelled))
+            .count()
+    }
+}
+
+pub fn narinfo_key(path: &StorePath) -> String {
+    format!("{}.narinfo", path.hash_part())
+}
+
+pub fn nar_key(nar_hash: &Sha256, compression: &Compression) -> String {
+    format!(
+        "nar/{}{}",
+        nar_hash.to_nix_base32(),
+        compression.nar_extension()
+    )
+}
+
+/// Asks the cache which narinfos exist, many requests at once.
+pub async fn plan(cache: &Cache, closure: Vec<PathInfo>) -> Result<Plan, PushError> {
+    let checks = futures::stream::iter(closure.into_iter().map(|info| {
+        let cache = cache.clone();
+        async move {
+            let exists = cache.head(&narinfo_key(&info.path)).await?.is_some();
+            Ok::<_, CacheError>((info, exists))
+        }
+    }))
+    .buffer_unordered(HEAD_CONCURRENCY);
+    let results: Vec<_> = checks.collect().await;
+    let mut plan = Plan::default();
+    for result in results {
+        let (info, exists) = result?;
+        if exists {
+            plan.present.push(info)
+        } else {
+            plan.missing.push(info)
+        }
+    }
+    plan.missing.sort_by(|a, b| {
+        b.nar_size
+            .cmp(&a.nar_size)
+            .then_with(|| a.path.cmp(&b.path))
+    });
+    plan.present.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(plan)
+}
+
+/// Writes `nix-cache-info` unless the cache already has one.
+pub async fn ensure_cache_info(cache: &Cache) -> Result<(), PushError> {
+    if cache.head("nix-cache-info").await?.is_none() {
+        cache
+            .put_if_absent("nix-cache-info", CACHE_INFO.into(), "text/x-nix-cache-info")
+            .await?;
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Landed {
+    Pending,
+    Yes,
+    No,
+}
+
+/// Uploads every missing path of `plan`: NARs largest first, `jobs` at a time; each narinfo as
+/// soon as its NAR and its references' narinfos are in. A failed path fails only the paths that
+/// reference it; everything else still lands.
+pub async fn execute(
+    cache: &Cache,
+    plan: Plan,
+    opts: &PushOptions,
+) -> Result<PushReport, PushError> {
+    let started = Instant::now();
+    let already_present = plan.present.len();
+    let total_bytes = plan.missing_nar_bytes();
+    let progress = progress::Progress::start(opts.progress, plan.missing.len() as u64, total_bytes);
+    let counters = progress.counters();
+    if !plan.missing.is_empty() {
+        ensure_cache_info(cache).await?;
+    }
+
+    let mut senders = HashMap::new();
+    let mut receivers = HashMap::new();
+    for info in &plan.missing {
+        let (tx, rx) = watch::channel(Landed::Pending);
+        senders.insert(info.path.clone(), tx);
+        receivers.insert(info.path.clone(), rx);
+    }
+    let jobs = Arc::new(Semaphore::new(opts.jobs.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for info in plan.missing {
+        let landed = senders.remove(&info.path).expect("one sender per path");
+        let waits: Vec<_> = info
+            .references
+            .iter()
+            .filter(|r| **r != info.path)
+            .filter_map(|r| receivers.get(r).map(|rx| (r.clone(), rx.clone())))
+            .collect();
+        let (cache, opts, jobs, counters) =
+            (cache.clone(), opts.clone(), jobs.clone(), counters.clone());
+        tasks.spawn(async move {
+            let path = info.path.clone();
+            let result = push_one(&cache, info, waits, &opts, &jobs, &counters).await;
+            landed.send_replace(if result.is_ok() {
+                Landed::Yes
+            } else {
+                Landed::No
+            });
+            counters.paths_done.fetch_add(1, Ordering::Relaxed);
+            (path, result)
+        });
+    }
+    drop(receivers);
+
+    let mut report = PushReport {
+        already_present,
+        ..Default::default()
+    };
+    while let Some(joined) = tasks.join_next().await {
+        let (path, result) = joined.map_err(|e| PushError::Worker(e.to_string()))?;
+        match result {
+            Ok(pushed) => report.pushed.push(pushed),
+            Err(err) => {
+                // A reference's failure is reported once, at the reference.
+                if !matches!(
+                    err,
+                    PushError::ReferenceFailed { .. } | PushError::Cancelled
+                ) {
+                    progress.println(&format!("error: {path}: {err}"));
+                }
+                report.failed.push((path, err));
+            }
+        }
+    }
+    progress.finish();
+    report.pushed.sort_by(|a, b| a.path.cmp(&b.path));
+    report.failed.sort_by(|a, b| a.0.cmp(&b.0));
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+async fn push_one(
+    cache: &Cache,
+    info: PathInfo,
+    waits: Vec<(StorePath, watch::Receiver<Landed>)>,
+    opts: &PushOptions,
+    jobs: &Semaphore,
+    counters: &Arc<progress::Counters>,
+) -> Result<Pushed, PushError> {
+    let started = Instant::now();
+    let key = nar_key(&info.nar_hash, &opts.compression);
+    let cancelled = || opts.cancel.load(Ordering::Relaxed);
+    let (file_hash, file_size, reused_nar) = {
+        let _slot = jobs
+            .acquire()
+            .await
+            .map_err(|e| PushError::Worker(e.to_string()))?;
+        if cancelled() {
+            return Err(PushError::Cancelled);
+        }
+        match cache.head(&key).await? {
+            // Content-keyed: an object under this name holds this NAR, whole.
+            Some(existing) => {
+                counters
+                    .nar_bytes
+                    .fetch_add(info.nar_size, Ordering::Relaxed);
+                (None, existing.size, true)
+            }
+            None => {
+                let writer = cache.writer(&key, "application/x-nix-nar");
+                let (info2, opts2, counters) = (info.clone(), opts.clone(), counters.clone());
+                let (hash, size) = tokio::task::spawn_blocking(move || {
+                    stream_nar(&info2, writer, &opts2, &counters.nar_bytes)
+                })
+                .await
+                .map_err(|e| PushError::Worker(e.to_string()))??;
+                (Some(hash), size, false)
+            }
+        }
+    };
+
+    for (reference, mut rx) in waits {
+        let state = *rx
+            .wait_for(|s| *s != Landed::Pending)
+            .await
+            .map_err(|e| PushError::Worker(e.to_string()))?;
+        if state == Landed::No {
+            return Err(PushError::ReferenceFailed { reference });
+        }
+    }
+    if cancelled() {
+        return Err(PushError::Cancelled);
+    }
+
+    let mut narinfo = NarInfo {
+        store_path: info.path.clone(),
+        url: key,
+        compression: opts.compression.clone(),
+        file_hash,
+        file_size: Some(file_size),
+        nar_hash: info.nar_hash,
+        nar_size: info.nar_size,
+        references: info.references.clone(),
+        deriver: info.deriver.clone(),
+        signatures: info.signatures.clone(),
+        ca: info.ca.clone(),
+    };
+    if let Some(key) = &opts.signing_key {
+        narinfo.sign(key);
+    }
+    cache
+        .put(
+            &narinfo_key(&info.path),
+            narinfo.to_string().into(),
+            "text/x-nix-narinfo",
+        )
+        .await?;
+    Ok(Pushed {
+        path: info.path,
+        nar_size: info.nar_size,
+        file_size,
+        reused_nar,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Counts NAR bytes for the progress display as they stream past, and stops the stream when
+/// the push is cancelled.
+struct Counting<'a, W> {
+    inner: W,
+    counter: &'a AtomicU64,
+    cancel: &'a AtomicBool,
+}
+
+impl<W: Write> Write for Counting<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "the push was interrupted",
+            ));
+        }
+        let n = self.inner.write(buf)?;
+        self.counter.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Runs on a blocking thread: store path → NAR → SHA-256 → compress → SHA-256 → upload.
+/// The object is committed only if the NAR matches what the store recorded.
+fn stream_nar(
+    info: &PathInfo,
+    writer: ObjectWriter,
+    opts: &PushOptions,
+    counter: &AtomicU64,
+) -> Result<(Sha256, u64), PushError> {
+    let path = &info.path;
+    let compress_err = |source| PushError::Compress {
+        path: path.clone(),
+        source,
+    };
+    let file_hasher = Sha256Writer::new(writer);
+    let encoder = Encoder::new(&opts.compression, opts.level, info.nar_size, file_hasher)
+        .map_err(compress_err)?;
+    let mut nar = Sha256Writer::new(Counting {
+        inner: encoder,
+        counter,
+        cancel: &opts.cancel,
+    });
+    // On any error below the writer is dropped, which aborts the upload.
+    let dumped = crate::nix::nar::dump_path(std::path::Path::new(&path.to_absolute()), &mut nar);
+    if opts.cancel.load(Ordering::Relaxed) {
+        return Err(PushError::Cancelled);
+    }
+    dumped.map_err(|source| PushError::Nar {
+        path: path.clone(),
+        source,
+    })?;
+    let (counting, nar_hash, nar_size) = nar.finish();
+    let file_hasher = counting.inner.finish().map_err(compress_err)?;
+    let (writer, file_hash, _) = file_hasher.finish();
+    if nar_hash != info.nar_hash || nar_size != info.nar_size {
+        writer.abort();
+        return Err(PushError::Corrupt(Box::new(Corruption {
+            path: path.clone(),
+            expected_hash: info.nar_hash,
+            expected_size: info.nar_size,
+            actual_hash: nar_hash,
+            actual_size: nar_size,
+        })));
+    }
+    let size = writer.commit()?;
+    Ok((file_hash, size))
+}

@@ -1,1 +1,12 @@
-//! What the local Nix store knows: path metadata from `nix path-info`, the set of valid paths.
+//! What the local Nix store knows: path metadata from `nix path-info`, and turning what a user
+//! typed (`./result`, a file inside a store path) into store paths.
+
+mod nix_env;
+mod path_info;
+mod resolve;
+mod snapshot;
+
+pub use nix_env::{NixEnv, system_conf_path, user_conf_path};
+pub use path_info::{PathInfo, StoreError, query_path_info, query_valid_path_info};
+pub use resolve::{ResolveError, resolve_store_path};
+pub use snapshot::{SnapshotError, added_since, read_store_dir};

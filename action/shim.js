@@ -1,0 +1,379 @@
+'use strict';
+// The action's JavaScript does one thing: put a nixbucket binary within reach
+// and run `nixbucket github-action main|post` with the step's environment,
+// exiting with its code. Everything the action means (inputs, state, outputs,
+// masking, the summary) lives in the Rust binary, so that it is tested once and
+// behaves the same as the CLI. Only node: built-ins are used: an action's
+// JavaScript runs from the checked-out repository, with no npm install.
+
+const crypto = require('node:crypto');
+const fs = require('node:fs');
+const http = require('node:http');
+const https = require('node:https');
+const os = require('node:os');
+const path = require('node:path');
+const { spawn, spawnSync } = require('node:child_process');
+
+/** The action's own source tree: action.yml and Cargo.toml sit one level up. */
+const ACTION_DIR = path.resolve(__dirname, '..');
+
+/** The state entry in which `main` tells `post` which binary it ran. */
+const BINARY_STATE = 'shim-binary';
+
+const TARGETS = {
+  'linux-x64': 'x86_64-unknown-linux-musl',
+  'linux-arm64': 'aarch64-unknown-linux-musl',
+  'darwin-x64': 'x86_64-apple-darwin',
+  'darwin-arm64': 'aarch64-apple-darwin',
+};
+
+/** The Rust target triple that release.yml builds for a Node platform and arch. */
+function targetTriple(platform, arch) {
+  const triple = TARGETS[`${platform}-${arch}`];
+  if (!triple) {
+    throw new Error(
+      `no nixbucket build for ${platform}/${arch}: Nix runners are Linux or macOS on x64 or arm64`,
+    );
+  }
+  return triple;
+}
+
+/** The release asset name for a platform and arch; its checksum is `<name>.sha256`. */
+function assetName(platform, arch) {
+  return `nixbucket-${targetTriple(platform, arch)}`;
+}
+
+/**
+ * The `version` of the `[package]` table of a Cargo.toml. The release tag the
+ * shim downloads from is `v<version>`, so the binary matches the source this
+ * JavaScript came from, whichever ref (tag, branch or commit) the workflow used.
+ */
+function cargoPackageVersion(cargoToml) {
+  let table = null;
+  for (const raw of cargoToml.split(/\r?\n/)) {
+    const line = raw.replace(/^\s+|\s+$/g, '');
+    const header = /^\[([^\]]+)\]$/.exec(line);
+    if (header) {
+      table = header[1].trim();
+      continue;
+    }
+    if (table !== 'package') continue;
+    const version = /^version\s*=\s*"([^"]+)"/.exec(line);
+    if (version) return version[1];
+    if (/^version\s*\.\s*workspace\s*=/.test(line)) {
+      throw new Error('Cargo.toml takes its version from a workspace; the shim needs it spelled out');
+    }
+  }
+  throw new Error('Cargo.toml has no [package] version');
+}
+
+/**
+ * Which GitHub release holds the binary for this action, or null when there is
+ * none to download: an action used by path (`uses: ./`) has no repository of
+ * its own in the environment and is built from the checked-out source instead.
+ */
+function releaseFor({ actionRepository, version }) {
+  if (!actionRepository) return null;
+  if (!/^[A-Za-z0-9][A-Za-z0-9-]*\/(?!\.\.?$)[A-Za-z0-9_.-]+$/.test(actionRepository)) {
+    throw new Error(`GITHUB_ACTION_REPOSITORY is not owner/name: ${actionRepository}`);
+  }
+  return { repository: actionRepository, tag: `v${version}` };
+}
+
+function releaseAssetUrl(serverUrl, { repository, tag }, asset) {
+  const base = (serverUrl || 'https://github.com').replace(/\/+$/, '');
+  return `${base}/${repository}/releases/download/${encodeURIComponent(tag)}/${asset}`;
+}
+
+/**
+ * The digest in a `.sha256` file as sha256sum or `shasum -a 256` writes it
+ * (`<hex>  <name>`, `<hex> *<name>`, or the bare hex). A file that names a
+ * different asset is refused: it would vouch for the wrong binary.
+ */
+function parseSha256File(text, asset) {
+  const fields = text.trim().split(/\s+/);
+  const hex = (fields[0] || '').toLowerCase();
+  if (!/^[0-9a-f]{64}$/.test(hex)) {
+    throw new ChecksumError(`${asset}.sha256 does not start with a SHA-256 hex digest`);
+  }
+  if (fields.length > 1) {
+    const named = path.basename(fields[1].replace(/^\*/, ''));
+    if (named !== asset) {
+      throw new ChecksumError(`${asset}.sha256 is the checksum of ${named}, not of ${asset}`);
+    }
+  }
+  return hex;
+}
+
+/** Where a downloaded release binary is kept between jobs on the same runner. */
+function toolCacheDir(toolCacheRoot, version, arch) {
+  return path.join(toolCacheRoot, 'nixbucket', version, arch);
+}
+
+function isExecutableFile(file) {
+  try {
+    if (!fs.statSync(file).isFile()) return false;
+    fs.accessSync(file, fs.constants.X_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The first executable `name` on a PATH string, or null. */
+function findOnPath(name, pathVar) {
+  for (const dir of (pathVar || '').split(path.delimiter)) {
+    if (!dir) continue;
+    const candidate = path.join(dir, name);
+    if (isExecutableFile(candidate)) return candidate;
+  }
+  return null;
+}
+
+/** The exit code to report for a child that exited with `code` or died of `signal`. */
+function exitCodeOf(code, signal) {
+  if (code !== null && code !== undefined) return code;
+  const number = signal ? os.constants.signals[signal] : undefined;
+  return number ? 128 + number : 1;
+}
+
+/** The release's checksum file is malformed or does not match: never fall back quietly. */
+class ChecksumError extends Error {}
+
+class HttpStatusError extends Error {
+  constructor(url, status) {
+    super(`GET ${url} answered HTTP ${status}`);
+    this.status = status;
+  }
+}
+
+/** GET a URL into memory, following redirects but never from https to http. */
+function httpGet(url, redirectsLeft = 5) {
+  return new Promise((resolve, reject) => {
+    const parsed = new URL(url);
+    const client = parsed.protocol === 'https:' ? https : parsed.protocol === 'http:' ? http : null;
+    if (!client) {
+      reject(new Error(`cannot download ${url}: only http and https are supported`));
+      return;
+    }
+    const request = client.get(parsed, { headers: { 'user-agent': 'nixbucket-action' } }, (response) => {
+      const status = response.statusCode || 0;
+      if (status >= 300 && status < 400 && response.headers.location) {
+        response.resume();
+        const next = new URL(response.headers.location, parsed);
+        if (redirectsLeft <= 0) {
+          reject(new Error(`too many redirects fetching ${url}`));
+        } else if (parsed.protocol === 'https:' && next.protocol !== 'https:') {
+          reject(new Error(`refusing a redirect from ${url} to a plain-http address`));
+        } else {
+          httpGet(next.href, redirectsLeft - 1).then(resolve, reject);
+        }
+        return;
+      }
+      if (status !== 200) {
+        response.resume();
+        reject(new HttpStatusError(url, status));
+        return;
+      }
+      const chunks = [];
+      response.on('data', (chunk) => chunks.push(chunk));
+      response.on('end', () => resolve(Buffer.concat(chunks)));
+      response.on('error', reject);
+    });
+    request.setTimeout(120_000, () => request.destroy(new Error(`timed out fetching ${url}`)));
+    request.on('error', reject);
+  });
+}
+
+function sha256Hex(bytes) {
+  return crypto.createHash('sha256').update(bytes).digest('hex');
+}
+
+/**
+ * Download a release binary and its `.sha256` into `dir`, checking the digest
+ * before the file becomes executable. Returns the binary's path, or null when
+ * the release or the asset does not exist (an unreleased version). A digest
+ * that does not match is an error, never a reason to fall back quietly.
+ */
+async function downloadVerified(baseUrl, asset, dir) {
+  let expected;
+  let bytes;
+  try {
+    expected = parseSha256File((await httpGet(`${baseUrl}.sha256`)).toString('utf8'), asset);
+    bytes = await httpGet(baseUrl);
+  } catch (err) {
+    if (err instanceof HttpStatusError && err.status === 404) return null;
+    throw err;
+  }
+  const actual = sha256Hex(bytes);
+  if (actual !== expected) {
+    throw new ChecksumError(`checksum mismatch for ${baseUrl}: expected ${expected}, got ${actual}`);
+  }
+  fs.mkdirSync(dir, { recursive: true });
+  const binary = path.join(dir, 'nixbucket');
+  // Write beside the final name and rename, so a concurrent job on the same
+  // runner never sees a half-written binary.
+  const partial = `${binary}.${process.pid}.partial`;
+  fs.writeFileSync(partial, bytes, { mode: 0o755 });
+  fs.renameSync(partial, binary);
+  fs.writeFileSync(`${binary}.sha256`, `${expected}  ${asset}\n`);
+  return binary;
+}
+
+/** A cached binary whose recorded digest still matches, or null. */
+function cachedBinary(dir) {
+  const binary = path.join(dir, 'nixbucket');
+  try {
+    const expected = fs.readFileSync(`${binary}.sha256`, 'utf8').trim().split(/\s+/)[0];
+    if (isExecutableFile(binary) && sha256Hex(fs.readFileSync(binary)) === expected) return binary;
+  } catch {
+    // No record yet: not cached.
+  }
+  return null;
+}
+
+/** Workflow-command logging; data is escaped so it cannot end the command early. */
+function escapeData(text) {
+  return String(text).replace(/%/g, '%25').replace(/\r/g, '%0D').replace(/\n/g, '%0A');
+}
+
+const log = {
+  info: (message) => process.stdout.write(`${message}${os.EOL}`),
+  debug: (message) => process.stdout.write(`::debug::${escapeData(message)}${os.EOL}`),
+  notice: (message) => process.stdout.write(`::notice::${escapeData(message)}${os.EOL}`),
+  warning: (message) => process.stdout.write(`::warning::${escapeData(message)}${os.EOL}`),
+  error: (message) => process.stdout.write(`::error::${escapeData(message)}${os.EOL}`),
+};
+
+/** Append `name=value` to the GITHUB_STATE file, which the post step reads as STATE_<name>. */
+function saveState(env, name, value) {
+  if (!env.GITHUB_STATE || /[\r\n]/.test(value)) return;
+  fs.appendFileSync(env.GITHUB_STATE, `${name}=${value}${os.EOL}`);
+}
+
+function buildFromSource(env, version) {
+  const cargo = findOnPath('cargo', env.PATH);
+  if (!cargo) {
+    throw new Error(
+      'no nixbucket binary: none given in the `binary` input, none on PATH, no release ' +
+        `binary for v${version}, and no cargo to build one from the action's source`,
+    );
+  }
+  const root = path.join(env.RUNNER_TEMP || os.tmpdir(), 'nixbucket-from-source', version);
+  log.info(`::group::Building nixbucket ${version} from the action's source with cargo`);
+  const result = spawnSync(cargo, ['install', '--locked', '--path', ACTION_DIR, '--root', root], {
+    stdio: 'inherit',
+    env,
+  });
+  log.info('::endgroup::');
+  if (result.error) throw new Error(`could not run cargo: ${result.error.message}`);
+  if (result.status !== 0) {
+    throw new Error(`cargo install --path ${ACTION_DIR} failed with exit code ${exitCodeOf(result.status, result.signal)}`);
+  }
+  return path.join(root, 'bin', 'nixbucket');
+}
+
+/**
+ * Find the binary to run, in the order the README promises: the `binary`
+ * input, what `main` used (for `post`), `nixbucket` on PATH, the release
+ * binary of this action's version (cached in the runner's tool cache), and
+ * last a build from the action's own source.
+ */
+async function resolveBinary(phase, env = process.env, platform = process.platform, arch = process.arch) {
+  if (platform !== 'linux' && platform !== 'darwin') {
+    throw new Error(`nixbucket runs on Linux and macOS runners; this one is ${platform}`);
+  }
+  const explicit = (env.INPUT_BINARY || '').trim();
+  if (explicit) {
+    const binary = path.resolve(env.GITHUB_WORKSPACE || process.cwd(), explicit);
+    if (!isExecutableFile(binary)) {
+      throw new Error(`the binary input names ${binary}, which is not an executable file`);
+    }
+    return binary;
+  }
+  if (phase === 'post') {
+    const fromMain = env[`STATE_${BINARY_STATE}`];
+    if (fromMain && isExecutableFile(fromMain)) return fromMain;
+  }
+  const onPath = findOnPath('nixbucket', env.PATH);
+  if (onPath) {
+    log.debug(`using nixbucket from PATH: ${onPath}`);
+    return onPath;
+  }
+
+  const version = cargoPackageVersion(fs.readFileSync(path.join(ACTION_DIR, 'Cargo.toml'), 'utf8'));
+  const release = releaseFor({ actionRepository: env.GITHUB_ACTION_REPOSITORY, version });
+  if (release) {
+    const asset = assetName(platform, arch);
+    const dir = toolCacheDir(env.RUNNER_TOOL_CACHE || path.join(os.tmpdir(), 'nixbucket-tool-cache'), version, arch);
+    const cached = cachedBinary(dir);
+    if (cached) {
+      log.debug(`using the cached release binary ${cached}`);
+      return cached;
+    }
+    const url = releaseAssetUrl(env.GITHUB_SERVER_URL, release, asset);
+    try {
+      const downloaded = await downloadVerified(url, asset, dir);
+      if (downloaded) {
+        log.info(`Downloaded ${asset} from release ${release.tag} of ${release.repository} (checksum verified)`);
+        return downloaded;
+      }
+      log.notice(`release ${release.tag} of ${release.repository} has no ${asset}; building nixbucket from source`);
+    } catch (err) {
+      if (err instanceof ChecksumError) throw err;
+      log.warning(`could not download ${url}: ${err.message}; building nixbucket from source`);
+    }
+  }
+  return buildFromSource(env, version);
+}
+
+/**
+ * Run one phase of the action: find the binary, then hand the step over to
+ * `nixbucket github-action <phase>` with the environment as GitHub set it
+ * (INPUT_*, GITHUB_STATE, GITHUB_OUTPUT, …) and exit with its code.
+ */
+async function runPhase(phase, env = process.env) {
+  let binary;
+  try {
+    binary = await resolveBinary(phase, env);
+  } catch (err) {
+    log.error(`nixbucket: ${err.message}`);
+    process.exitCode = 1;
+    return;
+  }
+  if (phase === 'main') saveState(env, BINARY_STATE, binary);
+
+  const child = spawn(binary, ['github-action', phase], { stdio: 'inherit', env });
+  // A cancelled job signals this process; the binary must hear it too, to
+  // abort its uploads cleanly instead of being orphaned.
+  const forward = (signal) => child.kill(signal);
+  process.on('SIGINT', forward);
+  process.on('SIGTERM', forward);
+  child.on('error', (err) => {
+    log.error(`nixbucket: could not start ${binary}: ${err.message}`);
+    process.exitCode = 1;
+  });
+  child.on('exit', (code, signal) => {
+    process.removeListener('SIGINT', forward);
+    process.removeListener('SIGTERM', forward);
+    process.exitCode = exitCodeOf(code, signal);
+  });
+}
+
+module.exports = {
+  BINARY_STATE,
+  ChecksumError,
+  assetName,
+  cargoPackageVersion,
+  downloadVerified,
+  escapeData,
+  exitCodeOf,
+  findOnPath,
+  parseSha256File,
+  releaseAssetUrl,
+  releaseFor,
+  resolveBinary,
+  runPhase,
+  targetTriple,
+  toolCacheDir,
+};

@@ -1,0 +1,307 @@
+//! A cache in a local directory (`file:///dir`), laid out exactly as Nix's `file://` store
+//! reads it. Every write goes to a `.tmp-<random>` file in the destination's own directory and
+//! is renamed (or hard-linked, for put-if-absent) into place, so a reader sees either nothing or
+//! the whole object, and a crash leaves at most an unlisted temp file.
+
+use std::fs::File;
+use std::io::{BufWriter, ErrorKind, Write};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+
+use super::{CacheError, ObjectInfo, TEMP_PREFIX};
+
+/// Large writes mean few syscalls for multi-GiB NARs; 1 MiB is still small next to S3 parts.
+const WRITE_BUFFER: usize = 1024 * 1024;
+
+pub(crate) struct FileCache {
+    root: PathBuf,
+}
+
+/// Runs blocking filesystem work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, CacheError> + Send + 'static,
+) -> Result<T, CacheError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => Err(CacheError::UploadInterrupted {
+            key: String::new(),
+            detail: format!("filesystem task failed: {e}"),
+        }),
+    }
+}
+
+fn temp_path(dir: &Path) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut rnd = [0u8; 8];
+    // Uniqueness only matters within one directory; pid and a counter cover a failing RNG.
+    let n = match getrandom::fill(&mut rnd) {
+        Ok(()) => u64::from_le_bytes(rnd),
+        Err(_) => u64::from(std::process::id()) << 32 | COUNTER.fetch_add(1, Ordering::Relaxed),
+    };
+    dir.join(format!("{TEMP_PREFIX}{n:016x}"))
+}
+
+fn parent_of(path: &Path) -> &Path {
+    path.parent().unwrap_or(Path::new("/"))
+}
+
+/// Writes `body` to a fresh temp file next to `dest`, synced to disk, and returns its path.
+fn write_temp(dest: &Path, body: &[u8]) -> Result<PathBuf, CacheError> {
+    let dir = parent_of(dest);
+    std::fs::create_dir_all(dir).map_err(|e| CacheError::io("create directory", dir, e))?;
+    let tmp = temp_path(dir);
+    let result = (|| {
+        let mut f = File::create_new(&tmp)?;
+        f.write_all(body)?;
+        f.sync_all()
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(CacheError::io("write", tmp, e));
+    }
+    Ok(tmp)
+}
+
+fn info(key: String, meta: &std::fs::Metadata) -> ObjectInfo {
+    ObjectInfo {
+        key,
+        size: meta.len(),
+        last_modified: meta.modified().ok(),
+    }
+}
+
+impl FileCache {
+    pub(crate) async fn open(root: PathBuf) -> Result<FileCache, CacheError> {
+        blocking(move || {
+            let nar = root.join("nar");
+            std::fs::create_dir_all(&nar)
+                .map_err(|e| CacheError::io("create cache directory", &nar, e))?;
+            Ok(FileCache { root })
+        })
+        .await
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+
+    pub(crate) async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, CacheError> {
+        let path = self.path(key);
+        match tokio::fs::metadata(&path).await {
+            Ok(m) if m.is_file() => Ok(Some(info(key.to_owned(), &m))),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(CacheError::io("read metadata of", path, e)),
+        }
+    }
+
+    pub(crate) async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
+        let path = self.path(key);
+        match tokio::fs::read(&path).await {
+            Ok(b) => Ok(Some(Bytes::from(b))),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(CacheError::io("read", path, e)),
+        }
+    }
+
+    pub(crate) async fn put(&self, key: &str, body: Bytes) -> Result<(), CacheError> {
+        let dest = self.path(key);
+        blocking(move || {
+            let tmp = write_temp(&dest, &body)?;
+            std::fs::rename(&tmp, &dest).map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                CacheError::io("rename into place", &dest, e)
+            })
+        })
+        .await
+    }
+
+    pub(crate) async fn put_if_absent(&self, key: &str, body: Bytes) -> Result<bool, CacheError> {
+        let dest = self.path(key);
+        blocking(move || {
+            let tmp = write_temp(&dest, &body)?;
+            // link(2) fails if the target exists: an atomic create-if-absent on any POSIX fs.
+            let linked = std::fs::hard_link(&tmp, &dest);
+            let _ = std::fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(CacheError::io("link into place", &dest, e)),
+            }
+        })
+        .await
+    }
+
+    pub(crate) async fn delete(&self, key: &str) -> Result<(), CacheError> {
+        let path = self.path(key);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(CacheError::io("delete", path, e)),
+        }
+    }
+
+    pub(crate) async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, CacheError> {
+        let root = self.root.clone();
+        let prefix = prefix.to_owned();
+        blocking(move || {
+            // Only the directory named by the prefix's complete segments can hold matches.
+            let start = match prefix.rfind('/') {
+                Some(i) => &prefix[..i],
+                None => "",
+            };
+            let mut out = Vec::new();
+            let mut dirs = vec![(root.join(start), start.to_owned())];
+            while let Some((dir, rel)) = dirs.pop() {
+                let entries = match std::fs::read_dir(&dir) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == ErrorKind::NotFound && dir != root => continue,
+                    Err(e) => return Err(CacheError::io("list", dir, e)),
+                };
+                for entry in entries {
+                    let entry = entry.map_err(|e| CacheError::io("list", &dir, e))?;
+                    // Names that are not UTF-8 cannot be S3-style keys; they are not ours.
+                    let Ok(name) = entry.file_name().into_string() else {
+                        continue;
+                    };
+                    if name.starts_with(TEMP_PREFIX) {
+                        continue;
+                    }
+                    let key = if rel.is_empty() {
+                        name
+                    } else {
+                        format!("{rel}/{name}")
+                    };
+                    let path = entry.path();
+                    let ft = entry
+                        .file_type()
+                        .map_err(|e| CacheError::io("list", &path, e))?;
+                    if ft.is_dir() {
+                        // Descend only where a match can still be found.
+                        if key.starts_with(&prefix) || prefix.starts_with(&format!("{key}/")) {
+                            dirs.push((path, key));
+                        }
+                        continue;
+                    }
+                    if !key.starts_with(&prefix) {
+                        continue;
+                    }
+                    // Follows symlinks; a dangling one is skipped like any non-object.
+                    match std::fs::metadata(&path) {
+                        Ok(m) if m.is_file() => out.push(info(key, &m)),
+                        Ok(_) => {}
+                        Err(e) if e.kind() == ErrorKind::NotFound => {}
+                        Err(e) => return Err(CacheError::io("read metadata of", path, e)),
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    #[allow(clippy::type_complexity)]
+    pub(crate) async fn get_stream(
+        &self,
+        key: &str,
+    ) -> Result<Option<(u64, Pin<Box<dyn tokio::io::AsyncRead + Send>>)>, CacheError> {
+        let path = self.path(key);
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(CacheError::io("open", path, e)),
+        };
+        let meta = file
+            .metadata()
+            .await
+            .map_err(|e| CacheError::io("read metadata of", &path, e))?;
+        if !meta.is_file() {
+            return Ok(None);
+        }
+        Ok(Some((meta.len(), Box::pin(file))))
+    }
+
+    pub(crate) fn writer(&self, key: &str) -> FileWriter {
+        FileWriter {
+            dest: self.path(key),
+            tmp: None,
+            size: 0,
+        }
+    }
+}
+
+/// Streams into a temp file beside the destination; created on first write so that making
+/// a writer never blocks the async caller.
+pub(crate) struct FileWriter {
+    dest: PathBuf,
+    tmp: Option<(PathBuf, BufWriter<File>)>,
+    size: u64,
+}
+
+impl FileWriter {
+    fn ensure_tmp(&mut self) -> Result<(), CacheError> {
+        if self.tmp.is_none() {
+            let dir = parent_of(&self.dest);
+            std::fs::create_dir_all(dir).map_err(|e| CacheError::io("create directory", dir, e))?;
+            let path = temp_path(dir);
+            let f = File::create_new(&path).map_err(|e| CacheError::io("create", &path, e))?;
+            self.tmp = Some((path, BufWriter::with_capacity(WRITE_BUFFER, f)));
+        }
+        Ok(())
+    }
+
+    fn interrupted(&self) -> CacheError {
+        CacheError::UploadInterrupted {
+            key: self.dest.display().to_string(),
+            detail: "temp file vanished".into(),
+        }
+    }
+
+    pub(crate) fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.ensure_tmp().map_err(std::io::Error::other)?;
+        let Some((_, w)) = &mut self.tmp else {
+            return Err(std::io::Error::other(self.interrupted()));
+        };
+        let n = w.write(buf)?;
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    pub(crate) fn commit(mut self) -> Result<u64, CacheError> {
+        self.ensure_tmp()?;
+        let Some((path, w)) = self.tmp.take() else {
+            return Err(self.interrupted());
+        };
+        let result = (|| {
+            let f = w
+                .into_inner()
+                .map_err(|e| CacheError::io("write", &path, e.into_error()))?;
+            f.sync_all()
+                .map_err(|e| CacheError::io("write", &path, e))?;
+            std::fs::rename(&path, &self.dest)
+                .map_err(|e| CacheError::io("rename into place", &self.dest, e))
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&path);
+        }
+        result.map(|()| self.size)
+    }
+
+    pub(crate) fn abort(self) {
+        drop(self)
+    }
+}
+
+impl Drop for FileWriter {
+    fn drop(&mut self) {
+        if let Some((path, w)) = self.tmp.take() {
+            // Skip flushing what is about to be deleted.
+            let (f, _) = w.into_parts();
+            drop(f);
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}

@@ -1,0 +1,862 @@
+//! A cache in an S3 bucket (AWS or any S3-compatible store), read and written with the AWS SDK.
+//!
+//! Errors are translated here, once, from the SDK's error metadata into [`CacheError`]s a user
+//! can act on: which bucket, which endpoint, which credential source, what S3 said.
+//!
+//! Streaming uploads ([`S3Writer`]) run in two halves: the blocking writer fills part buffers
+//! and hands them over a channel of capacity 1 to one async task, which keeps at most
+//! `parts_in_flight` UploadPart calls running. Memory is bounded by
+//! `(parts_in_flight + 2) * part_size` whatever the object size.
+
+use std::error::Error as StdError;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use aws_config::BehaviorVersion;
+use aws_config::meta::region::RegionProviderChain;
+use aws_credential_types::provider::error::CredentialsError;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use bytes::Bytes;
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+
+use super::{CacheError, CacheUrl, ObjectInfo, OpenOptions};
+
+/// S3's smallest allowed part (all parts but the last).
+const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
+/// S3's largest part number.
+const MAX_PARTS: i32 = 10_000;
+
+/// S3 error codes that mean "these credentials are not accepted here".
+const CREDENTIAL_CODES: &[&str] = &[
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AccessDenied",
+    "InvalidToken",
+    "ExpiredToken",
+    "TokenRefreshRequired",
+    "InvalidSecurity",
+    "NotSignedUp",
+];
+
+/// What every request needs to know to do its work and to explain its failures.
+struct Ctx {
+    client: Client,
+    bucket: String,
+    /// For messages: the custom endpoint URL, or AWS S3 with its region.
+    endpoint: String,
+    /// For messages: where the credentials came from (never the credentials themselves).
+    cred_source: String,
+}
+
+pub(crate) struct S3Cache {
+    ctx: Arc<Ctx>,
+    part_size: usize,
+    parts_in_flight: usize,
+    list_page_size: i32,
+    /// Cleared when the store answers NotImplemented to `If-None-Match: *`.
+    conditional_writes: AtomicBool,
+}
+
+/// Describes which source of the default chain will provide credentials, in the chain's order.
+fn credential_source(opts: &OpenOptions, profile: Option<&str>) -> String {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    if opts.credentials.is_some() {
+        "the static credentials given to nixbucket".to_owned()
+    } else if let Some(p) = profile {
+        format!("profile '{p}' (named in the cache URL)")
+    } else if env("AWS_ACCESS_KEY_ID").is_some() {
+        "environment variables AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY".to_owned()
+    } else if let Some(p) = env("AWS_PROFILE") {
+        format!("profile '{p}' (from AWS_PROFILE)")
+    } else if env("AWS_WEB_IDENTITY_TOKEN_FILE").is_some() {
+        "web identity (AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN)".to_owned()
+    } else {
+        "the default chain (profile 'default' in ~/.aws, then container or instance role)"
+            .to_owned()
+    }
+}
+
+/// The innermost message of an error chain: usually the one that says what really happened
+/// ("Connection refused"), where outer layers only say "dispatch failure".
+fn root_cause(err: &(dyn StdError + 'static)) -> String {
+    let mut cur = err;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+fn find_credentials_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a CredentialsError> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(c) = e.downcast_ref::<CredentialsError>() {
+            return Some(c);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+/// Code, message and HTTP status of a service error. HEAD responses carry no body, so the
+/// code is then derived from the status.
+fn service_details<E: ProvideErrorMetadata>(
+    err: &SdkError<E, HttpResponse>,
+) -> Option<(u16, String, String)> {
+    let SdkError::ServiceError(ctx) = err else {
+        return None;
+    };
+    let status = ctx.raw().status().as_u16();
+    let e = ctx.err();
+    let (code, message) = match (e.code(), e.message()) {
+        (Some(c), m) => (c.to_owned(), m.unwrap_or("").to_owned()),
+        (None, _) => {
+            let code = match status {
+                301 => "PermanentRedirect",
+                403 => "AccessDenied",
+                404 => "NotFound",
+                412 => "PreconditionFailed",
+                501 => "NotImplemented",
+                _ => "UnknownError",
+            };
+            (code.to_owned(), format!("HTTP status {status}"))
+        }
+    };
+    let message = match ctx.raw().headers().get("x-amz-bucket-region") {
+        Some(r) if status == 301 || code == "PermanentRedirect" => {
+            format!("the bucket is in region {r}; add region={r} to the cache URL")
+        }
+        _ => message,
+    };
+    Some((status, code, message))
+}
+
+/// What a bare error code means, for stores that send no message with it.
+fn code_hint(code: &str) -> &'static str {
+    match code {
+        "SignatureDoesNotMatch" => "the secret access key does not belong to this access key id",
+        "InvalidAccessKeyId" => "this access key id is unknown to the store",
+        "AccessDenied" => "the credentials lack permission for this bucket or operation",
+        "ExpiredToken" | "TokenRefreshRequired" => "the session token has expired",
+        "InvalidToken" => "the session token is malformed or invalid",
+        _ => "(no message from the store)",
+    }
+}
+
+impl Ctx {
+    fn error<E>(
+        &self,
+        operation: &'static str,
+        key: &str,
+        err: SdkError<E, HttpResponse>,
+    ) -> CacheError
+    where
+        E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
+    {
+        if let Some(c) = find_credentials_error(&err) {
+            return match c {
+                CredentialsError::CredentialsNotLoaded(_) => CacheError::NoCredentials {
+                    bucket: self.bucket.clone(),
+                },
+                other => CacheError::CredentialsUnavailable {
+                    bucket: self.bucket.clone(),
+                    source_desc: self.cred_source.clone(),
+                    detail: format!("{other}: {}", root_cause(other)),
+                },
+            };
+        }
+        if let Some((_, code, message)) = service_details(&err) {
+            let message = if message.is_empty() {
+                code_hint(&code).to_owned()
+            } else {
+                message
+            };
+            if code == "NoSuchBucket" {
+                return CacheError::BucketNotFound {
+                    bucket: self.bucket.clone(),
+                    endpoint: self.endpoint.clone(),
+                };
+            }
+            if CREDENTIAL_CODES.contains(&code.as_str()) {
+                return CacheError::CredentialsRefused {
+                    bucket: self.bucket.clone(),
+                    endpoint: self.endpoint.clone(),
+                    source_desc: self.cred_source.clone(),
+                    code,
+                    message,
+                };
+            }
+            return CacheError::S3 {
+                operation,
+                bucket: self.bucket.clone(),
+                key: key.to_owned(),
+                code,
+                message,
+            };
+        }
+        match &err {
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+                CacheError::EndpointUnreachable {
+                    endpoint: self.endpoint.clone(),
+                    detail: root_cause(&err),
+                }
+            }
+            _ => CacheError::S3 {
+                operation,
+                bucket: self.bucket.clone(),
+                key: key.to_owned(),
+                code: "ClientError".to_owned(),
+                message: format!("{err}: {}", root_cause(&err)),
+            },
+        }
+    }
+
+    fn missing(&self, operation: &'static str, key: &str, what: &str) -> CacheError {
+        CacheError::S3 {
+            operation,
+            bucket: self.bucket.clone(),
+            key: key.to_owned(),
+            code: "InvalidResponse".to_owned(),
+            message: format!("the response has no {what}"),
+        }
+    }
+
+    async fn put(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), CacheError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| self.error("PutObject", key, e))?;
+        Ok(())
+    }
+}
+
+fn is_status<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>, status: u16) -> bool {
+    err.raw_response()
+        .is_some_and(|r| r.status().as_u16() == status)
+}
+
+fn to_system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> Option<SystemTime> {
+    t.and_then(|t| SystemTime::try_from(*t).ok())
+}
+
+fn to_size(n: Option<i64>) -> u64 {
+    n.and_then(|n| u64::try_from(n).ok()).unwrap_or(0)
+}
+
+impl S3Cache {
+    pub(crate) async fn open(url: &CacheUrl, opts: OpenOptions) -> Result<S3Cache, CacheError> {
+        let CacheUrl::S3 {
+            bucket,
+            region,
+            profile,
+            ..
+        } = url
+        else {
+            return Err(CacheError::InvalidKey {
+                key: url.to_string(),
+                reason: "not an s3:// URL",
+            });
+        };
+        let cred_source = credential_source(&opts, profile.as_deref());
+
+        let mut default_region =
+            aws_config::default_provider::region::DefaultRegionChain::builder();
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(p) = profile {
+            default_region = default_region.profile_name(p);
+            loader = loader.profile_name(p);
+        }
+        let region_chain = RegionProviderChain::first_try(region.clone().map(Region::new))
+            .or_else(default_region.build())
+            .or_else(Region::new("us-east-1"));
+        loader = loader.region(region_chain);
+        if let Some(creds) = &opts.credentials {
+            loader = loader.credentials_provider(creds.clone());
+        } else if let Some(p) = profile {
+            // Like Nix: a profile named in the URL is the only source, even if env vars are set.
+            loader = loader.credentials_provider(
+                aws_config::profile::ProfileFileCredentialsProvider::builder()
+                    .profile_name(p)
+                    .build(),
+            );
+        }
+        let sdk = loader.load().await;
+
+        let mut conf = aws_sdk_s3::config::Builder::from(&sdk);
+        let endpoint = match url.s3_endpoint_url() {
+            Some(ep) => {
+                // S3-compatible stores rarely have wildcard DNS for virtual-hosted buckets,
+                // and many reject the SDK's default CRC checksum headers.
+                conf = conf
+                    .endpoint_url(&ep)
+                    .force_path_style(true)
+                    .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+                    .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+                ep
+            }
+            None => {
+                let r = sdk.region().map_or("us-east-1", |r| r.as_ref());
+                format!("AWS S3 (region {r})")
+            }
+        };
+        let ctx = Ctx {
+            client: Client::from_conf(conf.build()),
+            bucket: bucket.clone(),
+            endpoint,
+            cred_source,
+        };
+        let cache = S3Cache {
+            ctx: Arc::new(ctx),
+            part_size: opts.part_size.max(MIN_PART_SIZE),
+            parts_in_flight: opts.parts_in_flight.max(1),
+            list_page_size: opts.list_page_size.clamp(1, 1000),
+            conditional_writes: AtomicBool::new(true),
+        };
+        cache.check_bucket().await?;
+        Ok(cache)
+    }
+
+    /// HeadBucket, so that a wrong bucket, endpoint or key fails at open. A HEAD answer has no
+    /// body to say *why* it was refused; then a one-key listing asks again to get S3's code.
+    async fn check_bucket(&self) -> Result<(), CacheError> {
+        let ctx = &self.ctx;
+        let err = match ctx.client.head_bucket().bucket(&ctx.bucket).send().await {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        if is_status(&err, 404) {
+            return Err(CacheError::BucketNotFound {
+                bucket: ctx.bucket.clone(),
+                endpoint: ctx.endpoint.clone(),
+            });
+        }
+        let err = ctx.error("HeadBucket", "", err);
+        let body_less = matches!(
+            &err,
+            CacheError::S3 { .. } | CacheError::CredentialsRefused { .. }
+        );
+        if !body_less {
+            return Err(err);
+        }
+        match ctx
+            .client
+            .list_objects_v2()
+            .bucket(&ctx.bucket)
+            .max_keys(1)
+            .send()
+            .await
+        {
+            // Listing works but HEAD does not: report the HEAD failure as it was.
+            Ok(_) => Err(err),
+            Err(e) => Err(ctx.error("ListObjectsV2", "", e)),
+        }
+    }
+
+    pub(crate) async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, CacheError> {
+        let ctx = &self.ctx;
+        match ctx
+            .client
+            .head_object()
+            .bucket(&ctx.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(ObjectInfo {
+                key: key.to_owned(),
+                size: to_size(out.content_length()),
+                last_modified: to_system_time(out.last_modified()),
+            })),
+            Err(e) if is_status(&e, 404) => Ok(None),
+            Err(e) => Err(ctx.error("HeadObject", key, e)),
+        }
+    }
+
+    pub(crate) async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
+        let ctx = &self.ctx;
+        let out = match ctx
+            .client
+            .get_object()
+            .bucket(&ctx.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) if is_status(&e, 404) && e.code() != Some("NoSuchBucket") => return Ok(None),
+            Err(e) => return Err(ctx.error("GetObject", key, e)),
+        };
+        let body = out.body.collect().await.map_err(|e| CacheError::S3 {
+            operation: "GetObject",
+            bucket: ctx.bucket.clone(),
+            key: key.to_owned(),
+            code: "ReadError".to_owned(),
+            message: format!("{e}: {}", root_cause(&e)),
+        })?;
+        Ok(Some(body.into_bytes()))
+    }
+
+    pub(crate) async fn put(&self, key: &str, body: Bytes, ct: &str) -> Result<(), CacheError> {
+        self.ctx.put(key, body, ct).await
+    }
+
+    pub(crate) async fn put_if_absent(
+        &self,
+        key: &str,
+        body: Bytes,
+        content_type: &str,
+    ) -> Result<bool, CacheError> {
+        let ctx = &self.ctx;
+        if self.conditional_writes.load(Ordering::Relaxed) {
+            let mut attempt = 0;
+            loop {
+                let res = ctx
+                    .client
+                    .put_object()
+                    .bucket(&ctx.bucket)
+                    .key(key)
+                    .content_type(content_type)
+                    .if_none_match("*")
+                    .body(ByteStream::from(body.clone()))
+                    .send()
+                    .await;
+                match res {
+                    Ok(_) => return Ok(true),
+                    Err(e) if is_status(&e, 412) => return Ok(false),
+                    // A concurrent conditional write to the same key is in progress; its
+                    // outcome decides, so ask again.
+                    Err(e) if is_status(&e, 409) && attempt < 3 => {
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                    }
+                    Err(e) if is_status(&e, 501) || e.code() == Some("NotImplemented") => {
+                        self.conditional_writes.store(false, Ordering::Relaxed);
+                        break;
+                    }
+                    Err(e) => return Err(ctx.error("PutObject", key, e)),
+                }
+            }
+        }
+        // The store cannot create-if-absent; check first (racy, but never loses a present object
+        // to a single writer).
+        if self.head(key).await?.is_some() {
+            return Ok(false);
+        }
+        ctx.put(key, body, content_type).await?;
+        Ok(true)
+    }
+
+    pub(crate) async fn delete(&self, key: &str) -> Result<(), CacheError> {
+        let ctx = &self.ctx;
+        match ctx
+            .client
+            .delete_object()
+            .bucket(&ctx.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_status(&e, 404) && e.code() != Some("NoSuchBucket") => Ok(()),
+            Err(e) => Err(ctx.error("DeleteObject", key, e)),
+        }
+    }
+
+    pub(crate) async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, CacheError> {
+        let ctx = &self.ctx;
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = ctx
+                .client
+                .list_objects_v2()
+                .bucket(&ctx.bucket)
+                .prefix(prefix)
+                .max_keys(self.list_page_size)
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| ctx.error("ListObjectsV2", prefix, e))?;
+            for obj in page.contents() {
+                let Some(key) = obj.key() else { continue };
+                out.push(ObjectInfo {
+                    key: key.to_owned(),
+                    size: to_size(obj.size()),
+                    last_modified: to_system_time(obj.last_modified()),
+                });
+            }
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_owned()),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    #[allow(clippy::type_complexity)]
+    pub(crate) async fn get_stream(
+        &self,
+        key: &str,
+    ) -> Result<Option<(u64, Pin<Box<dyn tokio::io::AsyncRead + Send>>)>, CacheError> {
+        let ctx = &self.ctx;
+        let out = match ctx
+            .client
+            .get_object()
+            .bucket(&ctx.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) if is_status(&e, 404) && e.code() != Some("NoSuchBucket") => return Ok(None),
+            Err(e) => return Err(ctx.error("GetObject", key, e)),
+        };
+        let size = to_size(out.content_length());
+        Ok(Some((size, Box::pin(out.body.into_async_read()))))
+    }
+
+    pub(crate) fn writer(&self, key: &str, content_type: &str) -> S3Writer {
+        let handle = match Handle::try_current() {
+            Ok(h) => h,
+            Err(_) => {
+                return S3Writer::failed(CacheError::UploadInterrupted {
+                    key: key.to_owned(),
+                    detail: "Cache::writer was called outside a tokio runtime".into(),
+                });
+            }
+        };
+        let (tx, rx) = mpsc::channel(1);
+        let (done_tx, done_rx) = oneshot::channel();
+        let upload = Upload {
+            ctx: self.ctx.clone(),
+            key: key.to_owned(),
+            content_type: content_type.to_owned(),
+            parts_in_flight: self.parts_in_flight,
+        };
+        handle.spawn(async move {
+            let _ = done_tx.send(upload.run(rx).await);
+        });
+        S3Writer {
+            key: key.to_owned(),
+            buf: Vec::new(),
+            part_size: self.part_size,
+            size: 0,
+            tx: Some(tx),
+            done: Some(done_rx),
+            failed: None,
+        }
+    }
+}
+
+enum Chunk {
+    /// A full part; more follow.
+    Part(Bytes),
+    /// The end of the object (possibly empty): commit.
+    Last(Bytes),
+}
+
+/// The async half of a streaming upload.
+struct Upload {
+    ctx: Arc<Ctx>,
+    key: String,
+    content_type: String,
+    parts_in_flight: usize,
+}
+
+impl Upload {
+    fn interrupted(&self, detail: &str) -> CacheError {
+        CacheError::UploadInterrupted {
+            key: self.key.clone(),
+            detail: detail.to_owned(),
+        }
+    }
+
+    async fn run(self, mut rx: mpsc::Receiver<Chunk>) -> Result<u64, CacheError> {
+        let first = match rx.recv().await {
+            None => return Err(self.interrupted("aborted before commit")),
+            Some(Chunk::Last(body)) => {
+                // The whole object fit in one part: a single PutObject, no multipart state.
+                let size = body.len() as u64;
+                self.ctx.put(&self.key, body, &self.content_type).await?;
+                return Ok(size);
+            }
+            Some(Chunk::Part(body)) => body,
+        };
+        let ctx = &self.ctx;
+        let created = ctx
+            .client
+            .create_multipart_upload()
+            .bucket(&ctx.bucket)
+            .key(&self.key)
+            .content_type(&self.content_type)
+            .send()
+            .await
+            .map_err(|e| ctx.error("CreateMultipartUpload", &self.key, e))?;
+        let Some(upload_id) = created.upload_id() else {
+            return Err(ctx.missing("CreateMultipartUpload", &self.key, "upload id"));
+        };
+        let mut inflight = JoinSet::new();
+        let result = match self.parts(upload_id, first, &mut rx, &mut inflight).await {
+            Ok((parts, size)) => self.complete(upload_id, parts).await.map(|()| size),
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            // No part may land after the abort, or it would linger as billed storage.
+            inflight.shutdown().await;
+            let _ = ctx
+                .client
+                .abort_multipart_upload()
+                .bucket(&ctx.bucket)
+                .key(&self.key)
+                .upload_id(upload_id)
+                .send()
+                .await;
+        }
+        result
+    }
+
+    /// Uploads parts as they arrive, at most `parts_in_flight` at a time, until `Last`.
+    async fn parts(
+        &self,
+        upload_id: &str,
+        first: Bytes,
+        rx: &mut mpsc::Receiver<Chunk>,
+        inflight: &mut JoinSet<Result<CompletedPart, CacheError>>,
+    ) -> Result<(Vec<CompletedPart>, u64), CacheError> {
+        let mut done = Vec::new();
+        let mut number = 0i32;
+        let mut size = 0u64;
+        let mut next = Some(Chunk::Part(first));
+        let joined = |r: Option<
+            Result<Result<CompletedPart, CacheError>, tokio::task::JoinError>,
+        >| {
+            match r {
+                Some(Ok(r)) => r.map(Some),
+                Some(Err(e)) => Err(self.interrupted(&format!("part upload task failed: {e}"))),
+                None => Ok(None),
+            }
+        };
+        loop {
+            let chunk = match next.take() {
+                Some(c) => Some(c),
+                None if inflight.len() >= self.parts_in_flight => {
+                    done.extend(joined(inflight.join_next().await)?);
+                    continue;
+                }
+                None => tokio::select! {
+                    // Notice a failed part at once rather than after the next one is read.
+                    Some(r) = inflight.join_next(), if !inflight.is_empty() => {
+                        done.extend(joined(Some(r))?);
+                        continue;
+                    }
+                    c = rx.recv() => c,
+                },
+            };
+            let (body, last) = match chunk {
+                None => return Err(self.interrupted("aborted before commit")),
+                Some(Chunk::Part(b)) => (b, false),
+                Some(Chunk::Last(b)) => (b, true),
+            };
+            if !body.is_empty() {
+                number += 1;
+                if number > MAX_PARTS {
+                    return Err(self.interrupted(&format!(
+                        "the object needs more than {MAX_PARTS} parts; use a larger part size"
+                    )));
+                }
+                size += body.len() as u64;
+                inflight.spawn(upload_part(
+                    self.ctx.clone(),
+                    self.key.clone(),
+                    upload_id.to_owned(),
+                    number,
+                    body,
+                ));
+            }
+            if last {
+                while let Some(r) = joined(inflight.join_next().await)? {
+                    done.push(r);
+                }
+                done.sort_by_key(|p| p.part_number());
+                return Ok((done, size));
+            }
+        }
+    }
+
+    async fn complete(&self, upload_id: &str, parts: Vec<CompletedPart>) -> Result<(), CacheError> {
+        let ctx = &self.ctx;
+        ctx.client
+            .complete_multipart_upload()
+            .bucket(&ctx.bucket)
+            .key(&self.key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| ctx.error("CompleteMultipartUpload", &self.key, e))?;
+        Ok(())
+    }
+}
+
+async fn upload_part(
+    ctx: Arc<Ctx>,
+    key: String,
+    upload_id: String,
+    number: i32,
+    body: Bytes,
+) -> Result<CompletedPart, CacheError> {
+    let out = ctx
+        .client
+        .upload_part()
+        .bucket(&ctx.bucket)
+        .key(&key)
+        .upload_id(upload_id)
+        .part_number(number)
+        .body(ByteStream::from(body))
+        .send()
+        .await
+        .map_err(|e| ctx.error("UploadPart", &key, e))?;
+    let Some(etag) = out.e_tag() else {
+        return Err(ctx.missing("UploadPart", &key, "ETag"));
+    };
+    Ok(CompletedPart::builder()
+        .part_number(number)
+        .e_tag(etag)
+        .build())
+}
+
+/// The blocking half of a streaming upload: fills one part buffer at a time.
+pub(crate) struct S3Writer {
+    key: String,
+    buf: Vec<u8>,
+    part_size: usize,
+    size: u64,
+    tx: Option<mpsc::Sender<Chunk>>,
+    done: Option<oneshot::Receiver<Result<u64, CacheError>>>,
+    /// The upload's own error once it failed; `commit` returns it.
+    failed: Option<CacheError>,
+}
+
+impl S3Writer {
+    fn failed(err: CacheError) -> S3Writer {
+        S3Writer {
+            key: String::new(),
+            buf: Vec::new(),
+            part_size: MIN_PART_SIZE,
+            size: 0,
+            tx: None,
+            done: None,
+            failed: Some(err),
+        }
+    }
+
+    /// Waits for the async half to finish and returns its verdict.
+    fn wait(&mut self) -> Result<u64, CacheError> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        let interrupted = |detail: &str| CacheError::UploadInterrupted {
+            key: self.key.clone(),
+            detail: detail.to_owned(),
+        };
+        match self.done.take() {
+            Some(rx) => match rx.blocking_recv() {
+                Ok(r) => r,
+                Err(_) => Err(interrupted("the runtime shut down during the upload")),
+            },
+            None => Err(interrupted("upload already finished")),
+        }
+    }
+
+    /// Hands a chunk to the async half. `false`: it has stopped, and `self.failed` says why.
+    fn send(&mut self, chunk: Chunk) -> bool {
+        if let Some(tx) = &self.tx
+            && tx.blocking_send(chunk).is_ok()
+        {
+            return true;
+        }
+        self.tx = None;
+        if self.failed.is_none() {
+            self.failed = Some(match self.wait() {
+                Err(e) => e,
+                Ok(_) => CacheError::UploadInterrupted {
+                    key: self.key.clone(),
+                    detail: "the upload ended before all data was written".into(),
+                },
+            });
+        }
+        false
+    }
+
+    fn failure(&mut self) -> CacheError {
+        self.failed
+            .take()
+            .unwrap_or_else(|| CacheError::UploadInterrupted {
+                key: self.key.clone(),
+                detail: "the upload failed".into(),
+            })
+    }
+
+    pub(crate) fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if let Some(e) = &self.failed {
+            return Err(std::io::Error::other(e.to_string()));
+        }
+        if data.is_empty() {
+            return Ok(0);
+        }
+        // A full buffer is sent only once more data arrives, so an object of exactly one
+        // part still goes up as a single PutObject.
+        if self.buf.len() >= self.part_size {
+            let full = std::mem::replace(&mut self.buf, Vec::with_capacity(self.part_size));
+            if !self.send(Chunk::Part(Bytes::from(full))) {
+                let text = self.failed.as_ref().map(ToString::to_string);
+                return Err(std::io::Error::other(text.unwrap_or_default()));
+            }
+        }
+        if self.buf.capacity() == 0 {
+            self.buf.reserve_exact(self.part_size);
+        }
+        let n = data.len().min(self.part_size - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    pub(crate) fn commit(mut self) -> Result<u64, CacheError> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        let last = Bytes::from(std::mem::take(&mut self.buf));
+        if !self.send(Chunk::Last(last)) {
+            return Err(self.failure());
+        }
+        self.tx = None;
+        let size = self.wait()?;
+        debug_assert_eq!(size, self.size);
+        Ok(size)
+    }
+
+    pub(crate) fn abort(mut self) {
+        self.tx = None;
+        if self.done.is_some() {
+            let _ = self.wait();
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! `nixbucket push`: sign and upload store paths and their closure to a binary cache.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, bail};
+use regex::Regex;
+
+use crate::cache::{Cache, CacheUrl};
+use crate::command::signing_key;
+use crate::nix::Compression;
+use crate::nix::{STORE_DIR, StorePath};
+use crate::push::select::{self, Filters, Skipped};
+use crate::push::{self, ProgressMode, PushOptions, human_bytes};
+use crate::state::{self, State};
+use crate::store::{self, NixEnv, PathInfo};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The binary cache, in Nix's URL syntax: `s3://BUCKET?region=…&endpoint=…&profile=…`
+    /// or `file:///some/dir`.
+    #[arg(long, env = "NIXBUCKET_CACHE", value_name = "URL")]
+    pub cache: String,
+    /// Store paths to push with everything they reference; a `./result` link works too. With
+    /// none, what the store gained since `nixbucket setup`.
+    #[arg(value_name = "PATHS")]
+    pub paths: Vec<PathBuf>,
+    /// File holding the secret key to sign with (as written by `nixbucket keygen` or
+    /// `nix-store --generate-binary-cache-key`). Without it, the key's text is read from
+    /// $NIXBUCKET_SIGNING_KEY.
+    #[arg(long, env = "NIXBUCKET_SIGNING_KEY_FILE", value_name = "FILE")]
+    pub signing_key_file: Option<PathBuf>,
+    /// Push without signing. Nix refuses unsigned paths unless its users turn signature
+    /// checks off, so this is only for caches you sign later with `nixbucket sign`.
+    #[arg(long)]
+    pub unsigned: bool,
+    /// How NARs are compressed in the cache [default: the URL's `compression` parameter, else zstd].
+    #[arg(long, env = "NIXBUCKET_COMPRESSION", value_enum)]
+    pub compression: Option<CompressionArg>,
+    /// Compression level (zstd 1–19, default 3; xz 0–9, default 6).
+    #[arg(long, value_name = "N")]
+    pub compression_level: Option<i32>,
+    /// How many paths are read, compressed and uploaded at once.
+    #[arg(
+        long,
+        short = 'j',
+        env = "NIXBUCKET_JOBS",
+        default_value_t = 8,
+        value_name = "N"
+    )]
+    pub jobs: usize,
+    /// Say what would be pushed, and push nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// How to show progress.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+    /// The state `setup` recorded, used when no paths are given [default: as for setup].
+    #[arg(long, env = "NIXBUCKET_STATE_FILE", value_name = "FILE")]
+    pub state_file: Option<PathBuf>,
+    /// Name of a key whose signature means another cache already serves the path, so it is not
+    /// pushed (repeatable) [default: every key in Nix's trusted-public-keys except ours].
+    #[arg(long = "upstream-key", value_name = "NAME")]
+    pub upstream_keys: Vec<String>,
+    /// Push paths signed by upstream keys too.
+    #[arg(long)]
+    pub include_upstream: bool,
+    /// Also push the job's new `.drv` files.
+    #[arg(long)]
+    pub include_derivations: bool,
+    /// Push only new paths whose name (after the hash) matches this regular expression.
+    #[arg(long, env = "NIXBUCKET_INCLUDE", value_name = "REGEX")]
+    pub include: Option<Regex>,
+    /// Do not push new paths whose name (after the hash) matches this regular expression.
+    #[arg(long, env = "NIXBUCKET_EXCLUDE", value_name = "REGEX")]
+    pub exclude: Option<Regex>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompressionArg {
+    Zstd,
+    Xz,
+    None,
+}
+
+impl From<CompressionArg> for Compression {
+    fn from(c: CompressionArg) -> Self {
+        match c {
+            CompressionArg::Zstd => Compression::Zstd,
+            CompressionArg::Xz => Compression::Xz,
+            CompressionArg::None => Compression::None,
+        }
+    }
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let url: CacheUrl = args
+        .cache
+        .parse()
+        .with_context(|| format!("invalid cache URL {:?}", args.cache))?;
+    let compression = resolve_compression(args.compression, &url)?;
+    let signing_key = if args.unsigned {
+        None
+    } else {
+        let key = signing_key::load(args.signing_key_file.as_deref())?;
+        if key.is_none() && !args.dry_run {
+            bail!(
+                "no signing key: pass --signing-key-file FILE or set ${}, or --unsigned to push paths \
+                 that Nix will refuse until they are signed (create a key with `nixbucket keygen NAME`)",
+                signing_key::ENV
+            );
+        }
+        key
+    };
+    let filters = filters(&args, signing_key.as_deref().map(|k| k.name().to_owned()))?;
+    let (closure, skipped) = {
+        let (paths, state_file) = (args.paths.clone(), args.state_file.clone());
+        tokio::task::spawn_blocking(move || select_closure(&paths, state_file, &filters))
+            .await
+            .context("the store query stopped unexpectedly")??
+    };
+
+    let cache = Cache::open(&url)
+        .await
+        .with_context(|| format!("could not open the cache {url}"))?;
+    let plan = push::plan(&cache, closure).await?;
+
+    if args.dry_run {
+        for info in &plan.missing {
+            println!("would push {} ({})", info.path, human_bytes(info.nar_size));
+        }
+        for (path, reason) in &skipped {
+            println!("skip {path}: {reason}");
+        }
+        eprintln!(
+            "{} paths ({} NAR) would be pushed; {} already in the cache{}",
+            plan.missing.len(),
+            human_bytes(plan.missing_nar_bytes()),
+            plan.present.len(),
+            if signing_key.is_none() {
+                "; no signing key given"
+            } else {
+                ""
+            },
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let opts = PushOptions {
+        compression: compression.clone(),
+        level: args.compression_level,
+        jobs: args.jobs,
+        signing_key,
+        progress: args.progress,
+        cancel: Arc::new(AtomicBool::new(false)),
+    };
+    let signals = stop_on_signal(opts.cancel.clone())?;
+    let report = push::execute(&cache, plan, &opts).await?;
+    signals.abort();
+    eprintln!("{}", report.summary(&compression));
+    if report.cancelled() > 0 {
+        bail!(
+            "interrupted: {} paths landed whole, {} did not start or were abandoned; run the push again to finish",
+            report.pushed.len(),
+            report.failed.len()
+        );
+    }
+    if !report.failed.is_empty() {
+        bail!(
+            "{} of {} paths could not be pushed (see the errors above); what was pushed is complete and usable",
+            report.failed.len(),
+            report.failed.len() + report.pushed.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A cancelled CI job gets SIGINT or SIGTERM: stop cleanly, so what landed is whole and a
+/// re-run finishes the job.
+fn stop_on_signal(cancel: Arc<AtomicBool>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt()).context("could not watch for SIGINT")?;
+    let mut term = signal(SignalKind::terminate()).context("could not watch for SIGTERM")?;
+    Ok(tokio::spawn(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("interrupted: starting no new paths and abandoning uploads in flight");
+        cancel.store(true, Ordering::Relaxed);
+    }))
+}
+
+/// Upstream keys: as given, else every key Nix trusts except the one we sign with.
+fn filters(args: &Args, our_key: Option<String>) -> anyhow::Result<Filters> {
+    let upstream_keys = if args.include_upstream {
+        Vec::new()
+    } else if !args.upstream_keys.is_empty() {
+        args.upstream_keys.clone()
+    } else {
+        let env = NixEnv::detect().context("could not read Nix's trusted-public-keys")?;
+        env.trusted_public_keys
+            .iter()
+            .filter_map(|k| k.split_once(':').map(|(name, _)| name.to_owned()))
+            .filter(|name| Some(name) != our_key.as_ref())
+            .collect()
+    };
+    Ok(Filters {
+        upstream_keys,
+        include_derivations: args.include_derivations,
+        include: args.include.clone(),
+        exclude: args.exclude.clone(),
+    })
+}
+
+/// The closure to push and what was left out and why. Named paths: their closure. No paths:
+/// what the store gained since `setup`, filtered, and then its closure.
+fn select_closure(
+    paths: &[PathBuf],
+    state_file: Option<PathBuf>,
+    filters: &Filters,
+) -> anyhow::Result<(Vec<PathInfo>, Skipped)> {
+    let mut skipped = Vec::new();
+    let roots: Vec<StorePath> = if paths.is_empty() {
+        let state_path = state_file.unwrap_or_else(state::default_path);
+        let state = State::load(&state_path)?;
+        let now = store::read_store_dir(std::path::Path::new(STORE_DIR))?;
+        let added = store::added_since(&state.store_paths, &now);
+        let (roots, skip) = select::split_roots(store::query_valid_path_info(&added)?, filters);
+        skipped.extend(skip);
+        roots.into_iter().map(|i| i.path).collect()
+    } else {
+        paths
+            .iter()
+            .map(|p| store::resolve_store_path(p))
+            .collect::<Result<_, _>>()?
+    };
+    if roots.is_empty() {
+        return Ok((Vec::new(), skipped));
+    }
+    let (closure, skip) = select::drop_upstream(store::query_path_info(&roots, true)?, filters);
+    skipped.extend(skip);
+    skipped.sort_by(|a, b| a.0.cmp(&b.0));
+    skipped.dedup_by(|a, b| a.0 == b.0);
+    Ok((closure, skipped))
+}
+
+fn resolve_compression(
+    flag: Option<CompressionArg>,
+    url: &CacheUrl,
+) -> anyhow::Result<Compression> {
+    if let Some(c) = flag {
+        return Ok(c.into());
+    }
+    match url.param("compression") {
+        None | Some("zstd") => Ok(Compression::Zstd),
+        Some("xz") => Ok(Compression::Xz),
+        Some("none") => Ok(Compression::None),
+        Some(other) => {
+            bail!("the cache URL asks for compression={other}; nixbucket writes zstd, xz or none")
+        }
+    }
+}

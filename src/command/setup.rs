@@ -1,0 +1,367 @@
+//! `nixbucket setup`: before the build, make the Nix that runs it substitute from the cache,
+//! and record the store so `push` can tell what the job added.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+use anyhow::{Context, bail};
+
+use crate::cache::CacheUrl;
+use crate::command::signing_key;
+use crate::nix::conf;
+use crate::nix::{PublicKey, STORE_DIR};
+use crate::state::{self, State};
+use crate::store::{self, NixEnv};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The binary cache, in Nix's URL syntax: `s3://BUCKET?region=…` or `file:///some/dir`.
+    #[arg(long, env = "NIXBUCKET_CACHE", value_name = "URL")]
+    pub cache: String,
+    /// Public key(s) Nix should trust for the cache, `NAME:BASE64`. Without it, the public half
+    /// of the signing key ($NIXBUCKET_SIGNING_KEY or --signing-key-file) is used.
+    #[arg(
+        long = "public-key",
+        env = "NIXBUCKET_PUBLIC_KEYS",
+        value_delimiter = ' ',
+        value_name = "KEY"
+    )]
+    pub public_keys: Vec<String>,
+    /// Secret key file to derive the public key from, when no --public-key is given.
+    #[arg(long, env = "NIXBUCKET_SIGNING_KEY_FILE", value_name = "FILE")]
+    pub signing_key_file: Option<PathBuf>,
+    /// The URL Nix should read the cache from, when it differs from --cache (a public HTTPS
+    /// endpoint or CDN in front of the bucket, say).
+    #[arg(long, value_name = "URL")]
+    pub substituter: Option<String>,
+    /// Where to record the store for `push` [default: $RUNNER_TEMP/nixbucket-state.json on
+    /// GitHub Actions, else ~/.cache/nixbucket/state.json].
+    #[arg(long, env = "NIXBUCKET_STATE_FILE", value_name = "FILE")]
+    pub state_file: Option<PathBuf>,
+    /// Only record the store; leave Nix's configuration alone.
+    #[arg(long)]
+    pub no_configure: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let url: CacheUrl = args
+        .cache
+        .parse()
+        .with_context(|| format!("invalid cache URL {:?}", args.cache))?;
+    let state_path = args.state_file.clone().unwrap_or_else(state::default_path);
+    let keys = public_keys(&args)?;
+
+    if !args.no_configure {
+        let substituter = args.substituter.clone().unwrap_or_else(|| url.to_string());
+        configure(&substituter, &keys)?;
+    }
+
+    let started = std::time::Instant::now();
+    let paths = store::read_store_dir(Path::new(STORE_DIR))?;
+    let count = paths.len();
+    State::new(
+        url.to_string(),
+        paths,
+        keys.iter().map(ToString::to_string).collect(),
+    )
+    .save(&state_path)?;
+    eprintln!(
+        "recorded {count} store paths in {} ({} ms)",
+        state_path.display(),
+        started.elapsed().as_millis()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn public_keys(args: &Args) -> anyhow::Result<Vec<PublicKey>> {
+    let mut keys = args
+        .public_keys
+        .iter()
+        .filter(|k| !k.trim().is_empty())
+        .map(|k| {
+            PublicKey::parse(k)
+                .with_context(|| format!("--public-key {k:?} is not a Nix public key"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if keys.is_empty() {
+        if let Some(secret) = signing_key::load(args.signing_key_file.as_deref())? {
+            keys.push(secret.to_public());
+        }
+    }
+    if keys.is_empty() && !args.no_configure {
+        bail!(
+            "no public key for the cache: pass --public-key NAME:KEY, or give the signing key \
+             (${} or --signing-key-file) to derive it from",
+            signing_key::ENV
+        );
+    }
+    Ok(keys)
+}
+
+/// Where the settings must go so that the Nix doing the build honours them.
+#[derive(Debug, PartialEq, Eq)]
+enum Target {
+    /// The user's own nix.conf: single-user Nix, or a daemon that trusts this user.
+    User(PathBuf),
+    /// The system nix.conf, read by the daemon; it must be restarted to see the change.
+    System { path: PathBuf, restart_daemon: bool },
+}
+
+fn choose_target(
+    env: &NixEnv,
+    substituter: &str,
+    keys: &[String],
+    user_conf: Option<PathBuf>,
+) -> Target {
+    let daemon_accepts_ours = !env.daemon
+        || env.trusted
+        || (env.trusted_substituters.iter().any(|s| s == substituter)
+            && keys.iter().all(|k| env.trusted_public_keys.contains(k)));
+    match user_conf {
+        Some(path) if daemon_accepts_ours => Target::User(path),
+        _ => Target::System {
+            path: store::system_conf_path(),
+            restart_daemon: env.daemon,
+        },
+    }
+}
+
+fn configure(substituter: &str, keys: &[PublicKey]) -> anyhow::Result<()> {
+    let keys: Vec<String> = keys.iter().map(ToString::to_string).collect();
+    let env = NixEnv::detect().context("could not ask Nix how it is set up")?;
+    if substituter.starts_with("s3://") && env.daemon {
+        eprintln!(
+            "warning: the nix-daemon, not this job, will fetch from {substituter}, so it needs AWS \
+             credentials of its own; a public https:// endpoint (--substituter) avoids that"
+        );
+    }
+    let settings = [
+        ("extra-substituters", vec![substituter.to_owned()]),
+        ("extra-trusted-public-keys", keys.clone()),
+    ];
+    let target = choose_target(&env, substituter, &keys, store::user_conf_path());
+    let (path, restart) = match &target {
+        Target::User(path) => (path.clone(), false),
+        Target::System {
+            path,
+            restart_daemon,
+        } => (path.clone(), *restart_daemon),
+    };
+    let before = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("could not read {}", path.display())),
+    };
+    let after = conf::set_managed_block(&before, &settings)
+        .with_context(|| format!("in {}", path.display()))?;
+    let changed = after != before;
+    if changed {
+        if let Err(err) = write_conf(&path, &after, &env) {
+            bail!(
+                "{}",
+                explain_untrusted(&env, &path, substituter, &keys, &format!("{err:#}"))
+            );
+        }
+        if restart {
+            if let Err(err) = restart_daemon(&env) {
+                bail!(
+                    "wrote the cache settings to {}, but the nix-daemon must be restarted to use them \
+                     and that failed: {err:#}. Restart it yourself (e.g. `sudo systemctl restart nix-daemon`).",
+                    path.display()
+                );
+            }
+        }
+    }
+    check_nix_sees(substituter, &path)?;
+    eprintln!(
+        "nix will substitute from {substituter} ({} {})",
+        if changed {
+            "configured in"
+        } else {
+            "already configured in"
+        },
+        path.display()
+    );
+    Ok(())
+}
+
+fn write_conf(path: &Path, text: &str, env: &NixEnv) -> anyhow::Result<()> {
+    let direct = (|| -> std::io::Result<()> {
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        std::fs::create_dir_all(dir)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        std::io::Write::write_all(&mut tmp, text.as_bytes())?;
+        if let Ok(meta) = std::fs::metadata(path) {
+            tmp.as_file().set_permissions(meta.permissions())?;
+        } else {
+            use std::os::unix::fs::PermissionsExt;
+            tmp.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        }
+        tmp.persist(path).map_err(|e| e.error)?;
+        Ok(())
+    })();
+    match direct {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && !env.is_root => {
+            // Only a non-interactive sudo: a CI job must never hang on a password prompt.
+            let mut child = Command::new("sudo")
+                .args(["-n", "tee"])
+                .arg(path)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .with_context(|| {
+                    format!(
+                        "{} is not writable ({e}) and sudo could not be started",
+                        path.display()
+                    )
+                })?;
+            std::io::Write::write_all(child.stdin.as_mut().expect("piped stdin"), text.as_bytes())?;
+            let out = child.wait_with_output()?;
+            if !out.status.success() {
+                bail!(
+                    "{} is not writable ({e}) and `sudo -n` was refused: {}",
+                    path.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| format!("could not write {}", path.display())),
+    }
+}
+
+fn restart_daemon(env: &NixEnv) -> anyhow::Result<()> {
+    let sudo = |args: &[&str]| {
+        let mut cmd = if env.is_root {
+            Command::new(args[0])
+        } else {
+            let mut c = Command::new("sudo");
+            c.arg("-n").arg(args[0]);
+            c
+        };
+        cmd.args(&args[1..]).output()
+    };
+    let attempts: [&[&str]; 2] = if cfg!(target_os = "macos") {
+        [
+            &[
+                "launchctl",
+                "kickstart",
+                "-k",
+                "system/org.nixos.nix-daemon",
+            ],
+            &[
+                "launchctl",
+                "kickstart",
+                "-k",
+                "system/systems.determinate.nix-daemon",
+            ],
+        ]
+    } else {
+        [
+            &["systemctl", "restart", "nix-daemon.service"],
+            &["systemctl", "restart", "nix-daemon.socket"],
+        ]
+    };
+    let mut last = String::new();
+    for args in attempts {
+        match sudo(args) {
+            Ok(out) if out.status.success() => return Ok(()),
+            Ok(out) => last = String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            Err(e) => last = format!("{}: {e}", args[0]),
+        }
+    }
+    bail!("{last}")
+}
+
+fn explain_untrusted(
+    env: &NixEnv,
+    path: &Path,
+    substituter: &str,
+    keys: &[String],
+    why: &str,
+) -> String {
+    let mut text = format!("could not configure Nix to use the cache: {why}.\n");
+    if env.daemon && !env.trusted {
+        text.push_str(&format!(
+            "The nix-daemon does not trust user {:?}, so it ignores substituters and keys that this \
+             user sets (Nix would only print \"ignoring untrusted substituter\" and build everything).\n",
+            env.user
+        ));
+    }
+    text.push_str(&format!(
+        "Add these lines to {} as root and restart the nix-daemon, then run setup again:\n  \
+         extra-substituters = {substituter}\n  extra-trusted-public-keys = {}\n\
+         (or add the user to `trusted-users` there)",
+        path.display(),
+        keys.join(" ")
+    ));
+    text
+}
+
+/// Reads the configuration back through Nix, so a setting that does not take effect (a typo'd
+/// path, an overriding $NIX_CONFIG) is an error now rather than a silent cache miss later.
+fn check_nix_sees(substituter: &str, path: &Path) -> anyhow::Result<()> {
+    let env = NixEnv::detect()?;
+    let normal = |s: &str| s.trim_end_matches('/').to_owned();
+    if !env
+        .substituters
+        .iter()
+        .any(|s| normal(s) == normal(substituter))
+    {
+        bail!(
+            "wrote {substituter} to {}, but Nix does not list it among its substituters ({}); is \
+             $NIX_CONFIG or $NIX_USER_CONF_FILES overriding that file?",
+            path.display(),
+            env.substituters.join(" ")
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(daemon: bool, trusted: bool) -> NixEnv {
+        NixEnv {
+            daemon,
+            trusted,
+            user: "runner".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn picks_the_conf_that_takes_effect() {
+        let user = PathBuf::from("/home/runner/.config/nix/nix.conf");
+        let keys = ["c-1:AAAA".to_owned()];
+        let pick = |env: &NixEnv| choose_target(env, "file:///c", &keys, Some(user.clone()));
+        assert_eq!(pick(&env(false, false)), Target::User(user.clone()));
+        assert_eq!(pick(&env(true, true)), Target::User(user.clone()));
+        assert!(matches!(
+            pick(&env(true, false)),
+            Target::System {
+                restart_daemon: true,
+                ..
+            }
+        ));
+        let mut allowed = env(true, false);
+        allowed.trusted_substituters = vec!["file:///c".into()];
+        assert!(
+            matches!(pick(&allowed), Target::System { .. }),
+            "key not trusted yet"
+        );
+        allowed.trusted_public_keys = keys.to_vec();
+        assert_eq!(pick(&allowed), Target::User(user.clone()));
+        assert!(matches!(
+            choose_target(&env(false, false), "file:///c", &keys, None),
+            Target::System {
+                restart_daemon: false,
+                ..
+            }
+        ));
+    }
+}

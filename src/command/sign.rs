@@ -1,0 +1,126 @@
+//! `nixbucket sign`: add our signature to narinfos already in the cache, without touching
+//! NARs — after a push with `--unsigned`, or when rotating keys (`--remove-key` drops the old).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+
+use crate::cache::{Cache, CacheUrl};
+use crate::command::signing_key;
+use crate::nix::{NarInfo, SecretKey};
+use crate::push::narinfo_key;
+use crate::store;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The binary cache, in Nix's URL syntax.
+    #[arg(long, env = "NIXBUCKET_CACHE", value_name = "URL")]
+    pub cache: String,
+    /// File holding the secret key to sign with; without it, $NIXBUCKET_SIGNING_KEY.
+    #[arg(long, env = "NIXBUCKET_SIGNING_KEY_FILE", value_name = "FILE")]
+    pub signing_key_file: Option<PathBuf>,
+    /// Sign every narinfo in the cache.
+    #[arg(long, conflicts_with = "paths")]
+    pub all: bool,
+    /// Store paths whose narinfos to sign (just these, not their closure).
+    #[arg(value_name = "PATHS", required_unless_present = "all")]
+    pub paths: Vec<String>,
+    /// Drop signatures by this key name (repeatable), e.g. a rotated-out key.
+    #[arg(long = "remove-key", value_name = "NAME")]
+    pub remove_keys: Vec<String>,
+    /// How many narinfos are rewritten at once.
+    #[arg(long, short = 'j', default_value_t = 32, value_name = "N")]
+    pub jobs: usize,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let url: CacheUrl = args
+        .cache
+        .parse()
+        .with_context(|| format!("invalid cache URL {:?}", args.cache))?;
+    let Some(key) = signing_key::load(args.signing_key_file.as_deref())? else {
+        bail!(
+            "no signing key: pass --signing-key-file FILE or set ${}",
+            signing_key::ENV
+        );
+    };
+    let cache = Cache::open(&url)
+        .await
+        .with_context(|| format!("could not open the cache {url}"))?;
+    let keys: Vec<String> = if args.all {
+        cache
+            .list("")
+            .await?
+            .into_iter()
+            .map(|o| o.key)
+            .filter(|k| k.ends_with(".narinfo") && !k.contains('/'))
+            .collect()
+    } else {
+        args.paths
+            .iter()
+            .map(|p| store::resolve_store_path(std::path::Path::new(p)).map(|sp| narinfo_key(&sp)))
+            .collect::<Result<_, _>>()?
+    };
+    let (key, remove) = (&key, &args.remove_keys);
+    let results: Vec<(String, anyhow::Result<bool>)> =
+        futures::stream::iter(keys.iter().map(|k| {
+            let cache = cache.clone();
+            async move { (k.clone(), sign_one(&cache, k, key, remove).await) }
+        }))
+        .buffer_unordered(args.jobs.max(1))
+        .collect()
+        .await;
+    let (mut changed, mut failed) = (0, 0);
+    for (k, result) in &results {
+        match result {
+            Ok(true) => changed += 1,
+            Ok(false) => {}
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: {k}: {e:#}");
+            }
+        }
+    }
+    eprintln!(
+        "signed {changed} narinfos with {}; {} already were{}",
+        key.name(),
+        results.len() - changed - failed,
+        if failed > 0 {
+            format!("; {failed} FAILED")
+        } else {
+            String::new()
+        }
+    );
+    if failed > 0 {
+        bail!("{failed} narinfos could not be signed");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Rewrites one narinfo if its signatures change; Ok(false) when it was already as wanted.
+async fn sign_one(
+    cache: &Cache,
+    key_name: &str,
+    key: &SecretKey,
+    remove: &[String],
+) -> anyhow::Result<bool> {
+    let Some(bytes) = cache.get(key_name).await? else {
+        bail!("not in the cache");
+    };
+    let text = std::str::from_utf8(&bytes).context("not UTF-8")?;
+    let mut info = NarInfo::parse(text).context("not a valid narinfo")?;
+    let before = info.signatures.clone();
+    for name in remove {
+        info.remove_signatures(name);
+    }
+    info.sign(key);
+    if info.signatures == before {
+        return Ok(false);
+    }
+    cache
+        .put(key_name, info.to_string().into(), "text/x-nix-narinfo")
+        .await?;
+    Ok(true)
+}

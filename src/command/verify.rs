@@ -1,0 +1,200 @@
+//! `nixbucket verify`: check that a cache is whole, the way a consumer relies on it: every
+//! narinfo parses, is signed by a trusted key, names a NAR that exists with the stated size, and
+//! every reference has a narinfo. `--deep` also downloads each NAR and checks its hash.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+
+use crate::cache::{Cache, CacheUrl};
+use crate::nix::hash::Hasher;
+use crate::nix::{Compression, NarInfo, PublicKey};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The binary cache, in Nix's URL syntax.
+    #[arg(long, env = "NIXBUCKET_CACHE", value_name = "URL")]
+    pub cache: String,
+    /// Key(s) a narinfo must be signed with, `NAME:BASE64` (repeatable). Without any, signatures
+    /// are not checked.
+    #[arg(long = "public-key", value_name = "KEY")]
+    pub public_keys: Vec<String>,
+    /// Also download every NAR, decompress it, and compare its hash and size with the narinfo.
+    #[arg(long)]
+    pub deep: bool,
+    /// How many objects are checked at once.
+    #[arg(long, short = 'j', default_value_t = 32, value_name = "N")]
+    pub jobs: usize,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let url: CacheUrl = args
+        .cache
+        .parse()
+        .with_context(|| format!("invalid cache URL {:?}", args.cache))?;
+    let keys = args
+        .public_keys
+        .iter()
+        .map(|k| {
+            PublicKey::parse(k)
+                .with_context(|| format!("--public-key {k:?} is not a Nix public key"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let cache = Cache::open(&url)
+        .await
+        .with_context(|| format!("could not open the cache {url}"))?;
+    let report = verify(&cache, &keys, args.deep, args.jobs.max(1)).await?;
+    for problem in &report.problems {
+        println!("{problem}");
+    }
+    eprintln!(
+        "checked {} narinfos{}: {} problems",
+        report.narinfos,
+        if args.deep { " and their NARs" } else { "" },
+        report.problems.len()
+    );
+    if report.problems.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        bail!("the cache {url} is not whole")
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub narinfos: usize,
+    pub problems: Vec<String>,
+}
+
+/// Checks every narinfo in the cache; problems are collected, not fatal.
+pub async fn verify(
+    cache: &Cache,
+    keys: &[PublicKey],
+    deep: bool,
+    jobs: usize,
+) -> anyhow::Result<Report> {
+    let listing = cache.list("").await?;
+    let mut nars = HashMap::new();
+    let mut narinfo_keys = Vec::new();
+    for object in listing {
+        if object.key.ends_with(".narinfo") && !object.key.contains('/') {
+            narinfo_keys.push(object.key.clone());
+        }
+        if object.key.starts_with("nar/") {
+            nars.insert(object.key.clone(), object.size);
+        }
+    }
+    let hashes: std::collections::HashSet<String> = narinfo_keys
+        .iter()
+        .map(|k| k.trim_end_matches(".narinfo").to_owned())
+        .collect();
+    let (nars, hashes) = (&nars, &hashes);
+    let checks = futures::stream::iter(
+        narinfo_keys
+            .iter()
+            .map(|key| async move { check_one(cache, key, keys, nars, hashes, deep).await }),
+    )
+    .buffer_unordered(jobs);
+    let mut problems: Vec<String> = checks.flat_map(futures::stream::iter).collect().await;
+    problems.sort();
+    Ok(Report {
+        narinfos: narinfo_keys.len(),
+        problems,
+    })
+}
+
+async fn check_one(
+    cache: &Cache,
+    key: &str,
+    keys: &[PublicKey],
+    nars: &HashMap<String, u64>,
+    hashes: &std::collections::HashSet<String>,
+    deep: bool,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let text = match cache.get(key).await {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return vec![format!("{key}: listed but gone (deleted while checking?)")],
+        Err(e) => return vec![format!("{key}: could not read: {e}")],
+    };
+    let info = match std::str::from_utf8(&text)
+        .map_err(|e| e.to_string())
+        .and_then(|t| NarInfo::parse(t).map_err(|e| e.to_string()))
+    {
+        Ok(info) => info,
+        Err(e) => return vec![format!("{key}: not a valid narinfo: {e}")],
+    };
+    let path = info.store_path.to_absolute();
+    if format!("{}.narinfo", info.store_path.hash_part()) != key {
+        problems.push(format!(
+            "{key}: describes {path}, whose narinfo would have another name"
+        ));
+    }
+    if !keys.is_empty() && !info.verify(keys) {
+        problems.push(format!("{path}: no valid signature by a trusted key"));
+    }
+    match nars.get(&info.url) {
+        None => problems.push(format!("{path}: its NAR {} is missing", info.url)),
+        Some(size) if info.file_size.is_some_and(|f| f != *size) => problems.push(format!(
+            "{path}: its NAR {} has {size} bytes, the narinfo says {}",
+            info.url,
+            info.file_size.unwrap_or_default()
+        )),
+        Some(_) if deep => {
+            if let Err(e) = check_nar(cache, &info).await {
+                problems.push(format!("{path}: {e:#}"));
+            }
+        }
+        Some(_) => {}
+    }
+    for reference in &info.references {
+        if reference != &info.store_path && !hashes.contains(&reference.hash_part()) {
+            problems.push(format!("{path}: its reference {reference} has no narinfo"));
+        }
+    }
+    problems
+}
+
+/// Streams the NAR through its decompressor and a hasher; constant memory.
+async fn check_nar(cache: &Cache, info: &NarInfo) -> anyhow::Result<()> {
+    let Some((_, stream)) = cache.get_stream(&info.url).await? else {
+        bail!("its NAR {} vanished", info.url);
+    };
+    let compression = info.compression.clone();
+    let reader = tokio_util::io::SyncIoBridge::new(stream);
+    let (hash, size) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let mut reader: Box<dyn Read> = match compression {
+            Compression::None => Box::new(reader),
+            Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(reader)?),
+            Compression::Xz => Box::new(liblzma::read::XzDecoder::new(reader)),
+            other => bail!("cannot check NARs compressed with {}", other.as_str()),
+        };
+        let mut hasher = Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut size = 0u64;
+        loop {
+            let n = reader
+                .read(&mut buf)
+                .context("could not read or decompress the NAR")?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            size += n as u64;
+        }
+        Ok((hasher.finish(), size))
+    })
+    .await??;
+    if hash != info.nar_hash || size != info.nar_size {
+        bail!(
+            "its NAR {} unpacks to {hash} ({size} bytes), the narinfo says {} ({} bytes)",
+            info.url,
+            info.nar_hash,
+            info.nar_size
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,392 @@
+//! `setup` → build → `push` with the real Nix. These tests diff the shared /nix/store, so the
+//! test script runs this binary on its own, one test at a time (see scripts/test.sh).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::nix::{build_closure, derivation, nonce, query_closure};
+use common::{assert_fails, assert_ok, keygen, list_files, nixbucket, run, stderr, stdout};
+
+/// A Nix configuration of our own: a "system" nix.conf under NIX_CONF_DIR and a user one, so
+/// the tests see exactly what `setup` writes and never touch /etc/nix.
+struct NixConfig {
+    dir: PathBuf,
+}
+
+impl NixConfig {
+    fn new(root: &Path, system_conf: &str) -> Self {
+        let dir = root.join("conf");
+        std::fs::create_dir_all(dir.join("etc")).unwrap();
+        std::fs::create_dir_all(dir.join("user")).unwrap();
+        std::fs::write(dir.join("etc/nix.conf"), system_conf).unwrap();
+        NixConfig { dir }
+    }
+
+    fn user_conf(&self) -> PathBuf {
+        self.dir.join("user/nix.conf")
+    }
+
+    fn apply<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
+        cmd.env_remove("NIX_CONFIG")
+            .env("NIX_CONF_DIR", self.dir.join("etc"))
+            .env("NIX_USER_CONF_FILES", self.user_conf())
+    }
+
+    fn nix(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        self.apply(&mut cmd);
+        cmd
+    }
+
+    fn nixbucket(&self) -> Command {
+        let mut cmd = nixbucket();
+        self.apply(&mut cmd);
+        cmd
+    }
+}
+
+const BASE_CONF: &str = "# base settings of the test machine\nsubstituters =\nsandbox = false\nexperimental-features = nix-command\n";
+
+fn write_expr(dir: &Path, expr: &str) -> PathBuf {
+    let file = dir.join(format!("{}.nix", nonce()));
+    std::fs::write(&file, expr).unwrap();
+    file
+}
+
+fn pushed_store_paths(cache: &Path) -> Vec<String> {
+    let mut paths: Vec<String> = list_files(cache)
+        .iter()
+        .filter(|f| f.ends_with(".narinfo"))
+        .map(|f| {
+            let text = std::fs::read_to_string(cache.join(f)).unwrap();
+            text.lines()
+                .find_map(|l| l.strip_prefix("StorePath: "))
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    paths.sort();
+    paths
+}
+
+#[test]
+fn pushes_exactly_what_the_build_made_and_nothing_on_a_second_cycle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = NixConfig::new(tmp.path(), BASE_CONF);
+    let (secret, _) = keygen(tmp.path(), "ours-1");
+    let cache = tmp.path().join("cache");
+    let url = format!("file://{}", cache.display());
+    let state = tmp.path().join("state.json");
+    let setup = || {
+        run(conf
+            .nixbucket()
+            .args(["setup", "--cache", &url, "--signing-key-file"])
+            .arg(&secret)
+            .arg("--state-file")
+            .arg(&state))
+    };
+    let push = || {
+        run(conf
+            .nixbucket()
+            .args(["push", "--cache", &url, "--signing-key-file"])
+            .arg(&secret)
+            .arg("--state-file")
+            .arg(&state))
+    };
+
+    assert_ok(&setup());
+    let [app, lib, data] = build_closure(tmp.path(), &nonce());
+    let out = push();
+    assert_ok(&out);
+    let mut expected = vec![app.clone(), lib, data];
+    expected.sort();
+    assert_eq!(pushed_store_paths(&cache), expected, "{}", stderr(&out));
+
+    assert_ok(&setup());
+    let again = push();
+    assert_ok(&again);
+    assert!(
+        stderr(&again).contains("pushed 0 paths"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(pushed_store_paths(&cache).len(), 3);
+}
+
+#[test]
+fn editing_nix_conf_is_idempotent_and_keeps_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = NixConfig::new(tmp.path(), BASE_CONF);
+    let user_before = "# my own comment\nkeep-outputs = true\n";
+    std::fs::write(conf.user_conf(), user_before).unwrap();
+    let (_, public) = keygen(tmp.path(), "ours-1");
+    let url = format!("file://{}", tmp.path().join("cache").display());
+    let setup = || {
+        run(conf
+            .nixbucket()
+            .args([
+                "setup",
+                "--cache",
+                &url,
+                "--public-key",
+                &public,
+                "--state-file",
+            ])
+            .arg(tmp.path().join("s.json")))
+    };
+    assert_ok(&setup());
+    let once = std::fs::read_to_string(conf.user_conf()).unwrap();
+    assert!(once.starts_with(user_before), "{once}");
+    assert_eq!(once.matches(&url).count(), 1, "{once}");
+    assert!(
+        once.contains(&format!("extra-trusted-public-keys = {public}")),
+        "{once}"
+    );
+    let second = setup();
+    assert_ok(&second);
+    assert!(
+        stderr(&second).contains("already configured"),
+        "{}",
+        stderr(&second)
+    );
+    assert_eq!(std::fs::read_to_string(conf.user_conf()).unwrap(), once);
+    assert_eq!(
+        std::fs::read_to_string(conf.dir.join("etc/nix.conf")).unwrap(),
+        BASE_CONF,
+        "system conf touched"
+    );
+
+    let shown = run(conf.nix("nix").args(["show-config"]));
+    assert!(
+        stdout(&shown)
+            .lines()
+            .any(|l| l.starts_with("substituters = ") && l.contains(&url)),
+        "{}",
+        stdout(&shown)
+    );
+}
+
+#[test]
+fn a_path_substituted_from_another_cache_is_not_pushed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tag = nonce();
+    // An "upstream" cache holding `base`, signed by a key that is not ours.
+    let (up_secret, up_public) = keygen(tmp.path(), "upstream-1");
+    let upstream = format!("file://{}", tmp.path().join("upstream").display());
+    let base_expr = derivation(&format!("base-{tag}"), &format!("echo {tag} > $out"));
+    let base = common::nix::build(tmp.path(), &base_expr);
+    assert_ok(&run(nixbucket()
+        .args(["push", "--cache", &upstream, "--signing-key-file"])
+        .arg(&up_secret)
+        .arg(&base)));
+    assert_ok(&run(
+        common::nix::nix_command("nix-store").args(["--delete", &base])
+    ));
+
+    let conf = NixConfig::new(
+        tmp.path(),
+        &format!("{BASE_CONF}extra-substituters = {upstream}\ntrusted-public-keys = {up_public}\n"),
+    );
+    let (secret, _) = keygen(tmp.path(), "ours-1");
+    let cache = tmp.path().join("cache");
+    let url = format!("file://{}", cache.display());
+    let state = tmp.path().join("state.json");
+    assert_ok(&run(conf
+        .nixbucket()
+        .args(["setup", "--cache", &url, "--signing-key-file"])
+        .arg(&secret)
+        .arg("--state-file")
+        .arg(&state)));
+
+    let app_expr = format!(
+        "let base = {base_expr}; in {}",
+        derivation(&format!("app-{tag}"), "echo ${base} > $out")
+    );
+    let built = run(conf
+        .nix("nix-build")
+        .arg("--no-out-link")
+        .arg(write_expr(tmp.path(), &app_expr)));
+    assert_ok(&built);
+    assert!(
+        stderr(&built).contains(&format!("copying path '{base}' from '{upstream}'")),
+        "{}",
+        stderr(&built)
+    );
+    let app = stdout(&built).trim().to_owned();
+
+    let dry = run(conf
+        .nixbucket()
+        .args(["push", "--dry-run", "--cache", &url, "--signing-key-file"])
+        .arg(&secret)
+        .arg("--state-file")
+        .arg(&state));
+    assert_ok(&dry);
+    assert!(
+        stdout(&dry).contains(&format!(
+            "skip {base}: served upstream (signed by upstream-1)"
+        )),
+        "{}",
+        stdout(&dry)
+    );
+    assert!(
+        stdout(&dry).contains(&format!("skip {}", app_drv(&app)))
+            || stdout(&dry).contains(".drv: a derivation"),
+        "{}",
+        stdout(&dry)
+    );
+
+    let out = run(conf
+        .nixbucket()
+        .args(["push", "--cache", &url, "--signing-key-file"])
+        .arg(&secret)
+        .arg("--state-file")
+        .arg(&state));
+    assert_ok(&out);
+    assert_eq!(pushed_store_paths(&cache), vec![app], "{}", stderr(&out));
+}
+
+fn app_drv(app: &str) -> String {
+    let out = run(common::nix::nix_command("nix-store").args(["-q", "--deriver", app]));
+    stdout(&out).trim().to_owned()
+}
+
+#[test]
+fn a_store_configured_by_setup_alone_substitutes_instead_of_building() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tag = nonce();
+    let (secret, _) = keygen(tmp.path(), "ours-1");
+    let url = format!("file://{}", tmp.path().join("cache").display());
+    let expr_file = write_expr(
+        tmp.path(),
+        &format!(
+            "let dep = {}; in {}",
+            derivation(&format!("dep-{tag}"), "echo dep > $out"),
+            derivation(&format!("top-{tag}"), "echo ${dep} > $out")
+        ),
+    );
+    let first = run(common::nix::nix_command("nix-build")
+        .arg("--no-out-link")
+        .arg(&expr_file));
+    assert_ok(&first);
+    let top = stdout(&first).trim().to_owned();
+    let closure = query_closure(&top);
+    assert_ok(&run(nixbucket()
+        .args(["push", "--cache", &url, "--signing-key-file"])
+        .arg(&secret)
+        .arg(&top)));
+    assert_ok(&run(common::nix::nix_command("nix-store")
+        .arg("--delete")
+        .args(&closure)));
+    assert!(!Path::new(&top).exists());
+
+    let conf = NixConfig::new(tmp.path(), BASE_CONF);
+    let setup = run(conf
+        .nixbucket()
+        .args(["setup", "--cache", &url, "--signing-key-file"])
+        .arg(&secret)
+        .arg("--state-file")
+        .arg(tmp.path().join("s.json")));
+    assert_ok(&setup);
+    let rebuilt = run(conf.nix("nix-build").arg("--no-out-link").arg(&expr_file));
+    assert_ok(&rebuilt);
+    let log = stderr(&rebuilt);
+    assert!(
+        log.contains(&format!("copying path '{top}' from '{url}'")),
+        "{log}"
+    );
+    assert!(
+        !log.contains("building '"),
+        "built instead of substituting:\n{log}"
+    );
+}
+
+/// A nix-daemon of our own on a private socket, stopped on drop.
+struct Daemon {
+    child: std::process::Child,
+    socket: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_daemon(conf: &NixConfig, dir: &Path) -> Daemon {
+    let socket = dir.join("daemon.sock");
+    let mut daemon = Daemon {
+        child: conf
+            .nix("nix-daemon")
+            .env("NIX_DAEMON_SOCKET_PATH", &socket)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start nix-daemon"),
+        socket: socket.clone(),
+    };
+    for _ in 0..100 {
+        if daemon.socket.exists() {
+            return daemon;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = daemon.child.kill();
+    panic!("nix-daemon did not create {}", daemon.socket.display());
+}
+
+#[test]
+fn an_untrusted_user_gets_told_why_and_what_to_add() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let conf = NixConfig::new(tmp.path(), BASE_CONF);
+    for dir in [conf.dir.clone(), conf.dir.join("etc")] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let home = tmp.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    run(Command::new("chown")
+        .args(["nobody:nogroup"])
+        .arg(&home)
+        .arg(conf.dir.join("user")));
+    let daemon = start_daemon(&conf, tmp.path());
+    let (_, public) = keygen(tmp.path(), "ours-1");
+    let url = format!("file://{}", tmp.path().join("cache").display());
+
+    let mut as_nobody = Command::new("setpriv");
+    as_nobody
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_nixbucket"));
+    let out = run(conf
+        .apply(&mut as_nobody)
+        .env("NIX_REMOTE", "daemon")
+        .env("NIX_DAEMON_SOCKET_PATH", &daemon.socket)
+        .env("HOME", &home)
+        .env("PATH", "/usr/bin:/bin")
+        .args([
+            "setup",
+            "--cache",
+            &url,
+            "--public-key",
+            &public,
+            "--state-file",
+        ])
+        .arg(home.join("state.json")));
+    let err = assert_fails(&out);
+    assert!(err.contains("does not trust user \"nobody\""), "{err}");
+    assert!(
+        err.contains(&format!("extra-substituters = {url}")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("extra-trusted-public-keys = {public}")),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(conf.dir.join("etc/nix.conf")).unwrap(),
+        BASE_CONF
+    );
+}
