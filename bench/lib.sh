@@ -9,6 +9,8 @@ BENCH_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$BENCH_SRC/.." && pwd)
 BENCH_DIR=${BENCH_DIR:-/tmp/nixbucket-bench}
 mkdir -p "$BENCH_DIR"
+# Other people's work on a shared machine shows here; the reports print it beside the numbers.
+BENCH_LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # The real Nix, single-user, no substituters, no sandbox: builders copy from /usr and /root.
 export NIX_CONFIG=$'substituters =\nexperimental-features = nix-command\nsandbox = false\nmax-jobs = 2'
@@ -70,7 +72,7 @@ start_s3() {
     mkdir -p "$root"
     S3_PORT=$(free_port)
     export AWS_ACCESS_KEY_ID=nixbucketbench AWS_SECRET_ACCESS_KEY=nixbucketbenchsecret
-    s3s-fs --host 127.0.0.1 --port "$S3_PORT" \
+    ${BENCH_NICE:+nice -n "$BENCH_NICE"} s3s-fs --host 127.0.0.1 --port "$S3_PORT" \
         --access-key "$AWS_ACCESS_KEY_ID" --secret-key "$AWS_SECRET_ACCESS_KEY" \
         "$root" >"$BENCH_DIR/s3s-fs.log" 2>&1 &
     S3_PID=$!
@@ -99,6 +101,6 @@ machine_info() {
     echo "nproc: $(nproc)"
     echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
     echo "memory: $(free -h | awk '/^Mem:/ { print $2 " total, " $7 " available" }')"
-    echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "load average (1, 5, 15 min) at start: $BENCH_LOAD_START; at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "nix: $(nix --version)  zstd: $(zstd --version | head -1)"
 }

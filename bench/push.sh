@@ -43,21 +43,28 @@ if [[ ! -f $nars || $(stat -c %s "$nars") != "$nar_bytes" ]]; then
     mv "$nars.tmp" "$nars"
 fi
 
-declare -A times=() sizes=() rsss=()
-# record NAME REP SECONDS: keeps a measurement, with the peak RSS of the last timed command.
+declare -A times=() sizes=() rsss=() cpus=()
+# record NAME REP SECONDS: keeps a measurement, with the peak RSS and the CPU seconds (user +
+# system) of the last timed command.
 record() {
+    local rss user sys
+    read -r rss user sys <"$BENCH_DIR/last.rss"
     times[$1]+="$3 "
-    rsss[$1]+="$(cat "$BENCH_DIR/last.rss") "
+    rsss[$1]+="$rss "
+    cpus[$1]+="$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }') "
     cp "$BENCH_DIR/last.log" "$logs/$1.$2.log"
     log "$1 rep $2: $3 s"
 }
-# timed NAME REP COMMAND...: runs COMMAND under /usr/bin/time (for its peak RSS), after a sync
-# so the writeback of the previous run does not land in this one.
+# timed NAME REP COMMAND...: runs COMMAND under /usr/bin/time (for its peak RSS and CPU time),
+# after a sync so the writeback of the previous run does not land in this one. With BENCH_NICE
+# set (e.g. -15, as root) every measured command runs at that priority, which on a machine busy
+# with other work comes closer to what an idle machine would show.
 timed() {
     local name=$1 rep=$2 t
     shift 2
     sync
-    t=$(time_cmd /usr/bin/time -f %M -o "$BENCH_DIR/last.rss" "$@") || die "$name failed (rep $rep)"
+    t=$(time_cmd ${BENCH_NICE:+nice -n "$BENCH_NICE"} /usr/bin/time -f '%M %U %S' -o "$BENCH_DIR/last.rss" "$@") \
+        || die "$name failed (rep $rep)"
     record "$name" "$rep" "$t"
 }
 
@@ -126,8 +133,8 @@ row() { # NAME LABEL
     m=$(med "$1")
     rss_max=$(printf '%s\n' ${rsss[$1]} | sort -n | tail -1)
     size=${sizes[$1]:+$(median ${sizes[$1]} | awk '{ printf "%.0f MB", $1 / 1e6 }')}
-    printf '| %s | %s | %s | %s | %s | %s |\n' "$2" "$m" "${3:-$(mbps "$m")}" "${times[$1]% }" \
-        "$(awk -v k="$rss_max" 'BEGIN { printf "%.0f", k / 1024 }')" "${size:--}"
+    printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$2" "$m" "${3:-$(mbps "$m")}" "${times[$1]% }" \
+        "$(median ${cpus[$1]})" "$(awk -v k="$rss_max" 'BEGIN { printf "%.0f", k / 1024 }')" "${size:--}"
 }
 {
     echo "## push benchmark, $(date -u +%Y-%m-%dT%H:%MZ), $reps reps"
@@ -136,9 +143,10 @@ row() { # NAME LABEL
     echo
     echo "Closure: \`$top\`: $paths store paths, $nar_bytes NAR bytes ($(div "$nar_bytes" 1e6 %.0f) MB)."
     [[ -z ${bin:-} ]] || echo "nixbucket: \`$bin\` ($("$bin" --version 2>/dev/null || echo '?'))"
+    [[ -z ${BENCH_NICE:-} ]] || echo "Measured commands ran at nice $BENCH_NICE."
     echo
-    echo "| what | median s | MB/s of NAR | all runs (s) | peak RSS MiB (max) | cache size |"
-    echo "| --- | ---: | ---: | --- | ---: | ---: |"
+    echo "| what | median s | MB/s of NAR | all runs (s) | CPU s (user+sys, median) | peak RSS MiB (max) | cache size |"
+    echo "| --- | ---: | ---: | --- | ---: | ---: | ---: |"
     row nixbucket-file "nixbucket push → file://"
     row nixbucket-s3 "nixbucket push → s3s-fs"
     row nix-copy "nix copy → file://?compression=zstd"
