@@ -1,6 +1,7 @@
 //! Compressors for the NAR stream, behind one `Write` so the pipeline does not care which.
 
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::nix::Compression;
 
@@ -8,10 +9,36 @@ use crate::nix::Compression;
 /// costs more than it saves, and `--jobs` already spreads small paths over the cores.
 const MULTITHREAD_FROM: u64 = 16 << 20;
 
-pub enum Encoder<W: Write> {
+pub struct Encoder<W: Write> {
+    codec: Codec<W>,
+    /// Held, not read: dropping it lets the next large path compress on all cores.
+    _threads: Option<MtSlot>,
+}
+
+enum Codec<W: Write> {
     Plain(W),
     Zstd(zstd::stream::write::Encoder<'static, W>),
     Xz(liblzma::write::XzEncoder<W>),
+}
+
+/// Whether a multithreaded compressor exists right now; held by the encoder that uses it.
+static MT_IN_USE: AtomicBool = AtomicBool::new(false);
+
+struct MtSlot(());
+
+impl MtSlot {
+    fn take() -> Option<MtSlot> {
+        MT_IN_USE
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| MtSlot(()))
+    }
+}
+
+impl Drop for MtSlot {
+    fn drop(&mut self) {
+        MT_IN_USE.store(false, Ordering::Release);
+    }
 }
 
 impl<W: Write> Encoder<W> {
@@ -22,19 +49,21 @@ impl<W: Write> Encoder<W> {
         nar_size: u64,
         inner: W,
     ) -> io::Result<Self> {
-        let threads = if nar_size >= MULTITHREAD_FROM {
-            std::thread::available_parallelism().map_or(1, |n| n.get()) as u32
-        } else {
-            1
+        // One multithreaded context at a time: each costs tens of MiB, and when several large
+        // paths are in flight `--jobs` already keeps every core busy.
+        let mt_slot = (nar_size >= MULTITHREAD_FROM).then(MtSlot::take).flatten();
+        let threads = match mt_slot {
+            Some(_) => std::thread::available_parallelism().map_or(1, |n| n.get()) as u32,
+            None => 1,
         };
-        Ok(match compression {
-            Compression::None => Encoder::Plain(inner),
+        let codec = match compression {
+            Compression::None => Codec::Plain(inner),
             Compression::Zstd => {
                 let mut enc = zstd::stream::write::Encoder::new(inner, level.unwrap_or(3))?;
                 if threads > 1 {
                     enc.multithread(threads)?;
                 }
-                Encoder::Zstd(enc)
+                Codec::Zstd(enc)
             }
             Compression::Xz => {
                 let preset = level.unwrap_or(6).clamp(0, 9) as u32;
@@ -48,7 +77,7 @@ impl<W: Write> Encoder<W> {
                     liblzma::stream::Stream::new_easy_encoder(preset, liblzma::stream::Check::Crc64)
                 }
                 .map_err(io::Error::other)?;
-                Encoder::Xz(liblzma::write::XzEncoder::new_stream(inner, stream))
+                Codec::Xz(liblzma::write::XzEncoder::new_stream(inner, stream))
             }
             other => {
                 return Err(io::Error::new(
@@ -59,41 +88,45 @@ impl<W: Write> Encoder<W> {
                     ),
                 ));
             }
+        };
+        Ok(Encoder {
+            codec,
+            _threads: mt_slot,
         })
     }
 
     /// Flushes the codec's last frame and hands back the inner writer.
     pub fn finish(self) -> io::Result<W> {
-        match self {
-            Encoder::Plain(w) => Ok(w),
-            Encoder::Zstd(enc) => enc.finish(),
-            Encoder::Xz(enc) => enc.finish(),
+        match self.codec {
+            Codec::Plain(w) => Ok(w),
+            Codec::Zstd(enc) => enc.finish(),
+            Codec::Xz(enc) => enc.finish(),
         }
     }
 }
 
 impl<W: Write> Write for Encoder<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Encoder::Plain(w) => w.write(buf),
-            Encoder::Zstd(w) => w.write(buf),
-            Encoder::Xz(w) => w.write(buf),
+        match &mut self.codec {
+            Codec::Plain(w) => w.write(buf),
+            Codec::Zstd(w) => w.write(buf),
+            Codec::Xz(w) => w.write(buf),
         }
     }
 
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        match self {
-            Encoder::Plain(w) => w.write_all(buf),
-            Encoder::Zstd(w) => w.write_all(buf),
-            Encoder::Xz(w) => w.write_all(buf),
+        match &mut self.codec {
+            Codec::Plain(w) => w.write_all(buf),
+            Codec::Zstd(w) => w.write_all(buf),
+            Codec::Xz(w) => w.write_all(buf),
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Encoder::Plain(w) => w.flush(),
-            Encoder::Zstd(w) => w.flush(),
-            Encoder::Xz(w) => w.flush(),
+        match &mut self.codec {
+            Codec::Plain(w) => w.flush(),
+            Codec::Zstd(w) => w.flush(),
+            Codec::Xz(w) => w.flush(),
         }
     }
 }
