@@ -7,10 +7,12 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::nix::{build_closure, derivation, nix_command, nonce, query_closure};
+use common::nix::{
+    NixConfig, build_closure, derivation, nix_command, nonce, query_closure, start_daemon,
+};
 use common::s3::S3Server;
 use common::{assert_fails, assert_ok, keygen, nixbucket, run, stderr, stdout};
 use nixbucket::serve::client;
@@ -187,45 +189,6 @@ fn answers_misses_with_404_and_failures_without_details() {
     assert_eq!(served.stats().errors, 1);
 }
 
-/// A nix-daemon of our own on a private socket with an environment that has no AWS variables,
-/// reading `conf_dir/nix.conf`; stopped on drop.
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_daemon(conf_dir: &Path, dir: &Path) -> Daemon {
-    let socket = dir.join("daemon.sock");
-    let home = dir.join("daemon-home");
-    std::fs::create_dir_all(&home).unwrap();
-    let child = Command::new("nix-daemon")
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("HOME", &home)
-        .env("XDG_CACHE_HOME", home.join("cache"))
-        .env("NIX_CONF_DIR", conf_dir)
-        .env("NIX_DAEMON_SOCKET_PATH", &socket)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start nix-daemon");
-    let daemon = Daemon { child, socket };
-    for _ in 0..200 {
-        if daemon.socket.exists() {
-            return daemon;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("nix-daemon did not create {}", daemon.socket.display());
-}
-
 #[test]
 fn a_daemon_without_aws_credentials_substitutes_through_serve() {
     let tmp = tempfile::tempdir().unwrap();
@@ -278,47 +241,7 @@ fn a_daemon_without_aws_credentials_substitutes_through_serve() {
     assert_eq!(served.stats().nar_requests, 2);
 }
 
-/// A Nix configuration of our own (system conf under NIX_CONF_DIR, a user conf), so the tests
-/// see what `setup` writes and never touch /etc/nix; and a private narinfo disk cache.
-struct NixConfig {
-    dir: PathBuf,
-}
-
 const BASE_CONF: &str = "substituters =\nsandbox = false\nexperimental-features = nix-command\n";
-
-impl NixConfig {
-    fn new(root: &Path) -> Self {
-        let dir = root.join("conf");
-        std::fs::create_dir_all(dir.join("etc")).unwrap();
-        std::fs::create_dir_all(dir.join("user")).unwrap();
-        std::fs::create_dir_all(dir.join("xdg-cache")).unwrap();
-        std::fs::write(dir.join("etc/nix.conf"), BASE_CONF).unwrap();
-        NixConfig { dir }
-    }
-
-    fn user_conf(&self) -> PathBuf {
-        self.dir.join("user/nix.conf")
-    }
-
-    fn apply<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
-        cmd.env_remove("NIX_CONFIG")
-            .env("NIX_CONF_DIR", self.dir.join("etc"))
-            .env("NIX_USER_CONF_FILES", self.user_conf())
-            .env("XDG_CACHE_HOME", self.dir.join("xdg-cache"))
-    }
-
-    fn nix(&self, program: &str) -> Command {
-        let mut cmd = Command::new(program);
-        self.apply(&mut cmd);
-        cmd
-    }
-
-    fn nixbucket(&self) -> Command {
-        let mut cmd = nixbucket();
-        self.apply(&mut cmd);
-        cmd
-    }
-}
 
 /// What `setup --serve` recorded; stops the server on drop if `push` did not.
 struct SetupServe {
@@ -444,7 +367,7 @@ fn setup_serve_substitutes_and_push_reports_the_hit_rate_and_stops_the_server() 
     push_to(&s3, &secret, &cached);
     delete_from_store(std::slice::from_ref(&cached));
 
-    let conf = NixConfig::new(tmp.path());
+    let conf = NixConfig::new(tmp.path(), BASE_CONF);
     let state = tmp.path().join("state.json");
     let setup = setup_serve(&conf, &s3, &secret, &state, false);
     let (pid, _) = setup.served();
@@ -496,7 +419,7 @@ fn push_during_build_uploads_as_paths_are_built_and_the_final_push_does_the_rest
     let tmp = tempfile::tempdir().unwrap();
     let s3 = S3Server::start();
     let (secret, _) = keygen(tmp.path(), "ours-1");
-    let conf = NixConfig::new(tmp.path());
+    let conf = NixConfig::new(tmp.path(), BASE_CONF);
     let state = tmp.path().join("state.json");
     let setup = setup_serve(&conf, &s3, &secret, &state, true);
     let user_conf = std::fs::read_to_string(conf.user_conf()).unwrap();
@@ -583,7 +506,7 @@ fn killing_the_server_mid_build_falls_back_to_building() {
     push_to(&s3, &secret, &out_path);
     delete_from_store(std::slice::from_ref(&out_path));
 
-    let conf = NixConfig::new(tmp.path());
+    let conf = NixConfig::new(tmp.path(), BASE_CONF);
     let state = tmp.path().join("state.json");
     let setup = setup_serve(&conf, &s3, &secret, &state, true);
     // Nix looks the path up (and remembers the answer) while the server is up...

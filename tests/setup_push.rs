@@ -6,46 +6,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::nix::{build_closure, derivation, nonce, query_closure};
+use common::nix::{NixConfig, build_closure, derivation, nonce, query_closure, start_daemon};
 use common::{assert_fails, assert_ok, keygen, list_files, nixbucket, run, stderr, stdout};
-
-/// A Nix configuration of our own: a "system" nix.conf under NIX_CONF_DIR and a user one, so
-/// the tests see exactly what `setup` writes and never touch /etc/nix.
-struct NixConfig {
-    dir: PathBuf,
-}
-
-impl NixConfig {
-    fn new(root: &Path, system_conf: &str) -> Self {
-        let dir = root.join("conf");
-        std::fs::create_dir_all(dir.join("etc")).unwrap();
-        std::fs::create_dir_all(dir.join("user")).unwrap();
-        std::fs::write(dir.join("etc/nix.conf"), system_conf).unwrap();
-        NixConfig { dir }
-    }
-
-    fn user_conf(&self) -> PathBuf {
-        self.dir.join("user/nix.conf")
-    }
-
-    fn apply<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
-        cmd.env_remove("NIX_CONFIG")
-            .env("NIX_CONF_DIR", self.dir.join("etc"))
-            .env("NIX_USER_CONF_FILES", self.user_conf())
-    }
-
-    fn nix(&self, program: &str) -> Command {
-        let mut cmd = Command::new(program);
-        self.apply(&mut cmd);
-        cmd
-    }
-
-    fn nixbucket(&self) -> Command {
-        let mut cmd = nixbucket();
-        self.apply(&mut cmd);
-        cmd
-    }
-}
 
 const BASE_CONF: &str = "# base settings of the test machine\nsubstituters =\nsandbox = false\nexperimental-features = nix-command\n";
 
@@ -302,41 +264,6 @@ fn a_store_configured_by_setup_alone_substitutes_instead_of_building() {
     );
 }
 
-/// A nix-daemon of our own on a private socket, stopped on drop.
-struct Daemon {
-    child: std::process::Child,
-    socket: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_daemon(conf: &NixConfig, dir: &Path) -> Daemon {
-    let socket = dir.join("daemon.sock");
-    let mut daemon = Daemon {
-        child: conf
-            .nix("nix-daemon")
-            .env("NIX_DAEMON_SOCKET_PATH", &socket)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start nix-daemon"),
-        socket: socket.clone(),
-    };
-    for _ in 0..100 {
-        if daemon.socket.exists() {
-            return daemon;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let _ = daemon.child.kill();
-    panic!("nix-daemon did not create {}", daemon.socket.display());
-}
-
 #[test]
 fn an_untrusted_user_gets_told_why_and_what_to_add() {
     use std::os::unix::fs::PermissionsExt;
@@ -352,7 +279,7 @@ fn an_untrusted_user_gets_told_why_and_what_to_add() {
         .args(["nobody:nogroup"])
         .arg(&home)
         .arg(conf.dir.join("user")));
-    let daemon = start_daemon(&conf, tmp.path());
+    let daemon = start_daemon(&conf.system_conf_dir(), tmp.path());
     let (_, public) = keygen(tmp.path(), "ours-1");
     let url = format!("file://{}", tmp.path().join("cache").display());
 

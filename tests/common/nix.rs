@@ -1,9 +1,10 @@
 //! Building small closures with the real Nix, and checking what Nix accepts from a cache.
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
 
-use super::{NIX_CONFIG, assert_ok, run, stdout};
+use super::{NIX_CONFIG, assert_ok, nixbucket, run, stdout};
 
 pub fn nix_command(program: &str) -> Command {
     let mut cmd = Command::new(program);
@@ -83,4 +84,88 @@ pub fn copy_into_fresh_store(
         .args(["copy", "--from", cache_url, "--to"])
         .arg(store_root)
         .args(["--option", "trusted-public-keys", public_key, path]))
+}
+
+/// A Nix configuration of a test's own: a "system" nix.conf under NIX_CONF_DIR, a user one, and
+/// a private narinfo disk cache, so a test sees exactly what `setup` writes, never touches
+/// /etc/nix, and never reads another test's cached lookups.
+pub struct NixConfig {
+    pub dir: PathBuf,
+}
+
+impl NixConfig {
+    pub fn new(root: &Path, system_conf: &str) -> Self {
+        let dir = root.join("conf");
+        for sub in ["etc", "user", "xdg-cache"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        std::fs::write(dir.join("etc/nix.conf"), system_conf).unwrap();
+        NixConfig { dir }
+    }
+
+    pub fn system_conf_dir(&self) -> PathBuf {
+        self.dir.join("etc")
+    }
+
+    pub fn user_conf(&self) -> PathBuf {
+        self.dir.join("user/nix.conf")
+    }
+
+    pub fn apply<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
+        cmd.env_remove("NIX_CONFIG")
+            .env("NIX_CONF_DIR", self.system_conf_dir())
+            .env("NIX_USER_CONF_FILES", self.user_conf())
+            .env("XDG_CACHE_HOME", self.dir.join("xdg-cache"))
+    }
+
+    pub fn nix(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        self.apply(&mut cmd);
+        cmd
+    }
+
+    pub fn nixbucket(&self) -> Command {
+        let mut cmd = nixbucket();
+        self.apply(&mut cmd);
+        cmd
+    }
+}
+
+/// A nix-daemon of a test's own on a private socket, with an environment that has no AWS
+/// variables, reading `conf_dir/nix.conf`; stopped on drop.
+pub struct Daemon {
+    child: Child,
+    pub socket: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn start_daemon(conf_dir: &Path, dir: &Path) -> Daemon {
+    let socket = dir.join("daemon.sock");
+    let home = dir.join("daemon-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let child = Command::new("nix-daemon")
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", &home)
+        .env("XDG_CACHE_HOME", home.join("cache"))
+        .env("NIX_CONF_DIR", conf_dir)
+        .env("NIX_DAEMON_SOCKET_PATH", &socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nix-daemon");
+    let daemon = Daemon { child, socket };
+    for _ in 0..200 {
+        if daemon.socket.exists() {
+            return daemon;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nix-daemon did not create {}", daemon.socket.display());
 }
