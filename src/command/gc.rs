@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 
-use crate::cache::{Cache, CacheUrl};
+use crate::cache::OpenOptions;
 use crate::gc::units::{parse_duration, parse_size};
 use crate::gc::{self, GcOptions, Policy};
 use crate::push::human_bytes;
@@ -44,10 +44,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let url: CacheUrl = args
-        .cache
-        .parse()
-        .with_context(|| format!("invalid cache URL {:?}", args.cache))?;
+    let url = super::parse_cache_url(&args.cache)?;
     let policy = match (args.older_than, args.max_size) {
         (Some(age), _) => Policy::OlderThan(age),
         (None, Some(size)) => Policy::MaxSize(size),
@@ -62,9 +59,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let now = args.now.map_or_else(SystemTime::now, |secs| {
         UNIX_EPOCH + Duration::from_secs(secs)
     });
-    let cache = Cache::open(&url)
-        .await
-        .with_context(|| format!("could not open the cache {url}"))?;
+    let cache = super::open_cache(&url, OpenOptions::default()).await?;
     let opts = GcOptions {
         policy,
         keep,

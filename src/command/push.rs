@@ -96,10 +96,7 @@ impl From<CompressionArg> for Compression {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let url: CacheUrl = args
-        .cache
-        .parse()
-        .with_context(|| format!("invalid cache URL {:?}", args.cache))?;
+    let url = super::parse_cache_url(&args.cache)?;
     let compression = resolve_compression(args.compression, &url)?;
     let signing_key = if args.unsigned {
         None
@@ -216,9 +213,7 @@ async fn prepare(
             .await
             .context("the store query stopped unexpectedly")??
     };
-    let cache = Cache::open_with(url, open)
-        .await
-        .with_context(|| format!("could not open the cache {url}"))?;
+    let cache = super::open_cache(url, open).await?;
     // gc usage record (issue 7): before the existence checks, so a concurrent gc keeps these.
     if !args.dry_run {
         let used = push::usage::record(

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::cache::{Cache, CacheUrl, OpenOptions};
+use crate::cache::OpenOptions;
 use crate::command::push::{CompressionArg, resolve_compression};
 use crate::command::signing_key;
 use crate::push::select::Filters;
@@ -50,10 +50,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let url: CacheUrl = args
-        .cache
-        .parse()
-        .with_context(|| format!("invalid cache URL {:?}", args.cache))?;
+    let url = super::parse_cache_url(&args.cache)?;
     let compression = resolve_compression(args.compression, &url)?;
     let signing_key = signing_key::load(args.signing_key_file.as_deref())?;
     // Nix waits on every answer and falls back to building, so a failing bucket should be
@@ -62,9 +59,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         max_attempts: Some(SERVE_ATTEMPTS),
         ..OpenOptions::default()
     };
-    let cache = Cache::open_with(&url, open)
-        .await
-        .with_context(|| format!("could not open the cache {url}"))?;
+    let cache = super::open_cache(&url, open).await?;
     let listener = serve::bind(args.listen).await?;
     let addr = listener
         .local_addr()

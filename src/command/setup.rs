@@ -53,10 +53,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let url: CacheUrl = args
-        .cache
-        .parse()
-        .with_context(|| format!("invalid cache URL {:?}", args.cache))?;
+    let url = super::parse_cache_url(&args.cache)?;
     let state_path = args.state_file.clone().unwrap_or_else(state::default_path);
     let keys = public_keys(&args)?;
     if !args.serve {

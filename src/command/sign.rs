@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use futures::StreamExt;
 
-use crate::cache::{Cache, CacheUrl};
+use crate::cache::{Cache, OpenOptions};
 use crate::command::signing_key;
 use crate::nix::{NarInfo, SecretKey};
 use crate::push::narinfo_key;
@@ -40,19 +40,14 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let url: CacheUrl = args
-        .cache
-        .parse()
-        .with_context(|| format!("invalid cache URL {:?}", args.cache))?;
+    let url = super::parse_cache_url(&args.cache)?;
     let Some(key) = signing_key::load(args.signing_key_file.as_deref())? else {
         bail!(
             "no signing key: pass --signing-key-file FILE or set ${}",
             signing_key::ENV
         );
     };
-    let cache = Cache::open(&url)
-        .await
-        .with_context(|| format!("could not open the cache {url}"))?;
+    let cache = super::open_cache(&url, OpenOptions::default()).await?;
     let keys: Vec<String> = if args.all {
         cache
             .list("")

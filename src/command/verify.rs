@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use futures::StreamExt;
 
-use crate::cache::{Cache, CacheUrl};
+use crate::cache::{Cache, OpenOptions};
 use crate::nix::hash::Hasher;
 use crate::nix::{Compression, NarInfo, PublicKey};
 
@@ -31,10 +31,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let url: CacheUrl = args
-        .cache
-        .parse()
-        .with_context(|| format!("invalid cache URL {:?}", args.cache))?;
+    let url = super::parse_cache_url(&args.cache)?;
     let keys = args
         .public_keys
         .iter()
@@ -43,9 +40,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("--public-key {k:?} is not a Nix public key"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let cache = Cache::open(&url)
-        .await
-        .with_context(|| format!("could not open the cache {url}"))?;
+    let cache = super::open_cache(&url, OpenOptions::default()).await?;
     let report = verify(&cache, &keys, args.deep, args.jobs.max(1)).await?;
     for problem in &report.problems {
         println!("{problem}");
