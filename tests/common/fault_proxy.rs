@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -44,6 +44,9 @@ pub struct FaultConfig {
     pub stall: Duration,
     /// The `Retry-After` value (seconds) sent with 503 SlowDown.
     pub retry_after: u32,
+    /// This many requests, the first ones, meet a fault whatever the share: a test that must
+    /// see a fault then sees one on every run, not only when the dice agree.
+    pub fault_first: u64,
 }
 
 impl FaultConfig {
@@ -61,6 +64,7 @@ impl FaultConfig {
             delay: Duration::from_millis(300),
             stall: Duration::from_secs(60),
             retry_after: 1,
+            fault_first: 0,
         }
     }
 }
@@ -110,6 +114,8 @@ struct Shared {
     stats: Mutex<Stats>,
     stop: AtomicBool,
     active: AtomicUsize,
+    /// Requests a fault was decided for so far.
+    decided: AtomicU64,
 }
 
 pub struct FaultProxy {
@@ -136,6 +142,7 @@ impl FaultProxy {
             stats: Mutex::new(Stats::default()),
             stop: AtomicBool::new(false),
             active: AtomicUsize::new(0),
+            decided: AtomicU64::new(0),
         });
         let s = shared.clone();
         let accept = std::thread::spawn(move || accept_loop(listener, s));
@@ -218,7 +225,8 @@ impl Shared {
             .lock()
             .unwrap()
             .unwrap_or(self.config.share);
-        if self.config.faults.is_empty() || self.unit() >= share {
+        let forced = self.decided.fetch_add(1, Ordering::Relaxed) < self.config.fault_first;
+        if self.config.faults.is_empty() || (!forced && self.unit() >= share) {
             return None;
         }
         let i = (self.next() % self.config.faults.len() as u64) as usize;
