@@ -523,23 +523,32 @@ impl S3Cache {
         }
     }
 
+    /// GetObject, with a missing key (but not a missing bucket) as `None`.
+    async fn get_object(
+        &self,
+        key: &str,
+    ) -> Result<Option<aws_sdk_s3::operation::get_object::GetObjectOutput>, CacheError> {
+        let ctx = &self.ctx;
+        match ctx
+            .client
+            .get_object()
+            .bucket(&ctx.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(out)),
+            Err(e) if is_status(&e, 404) && e.code() != Some("NoSuchBucket") => Ok(None),
+            Err(e) => Err(ctx.error("GetObject", key, e)),
+        }
+    }
+
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
         let ctx = &self.ctx;
         let mut attempt = 1;
         loop {
-            let out = match ctx
-                .client
-                .get_object()
-                .bucket(&ctx.bucket)
-                .key(key)
-                .send()
-                .await
-            {
-                Ok(out) => out,
-                Err(e) if is_status(&e, 404) && e.code() != Some("NoSuchBucket") => {
-                    return Ok(None);
-                }
-                Err(e) => return Err(ctx.error("GetObject", key, e)),
+            let Some(out) = self.get_object(key).await? else {
+                return Ok(None);
             };
             // The SDK's retries end with the headers; a body cut short is ours to fetch again.
             match out.body.collect().await {
@@ -663,18 +672,8 @@ impl S3Cache {
         &self,
         key: &str,
     ) -> Result<Option<(u64, Pin<Box<dyn tokio::io::AsyncRead + Send>>)>, CacheError> {
-        let ctx = &self.ctx;
-        let out = match ctx
-            .client
-            .get_object()
-            .bucket(&ctx.bucket)
-            .key(key)
-            .send()
-            .await
-        {
-            Ok(out) => out,
-            Err(e) if is_status(&e, 404) && e.code() != Some("NoSuchBucket") => return Ok(None),
-            Err(e) => return Err(ctx.error("GetObject", key, e)),
+        let Some(out) = self.get_object(key).await? else {
+            return Ok(None);
         };
         let size = to_size(out.content_length());
         Ok(Some((size, Box::pin(out.body.into_async_read()))))
