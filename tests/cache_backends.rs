@@ -504,7 +504,7 @@ async fn s3_wrong_secret_says_what_s3_said() {
     let opts = OpenOptions::default().static_credentials(server.access_key(), wrong);
     let err = open_err(&server.cache_url(), opts).await;
     let want = format!(
-        "S3 at {} refused the credentials from the static credentials given to nixbucket for bucket 'nixbucket-test': SignatureDoesNotMatch: ",
+        "S3 at {} refused the credentials from the static credentials given to nixbucket for bucket 'nixbucket-test' (ListObjectsV2): SignatureDoesNotMatch: ",
         server.endpoint()
     );
     assert!(err.starts_with(&want), "{err}");

@@ -290,6 +290,44 @@ fn stalled_requests_are_abandoned_and_retried() {
     assert_verifies(&server, server.bucket(), &f.public, true, "after stalls");
 }
 
+/// The store completes a multipart upload but its answer is lost: the retried Complete finds
+/// the upload gone (S3 says NoSuchUpload, s3s-fs AccessDenied), and the push must see that the
+/// object is there rather than fail the path.
+#[test]
+fn a_lost_answer_to_complete_multipart_upload_is_not_a_failure() {
+    let f = Fixture::new(BIG_MIB);
+    let server = S3Server::start();
+    let config = FaultConfig {
+        faults: vec![Fault::Truncate],
+        fault_first: 1,
+        only_on: Some("CompleteMultipartUpload"),
+        ..FaultConfig::mixed(0.0, 7)
+    };
+    let proxy = FaultProxy::start(&server.endpoint(), config);
+    let out = run(&mut push_cmd(
+        &server,
+        &s3_url(server.bucket(), &proxy.endpoint()),
+        &f.secret,
+        &f.paths(),
+    ));
+    let stats = proxy.stats();
+    assert_eq!(stats.faults_on("CompleteMultipartUpload"), 1, "{stats:?}");
+    assert!(
+        stats.requests["CompleteMultipartUpload"] >= 2,
+        "the lost answer was not retried: {stats:?}"
+    );
+    assert_ok(&out);
+    assert!(stderr(&out).contains("pushed 4 paths"), "{}", stderr(&out));
+    assert_verifies(
+        &server,
+        server.bucket(),
+        &f.public,
+        true,
+        "after a lost answer",
+    );
+    assert!(server.pending_uploads().is_empty());
+}
+
 /// Kills the S3 server `n` times at random points of a push; after each the cache verifies
 /// and a re-run finishes the push.
 #[test]

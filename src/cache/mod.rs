@@ -107,9 +107,10 @@ pub enum CacheError {
         detail: String,
     },
     #[error(
-        "S3 at {endpoint} refused the credentials from {source_desc} for bucket '{bucket}': {code}: {message}"
+        "S3 at {endpoint} refused the credentials from {source_desc} for bucket '{bucket}' ({operation}): {code}: {message}"
     )]
     CredentialsRefused {
+        operation: &'static str,
         bucket: String,
         endpoint: String,
         source_desc: String,

@@ -222,6 +222,7 @@ impl Ctx {
             }
             if CREDENTIAL_CODES.contains(&code.as_str()) {
                 return CacheError::CredentialsRefused {
+                    operation,
                     bucket: self.bucket.clone(),
                     endpoint: self.endpoint.clone(),
                     source_desc: self.cred_source.clone(),
@@ -879,11 +880,14 @@ impl Upload {
             Ok(_) => Ok(()),
             // A retry after an attempt that did complete but whose answer was lost: the upload
             // is gone because it became the object. The key is content-addressed, so an object
-            // of the right size there is this upload (or an identical concurrent one).
-            Err(e) if e.code() == Some("NoSuchUpload") => match ctx_head(ctx, &self.key).await {
-                Ok(Some(found)) if found == size => Ok(()),
-                _ => Err(ctx.error("CompleteMultipartUpload", &self.key, e)),
-            },
+            // of the right size there is this upload (or an identical concurrent one). S3 says
+            // NoSuchUpload; s3s-fs says AccessDenied for an upload id it no longer knows.
+            Err(e) if matches!(e.code(), Some("NoSuchUpload" | "AccessDenied")) => {
+                match ctx_head(ctx, &self.key).await {
+                    Ok(Some(found)) if found == size => Ok(()),
+                    _ => Err(ctx.error("CompleteMultipartUpload", &self.key, e)),
+                }
+            }
             Err(e) => Err(ctx.error("CompleteMultipartUpload", &self.key, e)),
         }
     }

@@ -47,6 +47,8 @@ pub struct FaultConfig {
     /// This many requests, the first ones, meet a fault whatever the share: a test that must
     /// see a fault then sees one on every run, not only when the dice agree.
     pub fault_first: u64,
+    /// Faults only for this S3 operation (as [`Stats::requests`] names it); others pass.
+    pub only_on: Option<&'static str>,
 }
 
 impl FaultConfig {
@@ -65,6 +67,7 @@ impl FaultConfig {
             stall: Duration::from_secs(60),
             retry_after: 1,
             fault_first: 0,
+            only_on: None,
         }
     }
 }
@@ -219,7 +222,10 @@ impl Shared {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    fn pick(&self) -> Option<Fault> {
+    fn pick(&self, op: &str) -> Option<Fault> {
+        if self.config.only_on.is_some_and(|only| only != op) {
+            return None;
+        }
         let share = self
             .share_override
             .lock()
@@ -377,7 +383,7 @@ fn serve(mut client: TcpStream, shared: &Shared) -> std::io::Result<()> {
     let mut reader = BufReader::new(client.try_clone()?);
     let req = read_request(&mut reader, &mut client)?;
     let op = operation(&req.method, &req.target);
-    let fault = shared.pick();
+    let fault = shared.pick(&op);
     {
         let mut stats = shared.stats.lock().unwrap();
         *stats.requests.entry(op.clone()).or_default() += 1;
