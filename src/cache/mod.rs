@@ -107,15 +107,15 @@ pub enum CacheError {
         detail: String,
     },
     #[error(
-        "S3 at {endpoint} refused the credentials from {source_desc} for bucket '{bucket}' ({operation}): {code}: {message}"
+        "S3 at {endpoint} refused the credentials from {source_desc} for bucket '{bucket}' ({operation}): {answer}"
     )]
     CredentialsRefused {
         operation: &'static str,
         bucket: String,
         endpoint: String,
         source_desc: String,
-        code: String,
-        message: String,
+        /// The store's error code and message, `Code: message`.
+        answer: String,
     },
     #[error("S3 {operation} of s3://{bucket}/{key} failed: {code}: {message}")]
     S3 {

@@ -226,8 +226,7 @@ impl Ctx {
                     bucket: self.bucket.clone(),
                     endpoint: self.endpoint.clone(),
                     source_desc: self.cred_source.clone(),
-                    code,
-                    message,
+                    answer: format!("{code}: {message}"),
                 };
             }
             return CacheError::S3 {
