@@ -237,6 +237,67 @@ async fn list_pages_through_many_objects(#[case] kind: Kind) {
     assert_eq!(env.keys("k").await, want);
 }
 
+/// The sharded listing finds every narinfo and every `nar/` object (through pages of 2 on
+/// S3), and nothing deeper down or elsewhere.
+#[rstest]
+#[case::file(Kind::File)]
+#[case::s3(Kind::S3)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_level_over_store_prefixes_finds_narinfos_and_nars(#[case] kind: Kind) {
+    let env = env(kind).await;
+    let alphabet = "0123456789abcdfghijklmnpqrsvwxyz";
+    let mut want = Vec::new();
+    // Every leading character, a few hashes each, so some shards take several pages.
+    for (i, c) in alphabet.chars().enumerate() {
+        for n in 0..(1 + i % 4) {
+            let hash: String = std::iter::once(c)
+                .chain(alphabet.chars().cycle().skip(i + n).take(31))
+                .collect();
+            want.push(format!("{hash}.narinfo"));
+            want.push(format!("nar/{hash}.nar.zst"));
+        }
+    }
+    // A hash that starts like the NAR directory.
+    let narlike = format!("nar{}", &alphabet[..29]);
+    want.push(format!("{narlike}.narinfo"));
+    let elsewhere = [
+        "nar/0aa/deeper.nar",
+        "log/0abc.drv",
+        "usage/000000000001-0000000000000001.zst",
+        "realisations/sha256:00.doi",
+    ];
+    for key in want.iter().map(String::as_str).chain(elsewhere) {
+        env.cache
+            .put(key, Bytes::from_static(b"x"), "application/x-nix-nar")
+            .await
+            .unwrap();
+    }
+    env.cache
+        .put(
+            "nix-cache-info",
+            Bytes::from_static(b"StoreDir: /nix/store\n"),
+            "text/plain",
+        )
+        .await
+        .unwrap();
+    want.push("nix-cache-info".to_owned());
+    want.sort();
+    let got: Vec<String> = env
+        .cache
+        .list_level(&nixbucket::cache::store_prefixes(), 8)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert_eq!(got, want);
+    let narinfos = got.iter().filter(|k| nixbucket::cache::is_narinfo_key(k));
+    assert_eq!(
+        narinfos.count(),
+        want.iter().filter(|k| k.ends_with(".narinfo")).count()
+    );
+}
+
 #[rstest]
 #[case::file(Kind::File)]
 #[case::s3(Kind::S3)]

@@ -144,7 +144,12 @@ impl FileCache {
         }
     }
 
-    pub(crate) async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, CacheError> {
+    /// `one_level`: only objects in the prefix's own directory, as S3 lists with delimiter `/`.
+    pub(crate) async fn list(
+        &self,
+        prefix: &str,
+        one_level: bool,
+    ) -> Result<Vec<ObjectInfo>, CacheError> {
         let root = self.root.clone();
         let prefix = prefix.to_owned();
         blocking(move || {
@@ -181,7 +186,9 @@ impl FileCache {
                         .map_err(|e| CacheError::io("list", &path, e))?;
                     if ft.is_dir() {
                         // Descend only where a match can still be found.
-                        if key.starts_with(&prefix) || prefix.starts_with(&format!("{key}/")) {
+                        if !one_level && key.starts_with(&prefix)
+                            || prefix.starts_with(&format!("{key}/"))
+                        {
                             dirs.push((path, key));
                         }
                         continue;

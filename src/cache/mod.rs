@@ -24,6 +24,36 @@ pub(crate) const TEMP_PREFIX: &str = ".tmp-";
 /// Default size of one multipart part (S3 wants at least 5 MiB for all but the last).
 pub const DEFAULT_PART_SIZE: usize = 8 * 1024 * 1024;
 
+/// Whether `key` names a narinfo as Nix asks for one: `<32 nixbase32 characters>.narinfo` at
+/// the top of the cache.
+pub fn is_narinfo_key(key: &str) -> bool {
+    key.strip_suffix(".narinfo").is_some_and(|hash| {
+        hash.len() == 32
+            && hash
+                .bytes()
+                .all(|c| crate::nix::base32::ALPHABET.contains(&c))
+    })
+}
+
+/// Prefixes that together list every narinfo ([`is_narinfo_key`]), one per leading hash
+/// character. Hashes are uniform, so the shards are even, and [`Cache::list_level`] lists them
+/// side by side.
+pub fn narinfo_prefixes() -> Vec<String> {
+    let chars = crate::nix::base32::ALPHABET.iter().map(|&c| char::from(c));
+    chars.map(String::from).collect()
+}
+
+/// [`narinfo_prefixes`] and the same 32 under `nar/`, for every NAR stored as
+/// `nar/<nixbase32>…` (the layout Nix and nixbucket write).
+pub fn store_prefixes() -> Vec<String> {
+    let narinfos = narinfo_prefixes();
+    let nars = narinfos
+        .iter()
+        .map(|c| format!("nar/{c}"))
+        .collect::<Vec<_>>();
+    narinfos.into_iter().chain(nars).collect()
+}
+
 /// One object in a cache.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectInfo {
@@ -268,10 +298,36 @@ impl Cache {
     /// All objects whose key starts with `prefix` (`""` for all), sorted by key.
     pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, CacheError> {
         let mut v = match &self.backend {
-            Backend::File(c) => c.list(prefix).await?,
-            Backend::S3(c) => c.list(prefix).await?,
+            Backend::File(c) => c.list(prefix, false).await?,
+            Backend::S3(c) => c.list(prefix, false).await?,
         };
         v.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(v)
+    }
+
+    /// The objects directly under each prefix's "directory" (S3's delimiter `/`: `nar/0` finds
+    /// `nar/0….nar.zst` but nothing in `nar/0…/`), listed `jobs` prefixes at a time, sorted by
+    /// key. With [`store_prefixes`], a listing that S3 serves in parallel instead of one page
+    /// after another.
+    pub async fn list_level(
+        &self,
+        prefixes: &[String],
+        jobs: usize,
+    ) -> Result<Vec<ObjectInfo>, CacheError> {
+        use futures::{StreamExt, TryStreamExt};
+        let pages: Vec<Vec<ObjectInfo>> = futures::stream::iter(prefixes)
+            .map(|prefix| async move {
+                match &self.backend {
+                    Backend::File(c) => c.list(prefix, true).await,
+                    Backend::S3(c) => c.list(prefix, true).await,
+                }
+            })
+            .buffer_unordered(jobs.max(1))
+            .try_collect()
+            .await?;
+        let mut v: Vec<ObjectInfo> = pages.into_iter().flatten().collect();
+        v.sort_by(|a, b| a.key.cmp(&b.key));
+        v.dedup_by(|a, b| a.key == b.key);
         Ok(v)
     }
 
@@ -363,6 +419,33 @@ impl ObjectWriter {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn narinfo_keys_are_nixbase32_hashes_at_the_top() {
+        let hash = "0123456789abcdfghijklmnpqrsvwxy";
+        assert!(super::is_narinfo_key(&format!("{hash}z.narinfo")));
+        for bad in [
+            format!("{hash}.narinfo"),
+            format!("{hash}zz.narinfo"),
+            format!("{hash}e.narinfo"),
+            format!("{hash}Z.narinfo"),
+            format!("{hash}z.narinfo.tmp"),
+            format!("nar/{hash}z.narinfo"),
+        ] {
+            assert!(!super::is_narinfo_key(&bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn store_prefixes_cover_each_leading_character_once() {
+        let p = super::store_prefixes();
+        assert_eq!(p.len(), 64);
+        let key = "s4a9d3a2vz2mzwbfa4jr3xplrbksmxvn.narinfo";
+        assert_eq!(p.iter().filter(|x| key.starts_with(x.as_str())).count(), 1);
+        let nar = "nar/1w1fff338fvdw53sqgamddn1b2xgds473pv6y13gizdbqjv4i5p3.nar.xz";
+        let matches: Vec<_> = p.iter().filter(|x| nar.starts_with(x.as_str())).collect();
+        assert_eq!(matches, ["n", "nar/1"]);
+    }
+
     use super::*;
     use rstest::rstest;
 

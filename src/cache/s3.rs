@@ -636,7 +636,12 @@ impl S3Cache {
         }
     }
 
-    pub(crate) async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, CacheError> {
+    /// `one_level`: only keys without a `/` after the prefix (delimiter `/`).
+    pub(crate) async fn list(
+        &self,
+        prefix: &str,
+        one_level: bool,
+    ) -> Result<Vec<ObjectInfo>, CacheError> {
         let ctx = &self.ctx;
         let mut out = Vec::new();
         let mut token: Option<String> = None;
@@ -646,6 +651,7 @@ impl S3Cache {
                 .list_objects_v2()
                 .bucket(&ctx.bucket)
                 .prefix(prefix)
+                .set_delimiter(one_level.then(|| "/".to_owned()))
                 .max_keys(self.list_page_size)
                 .set_continuation_token(token.take())
                 .send()

@@ -50,11 +50,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let cache = super::open_cache(&url, OpenOptions::default()).await?;
     let keys: Vec<String> = if args.all {
         cache
-            .list("")
+            .list_level(&crate::cache::narinfo_prefixes(), args.jobs)
             .await?
             .into_iter()
             .map(|o| o.key)
-            .filter(|k| k.ends_with(".narinfo") && !k.contains('/'))
+            .filter(|k| crate::cache::is_narinfo_key(k))
             .collect()
     } else {
         args.paths

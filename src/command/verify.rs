@@ -71,11 +71,13 @@ pub async fn verify(
     deep: bool,
     jobs: usize,
 ) -> anyhow::Result<Report> {
-    let listing = cache.list("").await?;
+    let listing = cache
+        .list_level(&crate::cache::store_prefixes(), jobs)
+        .await?;
     let mut nars = HashMap::new();
     let mut narinfo_keys = Vec::new();
     for object in listing {
-        if object.key.ends_with(".narinfo") && !object.key.contains('/') {
+        if crate::cache::is_narinfo_key(&object.key) {
             narinfo_keys.push(object.key.clone());
         }
         if object.key.starts_with("nar/") {
@@ -131,14 +133,23 @@ async fn check_one(
     if !keys.is_empty() && !info.verify(keys) {
         problems.push(format!("{path}: no valid signature by a trusted key"));
     }
-    match nars.get(&info.url) {
-        None => problems.push(format!("{path}: its NAR {} is missing", info.url)),
-        Some(size) if info.file_size.is_some_and(|f| f != *size) => problems.push(format!(
+    // The listing covers `nar/<hash>…`; a NAR stored elsewhere is looked up by itself.
+    let found = match nars.get(&info.url) {
+        Some(size) => Ok(Some(*size)),
+        None => cache.head(&info.url).await.map(|o| o.map(|o| o.size)),
+    };
+    match found {
+        Err(e) => problems.push(format!(
+            "{path}: could not look up its NAR {}: {e}",
+            info.url
+        )),
+        Ok(None) => problems.push(format!("{path}: its NAR {} is missing", info.url)),
+        Ok(Some(size)) if info.file_size.is_some_and(|f| f != size) => problems.push(format!(
             "{path}: its NAR {} has {size} bytes, the narinfo says {}",
             info.url,
             info.file_size.unwrap_or_default()
         )),
-        Some(_) if deep => {
+        Ok(Some(_)) if deep => {
             // A download cut short says nothing about the cache; only a NAR read whole and
             // found wrong (or unreadable every time) is a problem.
             let mut attempt = 1;
@@ -160,7 +171,7 @@ async fn check_one(
                 }
             }
         }
-        Some(_) => {}
+        Ok(Some(_)) => {}
     }
     for reference in &info.references {
         if reference != &info.store_path && !hashes.contains(&reference.hash_part()) {

@@ -13,7 +13,8 @@
 //! 3. NARs that no remaining narinfo names, and that are older than the grace period, go;
 //! 4. usage records are merged into one (compaction).
 //!
-//! Cost: two ListObjectsV2 passes, one GET per narinfo and usage record, one DELETE per object
+//! Cost: two listings (each 65 ListObjectsV2 calls side by side, one per leading hash
+//! character of narinfos and of NARs, plus usage records), one GET per narinfo and usage record, one DELETE per object
 //! removed; no HEAD per object. GETs and DELETEs run `jobs` at a time.
 
 use std::collections::{HashMap, HashSet};
@@ -22,7 +23,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures::StreamExt;
 
-use crate::cache::{Cache, CacheError, ObjectInfo};
+use crate::cache::{self, Cache, CacheError, ObjectInfo};
 use crate::nix::{NarInfo, StorePath};
 use crate::push::usage::{self, Usage, UsageError};
 
@@ -123,7 +124,7 @@ impl Entry {
 /// Lists the cache, plans, and (unless a dry run) deletes. See the module docs for the order.
 pub async fn collect(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcError> {
     let jobs = opts.jobs.max(1);
-    let listing = cache.list("").await?;
+    let listing = list_cache(cache, jobs).await?;
     let listed: HashMap<String, ObjectInfo> =
         listing.iter().map(|o| (o.key.clone(), o.clone())).collect();
     let usage_keys: Vec<String> = listing
@@ -134,7 +135,10 @@ pub async fn collect(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcErro
     let mut usage = read_usage(cache, &usage_keys, jobs).await?;
     let mut report = GcReport::default();
 
-    let narinfo_objects: Vec<&ObjectInfo> = listing.iter().filter(|o| is_narinfo(&o.key)).collect();
+    let narinfo_objects: Vec<&ObjectInfo> = listing
+        .iter()
+        .filter(|o| cache::is_narinfo_key(&o.key))
+        .collect();
     let entries = read_narinfos(cache, &narinfo_objects, jobs).await?;
     report.narinfos = entries.len();
     for e in &entries {
@@ -274,14 +278,14 @@ pub async fn collect(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcErro
     report.meta_bytes_freed += doomed.iter().map(|&i| entries[i].size).sum::<u64>();
 
     // 2. A second listing: repair what a concurrent push built on a deleted path.
-    let after = cache.list("").await?;
+    let after = list_cache(cache, jobs).await?;
     let mut gone = vec![false; entries.len()];
     for &i in &doomed {
         gone[i] = true;
     }
     let new_narinfos: Vec<&ObjectInfo> = after
         .iter()
-        .filter(|o| is_narinfo(&o.key))
+        .filter(|o| cache::is_narinfo_key(&o.key))
         .filter(|o| {
             listed
                 .get(&o.key)
@@ -376,8 +380,11 @@ pub async fn collect(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcErro
     Ok(report)
 }
 
-fn is_narinfo(key: &str) -> bool {
-    key.len() == 32 + ".narinfo".len() && key.ends_with(".narinfo") && !key.contains('/')
+/// Narinfos, NARs and usage records: all gc reads or deletes, in 65 listings side by side.
+async fn list_cache(cache: &Cache, jobs: usize) -> Result<Vec<ObjectInfo>, CacheError> {
+    let mut prefixes = cache::store_prefixes();
+    prefixes.push(usage::PREFIX.to_owned());
+    cache.list_level(&prefixes, jobs).await
 }
 
 /// Usage records that were not in `listed`, read: (their keys, their merged contents).

@@ -7,7 +7,7 @@
 
 use thiserror::Error;
 
-const ALPHABET: &[u8; 32] = b"0123456789abcdfghijklmnpqrsvwxyz";
+pub(crate) const ALPHABET: &[u8; 32] = b"0123456789abcdfghijklmnpqrsvwxyz";
 
 /// Maps an ASCII byte to its 5-bit value, or 0xff for bytes outside the alphabet.
 const DECODE: [u8; 256] = {
