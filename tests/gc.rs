@@ -552,3 +552,107 @@ fn a_narinfo_gc_cannot_read_is_kept_with_its_nar() {
         assert!(!target.has_narinfo(p), "{p} survived");
     }
 }
+
+/// A push that finds a path's NAR already in the cache (an interrupted push left it, or gc
+/// deleted only the narinfo so far) touches the NAR, so that gc's grace period covers it.
+#[rstest::rstest]
+#[case::file(false)]
+#[case::s3(true)]
+fn a_push_reusing_a_nar_touches_it(#[case] s3: bool) {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = if s3 {
+        Target::s3()
+    } else {
+        Target::file(tmp.path())
+    };
+    let (secret, _) = keygen(tmp.path(), "gc-test-1");
+    let tag = nonce();
+    let path = build(
+        tmp.path(),
+        &derivation(&format!("reused-{tag}"), &format!("echo {tag} > $out")),
+    );
+    target.push(&secret, &path);
+    let nar = target.nar_of(&path);
+    std::fs::remove_file(target.objects.join(format!("{}.narinfo", hash_part(&path)))).unwrap();
+    target.age(std::slice::from_ref(&nar), 30 * DAY);
+    let before = std::fs::read(target.objects.join(&nar)).unwrap();
+    let out = target.push(&secret, &path);
+    assert!(target.has_narinfo(&path), "{}", stderr(&out));
+    let meta = std::fs::metadata(target.objects.join(&nar)).unwrap();
+    let age = SystemTime::now()
+        .duration_since(meta.modified().unwrap())
+        .unwrap_or_default();
+    assert!(age < Duration::from_secs(600), "the NAR is {age:?} old");
+    assert_eq!(std::fs::read(target.objects.join(&nar)).unwrap(), before);
+}
+
+/// The race the touch is for: gc planned to delete an orphan NAR, and before it does, a push
+/// reuses that NAR. gc looks at the NAR again right before deleting it, sees the touch, and
+/// leaves it. The proxy holds gc's HEAD requests for seconds so that the push lands between
+/// gc's plan and its deletion every time.
+#[test]
+fn gc_leaves_a_nar_that_a_push_reused_after_the_plan() {
+    use common::fault_proxy::{Fault, FaultConfig, FaultProxy};
+    let tmp = tempfile::tempdir().unwrap();
+    let target = Target::s3();
+    let server = target.server.as_ref().unwrap();
+    let (secret, public) = keygen(tmp.path(), "gc-test-1");
+    let tag = nonce();
+    let path = build(
+        tmp.path(),
+        &derivation(&format!("orphan-{tag}"), &format!("echo {tag} > $out")),
+    );
+    target.push(&secret, &path);
+    let nar = target.nar_of(&path);
+    std::fs::remove_file(target.objects.join(format!("{}.narinfo", hash_part(&path)))).unwrap();
+    for (key, _) in target.usage_records() {
+        std::fs::remove_file(target.objects.join(key)).unwrap();
+    }
+    target.age(&target.keys(), 30 * DAY);
+
+    let proxy = FaultProxy::start(
+        &server.endpoint(),
+        FaultConfig {
+            share: 1.0,
+            faults: vec![Fault::Delay],
+            delay: Duration::from_secs(5),
+            only_on: Some("Head"),
+            ..FaultConfig::mixed(0.0, 1)
+        },
+    );
+    let via_proxy = target.url.replace(&server.endpoint(), &proxy.endpoint());
+    let mut gc = target
+        .cmd()
+        .args(["gc", "--older-than", "1d", "--cache", &via_proxy])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // HeadBucket when gc opens the cache, then the look at the doomed NAR.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while proxy.stats().requests.get("Head").copied().unwrap_or(0) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline && gc.try_wait().unwrap().is_none(),
+            "gc never looked at the NAR before deleting it: {:?}",
+            proxy.stats()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    target.push(&secret, &path);
+    assert!(
+        gc.try_wait().unwrap().is_none(),
+        "gc finished before the push: the test proves nothing"
+    );
+    let out = gc.wait_with_output().unwrap();
+    assert_ok(&out);
+    let report = stderr(&out);
+    assert!(
+        report.contains("deleted 0 of 0 paths and 0 NARs"),
+        "{report}"
+    );
+    assert!(
+        target.objects.join(&nar).exists(),
+        "gc deleted the reused NAR"
+    );
+    assert_ok(&target.verify(&public));
+}

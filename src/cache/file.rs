@@ -98,6 +98,22 @@ impl FileCache {
         }
     }
 
+    pub(crate) async fn touch(&self, key: &str) -> Result<bool, CacheError> {
+        let path = self.path(key);
+        blocking(move || {
+            let file = match std::fs::OpenOptions::new().write(true).open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(CacheError::io("open", path, e)),
+            };
+            let now = std::fs::FileTimes::new().set_modified(std::time::SystemTime::now());
+            file.set_times(now)
+                .map_err(|e| CacheError::io("set the time of", &path, e))?;
+            Ok(true)
+        })
+        .await
+    }
+
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
         let path = self.path(key);
         match tokio::fs::read(&path).await {

@@ -254,6 +254,17 @@ impl Cache {
         }
     }
 
+    /// Makes an object's LastModified now, keeping its bytes: `false` if it is absent. A push
+    /// that reuses a NAR already in the cache touches it, so that gc's grace period covers
+    /// it from then on (see [`crate::gc`]).
+    pub async fn touch(&self, key: &str, content_type: &str) -> Result<bool, CacheError> {
+        check_key(key)?;
+        match &self.backend {
+            Backend::File(c) => c.touch(key).await,
+            Backend::S3(c) => c.touch(key, content_type).await,
+        }
+    }
+
     /// A whole object in memory; meant for small ones (narinfo, nix-cache-info).
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
         check_key(key)?;

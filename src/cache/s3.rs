@@ -523,6 +523,27 @@ impl S3Cache {
         }
     }
 
+    /// CopyObject onto itself, which S3 allows only when something changes: the metadata is
+    /// replaced by the same content type.
+    pub(crate) async fn touch(&self, key: &str, content_type: &str) -> Result<bool, CacheError> {
+        let ctx = &self.ctx;
+        match ctx
+            .client
+            .copy_object()
+            .bucket(&ctx.bucket)
+            .key(key)
+            .copy_source(format!("{}/{}", ctx.bucket, key))
+            .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
+            .content_type(content_type)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.code() == Some("NoSuchKey") => Ok(false),
+            Err(e) => Err(ctx.error("CopyObject", key, e)),
+        }
+    }
+
     /// GetObject, with a missing key (but not a missing bucket) as `None`.
     async fn get_object(
         &self,

@@ -10,12 +10,15 @@
 //! 2. the cache is listed again: a narinfo or usage record that appeared meanwhile (a push
 //!    running alongside) and needs a deleted path gets that path's narinfo back, from the
 //!    text read in the plan, with its closure;
-//! 3. NARs that no remaining narinfo names, and that are older than the grace period, go;
+//! 3. NARs that no remaining narinfo names, and that are older than the grace period, go,
+//!    each looked at (HEAD) right before its deletion: a push that reuses such a NAR touches
+//!    it first (see [`crate::push`]), and then it stays;
 //! 4. usage records are merged into one (compaction).
 //!
 //! Cost: two listings (each 65 ListObjectsV2 calls side by side, one per leading hash
-//! character of narinfos and of NARs, plus usage records), one GET per narinfo and usage record, one DELETE per object
-//! removed; no HEAD per object. GETs and DELETEs run `jobs` at a time.
+//! character of narinfos and of NARs, plus usage records), one GET per narinfo and usage
+//! record, one DELETE per object removed and a HEAD before each NAR deletion; no HEAD per
+//! object in the plan. GETs, HEADs and DELETEs run `jobs` at a time.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
@@ -351,10 +354,11 @@ pub async fn collect(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcErro
             continue;
         }
         nar_doomed.push(o.key.clone());
-        report.nars_deleted += 1;
-        report.nar_bytes_freed += o.size;
     }
-    delete_all(cache, &nar_doomed, jobs).await?;
+    let (deleted, freed, touched) = delete_stale(cache, &nar_doomed, young_before, jobs).await?;
+    report.nars_deleted += deleted;
+    report.nar_bytes_freed += freed;
+    report.young += touched;
 
     // 4. Compaction: one record with what is still relevant replaces the ones read.
     let read_keys: Vec<String> = usage_keys.iter().cloned().chain(late_usage.0).collect();
@@ -526,6 +530,49 @@ async fn delete_all(cache: &Cache, keys: &[String], jobs: usize) -> Result<(), G
         });
     }
     Ok(())
+}
+
+/// Deletes each object that is still older than `young_before` when looked at right before
+/// its deletion: a push that reuses an orphan NAR touches it first, and that NAR stays.
+/// (deleted, bytes freed, found touched).
+async fn delete_stale(
+    cache: &Cache,
+    keys: &[String],
+    young_before: SystemTime,
+    jobs: usize,
+) -> Result<(usize, u64, usize), GcError> {
+    let one = |key: String| async move {
+        let Some(now) = cache.head(&key).await? else {
+            return Ok((0, 0, 0));
+        };
+        if now.last_modified.is_none_or(|t| t > young_before) {
+            return Ok((0, 0, 1));
+        }
+        cache.delete(&key).await?;
+        Ok::<_, CacheError>((1, now.size, 0))
+    };
+    let results: Vec<Result<(usize, u64, usize), CacheError>> =
+        futures::stream::iter(keys.iter().cloned())
+            .map(one)
+            .buffer_unordered(jobs)
+            .collect()
+            .await;
+    let mut sum = (0, 0, 0);
+    let mut failed = Vec::new();
+    for r in results {
+        match r {
+            Ok((d, b, t)) => sum = (sum.0 + d, sum.1 + b, sum.2 + t),
+            Err(e) => failed.push(e),
+        }
+    }
+    let mut errors = failed.into_iter();
+    if let Some(first) = errors.next() {
+        return Err(GcError::Delete {
+            failed: 1 + errors.count(),
+            first,
+        });
+    }
+    Ok(sum)
 }
 
 /// The reference graph between the narinfos present, by index.

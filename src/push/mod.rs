@@ -325,26 +325,20 @@ async fn push_one(
             return Err(PushError::Cancelled);
         }
         match cache.head(&key).await? {
-            // Content-keyed: an object under this name holds this NAR, whole.
-            Some(existing) => {
+            // Content-keyed: an object under this name holds this NAR, whole. It may be an
+            // orphan that gc is about to delete; touching it puts it inside gc's grace period.
+            Some(existing) if cache.touch(&key, NAR_CONTENT_TYPE).await? => {
                 counters
                     .nar_bytes
                     .fetch_add(info.nar_size, Ordering::Relaxed);
                 (None, existing.size, true)
             }
-            None => {
-                let writer = cache.writer(&key, "application/x-nix-nar");
-                let (info2, opts2, counters) = (info.clone(), opts.clone(), counters.clone());
-                let (hash, size) = tokio::task::spawn_blocking(move || {
-                    stream_nar(&info2, writer, &opts2, &counters.nar_bytes)
-                })
-                .await
-                .map_err(|e| PushError::Worker(e.to_string()))??;
+            _ => {
+                let (hash, size) = upload_nar(cache, &key, &info, opts, counters).await?;
                 (Some(hash), size, false)
             }
         }
     };
-
     for (reference, mut rx) in waits {
         let state = *rx
             .wait_for(|s| *s != Landed::Pending)
@@ -371,16 +365,16 @@ async fn push_one(
         signatures: info.signatures.clone(),
         ca: info.ca.clone(),
     };
-    if let Some(key) = &opts.signing_key {
-        narinfo.sign(key);
+    put_narinfo(cache, &mut narinfo, opts).await?;
+    // A gc that listed before the touch may still have deleted the reused NAR; then it goes
+    // up again, and the narinfo is rewritten with its hash and size (another compression
+    // level gives other bytes under the same name).
+    let mut file_size = file_size;
+    if reused_nar && cache.head(&narinfo.url).await?.is_none() {
+        let (hash, size) = upload_nar(cache, &narinfo.url, &info, opts, counters).await?;
+        (narinfo.file_hash, narinfo.file_size, file_size) = (Some(hash), Some(size), size);
+        put_narinfo(cache, &mut narinfo, opts).await?;
     }
-    cache
-        .put(
-            &narinfo_key(&info.path),
-            narinfo.to_string().into(),
-            "text/x-nix-narinfo",
-        )
-        .await?;
     Ok(Pushed {
         path: info.path,
         nar_size: info.nar_size,
@@ -388,6 +382,42 @@ async fn push_one(
         reused_nar,
         elapsed: started.elapsed(),
     })
+}
+
+const NAR_CONTENT_TYPE: &str = "application/x-nix-nar";
+
+async fn put_narinfo(
+    cache: &Cache,
+    narinfo: &mut NarInfo,
+    opts: &PushOptions,
+) -> Result<(), PushError> {
+    if let Some(key) = &opts.signing_key {
+        narinfo.sign(key);
+    }
+    let body = narinfo.to_string().into();
+    cache
+        .put(
+            &narinfo_key(&narinfo.store_path),
+            body,
+            "text/x-nix-narinfo",
+        )
+        .await?;
+    Ok(())
+}
+
+/// Streams the path's NAR into the cache under `key`: (file hash, file size).
+async fn upload_nar(
+    cache: &Cache,
+    key: &str,
+    info: &PathInfo,
+    opts: &PushOptions,
+    counters: &Arc<progress::Counters>,
+) -> Result<(Sha256, u64), PushError> {
+    let writer = cache.writer(key, NAR_CONTENT_TYPE);
+    let (info, opts, counters) = (info.clone(), opts.clone(), counters.clone());
+    tokio::task::spawn_blocking(move || stream_nar(&info, writer, &opts, &counters.nar_bytes))
+        .await
+        .map_err(|e| PushError::Worker(e.to_string()))?
 }
 
 /// Counts NAR bytes for the progress display as they stream past, and stops the stream when
