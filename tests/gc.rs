@@ -656,3 +656,85 @@ fn gc_leaves_a_nar_that_a_push_reused_after_the_plan() {
     );
     assert_ok(&target.verify(&public));
 }
+
+/// gc's write-back: a push lands between gc's plan and its deletions and builds on a path gc
+/// is deleting. The proxy holds gc's DELETEs for seconds, so the push always lands there: it
+/// still finds the dependency's narinfo, pushes only the new path, and gc must put the
+/// dependency's narinfo back.
+#[test]
+fn gc_puts_back_a_path_that_a_push_built_on_during_gc() {
+    use common::fault_proxy::{Fault, FaultConfig, FaultProxy};
+    let tmp = tempfile::tempdir().unwrap();
+    let target = Target::s3();
+    let server = target.server.as_ref().unwrap();
+    let (secret, public) = keygen(tmp.path(), "gc-test-1");
+    let tag = nonce();
+    let dep = derivation(&format!("dep-{tag}"), &format!("echo {tag} > $out"));
+    let dep_path = build(tmp.path(), &dep);
+    target.push(&secret, &dep_path);
+    for (key, _) in target.usage_records() {
+        std::fs::remove_file(target.objects.join(key)).unwrap();
+    }
+    target.age(&target.keys(), 30 * DAY);
+    let top = build(
+        tmp.path(),
+        &format!(
+            "let dep = {dep}; in {}",
+            derivation(&format!("top-{tag}"), "echo ${dep} > $out")
+        ),
+    );
+
+    let proxy = FaultProxy::start(
+        &server.endpoint(),
+        FaultConfig {
+            share: 1.0,
+            faults: vec![Fault::Delay],
+            delay: Duration::from_secs(5),
+            only_on: Some("DeleteObject"),
+            ..FaultConfig::mixed(0.0, 1)
+        },
+    );
+    let via_proxy = target.url.replace(&server.endpoint(), &proxy.endpoint());
+    let gc = target
+        .cmd()
+        .args(["gc", "--older-than", "1d", "--cache", &via_proxy])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while proxy.stats().requests.get("DeleteObject").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gc deleted nothing: {:?}",
+            proxy.stats()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pushed = target.push(&secret, &top);
+    assert!(
+        stderr(&pushed).contains("1 already in the cache"),
+        "the push did not build on the path gc is deleting: {}",
+        stderr(&pushed)
+    );
+    let out = gc.wait_with_output().unwrap();
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains(&format!(
+            "kept {dep_path}: a push running alongside needs it"
+        )),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(target.has_narinfo(&dep_path));
+    assert_ok(&target.verify(&public));
+    let fresh = tmp.path().join("fresh");
+    assert_ok(&copy_into_fresh_store(
+        &target.nix_url,
+        &public,
+        &fresh,
+        &top,
+    ));
+    assert!(fresh.join(&dep_path[1..]).exists());
+}
