@@ -703,7 +703,7 @@ fn gc_puts_back_a_path_that_a_push_built_on_during_gc() {
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while proxy.stats().requests.get("DeleteObject").is_none() {
+    while !proxy.stats().requests.contains_key("DeleteObject") {
         assert!(
             std::time::Instant::now() < deadline,
             "gc deleted nothing: {:?}",
