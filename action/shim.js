@@ -330,7 +330,10 @@ async function resolveBinary(phase, env = process.env, platform = process.platfo
 /**
  * Run one phase of the action: find the binary, then hand the step over to
  * `nixbucket github-action <phase>` with the environment as GitHub set it
- * (INPUT_*, GITHUB_STATE, GITHUB_OUTPUT, …) and exit with its code.
+ * (INPUT_*, GITHUB_STATE, GITHUB_OUTPUT, …). The step's exit code is the
+ * binary's: it is set as process.exitCode, and the returned promise resolves
+ * to it once the binary has exited, so that a caller awaiting the step knows
+ * it is over.
  */
 async function runPhase(phase, env = process.env) {
   let binary;
@@ -339,24 +342,37 @@ async function runPhase(phase, env = process.env) {
   } catch (err) {
     log.error(`nixbucket: ${err.message}`);
     process.exitCode = 1;
-    return;
+    return 1;
   }
   if (phase === 'main') saveState(env, BINARY_STATE, binary);
 
-  const child = spawn(binary, ['github-action', phase], { stdio: 'inherit', env });
-  // A cancelled job signals this process; the binary must hear it too, to
-  // abort its uploads cleanly instead of being orphaned.
-  const forward = (signal) => child.kill(signal);
-  process.on('SIGINT', forward);
-  process.on('SIGTERM', forward);
-  child.on('error', (err) => {
-    log.error(`nixbucket: could not start ${binary}: ${err.message}`);
-    process.exitCode = 1;
-  });
-  child.on('exit', (code, signal) => {
-    process.removeListener('SIGINT', forward);
-    process.removeListener('SIGTERM', forward);
-    process.exitCode = exitCodeOf(code, signal);
+  return new Promise((resolve) => {
+    const child = spawn(binary, ['github-action', phase], { stdio: 'inherit', env });
+    // A cancelled job signals this process; the binary must hear it too, to
+    // abort its uploads cleanly instead of being orphaned.
+    const forward = (signal) => child.kill(signal);
+    process.on('SIGINT', forward);
+    process.on('SIGTERM', forward);
+    let finished = false;
+    const finish = (code) => {
+      if (finished) return;
+      finished = true;
+      process.removeListener('SIGINT', forward);
+      process.removeListener('SIGTERM', forward);
+      process.exitCode = code;
+      resolve(code);
+    };
+    child.on('error', (err) => {
+      // Only a binary that never started ends the step here; any other error
+      // (a failed signal) is followed by the child's own exit.
+      if (child.pid === undefined) {
+        log.error(`nixbucket: could not start ${binary}: ${err.message}`);
+        finish(1);
+      } else {
+        log.warning(`nixbucket: ${err.message}`);
+      }
+    });
+    child.on('exit', (code, signal) => finish(exitCodeOf(code, signal)));
   });
 }
 

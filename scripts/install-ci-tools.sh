@@ -71,6 +71,18 @@ if ((${#npm_specs[@]})); then
     quietly npm install --global --no-fund --no-audit --loglevel=error "${npm_specs[@]}"
 fi
 
+# tests/github_action.rs runs the action's steps under local-action from the
+# repository's root. There local-action runs its TypeScript with the project's
+# own tsx (`npm exec tsx`, which would fetch an unpinned one otherwise) and
+# stops unless `npm ls` finds one of the @actions toolkit packages it stubs.
+# package.json names both as devDependencies, pinned by package-lock.json; the
+# action itself uses neither and needs no npm install on a runner. Install
+# scripts are skipped: tsx finds esbuild's binary in its platform package.
+repo_root=$(cd "$(dirname "$0")/.." && pwd)
+if ! (cd "$repo_root" && npm ls >/dev/null 2>&1); then
+    quietly npm --prefix "$repo_root" ci --ignore-scripts --no-fund --no-audit --loglevel=error
+fi
+
 # A tool that installed but does not start is as good as missing: say so now
 # rather than let a test fail later with a confusing "not found".
 for tool in node rsync zizmor check-jsonschema gitlab-ci-local; do

@@ -1,15 +1,17 @@
-//! The GitHub Action end to end: its JavaScript (`action/main.js`, `action/post.js`) run by node
-//! with the environment the runner gives a step, the built nixbucket, the real Nix and a real
-//! S3 server. The post step diffs the shared /nix/store against what main recorded, so the test
-//! script runs this binary with the serial group (see scripts/test.sh).
+//! The GitHub Action end to end: its JavaScript (`action/main.js`, `action/post.js`) with the
+//! environment the runner gives a step, the built nixbucket, the real Nix and a real S3 server.
+//! The post step diffs the shared /nix/store against what main recorded, so the test script runs
+//! this binary with the serial group (see scripts/test.sh).
 //!
-//! Why node and not `@github/local-action`: local-action 7.0.1 runs an entry point by importing
-//! it and calling its exported `run()` (the shim's entry points export none: they run on load,
-//! as the runner expects), it stubs `@actions/core` found through `npm ls` and stops with
-//! "Something went wrong with npm list" for an action without dependencies, and it keeps
-//! `saveState` in memory instead of handing `STATE_*` to the post step. So these tests play
-//! the runner's part themselves: a fresh GITHUB_STATE/GITHUB_OUTPUT/GITHUB_STEP_SUMMARY file per
-//! step, and main's state entries passed to post as `STATE_<name>`.
+//! Most tests play the runner's part themselves and start each step as the runner does, `node
+//! action/<phase>.js`. One runs the same job under `@github/local-action` (installed by
+//! scripts/install-ci-tools.sh; the test fails when it is missing), which loads the entry point
+//! as a module and awaits its exported `run()`. What local-action needs from the project is a
+//! package.json at the action's root with tsx and an `@actions` toolkit package that `npm ls`
+//! finds (devDependencies the action itself never loads). Either way each step gets fresh
+//! GITHUB_STATE/GITHUB_OUTPUT/GITHUB_STEP_SUMMARY files, and main's state entries reach post as
+//! `STATE_<name>`: under local-action through each step's dotenv file, since local-action keeps
+//! `saveState` in memory and does not hand state from one step to the next.
 
 mod common;
 
@@ -21,7 +23,7 @@ use std::process::{Command, Output};
 
 use common::nix::{build_closure, copy_into_fresh_store, nonce};
 use common::s3::S3Server;
-use common::{assert_ok, keygen, list_files, run, stderr, stdout};
+use common::{assert_ok, keygen, list_files, nixbucket, run, stderr, stdout};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -152,12 +154,98 @@ impl Job {
 
     /// Runs `action/<phase>.js` with node as the runner would, with `state` as STATE_* variables.
     fn step(&self, phase: &str, event_name: &str, state: &BTreeMap<String, String>) -> Step {
-        let files = |name: &str| self.path(&format!("steps/{phase}-{name}"));
-        for name in ["state", "output", "summary", "env"] {
-            std::fs::write(files(name), "").unwrap();
+        self.step_with(Runner::Node, phase, event_name, state)
+    }
+
+    /// The environment the runner gives the step `phase`: the inputs as INPUT_*, main's state as
+    /// STATE_*, fresh GITHUB_STATE/GITHUB_OUTPUT/GITHUB_STEP_SUMMARY/GITHUB_ENV files, and a Nix
+    /// configuration of the job's own.
+    fn step_env(
+        &self,
+        phase: &str,
+        event_name: &str,
+        state: &BTreeMap<String, String>,
+    ) -> Vec<(String, String)> {
+        let files = |name: &str| self.step_file(phase, name).display().to_string();
+        let path = |rel: &str| self.path(rel).display().to_string();
+        let mut env: Vec<(String, String)> = Vec::new();
+        for (name, value) in &self.inputs {
+            env.push((format!("INPUT_{}", name.to_uppercase()), value.clone()));
         }
-        let mut cmd = Command::new("node");
-        cmd.arg(repo().join(format!("action/{phase}.js")));
+        for (name, value) in state {
+            env.push((format!("STATE_{name}"), value.clone()));
+        }
+        for (key, value) in [
+            ("NIX_CONF_DIR", path("conf/etc")),
+            (
+                "NIX_USER_CONF_FILES",
+                self.user_conf().display().to_string(),
+            ),
+            ("GITHUB_ACTIONS", "true".into()),
+            ("GITHUB_STATE", files("state")),
+            ("GITHUB_OUTPUT", files("output")),
+            ("GITHUB_STEP_SUMMARY", files("summary")),
+            ("GITHUB_ENV", files("env")),
+            ("GITHUB_EVENT_NAME", event_name.into()),
+            ("GITHUB_EVENT_PATH", path("event.json")),
+            ("GITHUB_WORKSPACE", self.tmp.path().display().to_string()),
+            ("GITHUB_REPOSITORY", "org/app".into()),
+            (
+                "GITHUB_SHA",
+                "0123456789abcdef0123456789abcdef01234567".into(),
+            ),
+            ("GITHUB_RUN_ID", "42".into()),
+            ("RUNNER_TEMP", path("runner-temp")),
+        ] {
+            env.push((key.to_owned(), value));
+        }
+        env.extend(self.extra_env.iter().cloned());
+        env
+    }
+
+    fn step_file(&self, phase: &str, name: &str) -> PathBuf {
+        self.path(&format!("steps/{phase}-{name}"))
+    }
+
+    /// Runs the step `phase` the way `runner` does, with `state` as STATE_* variables, and
+    /// collects what it wrote to its step files.
+    fn step_with(
+        &self,
+        runner: Runner,
+        phase: &str,
+        event_name: &str,
+        state: &BTreeMap<String, String>,
+    ) -> Step {
+        for name in ["state", "output", "summary", "env"] {
+            std::fs::write(self.step_file(phase, name), "").unwrap();
+        }
+        let env = self.step_env(phase, event_name, state);
+        let entry_point = format!("action/{phase}.js");
+        let mut cmd = match runner {
+            Runner::Node => {
+                let mut cmd = Command::new("node");
+                cmd.arg(repo().join(&entry_point))
+                    .envs(env)
+                    .current_dir(self.tmp.path());
+                cmd
+            }
+            Runner::LocalAction => {
+                // local-action takes the step's environment from a dotenv file, which it loads
+                // over its own before it loads the entry point.
+                let dotenv = self.path(&format!("steps/{phase}.env"));
+                std::fs::write(&dotenv, dotenv_text(&env)).unwrap();
+                let mut cmd = Command::new(local_action());
+                // Run from the action's root, where its package.json is: local-action runs its
+                // TypeScript through the project's tsx and asks `npm ls` there for the toolkit.
+                cmd.arg("run")
+                    .arg(repo())
+                    .arg(&entry_point)
+                    .arg(&dotenv)
+                    .current_dir(repo());
+                cmd
+            }
+        };
+        // Nothing from the test's own environment may stand in for what the step is given.
         for (key, _) in std::env::vars() {
             if [
                 "NIXBUCKET_",
@@ -174,33 +262,9 @@ impl Job {
                 cmd.env_remove(key);
             }
         }
-        for (name, value) in &self.inputs {
-            cmd.env(format!("INPUT_{}", name.to_uppercase()), value);
-        }
-        for (name, value) in state {
-            cmd.env(format!("STATE_{name}"), value);
-        }
-        cmd.env_remove("NIX_CONFIG")
-            .env("NIX_CONF_DIR", self.path("conf/etc"))
-            .env("NIX_USER_CONF_FILES", self.user_conf())
-            .env("GITHUB_ACTIONS", "true")
-            .env("GITHUB_STATE", files("state"))
-            .env("GITHUB_OUTPUT", files("output"))
-            .env("GITHUB_STEP_SUMMARY", files("summary"))
-            .env("GITHUB_ENV", files("env"))
-            .env("GITHUB_EVENT_NAME", event_name)
-            .env("GITHUB_EVENT_PATH", self.path("event.json"))
-            .env("GITHUB_WORKSPACE", self.tmp.path())
-            .env("GITHUB_REPOSITORY", "org/app")
-            .env("GITHUB_SHA", "0123456789abcdef0123456789abcdef01234567")
-            .env("GITHUB_RUN_ID", "42")
-            .env("RUNNER_TEMP", self.path("runner-temp"))
-            .current_dir(self.tmp.path());
-        for (k, v) in &self.extra_env {
-            cmd.env(k, v);
-        }
+        cmd.env_remove("NIX_CONFIG");
         let out = run(&mut cmd);
-        let read = |name: &str| std::fs::read_to_string(files(name)).unwrap();
+        let read = |name: &str| std::fs::read_to_string(self.step_file(phase, name)).unwrap();
         Step {
             state: read("state"),
             output: read("output"),
@@ -209,6 +273,61 @@ impl Job {
             out,
         }
     }
+}
+
+/// Who runs a step's JavaScript.
+#[derive(Clone, Copy, Debug)]
+enum Runner {
+    /// `node action/<phase>.js`, as the GitHub runner starts a `node24` action's step.
+    Node,
+    /// `local-action run <action> action/<phase>.js <dotenv>`: @github/local-action loads the
+    /// entry point as a module and awaits its exported `run()`.
+    LocalAction,
+}
+
+/// `local-action` from PATH, or a panic that says how to install it: the test must not pass
+/// quietly without it.
+fn local_action() -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("local-action"))
+            .find(|candidate| candidate.is_file())
+    });
+    let Some(program) = found else {
+        panic!("local-action is not on PATH: run scripts/install-ci-tools.sh");
+    };
+    // local-action runs `npm exec tsx` and `npm ls` in the action's root; without the test-only
+    // packages there, npm would fetch an unpinned tsx or local-action would stop.
+    for needed in [
+        "node_modules/.bin/tsx",
+        "node_modules/@actions/core/package.json",
+    ] {
+        assert!(
+            repo().join(needed).exists(),
+            "{needed} is missing: run scripts/install-ci-tools.sh (it runs `npm ci` in {})",
+            repo().display()
+        );
+    }
+    program
+}
+
+/// A dotenv file that sets exactly `env`. Values are single-quoted, which dotenv takes
+/// literally (newlines included); none of ours holds a single quote.
+fn dotenv_text(env: &[(String, String)]) -> String {
+    let mut text = String::new();
+    for (key, value) in env {
+        assert!(
+            key.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)),
+            "dotenv cannot name {key}"
+        );
+        assert!(
+            !value.contains('\''),
+            "dotenv cannot quote the value of {key}"
+        );
+        text.push_str(&format!("{key}='{value}'\n"));
+    }
+    text
 }
 
 fn key_text(secret_file: &Path) -> String {
@@ -249,6 +368,22 @@ fn narinfo_field(s3: &S3Server, key: &str, field: &str) -> String {
         .to_owned()
 }
 
+/// The store paths in the summary's "Slowest paths" table, in its order.
+fn slowest_paths(summary: &str) -> Vec<String> {
+    let Some((_, table)) = summary.split_once("#### Slowest paths") else {
+        panic!("no slowest paths table: {summary}");
+    };
+    table
+        .lines()
+        .map_while(|l| (l.is_empty() || l.starts_with('|')).then_some(l))
+        .filter_map(|l| l.strip_prefix("| `/nix/store/"))
+        .filter_map(|l| {
+            l.split_once('`')
+                .map(|(rest, _)| format!("/nix/store/{rest}"))
+        })
+        .collect()
+}
+
 fn hash_part(store_path: &str) -> &str {
     &store_path["/nix/store/".len()..][..32]
 }
@@ -272,20 +407,73 @@ fn s3_job(s3: &S3Server, secret: &str) -> Job {
 
 #[test]
 fn main_and_post_push_what_the_job_built_and_report_it() {
+    push_what_the_job_built(Runner::Node, "gha-test-1");
+}
+
+/// The same job with the steps run by @github/local-action: it loads each entry point as a
+/// module and awaits its `run()`, so this pins that requiring main.js or post.js starts nothing
+/// by itself, that the step runs once, and that `run()` settles only when the binary is done.
+/// As on the runner, each step gets step files of its own and post gets main's state as
+/// STATE_*, here through the dotenv file (local-action keeps `saveState` in memory).
+#[test]
+fn main_and_post_under_local_action_push_what_the_job_built_and_report_it() {
+    let (main, post) = push_what_the_job_built(Runner::LocalAction, "gha-local-1");
+    for step in [&main, &post] {
+        let out = stdout(&step.out);
+        let running = out.find("Running Action");
+        let done = out.find("Action Outputs");
+        assert!(
+            running.is_some() && done.is_some(),
+            "not run by local-action:\n{}",
+            step.describe()
+        );
+        // Everything the binary printed came after local-action started the step and before
+        // it went on: run() settled when the binary had exited.
+        let nixbucket = out.find("nixbucket: ").expect("the binary printed nothing");
+        let last = out.rfind("nixbucket: ").unwrap();
+        assert!(
+            running < Some(nixbucket) && Some(last) < done,
+            "{}",
+            step.describe()
+        );
+    }
+}
+
+/// One job, main then a build then post, run by `runner`: post pushes exactly what the build
+/// made, the step files hold what they should, and the secret shows nowhere.
+fn push_what_the_job_built(runner: Runner, key_name: &str) -> (Step, Step) {
     let s3 = S3Server::start();
     let keys = tempfile::tempdir().unwrap();
-    let (secret_file, public) = keygen(keys.path(), "gha-test-1");
+    let (secret_file, public) = keygen(keys.path(), key_name);
     let secret = key_text(&secret_file);
     let job = s3_job(&s3, &secret);
 
-    let main = job.step("main", "push", &BTreeMap::new());
+    let main = job.step_with(runner, "main", "push", &BTreeMap::new());
     assert!(main.out.status.success(), "{}", main.describe());
-    let first = stdout(&main.out).lines().next().unwrap_or("").to_owned();
+    let first_command = stdout(&main.out)
+        .lines()
+        .find(|l| l.starts_with("::"))
+        .unwrap_or("")
+        .to_owned();
     assert_eq!(
-        first,
+        first_command,
         format!("::add-mask::{secret}"),
         "the mask must come first"
     );
+    // One entry each: the step ran once.
+    let entries: Vec<&str> = main
+        .state
+        .lines()
+        .filter_map(|l| l.split_once(['=', '<']).map(|(name, _)| name))
+        .collect();
+    for name in ["nixbucket-mode", "nixbucket-state-file", "shim-binary"] {
+        assert_eq!(
+            entries.iter().filter(|e| **e == name).count(),
+            1,
+            "{name} in {}",
+            main.describe()
+        );
+    }
     let state = parse_step_file(&main.state);
     assert_eq!(
         state.get("nixbucket-mode").map(String::as_str),
@@ -314,17 +502,25 @@ fn main_and_post_push_what_the_job_built_and_report_it() {
         "{}",
         main.describe()
     );
+    assert!(main.output.is_empty(), "{}", main.describe());
 
     let [app, lib, data] = build_closure(keys.path(), &nonce());
 
-    let post = job.step("post", "push", &state);
+    let post = job.step_with(runner, "post", "push", &state);
     assert!(post.out.status.success(), "{}", post.describe());
+    assert!(post.state.is_empty(), "{}", post.describe());
     let found = narinfos(&s3);
     for path in [&app, &lib, &data] {
         let key = format!("{}.narinfo", hash_part(path));
         assert!(found.contains(&key), "{path} not pushed: {found:?}");
     }
     let outputs = parse_step_file(&post.output);
+    assert_eq!(
+        outputs.keys().collect::<Vec<_>>(),
+        ["pushed-bytes", "pushed-paths"],
+        "{}",
+        post.describe()
+    );
     assert_eq!(
         outputs["pushed-paths"],
         found.len().to_string(),
@@ -354,15 +550,45 @@ fn main_and_post_push_what_the_job_built_and_report_it() {
         summary.contains(&format!("({uploaded} bytes)")),
         "{summary}"
     );
-    assert!(summary.contains("#### Slowest paths"), "{summary}");
-    assert!(summary.contains(&format!("| `{app}` |")), "{summary}");
+    // The table lists the ten slowest uploads: ours are among them unless other builds on this
+    // machine (tests share /nix/store) put more than ten new paths in the job's diff.
+    let rows = slowest_paths(summary);
+    assert_eq!(rows.len(), found.len().min(10), "{summary}");
+    for row in &rows {
+        let key = format!("{}.narinfo", hash_part(row));
+        assert!(
+            found.contains(&key),
+            "{row} listed but not pushed: {summary}"
+        );
+    }
+    if found.len() <= 10 {
+        assert!(rows.contains(&app), "{summary}");
+    }
     assert!(
         stdout(&post.out).contains(&format!("nixbucket: pushed {} paths", found.len())),
         "{}",
         post.describe()
     );
 
-    // What landed is what Nix accepts from the bucket, trusting only our key.
+    // The bucket holds signed narinfos and NARs that match them, under our key alone...
+    let verify = run(nixbucket().envs(s3.env()).args([
+        "verify",
+        "--deep",
+        "--cache",
+        &s3.cache_url(),
+        "--public-key",
+        &public,
+    ]));
+    assert_ok(&verify);
+    assert!(
+        stderr(&verify).contains(&format!(
+            "checked {} narinfos and their NARs: 0 problems",
+            found.len()
+        )),
+        "{}",
+        stderr(&verify)
+    );
+    // ...and what landed is what Nix accepts from the bucket, trusting only our key.
     let store = keys.path().join("fresh-store");
     assert_ok(&copy_into_fresh_store(
         &s3.anon_http_url(),
@@ -373,6 +599,7 @@ fn main_and_post_push_what_the_job_built_and_report_it() {
 
     assert_secret_hidden(&main, &secret);
     assert_secret_hidden(&post, &secret);
+    (main, post)
 }
 
 fn fork_payload() -> serde_json::Value {

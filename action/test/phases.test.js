@@ -1,6 +1,7 @@
 'use strict';
 // main.js and post.js as GitHub runs them: `node action/main.js` in a fresh
-// process with the step's environment. A small shell script stands in for the
+// process with the step's environment; and as @github/local-action loads them:
+// as a module whose exported run() it awaits. A small shell script stands in for the
 // binary and records what it was given, so these tests pin the shim's contract
 // (arguments, environment passed through, state for post, exit code) on their own;
 // the real binary runs under @github/local-action in the Rust integration tests.
@@ -41,6 +42,11 @@ function standIn(dir, body) {
 }
 
 function runPhase(phase, extraEnv) {
+  return runNode([path.join(ACTION, `${phase}.js`)], extraEnv);
+}
+
+/** Runs node with `args` and the environment of a step (plus `extraEnv`). */
+function runNode(args, extraEnv) {
   const env = {
     PATH: '/usr/bin:/bin',
     HOME: work,
@@ -53,7 +59,7 @@ function runPhase(phase, extraEnv) {
     ...extraEnv,
   };
   for (const [k, v] of Object.entries(env)) if (v === undefined) delete env[k];
-  return spawnSync(process.execPath, [path.join(ACTION, `${phase}.js`)], { env, encoding: 'utf8' });
+  return spawnSync(process.execPath, args, { env, encoding: 'utf8' });
 }
 
 function recorded() {
@@ -125,4 +131,34 @@ describe('post', () => {
     const binary = standIn(path.join(work, 'bin'), 'process.exit(3)');
     assert.equal(runPhase('post', { 'STATE_shim-binary': binary }).status, 3);
   });
+});
+
+describe('as a module', () => {
+  it('starts nothing when main.js or post.js is only required', () => {
+    const binary = standIn(path.join(work, 'bin'), 'process.exit(0)');
+    const script = `require(${JSON.stringify(path.join(ACTION, 'main.js'))}); require(${JSON.stringify(path.join(ACTION, 'post.js'))});`;
+    const result = runNode(['-e', script], { INPUT_BINARY: binary, 'STATE_shim-binary': binary });
+    assert.equal(result.status, 0, result.stdout + result.stderr);
+    assert.equal(fs.existsSync(record), false, 'the binary ran');
+    assert.equal(fs.readFileSync(path.join(work, 'state'), 'utf8'), '');
+  });
+
+  for (const phase of ['main', 'post']) {
+    it(`${phase}.js: run() resolves to the binary's exit code once the binary has exited`, () => {
+      const marks = path.join(work, 'marks');
+      const binary = standIn(
+        path.join(work, 'bin'),
+        `require('node:fs').appendFileSync(${JSON.stringify(marks)}, 'binary exits\\n'); process.exit(5);`,
+      );
+      const script = [
+        "const fs = require('node:fs');",
+        `const { run } = require(${JSON.stringify(path.join(ACTION, `${phase}.js`))});`,
+        `run().then((code) => fs.appendFileSync(${JSON.stringify(marks)}, \`run() resolved to \${code}\\n\`));`,
+      ].join('\n');
+      const result = runNode(['-e', script], { INPUT_BINARY: binary });
+      assert.equal(result.status, 5, result.stdout + result.stderr);
+      assert.equal(recorded()[0], `github-action ${phase}`);
+      assert.equal(fs.readFileSync(marks, 'utf8'), 'binary exits\nrun() resolved to 5\n');
+    });
+  }
 });
