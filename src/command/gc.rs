@@ -112,6 +112,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             String::new()
         },
     );
+    let phases: Vec<String> = report
+        .phases
+        .iter()
+        .map(|(name, took)| format!("{name} {:.1}s", took.as_secs_f64()))
+        .collect();
+    eprintln!("took {}", phases.join(", "));
     if let Policy::MaxSize(budget) = policy
         && report.nar_bytes_kept > budget
     {

@@ -97,6 +97,18 @@ pub struct GcReport {
     pub usage_record_written: Option<String>,
     /// Objects left alone only because they are younger than the grace period.
     pub young: usize,
+    /// Wall time of each step, in order: where a slow gc spends it.
+    pub phases: Vec<(&'static str, Duration)>,
+}
+
+/// Records how long each step took.
+struct Clock(std::time::Instant);
+
+impl Clock {
+    fn lap(&mut self, report: &mut GcReport, phase: &'static str) {
+        report.phases.push((phase, self.0.elapsed()));
+        self.0 = std::time::Instant::now();
+    }
 }
 
 /// One narinfo as listed and read.
@@ -127,7 +139,10 @@ impl Entry {
 /// Lists the cache, plans, and (unless a dry run) deletes. See the module docs for the order.
 pub async fn collect(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcError> {
     let jobs = opts.jobs.max(1);
+    let mut clock = Clock(std::time::Instant::now());
+    let mut report = GcReport::default();
     let listing = list_cache(cache, jobs).await?;
+    clock.lap(&mut report, "list");
     let listed: HashMap<String, ObjectInfo> =
         listing.iter().map(|o| (o.key.clone(), o.clone())).collect();
     let usage_keys: Vec<String> = listing
@@ -136,13 +151,13 @@ pub async fn collect(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcErro
         .map(|o| o.key.clone())
         .collect();
     let mut usage = read_usage(cache, &usage_keys, jobs).await?;
-    let mut report = GcReport::default();
 
     let narinfo_objects: Vec<&ObjectInfo> = listing
         .iter()
         .filter(|o| cache::is_narinfo_key(&o.key))
         .collect();
     let entries = read_narinfos(cache, &narinfo_objects, jobs).await?;
+    clock.lap(&mut report, "read");
     report.narinfos = entries.len();
     for e in &entries {
         if e.info.is_none() {
@@ -272,9 +287,11 @@ pub async fn collect(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcErro
             }
         }
         report.meta_bytes_freed = doomed.iter().map(|&i| entries[i].size).sum();
+        clock.lap(&mut report, "plan");
         return Ok(report);
     }
 
+    clock.lap(&mut report, "plan");
     // 1. narinfos.
     let doomed_keys: Vec<String> = doomed.iter().map(|&i| entries[i].key.clone()).collect();
     delete_all(cache, &doomed_keys, jobs).await?;
@@ -336,6 +353,7 @@ pub async fn collect(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcErro
         .deleted
         .retain(|d| !report.restored.contains(&d.path));
 
+    clock.lap(&mut report, "delete narinfos, list again");
     // 3. NARs that nothing names any more.
     let mut named: HashSet<&str> = HashSet::new();
     for (i, e) in entries.iter().enumerate() {
@@ -360,6 +378,7 @@ pub async fn collect(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcErro
     report.nar_bytes_freed += freed;
     report.young += touched;
 
+    clock.lap(&mut report, "delete NARs");
     // 4. Compaction: one record with what is still relevant replaces the ones read.
     let read_keys: Vec<String> = usage_keys.iter().cloned().chain(late_usage.0).collect();
     let live: HashSet<&str> = entries
@@ -381,6 +400,7 @@ pub async fn collect(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcErro
         report.usage_records_merged = read_keys.len();
         report.meta_bytes_freed += meta;
     }
+    clock.lap(&mut report, "merge usage");
     Ok(report)
 }
 
