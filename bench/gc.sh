@@ -108,7 +108,8 @@ if [[ ${MODE:-s3} == file ]]; then
         "$BIN" gc --cache "$URL" "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" \
             || { cat "$WORK/$name.err" >&2; die "$name failed"; }
         t1=$(date +%s.%N)
-        printf '%-10s %6ss  %s\n' "$name" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}')" "$(tail -n 1 "$WORK/$name.err")"
+        printf '%-10s %6ss  %s\n' "$name" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}')" "$(grep -E "^(would delete|deleted) " "$WORK/$name.err")"
+        printf "%-10s %6s   %s\n" "" "" "$(grep "^took " "$WORK/$name.err")"
     done
     echo "narinfos left: $(find "$BUCKET_DIR" -name '*.narinfo' | wc -l) of $N"
     exit 0
@@ -145,7 +146,8 @@ run() {
         || { cat "$WORK/$name.err" >&2; die "$name failed"; }
     t1=$(date +%s.%N)
     secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}')
-    printf '%-10s %6ss  %s\n' "$name" "$secs" "$(tail -n 1 "$WORK/$name.err")"
+    printf '%-10s %6ss  %s\n' "$name" "$secs" "$(grep -E "^(would delete|deleted) " "$WORK/$name.err")"
+    printf "%-10s %6s   %s\n" "" "" "$(grep "^took " "$WORK/$name.err")"
     if [[ ${CENSUS:-0} == 1 ]]; then printf '           requests: %s\n' "$(ops "$start")"; fi
 }
 

@@ -7,7 +7,7 @@
 //! closure would not fit. Then, in this order, so that a reader never meets a narinfo whose
 //! NAR or reference is gone:
 //! 1. narinfos are deleted (after a last look at usage records written since the listing);
-//! 2. the cache is listed again: a narinfo or usage record that appeared meanwhile (a push
+//! 2. narinfos and usage records are listed again: one that appeared meanwhile (a push
 //!    running alongside) and needs a deleted path gets that path's narinfo back, from the
 //!    text read in the plan, with its closure;
 //! 3. NARs that no remaining narinfo names, and that are older than the grace period, go,
@@ -15,10 +15,10 @@
 //!    it first (see [`crate::push`]), and then it stays;
 //! 4. usage records are merged into one (compaction).
 //!
-//! Cost: two listings (each 65 ListObjectsV2 calls side by side, one per leading hash
-//! character of narinfos and of NARs, plus usage records), one GET per narinfo and usage
-//! record, one DELETE per object removed and a HEAD before each NAR deletion; no HEAD per
-//! object in the plan. GETs, HEADs and DELETEs run `jobs` at a time.
+//! Cost: two listings (65 ListObjectsV2 calls side by side, one per leading hash character of
+//! narinfos and of NARs, plus usage records; the second without NARs), one GET per narinfo
+//! and usage record, one DELETE per object removed and a HEAD before each NAR deletion; no
+//! HEAD per object in the plan. GETs, HEADs and DELETEs run `jobs` at a time.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
@@ -141,7 +141,7 @@ pub async fn collect(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcErro
     let jobs = opts.jobs.max(1);
     let mut clock = Clock(std::time::Instant::now());
     let mut report = GcReport::default();
-    let listing = list_cache(cache, jobs).await?;
+    let listing = list_cache(cache, true, jobs).await?;
     clock.lap(&mut report, "list");
     let listed: HashMap<String, ObjectInfo> =
         listing.iter().map(|o| (o.key.clone(), o.clone())).collect();
@@ -298,7 +298,7 @@ pub async fn collect(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcErro
     report.meta_bytes_freed += doomed.iter().map(|&i| entries[i].size).sum::<u64>();
 
     // 2. A second listing: repair what a concurrent push built on a deleted path.
-    let after = list_cache(cache, jobs).await?;
+    let after = list_cache(cache, false, jobs).await?;
     let mut gone = vec![false; entries.len()];
     for &i in &doomed {
         gone[i] = true;
@@ -363,7 +363,9 @@ pub async fn collect(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcErro
     }
     named.extend(fresh_entries.iter().filter_map(Entry::nar_url));
     let mut nar_doomed = Vec::new();
-    for o in after.iter().filter(|o| o.key.starts_with("nar/")) {
+    // From the first listing: a NAR uploaded since is young, and each candidate is looked at
+    // again right before its deletion.
+    for o in listing.iter().filter(|o| o.key.starts_with("nar/")) {
         if named.contains(o.key.as_str()) {
             continue;
         }
@@ -404,9 +406,14 @@ pub async fn collect(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcErro
     Ok(report)
 }
 
-/// Narinfos, NARs and usage records: all gc reads or deletes, in 65 listings side by side.
-async fn list_cache(cache: &Cache, jobs: usize) -> Result<Vec<ObjectInfo>, CacheError> {
-    let mut prefixes = cache::store_prefixes();
+/// Narinfos, usage records and (with `nars`) NARs: all gc reads or deletes, in 33 or 65
+/// listings side by side.
+async fn list_cache(cache: &Cache, nars: bool, jobs: usize) -> Result<Vec<ObjectInfo>, CacheError> {
+    let mut prefixes = if nars {
+        cache::store_prefixes()
+    } else {
+        cache::narinfo_prefixes()
+    };
     prefixes.push(usage::PREFIX.to_owned());
     cache.list_level(&prefixes, jobs).await
 }
