@@ -159,3 +159,66 @@ fn a_missing_bucket_and_refused_credentials_are_named_and_nothing_is_written() {
         "something was written"
     );
 }
+
+/// Two jobs push the same path at once: the one whose narinfo lands second keeps the first
+/// one's (a conditional write), so a reader never sees the narinfo swap under it. Here the
+/// other job's push, with another compression, lands between this push's plan and its write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_narinfo_another_job_wrote_since_the_plan_is_kept() {
+    use nixbucket::cache::{Cache, CacheUrl, OpenOptions};
+    use nixbucket::nix::{SecretKey, StorePath};
+    use nixbucket::push::{self, PushOptions};
+    let server = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (secret, public) = keygen(tmp.path(), "race-1");
+    let tag = nonce();
+    let path = build(
+        tmp.path(),
+        &derivation(&format!("raced-{tag}"), &format!("echo {tag} > $out")),
+    );
+    let url: CacheUrl = server.cache_url().parse().unwrap();
+    let opts = OpenOptions::default().static_credentials(server.access_key(), server.secret_key());
+    let cache = Cache::open_with(&url, opts).await.unwrap();
+    let sp = StorePath::from_absolute(&path).unwrap();
+    let infos = nixbucket::store::query_path_info(std::slice::from_ref(&sp), false).unwrap();
+    let plan = push::plan(&cache, infos).await.unwrap();
+    assert_eq!(plan.missing.len(), 1);
+
+    let other = run(nixbucket()
+        .envs(server.env())
+        .args([
+            "push",
+            "--compression",
+            "none",
+            "--cache",
+            &server.cache_url(),
+        ])
+        .arg("--signing-key-file")
+        .arg(&secret)
+        .arg(&path));
+    assert_ok(&other);
+    let key = push::narinfo_key(&sp);
+    let theirs = cache.get(&key).await.unwrap().unwrap();
+
+    let signing_key = SecretKey::parse(&std::fs::read_to_string(&secret).unwrap()).unwrap();
+    let opts = PushOptions {
+        compression: nixbucket::nix::Compression::Zstd,
+        level: None,
+        jobs: 2,
+        signing_key: Some(std::sync::Arc::new(signing_key)),
+        progress: push::progress::ProgressMode::None,
+        cancel: Default::default(),
+    };
+    let report = push::execute(&cache, plan, &opts).await.unwrap();
+    assert_eq!(report.pushed.len(), 1, "{:?}", report.failed);
+    assert_eq!(cache.get(&key).await.unwrap().unwrap(), theirs);
+    let text = String::from_utf8(theirs.to_vec()).unwrap();
+    assert!(text.contains("Compression: none"), "{text}");
+    assert_ok(&run(nixbucket().envs(server.env()).args([
+        "verify",
+        "--cache",
+        &server.cache_url(),
+        "--public-key",
+        &public,
+    ])));
+}

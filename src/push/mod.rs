@@ -10,7 +10,7 @@ pub mod progress;
 pub mod select;
 pub mod usage;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -254,7 +254,9 @@ pub async fn execute(
     }
     let jobs = Arc::new(Semaphore::new(opts.jobs.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
+    let unusable: HashSet<StorePath> = plan.unusable.into_iter().map(|(p, _)| p).collect();
     for info in plan.missing {
+        let overwrite = unusable.contains(&info.path);
         let landed = senders.remove(&info.path).expect("one sender per path");
         let waits: Vec<_> = info
             .references
@@ -266,7 +268,7 @@ pub async fn execute(
             (cache.clone(), opts.clone(), jobs.clone(), counters.clone());
         tasks.spawn(async move {
             let path = info.path.clone();
-            let result = push_one(&cache, info, waits, &opts, &jobs, &counters).await;
+            let result = push_one(&cache, info, waits, overwrite, &opts, &jobs, &counters).await;
             landed.send_replace(if result.is_ok() {
                 Landed::Yes
             } else {
@@ -305,10 +307,13 @@ pub async fn execute(
     Ok(report)
 }
 
+/// `overwrite`: the narinfo there is unusable and is replaced; otherwise one that another
+/// pusher wrote since the plan is kept (a conditional write, where the store has them).
 async fn push_one(
     cache: &Cache,
     info: PathInfo,
     waits: Vec<(StorePath, watch::Receiver<Landed>)>,
+    overwrite: bool,
     opts: &PushOptions,
     jobs: &Semaphore,
     counters: &Arc<progress::Counters>,
@@ -365,15 +370,15 @@ async fn push_one(
         signatures: info.signatures.clone(),
         ca: info.ca.clone(),
     };
-    put_narinfo(cache, &mut narinfo, opts).await?;
+    let ours = put_narinfo(cache, &mut narinfo, overwrite, opts).await?;
     // A gc that listed before the touch may still have deleted the reused NAR; then it goes
     // up again, and the narinfo is rewritten with its hash and size (another compression
     // level gives other bytes under the same name).
     let mut file_size = file_size;
-    if reused_nar && cache.head(&narinfo.url).await?.is_none() {
+    if ours && reused_nar && cache.head(&narinfo.url).await?.is_none() {
         let (hash, size) = upload_nar(cache, &narinfo.url, &info, opts, counters).await?;
         (narinfo.file_hash, narinfo.file_size, file_size) = (Some(hash), Some(size), size);
-        put_narinfo(cache, &mut narinfo, opts).await?;
+        put_narinfo(cache, &mut narinfo, true, opts).await?;
     }
     Ok(Pushed {
         path: info.path,
@@ -386,23 +391,24 @@ async fn push_one(
 
 const NAR_CONTENT_TYPE: &str = "application/x-nix-nar";
 
+/// Signs and writes the narinfo: `false` if, not told to `overwrite`, another pusher's narinfo
+/// for the path was found there (it stays; it names a NAR it uploaded).
 async fn put_narinfo(
     cache: &Cache,
     narinfo: &mut NarInfo,
+    overwrite: bool,
     opts: &PushOptions,
-) -> Result<(), PushError> {
+) -> Result<bool, PushError> {
     if let Some(key) = &opts.signing_key {
         narinfo.sign(key);
     }
-    let body = narinfo.to_string().into();
-    cache
-        .put(
-            &narinfo_key(&narinfo.store_path),
-            body,
-            "text/x-nix-narinfo",
-        )
-        .await?;
-    Ok(())
+    let (key, body) = (narinfo_key(&narinfo.store_path), narinfo.to_string().into());
+    let content_type = "text/x-nix-narinfo";
+    if overwrite {
+        cache.put(&key, body, content_type).await?;
+        return Ok(true);
+    }
+    Ok(cache.put_if_absent(&key, body, content_type).await?)
 }
 
 /// Streams the path's NAR into the cache under `key`: (file hash, file size).
