@@ -44,6 +44,9 @@ set_conf() {
 }
 set_conf sandbox false
 set_conf experimental-features nix-command
+# Single-user Nix as root builds as root. Without this, Nix as root wants a `nixbld` group of
+# build users, which Debian's nix-bin does not create.
+set_conf build-users-group ''
 
 if ! command -v cargo >/dev/null; then
     echo "install-deps: cargo not found (looked in PATH and ~/.cargo/bin); install Rust first: https://rustup.rs" >&2
