@@ -328,6 +328,41 @@ fn a_lost_answer_to_complete_multipart_upload_is_not_a_failure() {
     assert!(server.pending_uploads().is_empty());
 }
 
+/// nixbucket asks for large listing pages (s3s-fs walks its directory once per page); a store
+/// that refuses more than S3's 1000 keys per page is asked again within the limit.
+#[test]
+fn a_store_that_refuses_large_listing_pages_is_listed_in_pages_of_1000() {
+    let f = Fixture::new(1);
+    let server = S3Server::start();
+    assert_ok(&run(&mut push_cmd(
+        &server,
+        &s3_url(server.bucket(), &server.endpoint()),
+        &f.secret,
+        &f.paths(),
+    )));
+    let config = FaultConfig {
+        max_keys: Some(1000),
+        ..FaultConfig::mixed(0.0, 7)
+    };
+    let proxy = FaultProxy::start(&server.endpoint(), config);
+    let mut cmd = nixbucket();
+    cmd.envs(server.env()).args([
+        "verify",
+        "--cache",
+        &s3_url(server.bucket(), &proxy.endpoint()),
+        "--public-key",
+        &f.public,
+    ]);
+    let out = run(&mut cmd);
+    let stats = proxy.stats();
+    assert!(stats.faults_of(Fault::TooManyKeys) >= 1, "{stats:?}");
+    assert_ok(&out);
+    let listed = stats.requests["ListObjectsV2"] - stats.faults_of(Fault::TooManyKeys);
+    assert!(listed >= 32, "{stats:?}");
+    let text = stderr(&out);
+    assert!(text.contains("checked 4 narinfos: 0 problems"), "{text}");
+}
+
 /// Kills the S3 server `n` times at random points of a push; after each the cache verifies
 /// and a re-run finishes the push.
 #[test]

@@ -72,7 +72,9 @@ pub struct OpenOptions {
     pub part_size: usize,
     /// How many parts of one object may be uploading at once.
     pub parts_in_flight: usize,
-    /// Page size for ListObjectsV2 (S3 caps it at 1000).
+    /// Keys asked for per ListObjectsV2 page. AWS S3 answers at most 1000 whatever is asked;
+    /// self-hosted stores may answer more (fewer pages, and s3s-fs walks its whole directory
+    /// for each page). A store that refuses a page over 1000 is asked again with 1000.
     pub list_page_size: i32,
     /// Attempts per S3 request, the first included; None is the default (10, or
     /// `AWS_MAX_ATTEMPTS`). A server answering Nix wants few: Nix is waiting.
@@ -85,7 +87,7 @@ impl Default for OpenOptions {
             credentials: None,
             part_size: DEFAULT_PART_SIZE,
             parts_in_flight: 3,
-            list_page_size: 1000,
+            list_page_size: s3::ASKED_PAGE_SIZE,
             max_attempts: None,
         }
     }

@@ -20,7 +20,7 @@
 use std::error::Error as StdError;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, SystemTime};
 
 use aws_config::BehaviorVersion;
@@ -50,6 +50,10 @@ use super::{CacheError, CacheUrl, ObjectInfo, OpenOptions};
 const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
 /// S3's largest part number.
 const MAX_PARTS: i32 = 10_000;
+/// Keys asked for per listing page (see `OpenOptions::list_page_size`).
+pub(crate) const ASKED_PAGE_SIZE: i32 = 10_000;
+/// The most keys S3 documents for one listing page.
+const S3_PAGE_SIZE: i32 = 1000;
 
 /// Attempts per request (the first one included) unless `AWS_MAX_ATTEMPTS` says otherwise.
 /// Ten attempts with backoff capped at [`MAX_BACKOFF`] ride out about a minute of outage.
@@ -96,7 +100,8 @@ pub(crate) struct S3Cache {
     ctx: Arc<Ctx>,
     part_size: usize,
     parts_in_flight: usize,
-    list_page_size: i32,
+    /// Lowered to [`S3_PAGE_SIZE`] when the store refuses a larger page.
+    list_page_size: AtomicI32,
     /// Cleared when the store answers NotImplemented to `If-None-Match: *`.
     conditional_writes: AtomicBool,
 }
@@ -450,7 +455,7 @@ impl S3Cache {
             ctx: Arc::new(ctx),
             part_size: opts.part_size.max(MIN_PART_SIZE),
             parts_in_flight: opts.parts_in_flight.max(1),
-            list_page_size: opts.list_page_size.clamp(1, 1000),
+            list_page_size: AtomicI32::new(opts.list_page_size.clamp(1, ASKED_PAGE_SIZE)),
             conditional_writes: AtomicBool::new(true),
         };
         cache.check_bucket().await?;
@@ -667,17 +672,27 @@ impl S3Cache {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            let page = ctx
+            let page_size = self.list_page_size.load(Ordering::Relaxed);
+            let res = ctx
                 .client
                 .list_objects_v2()
                 .bucket(&ctx.bucket)
                 .prefix(prefix)
                 .set_delimiter(one_level.then(|| "/".to_owned()))
-                .max_keys(self.list_page_size)
-                .set_continuation_token(token.take())
+                .max_keys(page_size)
+                .set_continuation_token(token.clone())
                 .send()
-                .await
-                .map_err(|e| ctx.error("ListObjectsV2", prefix, e))?;
+                .await;
+            let page = match res {
+                Ok(page) => page,
+                // S3 documents 1000 as the most a page holds; a store may refuse to be asked
+                // for more instead of answering fewer. Ask that page again within the limit.
+                Err(e) if page_size > S3_PAGE_SIZE && is_status(&e, 400) => {
+                    self.list_page_size.store(S3_PAGE_SIZE, Ordering::Relaxed);
+                    continue;
+                }
+                Err(e) => return Err(ctx.error("ListObjectsV2", prefix, e)),
+            };
             for obj in page.contents() {
                 let Some(key) = obj.key() else { continue };
                 out.push(ObjectInfo {

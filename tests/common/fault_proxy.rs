@@ -31,6 +31,8 @@ pub enum Fault {
     SlowDown,
     /// Read the request and never answer (until the client gives up or [`FaultConfig::stall`]).
     Stall,
+    /// `400 InvalidArgument` to a listing that asks for more than [`FaultConfig::max_keys`].
+    TooManyKeys,
 }
 
 #[derive(Clone, Debug)]
@@ -49,6 +51,8 @@ pub struct FaultConfig {
     pub fault_first: u64,
     /// Faults only for this S3 operation (as [`Stats::requests`] names it); others pass.
     pub only_on: Option<&'static str>,
+    /// Refuse ListObjectsV2 with a larger `max-keys` (as a store enforcing S3's 1000 may).
+    pub max_keys: Option<u32>,
 }
 
 impl FaultConfig {
@@ -68,6 +72,7 @@ impl FaultConfig {
             retry_after: 1,
             fault_first: 0,
             only_on: None,
+            max_keys: None,
         }
     }
 }
@@ -263,6 +268,18 @@ fn operation(method: &str, target: &str) -> String {
     name.to_owned()
 }
 
+/// A listing asking for more keys per page than `limit`.
+fn too_many_keys(op: &str, target: &str, limit: Option<u32>) -> bool {
+    let Some(limit) = limit.filter(|_| op == "ListObjectsV2") else {
+        return false;
+    };
+    let query = target.split_once('?').map_or("", |(_, q)| q);
+    query
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix("max-keys="))
+        .any(|n| n.parse::<u32>().is_ok_and(|n| n > limit))
+}
+
 struct Request {
     method: String,
     target: String,
@@ -383,7 +400,11 @@ fn serve(mut client: TcpStream, shared: &Shared) -> std::io::Result<()> {
     let mut reader = BufReader::new(client.try_clone()?);
     let req = read_request(&mut reader, &mut client)?;
     let op = operation(&req.method, &req.target);
-    let fault = shared.pick(&op);
+    let fault = if too_many_keys(&op, &req.target, shared.config.max_keys) {
+        Some(Fault::TooManyKeys)
+    } else {
+        shared.pick(&op)
+    };
     {
         let mut stats = shared.stats.lock().unwrap();
         *stats.requests.entry(op.clone()).or_default() += 1;
@@ -408,6 +429,12 @@ fn serve(mut client: TcpStream, shared: &Shared) -> std::io::Result<()> {
             "SlowDown",
             "Please reduce your request rate.",
             Some(shared.config.retry_after),
+        ),
+        Some(Fault::TooManyKeys) => s3_error(
+            "400 Bad Request",
+            "InvalidArgument",
+            "max-keys is above the limit",
+            None,
         ),
         Some(Fault::Stall) => {
             pause(shared, shared.config.stall);
