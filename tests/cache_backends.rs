@@ -298,6 +298,38 @@ async fn list_level_over_store_prefixes_finds_narinfos_and_nars(#[case] kind: Ki
     );
 }
 
+/// More keys than one DeleteObjects takes (1000), some of them absent: all named ones go,
+/// the others stay.
+#[rstest]
+#[case::file(Kind::File)]
+#[case::s3(Kind::S3)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_many_removes_every_key_named_and_no_other(#[case] kind: Kind) {
+    use futures::{StreamExt, TryStreamExt};
+    let env = env(kind).await;
+    let doomed: Vec<String> = (0..2100).map(|i| format!("d/{i:05}")).collect();
+    let kept: Vec<String> = (0..5).map(|i| format!("d/kept-{i}")).collect();
+    futures::stream::iter(doomed.iter().chain(&kept))
+        .map(|k| env.cache.put(k, Bytes::from_static(b"x"), "text/plain"))
+        .buffer_unordered(16)
+        .try_collect::<Vec<()>>()
+        .await
+        .unwrap();
+    let mut named = doomed.clone();
+    named.push("d/never-written".to_owned());
+    let failures = env.cache.delete_many(&named, 4).await;
+    assert!(failures.is_empty(), "{failures:?}");
+    let left: Vec<String> = env
+        .cache
+        .list("d/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert_eq!(left, kept);
+}
+
 #[rstest]
 #[case::file(Kind::File)]
 #[case::s3(Kind::S3)]

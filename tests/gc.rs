@@ -657,6 +657,58 @@ fn gc_leaves_a_nar_that_a_push_reused_after_the_plan() {
     assert_ok(&target.verify(&public));
 }
 
+/// gc deletes narinfos a thousand to a request (DeleteObjects); a store that does not have
+/// that call gets one DeleteObject per key instead, and the result is the same.
+#[test]
+fn gc_deletes_one_by_one_where_the_store_refuses_delete_objects() {
+    use common::fault_proxy::{Fault, FaultConfig, FaultProxy};
+    let tmp = tempfile::tempdir().unwrap();
+    let target = Target::s3();
+    let server = target.server.as_ref().unwrap();
+    let (secret, public) = keygen(tmp.path(), "gc-test-1");
+    let tag = nonce();
+    let path = build(
+        tmp.path(),
+        &derivation(&format!("old-{tag}"), &format!("echo {tag} > $out")),
+    );
+    target.push(&secret, &path);
+    for (key, _) in target.usage_records() {
+        std::fs::remove_file(target.objects.join(key)).unwrap();
+    }
+    target.age(&target.keys(), 30 * DAY);
+    let proxy = FaultProxy::start(
+        &server.endpoint(),
+        FaultConfig {
+            share: 1.0,
+            faults: vec![Fault::NotImplemented],
+            only_on: Some("DeleteObjects"),
+            ..FaultConfig::mixed(0.0, 1)
+        },
+    );
+    let via_proxy = target.url.replace(&server.endpoint(), &proxy.endpoint());
+    let out = run(target
+        .cmd()
+        .args(["gc", "--older-than", "1d", "--cache", &via_proxy]));
+    assert_ok(&out);
+    let (requests, faults) = (proxy.stats().requests, proxy.stats().faults);
+    assert_eq!(requests.get("DeleteObjects"), Some(&1), "{requests:?}");
+    assert_eq!(faults.len(), 1, "{faults:?}");
+    // The narinfo after the refusal, then the NAR (NARs always go one at a time).
+    assert_eq!(requests.get("DeleteObject"), Some(&2), "{requests:?}");
+    assert!(
+        stderr(&out).contains("deleted 1 of 1 paths and 1 NARs"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!target.has_narinfo(&path));
+    assert!(
+        target.keys().iter().all(|k| !k.starts_with("nar/")),
+        "{:?}",
+        target.keys()
+    );
+    assert_ok(&target.verify(&public));
+}
+
 /// gc's write-back: a push lands between gc's plan and its deletions and builds on a path gc
 /// is deleting. The proxy holds gc's DELETEs for seconds, so the push always lands there: it
 /// still finds the dependency's narinfo, pushes only the new path, and gc must put the
@@ -690,7 +742,7 @@ fn gc_puts_back_a_path_that_a_push_built_on_during_gc() {
             share: 1.0,
             faults: vec![Fault::Delay],
             delay: Duration::from_secs(5),
-            only_on: Some("DeleteObject"),
+            only_on: Some("DeleteObjects"),
             ..FaultConfig::mixed(0.0, 1)
         },
     );
@@ -703,7 +755,7 @@ fn gc_puts_back_a_path_that_a_push_built_on_during_gc() {
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !proxy.stats().requests.contains_key("DeleteObject") {
+    while !proxy.stats().requests.contains_key("DeleteObjects") {
         assert!(
             std::time::Instant::now() < deadline,
             "gc deleted nothing: {:?}",
@@ -728,6 +780,10 @@ fn gc_puts_back_a_path_that_a_push_built_on_during_gc() {
         stderr(&out)
     );
     assert!(target.has_narinfo(&dep_path));
+    // The narinfo went in a DeleteObjects (s3s-fs has it), and its NAR stayed.
+    let requests = proxy.stats().requests;
+    assert_eq!(requests.get("DeleteObjects"), Some(&1), "{requests:?}");
+    assert_eq!(requests.get("DeleteObject"), None, "{requests:?}");
     assert_ok(&target.verify(&public));
     let fresh = tmp.path().join("fresh");
     assert_ok(&copy_into_fresh_store(

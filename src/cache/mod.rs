@@ -299,6 +299,25 @@ impl Cache {
         }
     }
 
+    /// Removes objects, `jobs` requests at a time (S3: up to 1000 keys a request). Absent ones
+    /// are no error. Returns the failures, one per key not removed.
+    pub async fn delete_many(&self, keys: &[String], jobs: usize) -> Vec<CacheError> {
+        use futures::StreamExt;
+        if let Some(bad) = keys.iter().find_map(|k| check_key(k).err()) {
+            return vec![bad];
+        }
+        match &self.backend {
+            Backend::File(c) => {
+                let results: Vec<_> = futures::stream::iter(keys.iter().map(|k| c.delete(k)))
+                    .buffer_unordered(jobs.max(1))
+                    .collect()
+                    .await;
+                results.into_iter().filter_map(Result::err).collect()
+            }
+            Backend::S3(c) => c.delete_many(keys, jobs).await,
+        }
+    }
+
     /// Removes an object; removing an absent one is not an error.
     pub async fn delete(&self, key: &str) -> Result<(), CacheError> {
         check_key(key)?;

@@ -36,7 +36,7 @@ use aws_sdk_s3::config::{
 };
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
 use aws_smithy_runtime_api::client::retries::classifiers::RetryClassifierPriority;
 use aws_smithy_types::retry::ErrorKind;
 use bytes::Bytes;
@@ -104,6 +104,9 @@ pub(crate) struct S3Cache {
     list_page_size: AtomicI32,
     /// Cleared when the store answers NotImplemented to `If-None-Match: *`.
     conditional_writes: AtomicBool,
+    /// Cleared when the store refuses DeleteObjects (not implemented, or wants what the SDK
+    /// does not send).
+    batch_deletes: AtomicBool,
 }
 
 /// Describes which source of the default chain will provide credentials, in the chain's order.
@@ -457,6 +460,7 @@ impl S3Cache {
             parts_in_flight: opts.parts_in_flight.max(1),
             list_page_size: AtomicI32::new(opts.list_page_size.clamp(1, ASKED_PAGE_SIZE)),
             conditional_writes: AtomicBool::new(true),
+            batch_deletes: AtomicBool::new(true),
         };
         cache.check_bucket().await?;
         Ok(cache)
@@ -660,6 +664,84 @@ impl S3Cache {
             Err(e) if is_status(&e, 404) && e.code() != Some("NoSuchBucket") => Ok(()),
             Err(e) => Err(ctx.error("DeleteObject", key, e)),
         }
+    }
+
+    /// Deletes `keys`, `jobs` requests at a time: a DeleteObjects per 1000 keys, or one
+    /// DeleteObject per key where the store refuses DeleteObjects. The failures, one per key.
+    pub(crate) async fn delete_many(&self, keys: &[String], jobs: usize) -> Vec<CacheError> {
+        use futures::StreamExt;
+        let mut singly: Vec<&String> = Vec::new();
+        let mut failures = Vec::new();
+        if self.batch_deletes.load(Ordering::Relaxed) {
+            let batches = keys.chunks(S3_PAGE_SIZE as usize);
+            let results: Vec<_> = futures::stream::iter(batches.map(|b| self.delete_batch(b)))
+                .buffer_unordered(jobs.max(1))
+                .collect()
+                .await;
+            for (batch, result) in results {
+                match result {
+                    Some(errors) => failures.extend(errors),
+                    None => singly.extend(batch),
+                }
+            }
+        } else {
+            singly.extend(keys);
+        }
+        let results: Vec<_> = futures::stream::iter(singly.into_iter().map(|k| self.delete(k)))
+            .buffer_unordered(jobs.max(1))
+            .collect()
+            .await;
+        failures.extend(results.into_iter().filter_map(Result::err));
+        failures
+    }
+
+    /// One DeleteObjects: the keys that could not be deleted, or `None` (with `batch_deletes`
+    /// cleared) if the store refused the request as such.
+    async fn delete_batch<'k>(
+        &self,
+        keys: &'k [String],
+    ) -> (&'k [String], Option<Vec<CacheError>>) {
+        let ctx = &self.ctx;
+        let ids = keys
+            .iter()
+            .map(|k| ObjectIdentifier::builder().key(k).build())
+            .collect::<Result<Vec<_>, _>>();
+        let delete =
+            ids.and_then(|ids| Delete::builder().set_objects(Some(ids)).quiet(true).build());
+        let Ok(delete) = delete else {
+            return (keys, None);
+        };
+        let res = ctx
+            .client
+            .delete_objects()
+            .bucket(&ctx.bucket)
+            .delete(delete)
+            .send()
+            .await;
+        let out = match res {
+            Ok(out) => out,
+            Err(e) if [400, 405, 501].iter().any(|&s| is_status(&e, s)) => {
+                self.batch_deletes.store(false, Ordering::Relaxed);
+                return (keys, None);
+            }
+            Err(e) => {
+                let err = ctx.error("DeleteObjects", &keys[0], e);
+                return (keys, Some(vec![err]));
+            }
+        };
+        let errors = out
+            .errors()
+            .iter()
+            .filter(|e| e.code() != Some("NoSuchKey"))
+            .map(|e| CacheError::S3 {
+                operation: "DeleteObjects",
+                bucket: ctx.bucket.clone(),
+                key: e.key().unwrap_or_default().to_owned(),
+                code: e.code().unwrap_or("unknown").to_owned(),
+                message: e.message().unwrap_or_default().to_owned(),
+            })
+            .collect();
+        (keys, Some(errors))
     }
 
     /// `one_level`: only keys without a `/` after the prefix (delimiter `/`).

@@ -17,8 +17,8 @@
 //!
 //! Cost: two listings (65 ListObjectsV2 calls side by side, one per leading hash character of
 //! narinfos and of NARs, plus usage records; the second without NARs), one GET per narinfo
-//! and usage record, one DELETE per object removed and a HEAD before each NAR deletion; no
-//! HEAD per object in the plan. GETs, HEADs and DELETEs run `jobs` at a time.
+//! and usage record, one DeleteObjects per 1000 narinfos or usage records removed, and a HEAD
+//! and a DELETE per NAR removed; no HEAD per object in the plan. Requests run `jobs` at a time.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
@@ -544,12 +544,7 @@ async fn restore(
 }
 
 async fn delete_all(cache: &Cache, keys: &[String], jobs: usize) -> Result<(), GcError> {
-    let results: Vec<Result<(), CacheError>> =
-        futures::stream::iter(keys.iter().map(|k| cache.delete(k)))
-            .buffer_unordered(jobs)
-            .collect()
-            .await;
-    let mut errors = results.into_iter().filter_map(Result::err);
+    let mut errors = cache.delete_many(keys, jobs).await.into_iter();
     if let Some(first) = errors.next() {
         return Err(GcError::Delete {
             failed: 1 + errors.count(),

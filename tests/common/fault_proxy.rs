@@ -31,6 +31,8 @@ pub enum Fault {
     SlowDown,
     /// Read the request and never answer (until the client gives up or [`FaultConfig::stall`]).
     Stall,
+    /// Answer `501 NotImplemented` without asking the server (a store without that call).
+    NotImplemented,
     /// `400 InvalidArgument` to a listing that asks for more than [`FaultConfig::max_keys`].
     TooManyKeys,
 }
@@ -258,6 +260,7 @@ fn operation(method: &str, target: &str) -> String {
         "PUT" => "PutObject",
         "POST" if has("uploads") => "CreateMultipartUpload",
         "POST" if has("uploadId") => "CompleteMultipartUpload",
+        "POST" if has("delete") => "DeleteObjects",
         "DELETE" if has("uploadId") => "AbortMultipartUpload",
         "DELETE" => "DeleteObject",
         "HEAD" => "Head",
@@ -429,6 +432,12 @@ fn serve(mut client: TcpStream, shared: &Shared) -> std::io::Result<()> {
             "SlowDown",
             "Please reduce your request rate.",
             Some(shared.config.retry_after),
+        ),
+        Some(Fault::NotImplemented) => s3_error(
+            "501 Not Implemented",
+            "NotImplemented",
+            "not implemented by this store",
+            None,
         ),
         Some(Fault::TooManyKeys) => s3_error(
             "400 Bad Request",
