@@ -141,6 +141,46 @@ impl Target {
             .collect()
     }
 
+    /// `gc --older-than 1d` on `url`, started and left running, its output piped.
+    fn spawn_gc(&self, url: &str) -> std::process::Child {
+        self.cmd()
+            .args(["gc", "--older-than", "1d", "--cache", url])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Removes the usage records, so that only age and references decide.
+    fn forget_usage(&self) {
+        for (key, _) in self.usage_records() {
+            std::fs::remove_file(self.objects.join(key)).unwrap();
+        }
+    }
+
+    /// A fault proxy in front of the S3 server that meets every `op` request with `fault`
+    /// (a [`Fault::Delay`] lasts 5 s), and the cache URL through it.
+    fn proxy(
+        &self,
+        op: &'static str,
+        fault: common::fault_proxy::Fault,
+    ) -> (common::fault_proxy::FaultProxy, String) {
+        use common::fault_proxy::{FaultConfig, FaultProxy};
+        let server = self.server.as_ref().expect("an S3 target");
+        let proxy = FaultProxy::start(
+            &server.endpoint(),
+            FaultConfig {
+                share: 1.0,
+                faults: vec![fault],
+                delay: Duration::from_secs(5),
+                only_on: Some(op),
+                ..FaultConfig::mixed(0.0, 1)
+            },
+        );
+        let url = self.url.replace(&server.endpoint(), &proxy.endpoint());
+        (proxy, url)
+    }
+
     /// Makes objects look `secs` old (both backends report a file's mtime as LastModified).
     fn age(&self, keys: &[String], secs: u64) {
         let when = SystemTime::now() - Duration::from_secs(secs);
@@ -163,6 +203,18 @@ impl Target {
             })
             .collect()
     }
+}
+
+/// A new small path, built and pushed: (secret key file, public key, store path).
+fn push_small(target: &Target, dir: &Path, name: &str) -> (PathBuf, String, String) {
+    let (secret, public) = keygen(dir, "gc-test-1");
+    let tag = nonce();
+    let path = build(
+        dir,
+        &derivation(&format!("{name}-{tag}"), &format!("echo {tag} > $out")),
+    );
+    target.push(&secret, &path);
+    (secret, public, path)
 }
 
 fn hash_part(store_path: &str) -> &str {
@@ -384,9 +436,7 @@ fn keep_and_grace_protect_paths_whatever_their_use() {
         .flat_map(|p| [format!("{}.narinfo", hash_part(p)), target.nar_of(p)])
         .collect();
     target.age(&young_keys, 600);
-    for (key, _) in target.usage_records() {
-        std::fs::remove_file(target.objects.join(key)).unwrap();
-    }
+    target.forget_usage();
     // NARs no narinfo names: one left by a push interrupted long ago, one a push is writing.
     let stale = "nar/0000000000000000000000000000000000000000000000000000.nar.zst".to_owned();
     let in_flight = "nar/1111111111111111111111111111111111111111111111111111.nar.zst".to_owned();
@@ -430,9 +480,7 @@ fn a_push_running_alongside_gc_lands_whole() {
     target.push(&secret, &old[0]);
     let aged: Vec<String> = target.keys();
     target.age(&aged, 2 * DAY);
-    for (key, _) in target.usage_records() {
-        std::fs::remove_file(target.objects.join(key)).unwrap();
-    }
+    target.forget_usage();
     // A closure that takes a few seconds to push: 8 MiB of noise through xz.
     let tag = nonce();
     let big = derivation(
@@ -536,9 +584,7 @@ fn a_narinfo_gc_cannot_read_is_kept_with_its_nar() {
     std::fs::write(target.objects.join(&odd_nar), b"xz").unwrap();
     let all = target.keys();
     target.age(&all, 30 * DAY);
-    for (key, _) in target.usage_records() {
-        std::fs::remove_file(target.objects.join(key)).unwrap();
-    }
+    target.forget_usage();
     let out = target.gc(&["--older-than", "1d"]);
     assert_ok(&out);
     assert!(
@@ -592,42 +638,17 @@ fn a_push_reusing_a_nar_touches_it(#[case] s3: bool) {
 /// gc's plan and its deletion every time.
 #[test]
 fn gc_leaves_a_nar_that_a_push_reused_after_the_plan() {
-    use common::fault_proxy::{Fault, FaultConfig, FaultProxy};
+    use common::fault_proxy::Fault;
     let tmp = tempfile::tempdir().unwrap();
     let target = Target::s3();
-    let server = target.server.as_ref().unwrap();
-    let (secret, public) = keygen(tmp.path(), "gc-test-1");
-    let tag = nonce();
-    let path = build(
-        tmp.path(),
-        &derivation(&format!("orphan-{tag}"), &format!("echo {tag} > $out")),
-    );
-    target.push(&secret, &path);
+    let (secret, public, path) = push_small(&target, tmp.path(), "orphan");
     let nar = target.nar_of(&path);
     std::fs::remove_file(target.objects.join(format!("{}.narinfo", hash_part(&path)))).unwrap();
-    for (key, _) in target.usage_records() {
-        std::fs::remove_file(target.objects.join(key)).unwrap();
-    }
+    target.forget_usage();
     target.age(&target.keys(), 30 * DAY);
 
-    let proxy = FaultProxy::start(
-        &server.endpoint(),
-        FaultConfig {
-            share: 1.0,
-            faults: vec![Fault::Delay],
-            delay: Duration::from_secs(5),
-            only_on: Some("Head"),
-            ..FaultConfig::mixed(0.0, 1)
-        },
-    );
-    let via_proxy = target.url.replace(&server.endpoint(), &proxy.endpoint());
-    let mut gc = target
-        .cmd()
-        .args(["gc", "--older-than", "1d", "--cache", &via_proxy])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (proxy, via_proxy) = target.proxy("Head", Fault::Delay);
+    let mut gc = target.spawn_gc(&via_proxy);
     // HeadBucket when gc opens the cache, then the look at the doomed NAR.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while proxy.stats().requests.get("Head").copied().unwrap_or(0) < 2 {
@@ -661,31 +682,13 @@ fn gc_leaves_a_nar_that_a_push_reused_after_the_plan() {
 /// that call gets one DeleteObject per key instead, and the result is the same.
 #[test]
 fn gc_deletes_one_by_one_where_the_store_refuses_delete_objects() {
-    use common::fault_proxy::{Fault, FaultConfig, FaultProxy};
+    use common::fault_proxy::Fault;
     let tmp = tempfile::tempdir().unwrap();
     let target = Target::s3();
-    let server = target.server.as_ref().unwrap();
-    let (secret, public) = keygen(tmp.path(), "gc-test-1");
-    let tag = nonce();
-    let path = build(
-        tmp.path(),
-        &derivation(&format!("old-{tag}"), &format!("echo {tag} > $out")),
-    );
-    target.push(&secret, &path);
-    for (key, _) in target.usage_records() {
-        std::fs::remove_file(target.objects.join(key)).unwrap();
-    }
+    let (_, public, path) = push_small(&target, tmp.path(), "old");
+    target.forget_usage();
     target.age(&target.keys(), 30 * DAY);
-    let proxy = FaultProxy::start(
-        &server.endpoint(),
-        FaultConfig {
-            share: 1.0,
-            faults: vec![Fault::NotImplemented],
-            only_on: Some("DeleteObjects"),
-            ..FaultConfig::mixed(0.0, 1)
-        },
-    );
-    let via_proxy = target.url.replace(&server.endpoint(), &proxy.endpoint());
+    let (proxy, via_proxy) = target.proxy("DeleteObjects", Fault::NotImplemented);
     let out = run(target
         .cmd()
         .args(["gc", "--older-than", "1d", "--cache", &via_proxy]));
@@ -715,18 +718,15 @@ fn gc_deletes_one_by_one_where_the_store_refuses_delete_objects() {
 /// dependency's narinfo back.
 #[test]
 fn gc_puts_back_a_path_that_a_push_built_on_during_gc() {
-    use common::fault_proxy::{Fault, FaultConfig, FaultProxy};
+    use common::fault_proxy::Fault;
     let tmp = tempfile::tempdir().unwrap();
     let target = Target::s3();
-    let server = target.server.as_ref().unwrap();
     let (secret, public) = keygen(tmp.path(), "gc-test-1");
     let tag = nonce();
     let dep = derivation(&format!("dep-{tag}"), &format!("echo {tag} > $out"));
     let dep_path = build(tmp.path(), &dep);
     target.push(&secret, &dep_path);
-    for (key, _) in target.usage_records() {
-        std::fs::remove_file(target.objects.join(key)).unwrap();
-    }
+    target.forget_usage();
     target.age(&target.keys(), 30 * DAY);
     let top = build(
         tmp.path(),
@@ -736,24 +736,8 @@ fn gc_puts_back_a_path_that_a_push_built_on_during_gc() {
         ),
     );
 
-    let proxy = FaultProxy::start(
-        &server.endpoint(),
-        FaultConfig {
-            share: 1.0,
-            faults: vec![Fault::Delay],
-            delay: Duration::from_secs(5),
-            only_on: Some("DeleteObjects"),
-            ..FaultConfig::mixed(0.0, 1)
-        },
-    );
-    let via_proxy = target.url.replace(&server.endpoint(), &proxy.endpoint());
-    let gc = target
-        .cmd()
-        .args(["gc", "--older-than", "1d", "--cache", &via_proxy])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (proxy, via_proxy) = target.proxy("DeleteObjects", Fault::Delay);
+    let gc = target.spawn_gc(&via_proxy);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !proxy.stats().requests.contains_key("DeleteObjects") {
         assert!(
