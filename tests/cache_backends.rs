@@ -330,6 +330,46 @@ async fn delete_many_removes_every_key_named_and_no_other(#[case] kind: Kind) {
     assert_eq!(left, kept);
 }
 
+/// A conditional replace succeeds on the version read, and not after another write or a
+/// deletion.
+#[rstest]
+#[case::file(Kind::File)]
+#[case::s3(Kind::S3)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_if_version_replaces_only_the_version_read(#[case] kind: Kind) {
+    let env = env(kind).await;
+    let (key, ct) = ("v.narinfo", "text/plain");
+    env.cache
+        .put(key, Bytes::from_static(b"one"), ct)
+        .await
+        .unwrap();
+    let (body, v1) = env.cache.get_versioned(key).await.unwrap().unwrap();
+    assert_eq!(&body[..], b"one");
+    assert!(
+        env.cache
+            .put_if_version(key, Bytes::from_static(b"two"), ct, &v1)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !env.cache
+            .put_if_version(key, Bytes::from_static(b"three"), ct, &v1)
+            .await
+            .unwrap()
+    );
+    let (body, v2) = env.cache.get_versioned(key).await.unwrap().unwrap();
+    assert_eq!(&body[..], b"two");
+    assert_ne!(v1, v2);
+    env.cache.delete(key).await.unwrap();
+    assert!(
+        !env.cache
+            .put_if_version(key, Bytes::from_static(b"four"), ct, &v2)
+            .await
+            .unwrap()
+    );
+    assert_eq!(env.cache.get(key).await.unwrap(), None);
+}
+
 #[rstest]
 #[case::file(Kind::File)]
 #[case::s3(Kind::S3)]

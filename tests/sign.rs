@@ -220,3 +220,79 @@ fn sign_errors_name_what_went_wrong() {
     let err = assert_fails(&run(sign(&["--signing-key-file"]).arg(&secret)));
     assert!(err.contains("--all") || err.contains("PATHS"), "{err}");
 }
+
+/// A gc running alongside deletes narinfos while sign holds them: sign must not write them
+/// back (they would name NARs that gc deletes next). The proxy holds sign's PUTs for seconds,
+/// the test deletes the narinfos as gc would, and then the PUTs arrive, conditional on the
+/// narinfo sign read.
+#[test]
+fn sign_does_not_bring_back_a_narinfo_deleted_while_it_signed() {
+    use common::fault_proxy::{Fault, FaultConfig, FaultProxy};
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    let server = S3Server::start();
+    let [app, ..] = build_closure(tmp.path(), &nonce());
+    let (secret, _) = keygen(tmp.path(), "sign-race-1");
+    let mut push = nixbucket();
+    push.envs(server.env())
+        .args(["push", "--unsigned", "--cache", &server.cache_url(), &app]);
+    assert_ok(&run(&mut push));
+    let bucket = server.root().join(server.bucket());
+    let narinfos = || -> Vec<String> {
+        list_files(&bucket)
+            .into_iter()
+            .filter(|k| k.ends_with(".narinfo"))
+            .collect()
+    };
+    assert_eq!(narinfos().len(), 3);
+
+    let proxy = FaultProxy::start(
+        &server.endpoint(),
+        FaultConfig {
+            share: 1.0,
+            faults: vec![Fault::Delay],
+            delay: Duration::from_secs(5),
+            only_on: Some("PutObject"),
+            ..FaultConfig::mixed(0.0, 1)
+        },
+    );
+    let url = server
+        .cache_url()
+        .replace(&server.endpoint(), &proxy.endpoint());
+    let sign = nixbucket()
+        .envs(server.env())
+        .args(["sign", "--cache", &url, "--all", "--signing-key-file"])
+        .arg(&secret)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while proxy
+        .stats()
+        .requests
+        .get("PutObject")
+        .copied()
+        .unwrap_or(0)
+        < 3
+    {
+        assert!(Instant::now() < deadline, "{:?}", proxy.stats().requests);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for k in narinfos() {
+        std::fs::remove_file(bucket.join(k)).unwrap();
+    }
+    let out = sign.wait_with_output().unwrap();
+    assert_ok(&out);
+    assert!(
+        stderr(&out)
+            .contains("signed 0 narinfos with sign-race-1; 0 already were; 3 deleted meanwhile"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        narinfos(),
+        Vec::<String>::new(),
+        "sign wrote back a deleted narinfo"
+    );
+}

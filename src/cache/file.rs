@@ -123,6 +123,56 @@ impl FileCache {
         }
     }
 
+    /// The object and its version: inode, mtime and size (every put renames a new file in).
+    pub(crate) async fn get_versioned(
+        &self,
+        key: &str,
+    ) -> Result<Option<(Bytes, String)>, CacheError> {
+        let path = self.path(key);
+        blocking(move || {
+            let mut file = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(CacheError::io("open", path, e)),
+            };
+            let meta = file
+                .metadata()
+                .map_err(|e| CacheError::io("stat", &path, e))?;
+            let mut body = Vec::with_capacity(meta.len() as usize);
+            std::io::Read::read_to_end(&mut file, &mut body)
+                .map_err(|e| CacheError::io("read", &path, e))?;
+            Ok(Some((Bytes::from(body), file_version(&meta))))
+        })
+        .await
+    }
+
+    /// Replaces the object if it is still at `version`. Checked, then renamed: not atomic
+    /// against another writer on the same machine, which a `file://` cache rarely has.
+    pub(crate) async fn put_if_version(
+        &self,
+        key: &str,
+        body: Bytes,
+        version: &str,
+    ) -> Result<bool, CacheError> {
+        let dest = self.path(key);
+        let version = version.to_owned();
+        blocking(move || {
+            match std::fs::metadata(&dest) {
+                Ok(m) if file_version(&m) == version => {}
+                Ok(_) => return Ok(false),
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(CacheError::io("stat", dest, e)),
+            }
+            let tmp = write_temp(&dest, &body)?;
+            std::fs::rename(&tmp, &dest).map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                CacheError::io("rename into place", &dest, e)
+            })?;
+            Ok(true)
+        })
+        .await
+    }
+
     pub(crate) async fn put(&self, key: &str, body: Bytes) -> Result<(), CacheError> {
         let dest = self.path(key);
         blocking(move || {
@@ -327,4 +377,15 @@ impl Drop for FileWriter {
             let _ = std::fs::remove_file(path);
         }
     }
+}
+
+fn file_version(meta: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!(
+        "{}-{}.{}-{}",
+        meta.ino(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.len()
+    )
 }

@@ -62,6 +62,10 @@ pub struct ObjectInfo {
     pub last_modified: Option<SystemTime>,
 }
 
+/// Which version of an object was read: S3's ETag, or a file's inode, mtime and size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Version(String);
+
 /// Settings for [`Cache::open_with`]. `Default` is what [`Cache::open`] uses.
 #[derive(Clone, Debug)]
 pub struct OpenOptions {
@@ -273,6 +277,32 @@ impl Cache {
         match &self.backend {
             Backend::File(c) => c.get(key).await,
             Backend::S3(c) => c.get(key).await,
+        }
+    }
+
+    /// An object with its version, for [`Cache::put_if_version`]; `None` if absent.
+    pub async fn get_versioned(&self, key: &str) -> Result<Option<(Bytes, Version)>, CacheError> {
+        check_key(key)?;
+        let got = match &self.backend {
+            Backend::File(c) => c.get_versioned(key).await?,
+            Backend::S3(c) => c.get_versioned(key).await?,
+        };
+        Ok(got.map(|(body, v)| (body, Version(v))))
+    }
+
+    /// Replaces an object only if it is still the `version` read: `false` if it changed or
+    /// vanished since (S3's If-Match; a store without it gets a plain write).
+    pub async fn put_if_version(
+        &self,
+        key: &str,
+        body: Bytes,
+        content_type: &str,
+        version: &Version,
+    ) -> Result<bool, CacheError> {
+        check_key(key)?;
+        match &self.backend {
+            Backend::File(c) => c.put_if_version(key, body, &version.0).await,
+            Backend::S3(c) => c.put_if_version(key, body, content_type, &version.0).await,
         }
     }
 

@@ -104,6 +104,8 @@ pub(crate) struct S3Cache {
     list_page_size: AtomicI32,
     /// Cleared when the store answers NotImplemented to `If-None-Match: *`.
     conditional_writes: AtomicBool,
+    /// Cleared when the store answers NotImplemented to `If-Match`.
+    if_match_writes: AtomicBool,
     /// Cleared when the store refuses DeleteObjects (not implemented, or wants what the SDK
     /// does not send).
     batch_deletes: AtomicBool,
@@ -460,6 +462,7 @@ impl S3Cache {
             parts_in_flight: opts.parts_in_flight.max(1),
             list_page_size: AtomicI32::new(opts.list_page_size.clamp(1, ASKED_PAGE_SIZE)),
             conditional_writes: AtomicBool::new(true),
+            if_match_writes: AtomicBool::new(true),
             batch_deletes: AtomicBool::new(true),
         };
         cache.check_bucket().await?;
@@ -574,15 +577,24 @@ impl S3Cache {
     }
 
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
+        Ok(self.get_versioned(key).await?.map(|(body, _)| body))
+    }
+
+    /// The object and its ETag (empty if the store sent none).
+    pub(crate) async fn get_versioned(
+        &self,
+        key: &str,
+    ) -> Result<Option<(Bytes, String)>, CacheError> {
         let ctx = &self.ctx;
         let mut attempt = 1;
         loop {
             let Some(out) = self.get_object(key).await? else {
                 return Ok(None);
             };
+            let etag = out.e_tag().unwrap_or_default().to_owned();
             // The SDK's retries end with the headers; a body cut short is ours to fetch again.
             match out.body.collect().await {
-                Ok(body) => return Ok(Some(body.into_bytes())),
+                Ok(body) => return Ok(Some((body.into_bytes(), etag))),
                 Err(_) if attempt < GET_ATTEMPTS => {
                     attempt += 1;
                     tokio::time::sleep(INITIAL_BACKOFF * attempt).await;
@@ -602,6 +614,48 @@ impl S3Cache {
 
     pub(crate) async fn put(&self, key: &str, body: Bytes, ct: &str) -> Result<(), CacheError> {
         self.ctx.put(key, body, ct).await
+    }
+
+    /// Replaces the object only if its ETag is still `etag` (If-Match): `false` if it changed
+    /// or vanished since. A store that does not implement If-Match gets a plain write.
+    pub(crate) async fn put_if_version(
+        &self,
+        key: &str,
+        body: Bytes,
+        content_type: &str,
+        etag: &str,
+    ) -> Result<bool, CacheError> {
+        let ctx = &self.ctx;
+        if etag.is_empty() || !self.if_match_writes.load(Ordering::Relaxed) {
+            ctx.put(key, body, content_type).await?;
+            return Ok(true);
+        }
+        let res = ctx
+            .client
+            .put_object()
+            .bucket(&ctx.bucket)
+            .key(key)
+            .content_type(content_type)
+            .if_match(etag)
+            .body(ByteStream::from(body.clone()))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            // Changed (412), gone (404), or being written right now (409).
+            Err(e) if [412, 404, 409].iter().any(|&s| is_status(&e, s)) => {
+                if e.code() == Some("NoSuchBucket") {
+                    return Err(ctx.error("PutObject", key, e));
+                }
+                Ok(false)
+            }
+            Err(e) if is_status(&e, 501) || e.code() == Some("NotImplemented") => {
+                self.if_match_writes.store(false, Ordering::Relaxed);
+                ctx.put(key, body, content_type).await?;
+                Ok(true)
+            }
+            Err(e) => Err(ctx.error("PutObject", key, e)),
+        }
     }
 
     pub(crate) async fn put_if_absent(

@@ -2,8 +2,9 @@
 //! NARs — after a push with `--unsigned`, or when rotating keys (`--remove-key` drops the old).
 //!
 //! A rewritten narinfo gets a new LastModified, which `gc` counts as a use (so a rotation also
-//! postpones collection by one `--older-than`). Do not run `sign` while a `gc` runs: a narinfo
-//! read before gc deleted it would be written back, naming a NAR gc may delete next.
+//! postpones collection by one `--older-than`). Each rewrite is conditional on the narinfo
+//! still being the one read (S3 If-Match), so a narinfo that a `gc` running alongside deleted
+//! is not written back to name a NAR that gc may delete next.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -63,7 +64,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .collect::<Result<_, _>>()?
     };
     let (key, remove) = (&key, &args.remove_keys);
-    let results: Vec<(String, anyhow::Result<bool>)> =
+    let results: Vec<(String, anyhow::Result<Signed>)> =
         futures::stream::iter(keys.iter().map(|k| {
             let cache = cache.clone();
             async move { (k.clone(), sign_one(&cache, k, key, remove).await) }
@@ -71,11 +72,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .buffer_unordered(args.jobs.max(1))
         .collect()
         .await;
-    let (mut changed, mut failed) = (0, 0);
+    let (mut changed, mut gone, mut failed) = (0, 0, 0);
     for (k, result) in &results {
         match result {
-            Ok(true) => changed += 1,
-            Ok(false) => {}
+            Ok(Signed::Rewritten) => changed += 1,
+            Ok(Signed::AlreadyWas) => {}
+            Ok(Signed::Gone) => gone += 1,
             Err(e) => {
                 failed += 1;
                 eprintln!("error: {k}: {e:#}");
@@ -83,9 +85,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     eprintln!(
-        "signed {changed} narinfos with {}; {} already were{}",
+        "signed {changed} narinfos with {}; {} already were{}{}",
         key.name(),
-        results.len() - changed - failed,
+        results.len() - changed - gone - failed,
+        if gone > 0 {
+            format!("; {gone} deleted meanwhile (left deleted)")
+        } else {
+            String::new()
+        },
         if failed > 0 {
             format!("; {failed} FAILED")
         } else {
@@ -98,28 +105,49 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Rewrites one narinfo if its signatures change; Ok(false) when it was already as wanted.
+/// What became of one narinfo.
+#[derive(Debug, PartialEq, Eq)]
+enum Signed {
+    Rewritten,
+    AlreadyWas,
+    /// Deleted after the listing or the first read (a gc running alongside): not written back.
+    Gone,
+}
+
+/// Rewrites one narinfo if its signatures change. The write is conditional on the narinfo
+/// being the one read; when another writer changed it meanwhile, it is read and signed again,
+/// and when it vanished (gc deleted it) it stays deleted: writing it back would name a NAR
+/// that gc may delete next.
 async fn sign_one(
     cache: &Cache,
     key_name: &str,
     key: &SecretKey,
     remove: &[String],
-) -> anyhow::Result<bool> {
-    let Some(bytes) = cache.get(key_name).await? else {
-        bail!("not in the cache");
-    };
-    let text = std::str::from_utf8(&bytes).context("not UTF-8")?;
-    let mut info = NarInfo::parse(text).context("not a valid narinfo")?;
-    let before = info.signatures.clone();
-    for name in remove {
-        info.remove_signatures(name);
+) -> anyhow::Result<Signed> {
+    for attempt in 0..3 {
+        let Some((bytes, version)) = cache.get_versioned(key_name).await? else {
+            if attempt == 0 {
+                bail!("not in the cache");
+            }
+            return Ok(Signed::Gone);
+        };
+        let text = std::str::from_utf8(&bytes).context("not UTF-8")?;
+        let mut info = NarInfo::parse(text).context("not a valid narinfo")?;
+        let before = info.signatures.clone();
+        for name in remove {
+            info.remove_signatures(name);
+        }
+        info.sign(key);
+        if info.signatures == before {
+            return Ok(Signed::AlreadyWas);
+        }
+        let body = info.to_string().into();
+        if cache
+            .put_if_version(key_name, body, "text/x-nix-narinfo", &version)
+            .await?
+        {
+            return Ok(Signed::Rewritten);
+        }
     }
-    info.sign(key);
-    if info.signatures == before {
-        return Ok(false);
-    }
-    cache
-        .put(key_name, info.to_string().into(), "text/x-nix-narinfo")
-        .await?;
-    Ok(true)
+    bail!("changed by another writer three times while being signed; run sign again")
 }
