@@ -13,7 +13,7 @@ mkdir -p "$BENCH_DIR"
 BENCH_LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # The real Nix, single-user, no substituters, no sandbox: builders copy from /usr and /root.
-export NIX_CONFIG=$'substituters =\nexperimental-features = nix-command\nsandbox = false\nmax-jobs = 2'
+export NIX_CONFIG=$'substituters =\nexperimental-features = nix-command\nsandbox = false\nbuild-users-group =\nmax-jobs = 2'
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }

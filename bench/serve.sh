@@ -13,7 +13,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 target=${CARGO_TARGET_DIR:-$here/target}
 bin=$target/release/nixbucket
 [[ -x $bin ]] || (cd "$here" && cargo build --release --quiet)
-export NIX_CONFIG=$'substituters =\nexperimental-features = nix-command\nsandbox = false'
+export NIX_CONFIG=$'substituters =\nexperimental-features = nix-command\nsandbox = false\nbuild-users-group ='
 
 work=$(mktemp -d)
 pids=()
@@ -88,7 +88,7 @@ echo
 # random data, like a build whose outputs appear one after the other.
 conf=$work/conf
 mkdir -p "$conf/etc" "$conf/user" "$conf/xdg"
-printf 'substituters =\nsandbox = false\nexperimental-features = nix-command\n' >"$conf/etc/nix.conf"
+printf 'substituters =\nsandbox = false\nexperimental-features = nix-command\nbuild-users-group =\n' >"$conf/etc/nix.conf"
 export NIX_CONF_DIR=$conf/etc NIX_USER_CONF_FILES=$conf/user/nix.conf XDG_CACHE_HOME=$conf/xdg
 unset NIX_CONFIG
 chain_expr() { # $1: tag

@@ -11,7 +11,7 @@ bin=$PWD/target/release/nixbucket
 
 work=$(mktemp -d /tmp/nixbucket-demo.XXXXXX)
 mkdir -p "$work/etc"
-printf 'substituters =\nsandbox = false\nexperimental-features = nix-command\n' >"$work/etc/nix.conf"
+printf 'substituters =\nsandbox = false\nexperimental-features = nix-command\nbuild-users-group =\n' >"$work/etc/nix.conf"
 unset NIX_CONFIG
 export NIX_CONF_DIR="$work/etc" NIX_USER_CONF_FILES="$work/nix.conf"
 export NIXBUCKET_CACHE="file://$work/cache" NIXBUCKET_STATE_FILE="$work/state.json"

@@ -101,7 +101,7 @@ impl Job {
         }
         std::fs::write(
             tmp.path().join("conf/etc/nix.conf"),
-            "substituters =\nsandbox = false\nexperimental-features = nix-command\n",
+            "substituters =\nsandbox = false\nexperimental-features = nix-command\nbuild-users-group =\n",
         )
         .unwrap();
         // As the runner does: every input of action.yml is present, empty when not given.

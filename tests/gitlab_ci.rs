@@ -94,7 +94,7 @@ fn nix_conf(root: &Path) -> PathBuf {
     std::fs::create_dir_all(conf.join("user")).unwrap();
     std::fs::write(
         conf.join("etc/nix.conf"),
-        "substituters =\nsandbox = false\nexperimental-features = nix-command\n",
+        "substituters =\nsandbox = false\nexperimental-features = nix-command\nbuild-users-group =\n",
     )
     .unwrap();
     conf

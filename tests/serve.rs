@@ -216,7 +216,7 @@ fn a_daemon_without_aws_credentials_substitutes_through_serve() {
     std::fs::write(
         conf_dir.join("nix.conf"),
         format!(
-            "substituters = {}\ntrusted-public-keys = {public}\nsandbox = false\nexperimental-features = nix-command\n",
+            "substituters = {}\ntrusted-public-keys = {public}\nsandbox = false\nexperimental-features = nix-command\nbuild-users-group =\n",
             served.url
         ),
     )
@@ -241,7 +241,8 @@ fn a_daemon_without_aws_credentials_substitutes_through_serve() {
     assert_eq!(served.stats().nar_requests, 2);
 }
 
-const BASE_CONF: &str = "substituters =\nsandbox = false\nexperimental-features = nix-command\n";
+const BASE_CONF: &str =
+    "substituters =\nsandbox = false\nexperimental-features = nix-command\nbuild-users-group =\n";
 
 /// What `setup --serve` recorded; stops the server on drop if `push` did not.
 struct SetupServe {

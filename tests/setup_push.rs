@@ -9,7 +9,7 @@ use std::process::Command;
 use common::nix::{NixConfig, build_closure, derivation, nonce, query_closure, start_daemon};
 use common::{assert_fails, assert_ok, keygen, list_files, nixbucket, run, stderr, stdout};
 
-const BASE_CONF: &str = "# base settings of the test machine\nsubstituters =\nsandbox = false\nexperimental-features = nix-command\n";
+const BASE_CONF: &str = "# base settings of the test machine\nsubstituters =\nsandbox = false\nexperimental-features = nix-command\nbuild-users-group =\n";
 
 fn write_expr(dir: &Path, expr: &str) -> PathBuf {
     let file = dir.join(format!("{}.nix", nonce()));

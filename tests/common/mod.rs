@@ -8,7 +8,8 @@ pub mod s3;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-pub const NIX_CONFIG: &str = "substituters =\nexperimental-features = nix-command\nsandbox = false";
+pub const NIX_CONFIG: &str =
+    "substituters =\nexperimental-features = nix-command\nsandbox = false\nbuild-users-group =";
 
 /// The nixbucket binary with a clean environment: no NIXBUCKET_* or AWS_* from the outside.
 pub fn nixbucket() -> Command {
