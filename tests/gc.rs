@@ -679,16 +679,18 @@ fn gc_leaves_a_nar_that_a_push_reused_after_the_plan() {
 }
 
 /// gc deletes narinfos a thousand to a request (DeleteObjects); a store that does not have
-/// that call gets one DeleteObject per key instead, and the result is the same.
-#[test]
-fn gc_deletes_one_by_one_where_the_store_refuses_delete_objects() {
-    use common::fault_proxy::Fault;
+/// that call gets one DeleteObject per key instead, and the result is the same. So does a
+/// key that DeleteObjects answered with an error of its own.
+#[rstest::rstest]
+#[case::refused(common::fault_proxy::Fault::NotImplemented)]
+#[case::key_errors(common::fault_proxy::Fault::KeyErrors)]
+fn gc_deletes_one_by_one_where_delete_objects_does_not(#[case] fault: common::fault_proxy::Fault) {
     let tmp = tempfile::tempdir().unwrap();
     let target = Target::s3();
     let (_, public, path) = push_small(&target, tmp.path(), "old");
     target.forget_usage();
     target.age(&target.keys(), 30 * DAY);
-    let (proxy, via_proxy) = target.proxy("DeleteObjects", Fault::NotImplemented);
+    let (proxy, via_proxy) = target.proxy("DeleteObjects", fault);
     let out = run(target
         .cmd()
         .args(["gc", "--older-than", "1d", "--cache", &via_proxy]));
@@ -696,7 +698,7 @@ fn gc_deletes_one_by_one_where_the_store_refuses_delete_objects() {
     let (requests, faults) = (proxy.stats().requests, proxy.stats().faults);
     assert_eq!(requests.get("DeleteObjects"), Some(&1), "{requests:?}");
     assert_eq!(faults.len(), 1, "{faults:?}");
-    // The narinfo after the refusal, then the NAR (NARs always go one at a time).
+    // The narinfo after the refusal or its error, then the NAR (NARs always go one at a time).
     assert_eq!(requests.get("DeleteObject"), Some(&2), "{requests:?}");
     assert!(
         stderr(&out).contains("deleted 1 of 1 paths and 1 NARs"),

@@ -330,7 +330,8 @@ impl Cache {
     }
 
     /// Removes objects, `jobs` requests at a time (S3: up to 1000 keys a request). Absent ones
-    /// are no error. Returns the failures, one per key not removed.
+    /// are no error. Returns the failures: one per key not removed, or one for a request of
+    /// many keys that failed as a whole.
     pub async fn delete_many(&self, keys: &[String], jobs: usize) -> Vec<CacheError> {
         use futures::StreamExt;
         if let Some(bad) = keys.iter().find_map(|k| check_key(k).err()) {

@@ -52,8 +52,27 @@ const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
 const MAX_PARTS: i32 = 10_000;
 /// Keys asked for per listing page (see `OpenOptions::list_page_size`).
 pub(crate) const ASKED_PAGE_SIZE: i32 = 10_000;
-/// The most keys S3 documents for one listing page.
+/// The most keys S3 documents for one listing page, and for one DeleteObjects.
 const S3_PAGE_SIZE: i32 = 1000;
+/// Error codes with which a store refuses DeleteObjects as such (rather than for one request).
+const BATCH_REFUSALS: &[&str] = &[
+    "NotImplemented",
+    "MethodNotAllowed",
+    "InvalidRequest",
+    "MalformedXML",
+    "MissingContentMD5",
+    "InvalidArgument",
+];
+
+/// What became of one DeleteObjects.
+enum Batch<'k> {
+    Done,
+    /// The store does not take DeleteObjects: these keys go one at a time.
+    Refused(&'k [String]),
+    /// These keys had errors of their own: tried again one at a time.
+    Retry(Vec<&'k str>),
+    Failed(CacheError),
+}
 
 /// Attempts per request (the first one included) unless `AWS_MAX_ATTEMPTS` says otherwise.
 /// Ten attempts with backoff capped at [`MAX_BACKOFF`] ride out about a minute of outage.
@@ -721,10 +740,13 @@ impl S3Cache {
     }
 
     /// Deletes `keys`, `jobs` requests at a time: a DeleteObjects per 1000 keys, or one
-    /// DeleteObject per key where the store refuses DeleteObjects. The failures, one per key.
+    /// DeleteObject per key where the store refuses DeleteObjects. A key that a DeleteObjects
+    /// answered with an error of its own is tried again alone (such errors come inside a
+    /// success answer, which nothing retries). The failures: one per key, or one for a whole
+    /// DeleteObjects request that failed.
     pub(crate) async fn delete_many(&self, keys: &[String], jobs: usize) -> Vec<CacheError> {
         use futures::StreamExt;
-        let mut singly: Vec<&String> = Vec::new();
+        let mut singly: Vec<&str> = Vec::new();
         let mut failures = Vec::new();
         if self.batch_deletes.load(Ordering::Relaxed) {
             let batches = keys.chunks(S3_PAGE_SIZE as usize);
@@ -732,14 +754,16 @@ impl S3Cache {
                 .buffer_unordered(jobs.max(1))
                 .collect()
                 .await;
-            for (batch, result) in results {
+            for result in results {
                 match result {
-                    Some(errors) => failures.extend(errors),
-                    None => singly.extend(batch),
+                    Batch::Done => {}
+                    Batch::Refused(batch) => singly.extend(batch.iter().map(String::as_str)),
+                    Batch::Retry(some) => singly.extend(some),
+                    Batch::Failed(e) => failures.push(e),
                 }
             }
         } else {
-            singly.extend(keys);
+            singly.extend(keys.iter().map(String::as_str));
         }
         let results: Vec<_> = futures::stream::iter(singly.into_iter().map(|k| self.delete(k)))
             .buffer_unordered(jobs.max(1))
@@ -749,12 +773,8 @@ impl S3Cache {
         failures
     }
 
-    /// One DeleteObjects: the keys that could not be deleted, or `None` (with `batch_deletes`
-    /// cleared) if the store refused the request as such.
-    async fn delete_batch<'k>(
-        &self,
-        keys: &'k [String],
-    ) -> (&'k [String], Option<Vec<CacheError>>) {
+    /// One DeleteObjects of `keys`.
+    async fn delete_batch<'k>(&self, keys: &'k [String]) -> Batch<'k> {
         let ctx = &self.ctx;
         let ids = keys
             .iter()
@@ -763,7 +783,7 @@ impl S3Cache {
         let delete =
             ids.and_then(|ids| Delete::builder().set_objects(Some(ids)).quiet(true).build());
         let Ok(delete) = delete else {
-            return (keys, None);
+            return Batch::Refused(keys);
         };
         let res = ctx
             .client
@@ -774,28 +794,32 @@ impl S3Cache {
             .await;
         let out = match res {
             Ok(out) => out,
-            Err(e) if [400, 405, 501].iter().any(|&s| is_status(&e, s)) => {
+            // The call itself is what the store refuses (not implemented, or it wants a
+            // Content-MD5 the SDK does not send): one DELETE per key from now on.
+            Err(e)
+                if is_status(&e, 501)
+                    || is_status(&e, 405)
+                    || e.code().is_some_and(|c| BATCH_REFUSALS.contains(&c)) =>
+            {
                 self.batch_deletes.store(false, Ordering::Relaxed);
-                return (keys, None);
+                return Batch::Refused(keys);
             }
-            Err(e) => {
-                let err = ctx.error("DeleteObjects", &keys[0], e);
-                return (keys, Some(vec![err]));
-            }
+            Err(e) => return Batch::Failed(ctx.error("DeleteObjects", &keys[0], e)),
         };
-        let errors = out
+        let again: Vec<&str> = out
             .errors()
             .iter()
             .filter(|e| e.code() != Some("NoSuchKey"))
-            .map(|e| CacheError::S3 {
-                operation: "DeleteObjects",
-                bucket: ctx.bucket.clone(),
-                key: e.key().unwrap_or_default().to_owned(),
-                code: e.code().unwrap_or("unknown").to_owned(),
-                message: e.message().unwrap_or_default().to_owned(),
+            .filter_map(|e| {
+                let key = e.key()?;
+                keys.iter().find(|k| *k == key).map(String::as_str)
             })
             .collect();
-        (keys, Some(errors))
+        if again.is_empty() {
+            Batch::Done
+        } else {
+            Batch::Retry(again)
+        }
     }
 
     /// `one_level`: only keys without a `/` after the prefix (delimiter `/`).

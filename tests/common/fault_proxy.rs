@@ -33,6 +33,9 @@ pub enum Fault {
     Stall,
     /// Answer `501 NotImplemented` without asking the server (a store without that call).
     NotImplemented,
+    /// Answer a DeleteObjects with `200 OK` and an `InternalError` for every key in it, without
+    /// asking the server: per-key errors, which come inside a success answer.
+    KeyErrors,
     /// `400 InvalidArgument` to a listing that asks for more than [`FaultConfig::max_keys`].
     TooManyKeys,
 }
@@ -389,6 +392,27 @@ fn s3_error(status: &str, code: &str, message: &str, retry_after: Option<u32>) -
     out.into_bytes()
 }
 
+/// A DeleteObjects answer with an `InternalError` for each `<Key>` of the request body.
+fn delete_errors(request_body: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(request_body);
+    let errors: String = text
+        .split("<Key>")
+        .skip(1)
+        .filter_map(|rest| rest.split_once("</Key>"))
+        .map(|(key, _)| {
+            format!("<Error><Key>{key}</Key><Code>InternalError</Code><Message>injected</Message></Error>")
+        })
+        .collect();
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<DeleteResult>{errors}</DeleteResult>"
+    );
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
 /// Sleeps up to `d`, returning early when the proxy stops.
 fn pause(shared: &Shared, d: Duration) {
     let until = Instant::now() + d;
@@ -439,6 +463,7 @@ fn serve(mut client: TcpStream, shared: &Shared) -> std::io::Result<()> {
             "not implemented by this store",
             None,
         ),
+        Some(Fault::KeyErrors) => delete_errors(&req.body),
         Some(Fault::TooManyKeys) => s3_error(
             "400 Bad Request",
             "InvalidArgument",
