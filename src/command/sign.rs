@@ -63,11 +63,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .map(|p| store::resolve_store_path(std::path::Path::new(p)).map(|sp| narinfo_key(&sp)))
             .collect::<Result<_, _>>()?
     };
-    let (key, remove) = (&key, &args.remove_keys);
+    // A listed narinfo that is gone by the time it is read was deleted meanwhile (a gc); a
+    // named one that is not there is the user's mistake.
+    let (key, remove, listed) = (&key, &args.remove_keys, args.all);
     let results: Vec<(String, anyhow::Result<Signed>)> =
         futures::stream::iter(keys.iter().map(|k| {
             let cache = cache.clone();
-            async move { (k.clone(), sign_one(&cache, k, key, remove).await) }
+            async move { (k.clone(), sign_one(&cache, k, key, remove, listed).await) }
         }))
         .buffer_unordered(args.jobs.max(1))
         .collect()
@@ -114,8 +116,8 @@ enum Signed {
     Gone,
 }
 
-/// Rewrites one narinfo if its signatures change. The write is conditional on the narinfo
-/// being the one read; when another writer changed it meanwhile, it is read and signed again,
+/// Rewrites one narinfo if its signatures change (`listed`: the key came from the listing,
+/// not from the user). The write is conditional on the narinfo being the one read; when another writer changed it meanwhile, it is read and signed again,
 /// and when it vanished (gc deleted it) it stays deleted: writing it back would name a NAR
 /// that gc may delete next.
 async fn sign_one(
@@ -123,10 +125,11 @@ async fn sign_one(
     key_name: &str,
     key: &SecretKey,
     remove: &[String],
+    listed: bool,
 ) -> anyhow::Result<Signed> {
     for attempt in 0..3 {
         let Some((bytes, version)) = cache.get_versioned(key_name).await? else {
-            if attempt == 0 {
+            if attempt == 0 && !listed {
                 bail!("not in the cache");
             }
             return Ok(Signed::Gone);
