@@ -146,8 +146,9 @@ impl FileCache {
         .await
     }
 
-    /// Replaces the object if it is still at `version`. Checked, then renamed: not atomic
-    /// against another writer on the same machine, which a `file://` cache rarely has.
+    /// Replaces the object if it is still at `version`. The new file is written first, so only
+    /// a check and a rename remain between reading the version and replacing it; that is not
+    /// atomic against a writer on the same machine in those microseconds.
     pub(crate) async fn put_if_version(
         &self,
         key: &str,
@@ -157,18 +158,21 @@ impl FileCache {
         let dest = self.path(key);
         let version = version.to_owned();
         blocking(move || {
-            match std::fs::metadata(&dest) {
-                Ok(m) if file_version(&m) == version => {}
-                Ok(_) => return Ok(false),
-                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
-                Err(e) => return Err(CacheError::io("stat", dest, e)),
-            }
             let tmp = write_temp(&dest, &body)?;
-            std::fs::rename(&tmp, &dest).map_err(|e| {
-                let _ = std::fs::remove_file(&tmp);
-                CacheError::io("rename into place", &dest, e)
-            })?;
-            Ok(true)
+            let current = match std::fs::metadata(&dest) {
+                Ok(m) => Ok(file_version(&m) == version),
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(CacheError::io("stat", &dest, e)),
+            };
+            if current.as_ref().is_ok_and(|same| *same) {
+                if let Err(e) = std::fs::rename(&tmp, &dest) {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(CacheError::io("rename into place", &dest, e));
+                }
+                return Ok(true);
+            }
+            let _ = std::fs::remove_file(&tmp);
+            current
         })
         .await
     }

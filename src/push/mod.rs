@@ -370,12 +370,13 @@ async fn push_one(
         signatures: info.signatures.clone(),
         ca: info.ca.clone(),
     };
-    let ours = put_narinfo(cache, &mut narinfo, overwrite, opts).await?;
+    put_narinfo(cache, &mut narinfo, overwrite, opts).await?;
     // A gc that listed before the touch may still have deleted the reused NAR; then it goes
     // up again, and the narinfo is rewritten with its hash and size (another compression
-    // level gives other bytes under the same name).
+    // level gives other bytes under the same name). Whoever's narinfo is there, it names this
+    // NAR; and a narinfo that reads as another's may be ours, its first answer lost.
     let mut file_size = file_size;
-    if ours && reused_nar && cache.head(&narinfo.url).await?.is_none() {
+    if reused_nar && cache.head(&narinfo.url).await?.is_none() {
         let (hash, size) = upload_nar(cache, &narinfo.url, &info, opts, counters).await?;
         (narinfo.file_hash, narinfo.file_size, file_size) = (Some(hash), Some(size), size);
         put_narinfo(cache, &mut narinfo, true, opts).await?;
@@ -391,8 +392,8 @@ async fn push_one(
 
 const NAR_CONTENT_TYPE: &str = "application/x-nix-nar";
 
-/// Signs and writes the narinfo: `false` if, not told to `overwrite`, another pusher's narinfo
-/// for the path was found there (it stays; it names a NAR it uploaded).
+/// Signs and writes the narinfo. Unless told to `overwrite`, a narinfo found there (another
+/// pusher's, naming the same NAR) stays; `false` then.
 async fn put_narinfo(
     cache: &Cache,
     narinfo: &mut NarInfo,
