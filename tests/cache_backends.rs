@@ -431,6 +431,37 @@ async fn writer_commits_exact_bytes(#[case] kind: Kind, #[case] len: usize) {
     assert_eq!(env.leftovers(), Vec::<String>::new());
 }
 
+/// A conditional commit lands where nothing is, and where something is it leaves that
+/// object as it was and nothing of its own (no temp file, no open multipart upload).
+#[rstest]
+#[case::file_one_byte(Kind::File, 1)]
+#[case::file_2_5_parts(Kind::File, PART * 5 / 2)]
+#[case::s3_one_byte(Kind::S3, 1)]
+#[case::s3_2_5_parts(Kind::S3, PART * 5 / 2)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_if_absent_keeps_the_object_already_there(#[case] kind: Kind, #[case] len: usize) {
+    let env = env(kind).await;
+    let key = "nar/same-name.nar";
+    let commit_if_absent = |data: Vec<u8>| {
+        let mut w = env.cache.writer(key, "application/x-nix-nar");
+        tokio::task::spawn_blocking(move || {
+            w.write_all(&data).unwrap();
+            w.commit_if_absent().unwrap()
+        })
+    };
+    let first = pattern(len);
+    assert_eq!(
+        commit_if_absent(first.clone()).await.unwrap(),
+        Some(len as u64)
+    );
+    let other: Vec<u8> = first.iter().map(|b| b ^ 0xff).collect();
+    assert_eq!(commit_if_absent(other).await.unwrap(), None);
+    let got = env.cache.get(key).await.unwrap().unwrap();
+    assert!(got == first, "the object there was replaced");
+    assert_eq!(env.keys("").await, [key]);
+    assert_eq!(env.leftovers(), Vec::<String>::new());
+}
+
 #[rstest]
 #[case::file(Kind::File)]
 #[case::s3(Kind::S3)]

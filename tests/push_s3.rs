@@ -222,3 +222,100 @@ async fn a_narinfo_another_job_wrote_since_the_plan_is_kept() {
         &public,
     ])));
 }
+
+/// Two jobs push one path at once with different compression levels, so the same NAR name
+/// holds different bytes from each. The second job's NAR upload is held until the first job
+/// has pushed everything; then it must leave the first NAR in place (a conditional commit)
+/// and keep the first narinfo, which describes that NAR. Otherwise the cache would hold a
+/// narinfo whose FileSize and FileHash describe bytes that are gone.
+#[test]
+fn a_nar_another_push_landed_first_stays_and_the_narinfo_describes_it() {
+    use common::fault_proxy::{Fault, FaultConfig, FaultProxy};
+    use std::time::{Duration, Instant};
+    let server = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (secret, public) = keygen(tmp.path(), "levels-1");
+    let tag = nonce();
+    let path = build(
+        tmp.path(),
+        &derivation(
+            &format!("levels-{tag}"),
+            &format!("seq 1 20000 > $out; echo {tag} >> $out"),
+        ),
+    );
+    let proxy = FaultProxy::start(
+        &server.endpoint(),
+        FaultConfig {
+            share: 1.0,
+            faults: vec![Fault::Delay],
+            delay: Duration::from_secs(5),
+            only_on: Some("PutObject"),
+            only_target: Some("/nar/"),
+            ..FaultConfig::mixed(0.0, 1)
+        },
+    );
+    let push = |url: &str, level: &str| {
+        let mut cmd = push_cmd(&server);
+        cmd.args(["push", "--progress", "none", "--compression-level", level])
+            .args(["--cache", url, "--signing-key-file"])
+            .arg(&secret)
+            .arg(&path);
+        cmd
+    };
+    let slow_url = server
+        .cache_url()
+        .replace(&server.endpoint(), &proxy.endpoint());
+    let slow = push(&slow_url, "19")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The NAR, after its HEAD found nothing, held at the proxy.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while proxy.stats().faults_of(Fault::Delay) < 1 {
+        assert!(Instant::now() < deadline, "{:?}", proxy.stats().requests);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_ok(&run(&mut push(&server.cache_url(), "1")));
+    let bucket = server.root().join(server.bucket());
+    let first_nar: Vec<(String, Vec<u8>)> = common::list_files(&bucket)
+        .into_iter()
+        .filter(|k| k.starts_with("nar/"))
+        .map(|k| (k.clone(), std::fs::read(bucket.join(&k)).unwrap()))
+        .collect();
+    assert_eq!(first_nar.len(), 1);
+    let narinfo = std::fs::read_to_string(bucket.join(format!(
+        "{}.narinfo",
+        &path["/nix/store/".len().."/nix/store/".len() + 32]
+    )))
+    .unwrap();
+
+    let out = slow.wait_with_output().unwrap();
+    assert_ok(&out);
+    let (key, bytes) = &first_nar[0];
+    let now_nar = std::fs::read(bucket.join(key)).unwrap();
+    assert!(
+        &now_nar == bytes,
+        "the first NAR ({} bytes) was replaced by another ({} bytes)",
+        bytes.len(),
+        now_nar.len()
+    );
+    let now = std::fs::read_to_string(bucket.join(format!(
+        "{}.narinfo",
+        &path["/nix/store/".len().."/nix/store/".len() + 32]
+    )))
+    .unwrap();
+    assert_eq!(now, narinfo);
+    assert!(
+        now.contains(&format!("FileSize: {}\n", bytes.len())),
+        "{now}"
+    );
+    assert_ok(&run(push_cmd(&server).args([
+        "verify",
+        "--deep",
+        "--cache",
+        &server.cache_url(),
+        "--public-key",
+        &public,
+    ])));
+}

@@ -347,7 +347,9 @@ impl FileWriter {
         Ok(n)
     }
 
-    pub(crate) fn commit(mut self) -> Result<u64, CacheError> {
+    /// Makes the file visible: its size, or `None` when `if_absent` found one there (link(2)
+    /// refuses an existing name, atomically).
+    pub(crate) fn commit(mut self, if_absent: bool) -> Result<Option<u64>, CacheError> {
         self.ensure_tmp()?;
         let Some((path, w)) = self.tmp.take() else {
             return Err(self.interrupted());
@@ -358,13 +360,22 @@ impl FileWriter {
                 .map_err(|e| CacheError::io("write", &path, e.into_error()))?;
             f.sync_all()
                 .map_err(|e| CacheError::io("write", &path, e))?;
-            std::fs::rename(&path, &self.dest)
-                .map_err(|e| CacheError::io("rename into place", &self.dest, e))
+            if !if_absent {
+                return std::fs::rename(&path, &self.dest)
+                    .map(|()| true)
+                    .map_err(|e| CacheError::io("rename into place", &self.dest, e));
+            }
+            match std::fs::hard_link(&path, &self.dest) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(CacheError::io("link into place", &self.dest, e)),
+            }
         })();
-        if result.is_err() {
+        // After a rename the temp name is gone; after a link (or a failure) it goes now.
+        if if_absent || result.is_err() {
             let _ = std::fs::remove_file(&path);
         }
-        result.map(|()| self.size)
+        result.map(|landed| landed.then_some(self.size))
     }
 
     pub(crate) fn abort(self) {

@@ -459,9 +459,21 @@ impl ObjectWriter {
     /// Makes the object visible, atomically, and returns its size. Blocking: call it from the
     /// thread that wrote, not from async code.
     pub fn commit(self) -> Result<u64, CacheError> {
+        self.finish(false)
+            .map(|size| size.expect("an unconditional commit lands"))
+    }
+
+    /// Like [`commit`](Self::commit), but only if no object is under the key by then (S3's
+    /// `If-None-Match: *`, or a HEAD first where the store lacks it; `link(2)` on a
+    /// directory). `None`: one was there, and it stays as it was; nothing of this one remains.
+    pub fn commit_if_absent(self) -> Result<Option<u64>, CacheError> {
+        self.finish(true)
+    }
+
+    fn finish(self, if_absent: bool) -> Result<Option<u64>, CacheError> {
         match self.inner {
-            WriterInner::File(w) => w.commit(),
-            WriterInner::S3(w) => w.commit(),
+            WriterInner::File(w) => w.commit(if_absent),
+            WriterInner::S3(w) => w.commit(if_absent),
             WriterInner::Failed(mut e) => Err(e.take().unwrap_or(CacheError::UploadInterrupted {
                 key: String::new(),
                 detail: "writer failed".into(),

@@ -121,8 +121,9 @@ pub(crate) struct S3Cache {
     parts_in_flight: usize,
     /// Lowered to [`S3_PAGE_SIZE`] when the store refuses a larger page.
     list_page_size: AtomicI32,
-    /// Cleared when the store answers NotImplemented to `If-None-Match: *`.
-    conditional_writes: AtomicBool,
+    /// Cleared when the store answers NotImplemented to `If-None-Match: *`; shared with
+    /// streaming uploads, which commit with it too.
+    conditional_writes: Arc<AtomicBool>,
     /// Cleared when the store answers NotImplemented to `If-Match`.
     if_match_writes: AtomicBool,
     /// Cleared when the store refuses DeleteObjects (not implemented, or wants what the SDK
@@ -480,7 +481,7 @@ impl S3Cache {
             part_size: opts.part_size.max(MIN_PART_SIZE),
             parts_in_flight: opts.parts_in_flight.max(1),
             list_page_size: AtomicI32::new(opts.list_page_size.clamp(1, ASKED_PAGE_SIZE)),
-            conditional_writes: AtomicBool::new(true),
+            conditional_writes: Arc::new(AtomicBool::new(true)),
             if_match_writes: AtomicBool::new(true),
             batch_deletes: AtomicBool::new(true),
         };
@@ -683,44 +684,7 @@ impl S3Cache {
         body: Bytes,
         content_type: &str,
     ) -> Result<bool, CacheError> {
-        let ctx = &self.ctx;
-        if self.conditional_writes.load(Ordering::Relaxed) {
-            let mut attempt = 0;
-            loop {
-                let res = ctx
-                    .client
-                    .put_object()
-                    .bucket(&ctx.bucket)
-                    .key(key)
-                    .content_type(content_type)
-                    .if_none_match("*")
-                    .body(ByteStream::from(body.clone()))
-                    .send()
-                    .await;
-                match res {
-                    Ok(_) => return Ok(true),
-                    Err(e) if is_status(&e, 412) => return Ok(false),
-                    // A concurrent conditional write to the same key is in progress; its
-                    // outcome decides, so ask again.
-                    Err(e) if is_status(&e, 409) && attempt < 3 => {
-                        attempt += 1;
-                        tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-                    }
-                    Err(e) if is_status(&e, 501) || e.code() == Some("NotImplemented") => {
-                        self.conditional_writes.store(false, Ordering::Relaxed);
-                        break;
-                    }
-                    Err(e) => return Err(ctx.error("PutObject", key, e)),
-                }
-            }
-        }
-        // The store cannot create-if-absent; check first (racy, but never loses a present object
-        // to a single writer).
-        if self.head(key).await?.is_some() {
-            return Ok(false);
-        }
-        ctx.put(key, body, content_type).await?;
-        Ok(true)
+        put_if_absent(&self.ctx, &self.conditional_writes, key, body, content_type).await
     }
 
     pub(crate) async fn delete(&self, key: &str) -> Result<(), CacheError> {
@@ -898,6 +862,7 @@ impl S3Cache {
             key: key.to_owned(),
             content_type: content_type.to_owned(),
             parts_in_flight: self.parts_in_flight,
+            conditional: self.conditional_writes.clone(),
         };
         handle.spawn(async move {
             let _ = done_tx.send(upload.run(rx).await);
@@ -917,8 +882,9 @@ impl S3Cache {
 enum Chunk {
     /// A full part; more follow.
     Part(Bytes),
-    /// The end of the object (possibly empty): commit.
-    Last(Bytes),
+    /// The end of the object (possibly empty): commit; with `true`, only if no object is
+    /// under the key by then.
+    Last(Bytes, bool),
 }
 
 /// The async half of a streaming upload.
@@ -927,6 +893,8 @@ struct Upload {
     key: String,
     content_type: String,
     parts_in_flight: usize,
+    /// The store takes `If-None-Match: *` (shared with [`S3Cache`]).
+    conditional: Arc<AtomicBool>,
 }
 
 impl Upload {
@@ -937,14 +905,21 @@ impl Upload {
         }
     }
 
-    async fn run(self, mut rx: mpsc::Receiver<Chunk>) -> Result<u64, CacheError> {
+    /// The object's size once committed, or `None` if committing only if absent found an
+    /// object under the key (then nothing of this upload remains).
+    async fn run(self, mut rx: mpsc::Receiver<Chunk>) -> Result<Option<u64>, CacheError> {
         let first = match rx.recv().await {
             None => return Err(self.interrupted("aborted before commit")),
-            Some(Chunk::Last(body)) => {
+            Some(Chunk::Last(body, if_absent)) => {
                 // The whole object fit in one part: a single PutObject, no multipart state.
                 let size = body.len() as u64;
+                if if_absent {
+                    let (ctx, key, ct) = (&self.ctx, &self.key, &self.content_type);
+                    let wrote = put_if_absent(ctx, &self.conditional, key, body, ct).await?;
+                    return Ok(wrote.then_some(size));
+                }
                 self.ctx.put(&self.key, body, &self.content_type).await?;
-                return Ok(size);
+                return Ok(Some(size));
             }
             Some(Chunk::Part(body)) => body,
         };
@@ -963,10 +938,14 @@ impl Upload {
         };
         let mut inflight = JoinSet::new();
         let result = match self.parts(upload_id, first, &mut rx, &mut inflight).await {
-            Ok((parts, size)) => self.complete(upload_id, parts, size).await.map(|()| size),
+            Ok((parts, size, if_absent)) => {
+                let done = self.complete(upload_id, parts, size, if_absent).await;
+                done.map(|landed| landed.then_some(size))
+            }
             Err(e) => Err(e),
         };
-        if result.is_err() {
+        // Parts of an upload that did not become the object are billed until aborted.
+        if !matches!(result, Ok(Some(_))) {
             // No part may land after the abort, or it would linger as billed storage. A part
             // request merely dropped may still be written by the store after the abort (S3
             // documents this), so parts in flight get a moment to finish first.
@@ -996,7 +975,7 @@ impl Upload {
         first: Bytes,
         rx: &mut mpsc::Receiver<Chunk>,
         inflight: &mut JoinSet<Result<CompletedPart, CacheError>>,
-    ) -> Result<(Vec<CompletedPart>, u64), CacheError> {
+    ) -> Result<(Vec<CompletedPart>, u64, bool), CacheError> {
         let mut done = Vec::new();
         let mut number = 0i32;
         let mut size = 0u64;
@@ -1028,8 +1007,8 @@ impl Upload {
             };
             let (body, last) = match chunk {
                 None => return Err(self.interrupted("aborted before commit")),
-                Some(Chunk::Part(b)) => (b, false),
-                Some(Chunk::Last(b)) => (b, true),
+                Some(Chunk::Part(b)) => (b, None),
+                Some(Chunk::Last(b, if_absent)) => (b, Some(if_absent)),
             };
             if !body.is_empty() {
                 number += 1;
@@ -1047,51 +1026,122 @@ impl Upload {
                     body,
                 ));
             }
-            if last {
+            if let Some(if_absent) = last {
                 while let Some(r) = joined(inflight.join_next().await)? {
                     done.push(r);
                 }
                 done.sort_by_key(|p| p.part_number());
-                return Ok((done, size));
+                return Ok((done, size, if_absent));
             }
         }
     }
 
+    /// `true`: the upload became the object; `false`: `if_absent`, and an object was there.
     async fn complete(
         &self,
         upload_id: &str,
         parts: Vec<CompletedPart>,
         size: u64,
-    ) -> Result<(), CacheError> {
+        if_absent: bool,
+    ) -> Result<bool, CacheError> {
         let ctx = &self.ctx;
-        let res = ctx
-            .client
-            .complete_multipart_upload()
-            .bucket(&ctx.bucket)
-            .key(&self.key)
-            .upload_id(upload_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(parts))
-                    .build(),
-            )
-            .send()
-            .await;
+        let conditional = if_absent && self.conditional.load(Ordering::Relaxed);
+        if if_absent && !conditional && ctx_head(ctx, &self.key).await?.is_some() {
+            // The store cannot complete-if-absent; the HEAD is racy but never replaces an
+            // object that was there before.
+            return Ok(false);
+        }
+        let send = |condition: Option<&str>| {
+            ctx.client
+                .complete_multipart_upload()
+                .bucket(&ctx.bucket)
+                .key(&self.key)
+                .upload_id(upload_id)
+                .set_if_none_match(condition.map(str::to_owned))
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts.clone()))
+                        .build(),
+                )
+                .send()
+        };
+        let mut res = send(conditional.then_some("*")).await;
+        if conditional
+            && let Err(e) = &res
+            && (is_status(e, 501) || e.code() == Some("NotImplemented"))
+        {
+            self.conditional.store(false, Ordering::Relaxed);
+            if ctx_head(ctx, &self.key).await?.is_some() {
+                return Ok(false);
+            }
+            res = send(None).await;
+        }
         match res {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(true),
+            // An object was there; or this upload's own completion landed and its answer was
+            // lost. Either way the object there is whole and describes itself (HEAD).
+            Err(e) if conditional && is_status(&e, 412) => Ok(false),
             // A retry after an attempt that did complete but whose answer was lost: the upload
             // is gone because it became the object. The key is content-addressed, so an object
             // of the right size there is this upload (or an identical concurrent one). S3 says
             // NoSuchUpload; s3s-fs says AccessDenied for an upload id it no longer knows.
             Err(e) if matches!(e.code(), Some("NoSuchUpload" | "AccessDenied")) => {
                 match ctx_head(ctx, &self.key).await {
-                    Ok(Some(found)) if found == size => Ok(()),
+                    Ok(Some(found)) if found == size => Ok(true),
                     _ => Err(ctx.error("CompleteMultipartUpload", &self.key, e)),
                 }
             }
             Err(e) => Err(ctx.error("CompleteMultipartUpload", &self.key, e)),
         }
     }
+}
+
+/// Writes `key` only if no object is there (`If-None-Match: *`): `true` if this call wrote it.
+/// Where the store answers NotImplemented, `conditional` is cleared and a HEAD decides.
+async fn put_if_absent(
+    ctx: &Ctx,
+    conditional: &AtomicBool,
+    key: &str,
+    body: Bytes,
+    content_type: &str,
+) -> Result<bool, CacheError> {
+    if conditional.load(Ordering::Relaxed) {
+        let mut attempt = 0;
+        loop {
+            let res = ctx
+                .client
+                .put_object()
+                .bucket(&ctx.bucket)
+                .key(key)
+                .content_type(content_type)
+                .if_none_match("*")
+                .body(ByteStream::from(body.clone()))
+                .send()
+                .await;
+            match res {
+                Ok(_) => return Ok(true),
+                Err(e) if is_status(&e, 412) => return Ok(false),
+                // A concurrent conditional write to the same key is in progress; its
+                // outcome decides, so ask again.
+                Err(e) if is_status(&e, 409) && attempt < 3 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+                Err(e) if is_status(&e, 501) || e.code() == Some("NotImplemented") => {
+                    conditional.store(false, Ordering::Relaxed);
+                    break;
+                }
+                Err(e) => return Err(ctx.error("PutObject", key, e)),
+            }
+        }
+    }
+    // The store cannot create-if-absent; check first (racy, but never loses a present object
+    // to a single writer).
+    if ctx_head(ctx, key).await?.is_some() {
+        return Ok(false);
+    }
+    ctx.put(key, body, content_type).await?;
+    Ok(true)
 }
 
 /// The size of an object, `None` if absent.
@@ -1144,7 +1194,7 @@ pub(crate) struct S3Writer {
     part_size: usize,
     size: u64,
     tx: Option<mpsc::Sender<Chunk>>,
-    done: Option<oneshot::Receiver<Result<u64, CacheError>>>,
+    done: Option<oneshot::Receiver<Result<Option<u64>, CacheError>>>,
     /// The upload's own error once it failed; `commit` returns it.
     failed: Option<CacheError>,
 }
@@ -1163,7 +1213,7 @@ impl S3Writer {
     }
 
     /// Waits for the async half to finish and returns its verdict.
-    fn wait(&mut self) -> Result<u64, CacheError> {
+    fn wait(&mut self) -> Result<Option<u64>, CacheError> {
         if let Some(e) = self.failed.take() {
             return Err(e);
         }
@@ -1234,17 +1284,18 @@ impl S3Writer {
         Ok(n)
     }
 
-    pub(crate) fn commit(mut self) -> Result<u64, CacheError> {
+    /// Makes the object visible: its size, or `None` when `if_absent` found one there.
+    pub(crate) fn commit(mut self, if_absent: bool) -> Result<Option<u64>, CacheError> {
         if let Some(e) = self.failed.take() {
             return Err(e);
         }
         let last = Bytes::from(std::mem::take(&mut self.buf));
-        if !self.send(Chunk::Last(last)) {
+        if !self.send(Chunk::Last(last, if_absent)) {
             return Err(self.failure());
         }
         self.tx = None;
         let size = self.wait()?;
-        debug_assert_eq!(size, self.size);
+        debug_assert!(size.is_none_or(|s| s == self.size));
         Ok(size)
     }
 

@@ -340,7 +340,7 @@ async fn push_one(
             }
             _ => {
                 let (hash, size) = upload_nar(cache, &key, &info, opts, counters).await?;
-                (Some(hash), size, false)
+                (hash, size, false)
             }
         }
     };
@@ -378,7 +378,7 @@ async fn push_one(
     let mut file_size = file_size;
     if reused_nar && cache.head(&narinfo.url).await?.is_none() {
         let (hash, size) = upload_nar(cache, &narinfo.url, &info, opts, counters).await?;
-        (narinfo.file_hash, narinfo.file_size, file_size) = (Some(hash), Some(size), size);
+        (narinfo.file_hash, narinfo.file_size, file_size) = (hash, Some(size), size);
         put_narinfo(cache, &mut narinfo, true, opts).await?;
     }
     Ok(Pushed {
@@ -412,19 +412,35 @@ async fn put_narinfo(
     Ok(cache.put_if_absent(&key, body, content_type).await?)
 }
 
-/// Streams the path's NAR into the cache under `key`: (file hash, file size).
+/// Streams the path's NAR into the cache under `key`, committed only if no object is there by
+/// then: the same NAR from another pusher may be other bytes (another compression level, or
+/// multithreaded against single-threaded zstd), and the narinfo that wins must describe the
+/// bytes that stay. Returns the file hash (`None` when another's object stayed) and the size
+/// of the object under `key`.
 async fn upload_nar(
     cache: &Cache,
     key: &str,
     info: &PathInfo,
     opts: &PushOptions,
     counters: &Arc<progress::Counters>,
-) -> Result<(Sha256, u64), PushError> {
+) -> Result<(Option<Sha256>, u64), PushError> {
     let writer = cache.writer(key, NAR_CONTENT_TYPE);
     let (info, opts, counters) = (info.clone(), opts.clone(), counters.clone());
-    tokio::task::spawn_blocking(move || stream_nar(&info, writer, &opts, &counters.nar_bytes))
-        .await
-        .map_err(|e| PushError::Worker(e.to_string()))?
+    let (hash, landed) =
+        tokio::task::spawn_blocking(move || stream_nar(&info, writer, &opts, &counters.nar_bytes))
+            .await
+            .map_err(|e| PushError::Worker(e.to_string()))??;
+    if let Some(size) = landed {
+        return Ok((Some(hash), size));
+    }
+    match cache.head(key).await? {
+        Some(theirs) => Ok((None, theirs.size)),
+        None => Err(CacheError::UploadInterrupted {
+            key: key.to_owned(),
+            detail: "another push's NAR was there when this one completed, and is gone now".into(),
+        }
+        .into()),
+    }
 }
 
 /// Counts NAR bytes for the progress display as they stream past, and stops the stream when
@@ -458,7 +474,7 @@ fn stream_nar(
     writer: ObjectWriter,
     opts: &PushOptions,
     counter: &AtomicU64,
-) -> Result<(Sha256, u64), PushError> {
+) -> Result<(Sha256, Option<u64>), PushError> {
     let path = &info.path;
     let compress_err = |source| PushError::Compress {
         path: path.clone(),
@@ -499,7 +515,7 @@ fn stream_nar(
             actual_size: nar_size,
         })));
     }
-    let size = writer.commit()?;
+    let size = writer.commit_if_absent()?;
     Ok((file_hash, size))
 }
 

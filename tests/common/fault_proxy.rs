@@ -58,6 +58,8 @@ pub struct FaultConfig {
     pub only_on: Option<&'static str>,
     /// Refuse ListObjectsV2 with a larger `max-keys` (as a store enforcing S3's 1000 may).
     pub max_keys: Option<u32>,
+    /// Faults only for requests whose target (path and query) contains this, e.g. "/nar/".
+    pub only_target: Option<&'static str>,
 }
 
 impl FaultConfig {
@@ -78,6 +80,7 @@ impl FaultConfig {
             fault_first: 0,
             only_on: None,
             max_keys: None,
+            only_target: None,
         }
     }
 }
@@ -232,8 +235,10 @@ impl Shared {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    fn pick(&self, op: &str) -> Option<Fault> {
-        if self.config.only_on.is_some_and(|only| only != op) {
+    fn pick(&self, op: &str, target: &str) -> Option<Fault> {
+        if self.config.only_on.is_some_and(|only| only != op)
+            || self.config.only_target.is_some_and(|t| !target.contains(t))
+        {
             return None;
         }
         let share = self
@@ -430,7 +435,7 @@ fn serve(mut client: TcpStream, shared: &Shared) -> std::io::Result<()> {
     let fault = if too_many_keys(&op, &req.target, shared.config.max_keys) {
         Some(Fault::TooManyKeys)
     } else {
-        shared.pick(&op)
+        shared.pick(&op, &req.target)
     };
     {
         let mut stats = shared.stats.lock().unwrap();
