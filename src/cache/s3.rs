@@ -1082,12 +1082,14 @@ impl Upload {
             // lost. Either way the object there is whole and describes itself (HEAD).
             Err(e) if conditional && is_status(&e, 412) => Ok(false),
             // A retry after an attempt that did complete but whose answer was lost: the upload
-            // is gone because it became the object. The key is content-addressed, so an object
-            // of the right size there is this upload (or an identical concurrent one). S3 says
-            // NoSuchUpload; s3s-fs says AccessDenied for an upload id it no longer knows.
+            // is gone because it became the object. An object of the right size there is taken
+            // to be this upload (another push's bytes for the same NAR name almost never have
+            // the same size); of another size, and committing only if absent, it is another's.
+            // S3 says NoSuchUpload; s3s-fs says AccessDenied for an upload id it no longer knows.
             Err(e) if matches!(e.code(), Some("NoSuchUpload" | "AccessDenied")) => {
                 match ctx_head(ctx, &self.key).await {
                     Ok(Some(found)) if found == size => Ok(true),
+                    Ok(Some(_)) if if_absent => Ok(false),
                     _ => Err(ctx.error("CompleteMultipartUpload", &self.key, e)),
                 }
             }
