@@ -170,11 +170,8 @@ impl Target {
         let proxy = FaultProxy::start(
             &server.endpoint(),
             FaultConfig {
-                share: 1.0,
                 faults: vec![fault],
-                delay: Duration::from_secs(5),
-                only_on: Some(op),
-                ..FaultConfig::mixed(0.0, 1)
+                ..FaultConfig::hold(op, 5)
             },
         );
         let url = self.url.replace(&server.endpoint(), &proxy.endpoint());

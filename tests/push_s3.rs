@@ -246,12 +246,8 @@ fn a_nar_another_push_landed_first_stays_and_the_narinfo_describes_it() {
     let proxy = FaultProxy::start(
         &server.endpoint(),
         FaultConfig {
-            share: 1.0,
-            faults: vec![Fault::Delay],
-            delay: Duration::from_secs(5),
-            only_on: Some("PutObject"),
             only_target: Some("/nar/"),
-            ..FaultConfig::mixed(0.0, 1)
+            ..FaultConfig::hold("PutObject", 5)
         },
     );
     let push = |url: &str, level: &str| {

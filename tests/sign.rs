@@ -229,7 +229,7 @@ fn sign_errors_name_what_went_wrong() {
 #[case::after_the_read("PutObject")]
 #[case::after_the_listing("GetObject")]
 fn sign_does_not_bring_back_a_narinfo_deleted_while_it_signed(#[case] held: &'static str) {
-    use common::fault_proxy::{Fault, FaultConfig, FaultProxy};
+    use common::fault_proxy::{FaultConfig, FaultProxy};
     use std::time::{Duration, Instant};
     let tmp = tempfile::tempdir().unwrap();
     let server = S3Server::start();
@@ -248,16 +248,7 @@ fn sign_does_not_bring_back_a_narinfo_deleted_while_it_signed(#[case] held: &'st
     };
     assert_eq!(narinfos().len(), 3);
 
-    let proxy = FaultProxy::start(
-        &server.endpoint(),
-        FaultConfig {
-            share: 1.0,
-            faults: vec![Fault::Delay],
-            delay: Duration::from_secs(5),
-            only_on: Some(held),
-            ..FaultConfig::mixed(0.0, 1)
-        },
-    );
+    let proxy = FaultProxy::start(&server.endpoint(), FaultConfig::hold(held, 5));
     let url = server
         .cache_url()
         .replace(&server.endpoint(), &proxy.endpoint());

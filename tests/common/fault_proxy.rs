@@ -63,6 +63,18 @@ pub struct FaultConfig {
 }
 
 impl FaultConfig {
+    /// Every `op` request held for `secs` seconds, then forwarded; nothing else happens. For
+    /// tests that need something to land between two steps of the command under test.
+    pub fn hold(op: &'static str, secs: u64) -> FaultConfig {
+        FaultConfig {
+            share: 1.0,
+            faults: vec![Fault::Delay],
+            delay: Duration::from_secs(secs),
+            only_on: Some(op),
+            ..FaultConfig::mixed(0.0, 1)
+        }
+    }
+
     /// `share` of requests fail, mixed: resets, truncated answers, 500 and 503 SlowDown.
     pub fn mixed(share: f64, seed: u64) -> FaultConfig {
         FaultConfig {
