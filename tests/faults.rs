@@ -328,6 +328,50 @@ fn a_lost_answer_to_complete_multipart_upload_is_not_a_failure() {
     assert!(server.pending_uploads().is_empty());
 }
 
+/// NARs are committed only if absent (`If-None-Match: *`). A store that answers NotImplemented
+/// to that on CompleteMultipartUpload gets the completion again without it, after a HEAD has
+/// found nothing under the name; the push lands whole.
+#[test]
+fn a_store_without_conditional_completion_still_gets_the_nar() {
+    let f = Fixture::new(SMALL_BIG_MIB);
+    let server = S3Server::start();
+    let config = FaultConfig {
+        faults: vec![Fault::NotImplemented],
+        fault_first: 1,
+        only_on: Some("CompleteMultipartUpload"),
+        ..FaultConfig::mixed(0.0, 7)
+    };
+    let proxy = FaultProxy::start(&server.endpoint(), config);
+    let out = run(&mut push_cmd(
+        &server,
+        &s3_url(server.bucket(), &proxy.endpoint()),
+        &f.secret,
+        &f.paths(),
+    ));
+    let stats = proxy.stats();
+    assert_eq!(
+        stats.faults_of(Fault::NotImplemented),
+        1,
+        "{:?}",
+        stats.faults
+    );
+    assert_eq!(
+        stats.requests["CompleteMultipartUpload"], 2,
+        "{:?}",
+        stats.requests
+    );
+    assert_ok(&out);
+    assert!(stderr(&out).contains("pushed 4 paths"), "{}", stderr(&out));
+    assert_verifies(
+        &server,
+        server.bucket(),
+        &f.public,
+        true,
+        "after the fallback",
+    );
+    assert!(server.pending_uploads().is_empty());
+}
+
 /// nixbucket asks for large listing pages (s3s-fs walks its directory once per page); a store
 /// that refuses more than S3's 1000 keys per page is asked again within the limit.
 #[test]
