@@ -328,15 +328,17 @@ fn a_lost_answer_to_complete_multipart_upload_is_not_a_failure() {
     assert!(server.pending_uploads().is_empty());
 }
 
-/// NARs are committed only if absent (`If-None-Match: *`). A store that answers NotImplemented
-/// to that on CompleteMultipartUpload gets the completion again without it, after a HEAD has
-/// found nothing under the name; the push lands whole.
-#[test]
-fn a_store_without_conditional_completion_still_gets_the_nar() {
+/// NARs are committed only if absent (`If-None-Match: *`). A store that refuses that on
+/// CompleteMultipartUpload (501, or 400 for a header it does not know) gets the completion
+/// again without it, after a HEAD has found nothing under the name; the push lands whole.
+#[rstest::rstest]
+#[case::not_implemented(Fault::NotImplemented)]
+#[case::invalid_argument(Fault::InvalidArgument)]
+fn a_store_without_conditional_completion_still_gets_the_nar(#[case] refusal: Fault) {
     let f = Fixture::new(SMALL_BIG_MIB);
     let server = S3Server::start();
     let config = FaultConfig {
-        faults: vec![Fault::NotImplemented],
+        faults: vec![refusal],
         fault_first: 1,
         only_on: Some("CompleteMultipartUpload"),
         ..FaultConfig::mixed(0.0, 7)
@@ -349,12 +351,7 @@ fn a_store_without_conditional_completion_still_gets_the_nar() {
         &f.paths(),
     ));
     let stats = proxy.stats();
-    assert_eq!(
-        stats.faults_of(Fault::NotImplemented),
-        1,
-        "{:?}",
-        stats.faults
-    );
+    assert_eq!(stats.faults_of(refusal), 1, "{:?}", stats.faults);
     assert_eq!(
         stats.requests["CompleteMultipartUpload"], 2,
         "{:?}",

@@ -121,10 +121,10 @@ pub(crate) struct S3Cache {
     parts_in_flight: usize,
     /// Lowered to [`S3_PAGE_SIZE`] when the store refuses a larger page.
     list_page_size: AtomicI32,
-    /// Cleared when the store answers NotImplemented to `If-None-Match: *`; shared with
+    /// Cleared when the store refuses `If-None-Match: *` ([`condition_refused`]); shared with
     /// streaming uploads, which commit with it too.
     conditional_writes: Arc<AtomicBool>,
-    /// Cleared when the store answers NotImplemented to `If-Match`.
+    /// Cleared when the store refuses `If-Match` ([`condition_refused`]).
     if_match_writes: AtomicBool,
     /// Cleared when the store refuses DeleteObjects (not implemented, or wants what the SDK
     /// does not send).
@@ -306,6 +306,16 @@ impl Ctx {
             .map_err(|e| self.error("PutObject", key, e))?;
         Ok(())
     }
+}
+
+/// The store refuses a conditional header as such (not implemented, or not understood),
+/// rather than the request: the caller goes on without the condition.
+fn condition_refused<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> bool {
+    is_status(err, 501)
+        || matches!(
+            err.code(),
+            Some("NotImplemented" | "InvalidArgument" | "InvalidRequest" | "NotSupported")
+        )
 }
 
 fn is_status<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>, status: u16) -> bool {
@@ -669,7 +679,7 @@ impl S3Cache {
                 }
                 Ok(false)
             }
-            Err(e) if is_status(&e, 501) || e.code() == Some("NotImplemented") => {
+            Err(e) if condition_refused(&e) => {
                 self.if_match_writes.store(false, Ordering::Relaxed);
                 ctx.put(key, body, content_type).await?;
                 Ok(true)
@@ -1068,7 +1078,7 @@ impl Upload {
         let mut res = send(conditional.then_some("*")).await;
         if conditional
             && let Err(e) = &res
-            && (is_status(e, 501) || e.code() == Some("NotImplemented"))
+            && condition_refused(e)
         {
             self.conditional.store(false, Ordering::Relaxed);
             if ctx_head(ctx, &self.key).await?.is_some() {
@@ -1129,7 +1139,7 @@ async fn put_if_absent(
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
                 }
-                Err(e) if is_status(&e, 501) || e.code() == Some("NotImplemented") => {
+                Err(e) if condition_refused(&e) => {
                     conditional.store(false, Ordering::Relaxed);
                     break;
                 }

@@ -33,6 +33,9 @@ pub enum Fault {
     Stall,
     /// Answer `501 NotImplemented` without asking the server (a store without that call).
     NotImplemented,
+    /// Answer `400 InvalidArgument` without asking the server (a store that does not know a
+    /// header of the request).
+    InvalidArgument,
     /// Answer a DeleteObjects with `200 OK` and an `InternalError` for every key in it, without
     /// asking the server: per-key errors, which come inside a success answer.
     KeyErrors,
@@ -481,6 +484,12 @@ fn serve(mut client: TcpStream, shared: &Shared) -> std::io::Result<()> {
             None,
         ),
         Some(Fault::KeyErrors) => delete_errors(&req.body),
+        Some(Fault::InvalidArgument) => s3_error(
+            "400 Bad Request",
+            "InvalidArgument",
+            "unsupported header",
+            None,
+        ),
         Some(Fault::TooManyKeys) => s3_error(
             "400 Bad Request",
             "InvalidArgument",
