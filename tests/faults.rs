@@ -290,15 +290,16 @@ fn stalled_requests_are_abandoned_and_retried() {
     assert_verifies(&server, server.bucket(), &f.public, true, "after stalls");
 }
 
-/// The store completes a multipart upload but its answer is lost: the retried Complete finds
-/// the upload gone (S3 says NoSuchUpload, s3s-fs AccessDenied), and the push must see that the
-/// object is there rather than fail the path.
-#[test]
-fn a_lost_answer_to_complete_multipart_upload_is_not_a_failure() {
-    let f = Fixture::new(BIG_MIB);
+/// Pushes the fixture (its big path `mib` MiB, so it goes up in parts) through a proxy that
+/// meets the first CompleteMultipartUpload with `fault` and lets everything else through.
+fn push_with_first_completion_meeting(
+    fault: Fault,
+    mib: usize,
+) -> (Fixture, S3Server, Output, common::fault_proxy::Stats) {
+    let f = Fixture::new(mib);
     let server = S3Server::start();
     let config = FaultConfig {
-        faults: vec![Fault::Truncate],
+        faults: vec![fault],
         fault_first: 1,
         only_on: Some("CompleteMultipartUpload"),
         ..FaultConfig::mixed(0.0, 7)
@@ -311,6 +312,15 @@ fn a_lost_answer_to_complete_multipart_upload_is_not_a_failure() {
         &f.paths(),
     ));
     let stats = proxy.stats();
+    (f, server, out, stats)
+}
+
+/// The store completes a multipart upload but its answer is lost: the retried Complete finds
+/// the upload gone (S3 says NoSuchUpload, s3s-fs AccessDenied), and the push must see that the
+/// object is there rather than fail the path.
+#[test]
+fn a_lost_answer_to_complete_multipart_upload_is_not_a_failure() {
+    let (f, server, out, stats) = push_with_first_completion_meeting(Fault::Truncate, BIG_MIB);
     assert_eq!(stats.faults_on("CompleteMultipartUpload"), 1, "{stats:?}");
     assert!(
         stats.requests["CompleteMultipartUpload"] >= 2,
@@ -335,22 +345,7 @@ fn a_lost_answer_to_complete_multipart_upload_is_not_a_failure() {
 #[case::not_implemented(Fault::NotImplemented)]
 #[case::invalid_argument(Fault::InvalidArgument)]
 fn a_store_without_conditional_completion_still_gets_the_nar(#[case] refusal: Fault) {
-    let f = Fixture::new(SMALL_BIG_MIB);
-    let server = S3Server::start();
-    let config = FaultConfig {
-        faults: vec![refusal],
-        fault_first: 1,
-        only_on: Some("CompleteMultipartUpload"),
-        ..FaultConfig::mixed(0.0, 7)
-    };
-    let proxy = FaultProxy::start(&server.endpoint(), config);
-    let out = run(&mut push_cmd(
-        &server,
-        &s3_url(server.bucket(), &proxy.endpoint()),
-        &f.secret,
-        &f.paths(),
-    ));
-    let stats = proxy.stats();
+    let (f, server, out, stats) = push_with_first_completion_meeting(refusal, SMALL_BIG_MIB);
     assert_eq!(stats.faults_of(refusal), 1, "{:?}", stats.faults);
     assert_eq!(
         stats.requests["CompleteMultipartUpload"], 2,
