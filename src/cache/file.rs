@@ -193,14 +193,7 @@ impl FileCache {
         let dest = self.path(key);
         blocking(move || {
             let tmp = write_temp(&dest, &body)?;
-            // link(2) fails if the target exists: an atomic create-if-absent on any POSIX fs.
-            let linked = std::fs::hard_link(&tmp, &dest);
-            let _ = std::fs::remove_file(&tmp);
-            match linked {
-                Ok(()) => Ok(true),
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
-                Err(e) => Err(CacheError::io("link into place", &dest, e)),
-            }
+            link_into_place(&tmp, &dest)
         })
         .await
     }
@@ -360,19 +353,14 @@ impl FileWriter {
                 .map_err(|e| CacheError::io("write", &path, e.into_error()))?;
             f.sync_all()
                 .map_err(|e| CacheError::io("write", &path, e))?;
-            if !if_absent {
-                return std::fs::rename(&path, &self.dest)
-                    .map(|()| true)
-                    .map_err(|e| CacheError::io("rename into place", &self.dest, e));
+            if if_absent {
+                return link_into_place(&path, &self.dest);
             }
-            match std::fs::hard_link(&path, &self.dest) {
-                Ok(()) => Ok(true),
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
-                Err(e) => Err(CacheError::io("link into place", &self.dest, e)),
-            }
+            std::fs::rename(&path, &self.dest)
+                .map(|()| true)
+                .map_err(|e| CacheError::io("rename into place", &self.dest, e))
         })();
-        // After a rename the temp name is gone; after a link (or a failure) it goes now.
-        if if_absent || result.is_err() {
+        if result.is_err() {
             let _ = std::fs::remove_file(&path);
         }
         result.map(|landed| landed.then_some(self.size))
@@ -403,4 +391,17 @@ fn file_version(meta: &std::fs::Metadata) -> String {
         meta.mtime_nsec(),
         meta.len()
     )
+}
+
+/// Gives the complete file `tmp` the name `dest` unless `dest` exists (link(2) refuses an
+/// existing name: an atomic create-if-absent on any POSIX file system), and removes `tmp`.
+/// `true`: `dest` is now this file.
+fn link_into_place(tmp: &Path, dest: &Path) -> Result<bool, CacheError> {
+    let linked = std::fs::hard_link(tmp, dest);
+    let _ = std::fs::remove_file(tmp);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(CacheError::io("link into place", dest, e)),
+    }
 }

@@ -54,15 +54,6 @@ const MAX_PARTS: i32 = 10_000;
 pub(crate) const ASKED_PAGE_SIZE: i32 = 10_000;
 /// The most keys S3 documents for one listing page, and for one DeleteObjects.
 const S3_PAGE_SIZE: i32 = 1000;
-/// Error codes with which a store refuses DeleteObjects as such (rather than for one request).
-const BATCH_REFUSALS: &[&str] = &[
-    "NotImplemented",
-    "MethodNotAllowed",
-    "InvalidRequest",
-    "MalformedXML",
-    "MissingContentMD5",
-    "InvalidArgument",
-];
 
 /// What became of one DeleteObjects.
 enum Batch<'k> {
@@ -121,10 +112,10 @@ pub(crate) struct S3Cache {
     parts_in_flight: usize,
     /// Lowered to [`S3_PAGE_SIZE`] when the store refuses a larger page.
     list_page_size: AtomicI32,
-    /// Cleared when the store refuses `If-None-Match: *` ([`condition_refused`]); shared with
+    /// Cleared when the store refuses `If-None-Match: *` ([`feature_refused`]); shared with
     /// streaming uploads, which commit with it too.
     conditional_writes: Arc<AtomicBool>,
-    /// Cleared when the store refuses `If-Match` ([`condition_refused`]).
+    /// Cleared when the store refuses `If-Match` ([`feature_refused`]).
     if_match_writes: AtomicBool,
     /// Cleared when the store refuses DeleteObjects (not implemented, or wants what the SDK
     /// does not send).
@@ -308,13 +299,23 @@ impl Ctx {
     }
 }
 
-/// The store refuses a conditional header as such (not implemented, or not understood),
-/// rather than the request: the caller goes on without the condition.
-fn condition_refused<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> bool {
+/// The store refuses a feature of the request as such (a conditional header, DeleteObjects, a
+/// listing page over 1000 keys: not implemented or not understood), rather than this request:
+/// the caller goes on without the feature, and remembers that.
+fn feature_refused<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> bool {
     is_status(err, 501)
+        || is_status(err, 405)
         || matches!(
             err.code(),
-            Some("NotImplemented" | "InvalidArgument" | "InvalidRequest" | "NotSupported")
+            Some(
+                "NotImplemented"
+                    | "NotSupported"
+                    | "MethodNotAllowed"
+                    | "InvalidArgument"
+                    | "InvalidRequest"
+                    | "MalformedXML"
+                    | "MissingContentMD5"
+            )
         )
 }
 
@@ -679,7 +680,7 @@ impl S3Cache {
                 }
                 Ok(false)
             }
-            Err(e) if condition_refused(&e) => {
+            Err(e) if feature_refused(&e) => {
                 self.if_match_writes.store(false, Ordering::Relaxed);
                 ctx.put(key, body, content_type).await?;
                 Ok(true)
@@ -770,11 +771,7 @@ impl S3Cache {
             Ok(out) => out,
             // The call itself is what the store refuses (not implemented, or it wants a
             // Content-MD5 the SDK does not send): one DELETE per key from now on.
-            Err(e)
-                if is_status(&e, 501)
-                    || is_status(&e, 405)
-                    || e.code().is_some_and(|c| BATCH_REFUSALS.contains(&c)) =>
-            {
+            Err(e) if feature_refused(&e) => {
                 self.batch_deletes.store(false, Ordering::Relaxed);
                 return Batch::Refused(keys);
             }
@@ -821,7 +818,7 @@ impl S3Cache {
                 Ok(page) => page,
                 // S3 documents 1000 as the most a page holds; a store may refuse to be asked
                 // for more instead of answering fewer. Ask that page again within the limit.
-                Err(e) if page_size > S3_PAGE_SIZE && is_status(&e, 400) => {
+                Err(e) if page_size > S3_PAGE_SIZE && feature_refused(&e) => {
                     self.list_page_size.store(S3_PAGE_SIZE, Ordering::Relaxed);
                     continue;
                 }
@@ -1055,12 +1052,7 @@ impl Upload {
         if_absent: bool,
     ) -> Result<bool, CacheError> {
         let ctx = &self.ctx;
-        let conditional = if_absent && self.conditional.load(Ordering::Relaxed);
-        if if_absent && !conditional && ctx_head(ctx, &self.key).await?.is_some() {
-            // The store cannot complete-if-absent; the HEAD is racy but never replaces an
-            // object that was there before.
-            return Ok(false);
-        }
+        let mut conditional = if_absent && self.conditional.load(Ordering::Relaxed);
         let send = |condition: Option<&str>| {
             ctx.client
                 .complete_multipart_upload()
@@ -1075,17 +1067,20 @@ impl Upload {
                 )
                 .send()
         };
-        let mut res = send(conditional.then_some("*")).await;
-        if conditional
-            && let Err(e) = &res
-            && condition_refused(e)
-        {
-            self.conditional.store(false, Ordering::Relaxed);
-            if ctx_head(ctx, &self.key).await?.is_some() {
+        let res = loop {
+            if if_absent && !conditional && ctx_head(ctx, &self.key).await?.is_some() {
+                // The store cannot complete-if-absent; the HEAD is racy but never replaces an
+                // object that was there before.
                 return Ok(false);
             }
-            res = send(None).await;
-        }
+            match send(conditional.then_some("*")).await {
+                Err(e) if conditional && feature_refused(&e) => {
+                    self.conditional.store(false, Ordering::Relaxed);
+                    conditional = false;
+                }
+                res => break res,
+            }
+        };
         match res {
             Ok(_) => Ok(true),
             // An object was there; or this upload's own completion landed and its answer was
@@ -1139,7 +1134,7 @@ async fn put_if_absent(
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
                 }
-                Err(e) if condition_refused(&e) => {
+                Err(e) if feature_refused(&e) => {
                     conditional.store(false, Ordering::Relaxed);
                     break;
                 }

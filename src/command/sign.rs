@@ -117,9 +117,10 @@ enum Signed {
 }
 
 /// Rewrites one narinfo if its signatures change (`listed`: the key came from the listing,
-/// not from the user). The write is conditional on the narinfo being the one read; when another writer changed it meanwhile, it is read and signed again,
-/// and when it vanished (gc deleted it) it stays deleted: writing it back would name a NAR
-/// that gc may delete next.
+/// not from the user). The write is conditional on the narinfo being the one read: when
+/// another writer changed it meanwhile, it is read and signed again, and when it vanished
+/// (gc deleted it) it stays deleted, since writing it back would name a NAR that gc may
+/// delete next.
 async fn sign_one(
     cache: &Cache,
     key_name: &str,

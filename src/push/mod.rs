@@ -393,13 +393,13 @@ async fn push_one(
 const NAR_CONTENT_TYPE: &str = "application/x-nix-nar";
 
 /// Signs and writes the narinfo. Unless told to `overwrite`, a narinfo found there (another
-/// pusher's, naming the same NAR) stays; `false` then.
+/// pusher's, naming the same NAR) stays.
 async fn put_narinfo(
     cache: &Cache,
     narinfo: &mut NarInfo,
     overwrite: bool,
     opts: &PushOptions,
-) -> Result<bool, PushError> {
+) -> Result<(), PushError> {
     if let Some(key) = &opts.signing_key {
         narinfo.sign(key);
     }
@@ -407,9 +407,10 @@ async fn put_narinfo(
     let content_type = "text/x-nix-narinfo";
     if overwrite {
         cache.put(&key, body, content_type).await?;
-        return Ok(true);
+    } else {
+        cache.put_if_absent(&key, body, content_type).await?;
     }
-    Ok(cache.put_if_absent(&key, body, content_type).await?)
+    Ok(())
 }
 
 /// Streams the path's NAR into the cache under `key`, committed only if no object is there by
