@@ -371,14 +371,7 @@ fn a_corrupt_store_path_is_reported_and_nothing_of_it_lands_on_s3() {
     );
     assert_eq!(server.pending_uploads(), Vec::<String>::new());
     // What did land is whole.
-    assert_ok(&run(nixbucket().envs(server.env()).args([
-        "verify",
-        "--deep",
-        "--cache",
-        &server.cache_url(),
-        "--public-key",
-        &public,
-    ])));
+    assert_ok(&common::verify_s3(&server, &public, true));
 }
 
 /// The suite's secrets check (scripts/check-secrets.sh, run by scripts/test.sh) must fail on a

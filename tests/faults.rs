@@ -315,6 +315,15 @@ fn push_with_first_completion_meeting(
     (f, server, out, stats)
 }
 
+/// The push of all 4 paths succeeded, `verify --deep` passes, and no multipart upload is open.
+#[track_caller]
+fn assert_pushed_whole(f: &Fixture, server: &S3Server, out: &Output, when: &str) {
+    assert_ok(out);
+    assert!(stderr(out).contains("pushed 4 paths"), "{}", stderr(out));
+    assert_verifies(server, server.bucket(), &f.public, true, when);
+    assert!(server.pending_uploads().is_empty());
+}
+
 /// The store completes a multipart upload but its answer is lost: the retried Complete finds
 /// the upload gone (S3 says NoSuchUpload, s3s-fs AccessDenied), and the push must see that the
 /// object is there rather than fail the path.
@@ -326,16 +335,7 @@ fn a_lost_answer_to_complete_multipart_upload_is_not_a_failure() {
         stats.requests["CompleteMultipartUpload"] >= 2,
         "the lost answer was not retried: {stats:?}"
     );
-    assert_ok(&out);
-    assert!(stderr(&out).contains("pushed 4 paths"), "{}", stderr(&out));
-    assert_verifies(
-        &server,
-        server.bucket(),
-        &f.public,
-        true,
-        "after a lost answer",
-    );
-    assert!(server.pending_uploads().is_empty());
+    assert_pushed_whole(&f, &server, &out, "after a lost answer");
 }
 
 /// NARs are committed only if absent (`If-None-Match: *`). A store that refuses that on
@@ -352,16 +352,7 @@ fn a_store_without_conditional_completion_still_gets_the_nar(#[case] refusal: Fa
         "{:?}",
         stats.requests
     );
-    assert_ok(&out);
-    assert!(stderr(&out).contains("pushed 4 paths"), "{}", stderr(&out));
-    assert_verifies(
-        &server,
-        server.bucket(),
-        &f.public,
-        true,
-        "after the fallback",
-    );
-    assert!(server.pending_uploads().is_empty());
+    assert_pushed_whole(&f, &server, &out, "after the fallback");
 }
 
 /// nixbucket asks for large listing pages (s3s-fs walks its directory once per page); a store

@@ -99,11 +99,7 @@ impl Job {
         for dir in ["runner-temp", "conf/etc", "conf/user", "steps"] {
             std::fs::create_dir_all(tmp.path().join(dir)).unwrap();
         }
-        std::fs::write(
-            tmp.path().join("conf/etc/nix.conf"),
-            "substituters =\nsandbox = false\nexperimental-features = nix-command\nbuild-users-group =\n",
-        )
-        .unwrap();
+        std::fs::write(tmp.path().join("conf/etc/nix.conf"), common::NIX_CONFIG).unwrap();
         // As the runner does: every input of action.yml is present, empty when not given.
         let mut inputs: BTreeMap<&'static str, String> = [
             "cache",

@@ -92,11 +92,7 @@ fn nix_conf(root: &Path) -> PathBuf {
     let conf = root.join("conf");
     std::fs::create_dir_all(conf.join("etc")).unwrap();
     std::fs::create_dir_all(conf.join("user")).unwrap();
-    std::fs::write(
-        conf.join("etc/nix.conf"),
-        "substituters =\nsandbox = false\nexperimental-features = nix-command\nbuild-users-group =\n",
-    )
-    .unwrap();
+    std::fs::write(conf.join("etc/nix.conf"), common::NIX_CONFIG).unwrap();
     conf
 }
 

@@ -37,8 +37,7 @@ fn a_closure_pushed_to_s3_is_substituted_by_nix_and_verifies_deeply() {
         s3.pending_uploads()
     );
 
-    let verify =
-        run(push_cmd(&s3).args(["verify", "--deep", "--cache", &url, "--public-key", &public]));
+    let verify = common::verify_s3(&s3, &public, true);
     assert_ok(&verify);
     assert!(
         stderr(&verify).contains("checked 3 narinfos and their NARs: 0 problems"),
@@ -214,13 +213,7 @@ async fn a_narinfo_another_job_wrote_since_the_plan_is_kept() {
     assert_eq!(cache.get(&key).await.unwrap().unwrap(), theirs);
     let text = String::from_utf8(theirs.to_vec()).unwrap();
     assert!(text.contains("Compression: none"), "{text}");
-    assert_ok(&run(nixbucket().envs(server.env()).args([
-        "verify",
-        "--cache",
-        &server.cache_url(),
-        "--public-key",
-        &public,
-    ])));
+    assert_ok(&common::verify_s3(&server, &public, false));
 }
 
 /// Two jobs push one path at once with different compression levels, so the same NAR name
@@ -306,12 +299,5 @@ fn a_nar_another_push_landed_first_stays_and_the_narinfo_describes_it() {
         now.contains(&format!("FileSize: {}\n", bytes.len())),
         "{now}"
     );
-    assert_ok(&run(push_cmd(&server).args([
-        "verify",
-        "--deep",
-        "--cache",
-        &server.cache_url(),
-        "--public-key",
-        &public,
-    ])));
+    assert_ok(&common::verify_s3(&server, &public, true));
 }

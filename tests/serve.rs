@@ -241,8 +241,7 @@ fn a_daemon_without_aws_credentials_substitutes_through_serve() {
     assert_eq!(served.stats().nar_requests, 2);
 }
 
-const BASE_CONF: &str =
-    "substituters =\nsandbox = false\nexperimental-features = nix-command\nbuild-users-group =\n";
+const BASE_CONF: &str = common::NIX_CONFIG;
 
 /// What `setup --serve` recorded; stops the server on drop if `push` did not.
 struct SetupServe {

@@ -8,8 +8,10 @@ pub mod s3;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The Nix settings every test runs with: no substituters, no sandbox, builds as root (a fresh
+/// machine has no `nixbld` group). Given as `NIX_CONFIG`, or as the nix.conf of a test's own.
 pub const NIX_CONFIG: &str =
-    "substituters =\nexperimental-features = nix-command\nsandbox = false\nbuild-users-group =";
+    "substituters =\nsandbox = false\nexperimental-features = nix-command\nbuild-users-group =\n";
 
 /// The nixbucket binary with a clean environment: no NIXBUCKET_* or AWS_* from the outside.
 pub fn nixbucket() -> Command {
@@ -21,6 +23,22 @@ pub fn nixbucket() -> Command {
     }
     cmd.env("NIX_CONFIG", NIX_CONFIG);
     cmd
+}
+
+/// `nixbucket verify [--deep]` of the server's test bucket, trusting `public`.
+pub fn verify_s3(server: &s3::S3Server, public: &str, deep: bool) -> Output {
+    let mut cmd = nixbucket();
+    cmd.envs(server.env()).args([
+        "verify",
+        "--cache",
+        &server.cache_url(),
+        "--public-key",
+        public,
+    ]);
+    if deep {
+        cmd.arg("--deep");
+    }
+    run(&mut cmd)
 }
 
 /// Runs a command, returning its output; panics only if it could not be started.
