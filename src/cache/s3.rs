@@ -35,6 +35,7 @@ use aws_sdk_s3::config::{
     Region, RequestChecksumCalculation, ResponseChecksumValidation, StalledStreamProtectionConfig,
 };
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::put_object::{PutObjectError, PutObjectOutput};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
 use aws_smithy_runtime_api::client::retries::classifiers::RetryClassifierPriority;
@@ -286,17 +287,45 @@ impl Ctx {
     }
 
     async fn put(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), CacheError> {
+        self.put_object(key, body, content_type, Condition::None)
+            .await
+            .map_err(|e| self.error("PutObject", key, e))?;
+        Ok(())
+    }
+
+    /// One PutObject, written only under `condition`; the store's answer as the SDK gives it.
+    async fn put_object(
+        &self,
+        key: &str,
+        body: Bytes,
+        content_type: &str,
+        condition: Condition<'_>,
+    ) -> Result<PutObjectOutput, SdkError<PutObjectError, HttpResponse>> {
+        let (if_match, if_none_match) = match condition {
+            Condition::None => (None, None),
+            Condition::Absent => (None, Some("*".to_owned())),
+            Condition::Matches(etag) => (Some(etag.to_owned()), None),
+        };
         self.client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
             .content_type(content_type)
+            .set_if_match(if_match)
+            .set_if_none_match(if_none_match)
             .body(ByteStream::from(body))
             .send()
             .await
-            .map_err(|e| self.error("PutObject", key, e))?;
-        Ok(())
     }
+}
+
+/// When a PutObject may write.
+enum Condition<'a> {
+    None,
+    /// Only if no object is under the key (`If-None-Match: *`).
+    Absent,
+    /// Only if the object there has this ETag (`If-Match`).
+    Matches(&'a str),
 }
 
 /// The store refuses a feature of the request as such (a conditional header, DeleteObjects, a
@@ -662,14 +691,7 @@ impl S3Cache {
             return Ok(true);
         }
         let res = ctx
-            .client
-            .put_object()
-            .bucket(&ctx.bucket)
-            .key(key)
-            .content_type(content_type)
-            .if_match(etag)
-            .body(ByteStream::from(body.clone()))
-            .send()
+            .put_object(key, body.clone(), content_type, Condition::Matches(etag))
             .await;
         match res {
             Ok(_) => Ok(true),
@@ -1116,14 +1138,7 @@ async fn put_if_absent(
         let mut attempt = 0;
         loop {
             let res = ctx
-                .client
-                .put_object()
-                .bucket(&ctx.bucket)
-                .key(key)
-                .content_type(content_type)
-                .if_none_match("*")
-                .body(ByteStream::from(body.clone()))
-                .send()
+                .put_object(key, body.clone(), content_type, Condition::Absent)
                 .await;
             match res {
                 Ok(_) => return Ok(true),
