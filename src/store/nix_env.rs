@@ -2,9 +2,8 @@
 //! the daemon trusts the current user, and which nix.conf files take effect.
 
 use std::path::PathBuf;
-use std::process::Command;
 
-use super::StoreError;
+use super::{StoreError, nix_cli};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NixEnv {
@@ -20,14 +19,14 @@ pub struct NixEnv {
 }
 
 impl NixEnv {
-    /// Asks Nix (`nix show-config`, `nix store ping`) and the system (`id`).
+    /// Asks Nix (its configuration and the store's answer to `nix store info`/`ping`) and the
+    /// system (`id`).
     pub fn detect() -> Result<NixEnv, StoreError> {
-        let config = nix_output(&["show-config", "--json"])?.stdout;
+        let version = nix_cli::nix_version()?;
+        let config = nix_output(version.config_show_args())?.stdout;
         let config: serde_json::Value =
             serde_json::from_str(&config).map_err(|e| StoreError::BadJson(e.to_string()))?;
-        // Nix 2.8 prints the ping's answer on stderr, later versions on stdout.
-        let ping = nix_output(&["store", "ping"])?;
-        let ping = format!("{}\n{}", ping.stdout, ping.stderr);
+        let store = StoreInfo::parse(&nix_output(version.store_info_args())?);
         let user = id(&["-un"]).unwrap_or_default();
         let groups: Vec<String> = id(&["-Gn"])
             .unwrap_or_default()
@@ -35,12 +34,11 @@ impl NixEnv {
             .map(str::to_owned)
             .collect();
         let is_root = id(&["-u"]).as_deref() == Some("0");
-        let daemon = ping
-            .lines()
-            .any(|l| l.trim() == "Store URL: daemon" || l.contains("Store URL: unix://"));
-        // Newer Nix says outright whether the daemon trusts us; 2.8 does not, so we work it out.
-        let trusted = match ping.lines().find_map(|l| l.strip_prefix("Trusted: ")) {
-            Some(t) => t.trim() == "1",
+        let daemon = store.daemon;
+        // Nix 2.15 and later say outright whether the daemon trusts us; 2.8 does not, so we
+        // work it out from trusted-users.
+        let trusted = match store.trusted {
+            Some(trusted) => trusted,
             None => {
                 is_root
                     || !daemon
@@ -62,6 +60,44 @@ impl NixEnv {
             trusted_substituters: setting(&config, "trusted-substituters"),
             trusted_public_keys: setting(&config, "trusted-public-keys"),
         })
+    }
+}
+
+/// What the store says of itself: `nix store info --json` (`{"url", "trusted"}`, trusted a
+/// number up to Nix 2.32 and a boolean since), or the lines of `nix store ping` (on stderr in
+/// Nix 2.8, "Trusted:" only from 2.15).
+#[derive(Debug, PartialEq, Eq)]
+struct StoreInfo {
+    daemon: bool,
+    trusted: Option<bool>,
+}
+
+impl StoreInfo {
+    fn parse(out: &NixOutput) -> StoreInfo {
+        let is_daemon = |url: &str| url == "daemon" || url.starts_with("unix://");
+        if let Ok(json) = serde_json::from_str::<serde_json::Value>(out.stdout.trim()) {
+            if let Some(url) = json.get("url").and_then(|u| u.as_str()) {
+                let trusted = match json.get("trusted") {
+                    Some(serde_json::Value::Bool(b)) => Some(*b),
+                    Some(serde_json::Value::Number(n)) => n.as_u64().map(|n| n == 1),
+                    _ => None,
+                };
+                return StoreInfo {
+                    daemon: is_daemon(url),
+                    trusted,
+                };
+            }
+        }
+        let text = format!("{}\n{}", out.stdout, out.stderr);
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.trim().strip_prefix(name))
+                .map(str::trim)
+        };
+        StoreInfo {
+            daemon: field("Store URL:").is_some_and(is_daemon),
+            trusted: field("Trusted:").map(|t| t == "1"),
+        }
     }
 }
 
@@ -94,8 +130,7 @@ struct NixOutput {
 }
 
 fn nix_output(args: &[&str]) -> Result<NixOutput, StoreError> {
-    let out = Command::new("nix")
-        .args(["--extra-experimental-features", "nix-command"])
+    let out = nix_cli::nix_command()
         .args(args)
         .output()
         .map_err(StoreError::Spawn)?;
@@ -111,7 +146,7 @@ fn nix_output(args: &[&str]) -> Result<NixOutput, StoreError> {
 }
 
 fn id(args: &[&str]) -> Option<String> {
-    let out = Command::new("id").args(args).output().ok()?;
+    let out = nix_cli::child_command("id").args(args).output().ok()?;
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
@@ -146,5 +181,109 @@ mod tests {
         assert_eq!(setting(&config, "trusted-users"), ["root", "@wheel"]);
         assert_eq!(setting(&config, "substituters"), ["https://a", "https://b"]);
         assert!(setting(&config, "missing").is_empty());
+    }
+
+    fn output(stdout: &str, stderr: &str) -> NixOutput {
+        NixOutput {
+            stdout: stdout.to_owned(),
+            stderr: stderr.to_owned(),
+        }
+    }
+
+    macro_rules! fixture {
+        ($version:literal, $file:literal) => {
+            include_str!(concat!("../../tests/fixtures/nix/", $version, "/", $file))
+        };
+    }
+
+    #[test]
+    fn reads_what_each_version_says_of_its_store() {
+        let cases = [
+            // Nix 2.8: `nix store ping` on stderr, no "Trusted:" line.
+            (
+                output("", fixture!("2.8.0", "store-ping.txt.stderr")),
+                StoreInfo {
+                    daemon: false,
+                    trusted: None,
+                },
+            ),
+            (
+                output(
+                    "",
+                    fixture!("2.8.0", "daemon-store-ping-untrusted.txt.stderr"),
+                ),
+                StoreInfo {
+                    daemon: true,
+                    trusted: None,
+                },
+            ),
+            // Nix 2.26: `nix store info --json`, trusted as a number.
+            (
+                output(fixture!("2.26.3", "store-info.json"), ""),
+                StoreInfo {
+                    daemon: false,
+                    trusted: Some(true),
+                },
+            ),
+            (
+                output(fixture!("2.26.3", "daemon-store-info-untrusted.json"), ""),
+                StoreInfo {
+                    daemon: true,
+                    trusted: Some(false),
+                },
+            ),
+            (
+                output(fixture!("2.26.3", "daemon-store-info-trusted.json"), ""),
+                StoreInfo {
+                    daemon: true,
+                    trusted: Some(true),
+                },
+            ),
+            // Nix 2.34: trusted as a boolean; the deprecated `ping` still answers in text.
+            (
+                output(fixture!("2.34.8", "daemon-store-info-untrusted.json"), ""),
+                StoreInfo {
+                    daemon: true,
+                    trusted: Some(false),
+                },
+            ),
+            (
+                output(fixture!("2.34.8", "daemon-store-info-trusted.json"), ""),
+                StoreInfo {
+                    daemon: true,
+                    trusted: Some(true),
+                },
+            ),
+            (
+                output(
+                    "",
+                    fixture!("2.34.8", "daemon-store-ping-untrusted.txt.stderr"),
+                ),
+                StoreInfo {
+                    daemon: true,
+                    trusted: Some(false),
+                },
+            ),
+        ];
+        for (i, (out, expected)) in cases.into_iter().enumerate() {
+            assert_eq!(StoreInfo::parse(&out), expected, "case {i}");
+        }
+    }
+
+    #[test]
+    fn reads_the_settings_of_every_version() {
+        for text in [
+            fixture!("2.8.0", "config.json"),
+            fixture!("2.26.3", "config.json"),
+            fixture!("2.34.8", "config.json"),
+        ] {
+            let config: serde_json::Value = serde_json::from_str(text).unwrap();
+            assert_eq!(setting(&config, "trusted-users"), ["root"]);
+            assert!(setting(&config, "substituters").is_empty());
+            assert_eq!(
+                setting(&config, "trusted-public-keys"),
+                ["cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="]
+            );
+        }
     }
 }

@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# Captures what each Nix the tests run on prints, for the unit tests that read it without Nix:
+# `nix path-info --json` in every format the version knows, `nix store ping`/`info` alone and
+# through a daemon (trusted and not), the settings `nix show-config`/`config show` reports, the
+# post-build hook's environment, and the narinfos `nix copy` writes. Run as root on the host,
+# after scripts/nix-roots.sh; writes tests/fixtures/nix/<version>/. The closure is the same
+# expression everywhere, so every version describes the same store paths.
+#
+#   scripts/capture-nix-fixtures.sh [SUITE...]     (default: the host's Nix, trixie, sid)
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+out=$repo/tests/fixtures/nix
+
+if [[ ${1:-} != --inside ]]; then
+    suites=("$@")
+    ((${#suites[@]})) || suites=(host trixie sid)
+    for suite in "${suites[@]}"; do
+        if [[ $suite == host ]]; then
+            "$0" --inside "$out"
+        else
+            "$repo/scripts/in-nix-root.sh" "$suite" "$0" --inside "$out"
+        fi
+    done
+    # Only the settings nixbucket reads are kept of the whole configuration (~100 KB a version).
+    for raw in "$out"/*/config-raw.json; do
+        python3 - "$raw" "${raw%/config-raw.json}/config.json" <<'EOF'
+import json, sys
+keys = ["substituters", "trusted-substituters", "trusted-public-keys", "trusted-users",
+        "extra-substituters", "post-build-hook", "require-sigs"]
+config = json.load(open(sys.argv[1]))
+kept = {k: {f: v for f, v in config[k].items() if f in ("value", "defaultValue")}
+        for k in keys if k in config}
+json.dump(kept, open(sys.argv[2], "w"), indent=1, sort_keys=True)
+open(sys.argv[2], "a").write("\n")
+EOF
+        rm "$raw"
+    done
+    exit 0
+fi
+
+# --inside OUT: runs where the Nix to capture is the one on PATH.
+out=$2
+tmp=$(mktemp -d)
+daemon_pid=
+cleanup() {
+    [[ -z $daemon_pid ]] || kill "$daemon_pid" 2>/dev/null || true
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+chmod 755 "$tmp"
+conf=$'substituters =\nsandbox = false\nexperimental-features = nix-command\nbuild-users-group ='
+export NIX_CONFIG=$conf
+version=$(nix --version)
+dir=$out/${version##* }
+rm -rf "$dir"
+mkdir -p "$dir"
+printf '%s\n' "$version" >"$dir/version.txt"
+echo "capture-nix-fixtures: $version -> $dir" >&2
+
+# A closure with a reference, a deriver, a text path (builtins.toFile) and fixed-output paths
+# in both hashing modes, so that every `ca` shape appears. The output hashes are of "fixed\n".
+cat >"$tmp/fixture.nix" <<'EOF'
+let
+  drv = name: script: extra: builtins.derivation ({
+    inherit name;
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" script ];
+  } // extra);
+  note = builtins.toFile "nixbucket-fixture-note" "a text file\n";
+  flat = drv "nixbucket-fixture-flat" "printf 'fixed\\n' > $out" {
+    outputHashMode = "flat";
+    outputHashAlgo = "sha256";
+    outputHash = "0d75vbn546fz9d9ip0f03daqhpm99h3fv14ci4afcmk3ir0p2c0c";
+  };
+  recursive = drv "nixbucket-fixture-recursive" "printf 'fixed\\n' > $out" {
+    outputHashMode = "recursive";
+    outputHashAlgo = "sha256";
+    outputHash = "07y32ljqjzpgw56dgrwfs7f0illrfg8bgkfq0d89p01m677grk1p";
+  };
+  dep = drv "nixbucket-fixture-dep" "echo dep > $out" { };
+in
+drv "nixbucket-fixture-top" "echo ${dep} ${note} ${flat} ${recursive} > $out" { }
+EOF
+# A store that kept the top path from an earlier capture would keep its signature too.
+old=$(nix-instantiate --eval --expr "(import $tmp/fixture.nix).outPath" | tr -d '"')
+[[ ! -e $old ]] || nix-store --delete "$old" >/dev/null
+top=$(nix-build --no-out-link "$tmp/fixture.nix" 2>/dev/null)
+drv=$(nix-store --query --deriver "$top")
+missing=/nix/store/00000000000000000000000000000000-nixbucket-fixture-missing
+nix-store --generate-binary-cache-key nixbucket-fixture-1 "$tmp/secret" "$dir/public-key.txt"
+nix store sign --key-file "$tmp/secret" "$top"
+printf '%s\n' "$top" >"$dir/top.txt"
+
+# capture NAME CMD...: stdout to NAME, and stderr to NAME.stderr when the command says anything
+# there or fails (a deprecation warning, "unknown flag" on an older version).
+capture() {
+    local name=$1
+    shift
+    if "$@" >"$dir/$name" 2>"$tmp/stderr"; then
+        [[ -s $tmp/stderr ]] && cp "$tmp/stderr" "$dir/$name.stderr"
+    else
+        { echo "exit $?"; cat "$tmp/stderr"; } >"$dir/$name.stderr"
+        [[ -s $dir/$name ]] || rm "$dir/$name"
+    fi
+    return 0
+}
+
+capture path-info.json nix path-info --json --recursive "$top"
+capture path-info-derivation.json nix path-info --json --derivation "$drv"
+capture path-info-missing.json nix path-info --json "$missing"
+for format in 1 2 3; do
+    capture "path-info-format-$format.json" nix path-info --json --json-format "$format" --recursive "$top"
+    [[ -f $dir/path-info-format-$format.json ]] || continue
+    capture "path-info-format-$format-derivation.json" \
+        nix path-info --json --json-format "$format" --derivation "$drv"
+    capture "path-info-format-$format-missing.json" nix path-info --json --json-format "$format" "$missing"
+done
+
+capture store-ping.txt nix store ping
+capture store-info.txt nix store info
+capture store-info.json nix store info --json
+capture config-raw.json nix show-config --json
+[[ -s $dir/config-raw.json ]] || capture config-raw.json nix config show --json
+rm -f "$dir/config-raw.json.stderr"
+
+# The post-build hook's environment, for a derivation built now.
+cat >"$tmp/hook.sh" <<EOF
+#!/bin/sh
+printf 'OUT_PATHS=%s\nDRV_PATH=%s\n' "\$OUT_PATHS" "\$DRV_PATH" >"$dir/post-build-hook.env"
+EOF
+chmod +x "$tmp/hook.sh"
+cat >"$tmp/hooked.nix" <<'EOF'
+builtins.derivation { name = "nixbucket-fixture-hooked"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo hooked > $out" ]; }
+EOF
+hooked_out=$(nix-instantiate --eval --expr "(import $tmp/hooked.nix).outPath" | tr -d '"')
+nix-store --delete "$hooked_out" >/dev/null 2>&1 || true
+NIX_CONFIG="$conf"$'\n'"post-build-hook = $tmp/hook.sh" nix-build --no-out-link "$tmp/hooked.nix" >/dev/null 2>&1
+
+# What `nix copy` writes to a binary cache: the judge of our narinfos (CA lines included).
+nix copy --to "file://$tmp/cache" "$top"
+mkdir -p "$dir/cache"
+cp "$tmp"/cache/*.narinfo "$tmp/cache/nix-cache-info" "$dir/cache/"
+
+# Through a nix-daemon: as root (trusted) and as `nobody` (not in trusted-users).
+mkdir -p "$tmp/daemon-conf" "$tmp/home"
+printf '%s\ntrusted-users = root\n' "$conf" >"$tmp/daemon-conf/nix.conf"
+chown nobody "$tmp/home"
+NIX_CONF_DIR=$tmp/daemon-conf NIX_DAEMON_SOCKET_PATH=$tmp/socket nix-daemon >/dev/null 2>&1 &
+daemon_pid=$!
+for _ in $(seq 100); do [[ -S $tmp/socket ]] && break; sleep 0.1; done
+as_daemon_client() { env NIX_REMOTE=daemon NIX_DAEMON_SOCKET_PATH="$tmp/socket" "$@"; }
+as_nobody() { as_daemon_client setpriv --reuid=nobody --regid=nogroup --clear-groups env HOME="$tmp/home" "$@"; }
+capture daemon-store-ping-trusted.txt as_daemon_client nix store ping
+capture daemon-store-ping-untrusted.txt as_nobody nix store ping
+capture daemon-store-info-trusted.json as_daemon_client nix store info --json
+capture daemon-store-info-untrusted.json as_nobody nix store info --json
