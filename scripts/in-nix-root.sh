@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs a command as root inside a Nix root made by scripts/nix-roots.sh, with what the tests
 # need from the host at the same paths: this repository (target/ and node_modules/ included),
-# the test log folder, s3s-fs, cargo-nextest, Node with its global modules (gitlab-ci-local,
-# local-action). /proc, /dev and /dev/pts are mounted too. Everything is mounted in a private
+# the test log folder, s3s-fs, cargo-nextest, Node and npm with the global modules
+# (gitlab-ci-local, local-action). /proc, /dev and /dev/pts are mounted too. Everything is mounted in a private
 # mount namespace, so it all goes away when the command ends, however it ends.
 #
 #   scripts/in-nix-root.sh SUITE COMMAND [ARG...]
@@ -24,7 +24,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 
 # Host programs the tests start by name, bound into the root's /usr/local/bin.
 tools=()
-for tool in s3s-fs cargo-nextest node gitlab-ci-local local-action; do
+for tool in s3s-fs cargo-nextest node npm npx gitlab-ci-local local-action; do
     if path=$(command -v "$tool"); then
         tools+=("$tool=$(readlink -f "$path")")
     fi

@@ -11,9 +11,10 @@
 set -euo pipefail
 
 ROOTS=${NIXBUCKET_NIX_ROOTS:-/var/cache/nixbucket/nix-roots}
-# What the tests run inside a root need besides Nix: zstd and setpriv (the daemon tests run
-# the job as another user), git and rsync (gitlab-ci-local), ca-certificates for apt itself.
-PACKAGES=(nix-bin zstd util-linux git rsync ca-certificates)
+# What the tests run inside a root need besides Nix, as a CI runner has them: zstd, setpriv
+# (util-linux: the daemon tests run the job as another user), kill (procps), git and rsync
+# (gitlab-ci-local), ca-certificates for apt itself.
+PACKAGES=(nix-bin zstd util-linux procps git rsync ca-certificates)
 # Changes whenever the recipe below does, so that roots made by an older recipe are remade.
 RECIPE="1 ${PACKAGES[*]}"
 

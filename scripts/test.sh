@@ -13,10 +13,27 @@ export NIXBUCKET_TEST_LOG_DIR
 status=0
 # The setup/push tests (and the CI integrations and serve, which run setup then push) diff the
 # shared /nix/store, so they run after the rest, one at a time.
-serial='binary(setup_push) | binary(github_action) | binary(gitlab_ci) | binary(serve)'
+serial='binary(setup_push) | binary(github_action) | binary(gitlab_ci) | binary(serve) | binary(daemon)'
 cargo nextest run --no-fail-fast --success-output final -E "not ($serial)" 2>&1 |
     tee -a "$NIXBUCKET_TEST_LOG_DIR/nextest.log" || status=1
 cargo nextest run --no-fail-fast --success-output final -E "$serial" --test-threads 1 2>&1 |
     tee -a "$NIXBUCKET_TEST_LOG_DIR/nextest.log" || status=1
+
+# The Nix-facing tests again on each newer Nix (2.26 from trixie, 2.34 from sid), each in a
+# Debian root of its own (scripts/nix-roots.sh) with the binaries built above.
+nix_parallel='binary(push_file) | binary(push_s3) | binary(nix_versions)'
+nix_serial=$serial
+roots=$(scripts/nix-roots.sh)
+archive=target/nix-roots-tests.tar.zst
+cargo nextest archive --archive-file "$archive" 2>&1 | tail -n 1
+for root in $roots; do
+    suite=${root##*/}
+    echo "=== the Nix-facing tests on Debian $suite's Nix"
+    in_root=(scripts/in-nix-root.sh "$suite" cargo-nextest nextest run --archive-file "$archive"
+        --workspace-remap "$PWD" --no-fail-fast --success-output final)
+    "${in_root[@]}" -E "$nix_parallel" 2>&1 | tee -a "$NIXBUCKET_TEST_LOG_DIR/nextest.log" || status=1
+    "${in_root[@]}" -E "$nix_serial" --test-threads 1 2>&1 |
+        tee -a "$NIXBUCKET_TEST_LOG_DIR/nextest.log" || status=1
+done
 scripts/check-secrets.sh "$NIXBUCKET_TEST_LOG_DIR" || status=1
 exit $status

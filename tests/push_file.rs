@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use common::nix::{build_closure, copy_into_fresh_store, nix_command, nonce};
-use common::{assert_fails, assert_ok, keygen, list_files, nixbucket, run, stderr};
+use common::{
+    assert_fails, assert_ok, assert_refused_unsigned, keygen, list_files, nixbucket, run, stderr,
+};
 
 fn hash_part(store_path: &str) -> &str {
     &store_path["/nix/store/".len().."/nix/store/".len() + 32]
@@ -98,11 +100,7 @@ fn pushed_closure_is_accepted_by_nix_and_refused_under_another_key() {
 
     let (_, other_public) = keygen(f.tmp.path(), "other-cache-1");
     let refused = f.copy_out(&other_public);
-    assert!(
-        stderr(&refused).contains("lacks a valid signature"),
-        "{}",
-        stderr(&refused)
-    );
+    assert_refused_unsigned(&refused);
 }
 
 #[test]
@@ -222,11 +220,7 @@ fn an_unsigned_push_is_refused_by_nix() {
         &f.app,
     ])));
     let refused = f.copy_out(&f.public);
-    assert!(
-        stderr(&refused).contains("lacks a valid signature"),
-        "{}",
-        stderr(&refused)
-    );
+    assert_refused_unsigned(&refused);
 }
 
 #[test]

@@ -14,7 +14,7 @@ use common::nix::{
     NixConfig, build_closure, derivation, nix_command, nonce, query_closure, start_daemon,
 };
 use common::s3::S3Server;
-use common::{assert_fails, assert_ok, keygen, nixbucket, run, stderr, stdout};
+use common::{assert_ok, assert_refused_unsigned, keygen, nixbucket, run, stderr, stdout};
 use nixbucket::serve::client;
 
 /// A `nixbucket serve` started by the test, stopped on drop.
@@ -151,8 +151,7 @@ fn a_fresh_store_substitutes_from_serve_with_our_signatures_and_refuses_the_wron
 
     let wrong =
         common::nix::copy_into_fresh_store(&served.url, &other, &tmp.path().join("f2"), &app);
-    let err = assert_fails(&wrong);
-    assert!(err.contains("lacks a valid signature"), "{err}");
+    assert_refused_unsigned(&wrong);
 }
 
 #[test]
@@ -613,11 +612,7 @@ fn a_misbehaving_hook_never_fails_or_stalls_a_build() {
             &derivation(&format!("hooked-{}", nonce()), "echo x > $out"),
         )));
     assert_ok(&built);
-    assert!(
-        stderr(&built).contains("running post-build-hook"),
-        "{}",
-        stderr(&built)
-    );
+    // Nix 2.8 says "running post-build-hook" and 2.34 says nothing: the hook's own log shows it ran.
     let logged = std::fs::read_to_string(&hook_log).unwrap_or_default();
     assert!(logged.contains("nixbucket hook: not uploaded"), "{logged}");
 }

@@ -20,6 +20,29 @@ pub(crate) struct FileCache {
     root: PathBuf,
 }
 
+/// The folders Nix creates in a `file://` cache whenever it opens one, as a substituter too.
+const LAYOUT_DIRS: [&str; 3] = ["nar", "log", "realisations"];
+
+/// Lays out a `file://` cache as Nix would: its folders and `nix-cache-info`. `setup` does this
+/// before the build, so that a root nix-daemon that substitutes from the cache finds them and
+/// does not create them as root, which would leave the job's own `push` unable to write.
+pub fn prepare_layout(root: &Path) -> Result<(), CacheError> {
+    for dir in LAYOUT_DIRS {
+        let dir = root.join(dir);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| CacheError::io("create cache directory", &dir, e))?;
+    }
+    let info = root.join("nix-cache-info");
+    if !info.exists() {
+        let tmp = write_temp(&info, crate::nix::CACHE_INFO.as_bytes())?;
+        std::fs::rename(&tmp, &info).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            CacheError::io("write", &info, e)
+        })?;
+    }
+    Ok(())
+}
+
 /// Runs blocking filesystem work off the async threads.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, CacheError> + Send + 'static,
@@ -76,9 +99,11 @@ fn info(key: String, meta: &std::fs::Metadata) -> ObjectInfo {
 impl FileCache {
     pub(crate) async fn open(root: PathBuf) -> Result<FileCache, CacheError> {
         blocking(move || {
-            let nar = root.join("nar");
-            std::fs::create_dir_all(&nar)
-                .map_err(|e| CacheError::io("create cache directory", &nar, e))?;
+            for dir in LAYOUT_DIRS {
+                let dir = root.join(dir);
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| CacheError::io("create cache directory", &dir, e))?;
+            }
             Ok(FileCache { root })
         })
         .await

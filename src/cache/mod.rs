@@ -16,7 +16,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
-pub use url::{CacheUrl, CacheUrlError};
+pub use url::{CacheUrl, CacheUrlError, same_store_url};
 
 /// Name prefix of in-progress uploads in a `file://` cache; never listed, never a valid key.
 pub(crate) const TEMP_PREFIX: &str = ".tmp-";

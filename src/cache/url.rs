@@ -258,6 +258,27 @@ fn parse_query(url: &str, query: Option<&str>) -> Result<Vec<(String, String)>, 
     Ok(out)
 }
 
+/// Whether two substituter URLs name the same store as Nix reads them. Nix 2.34 prints a
+/// substituter back with its query parameters sorted and percent-encoded
+/// (`s3://b?endpoint=…&region=…` for `s3://b?region=…&endpoint=…`), older versions as written;
+/// a trailing `/` never matters.
+pub fn same_store_url(a: &str, b: &str) -> bool {
+    fn parts(url: &str) -> (&str, Vec<(String, String)>) {
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let mut params: Vec<(String, String)> = query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let (name, value) = p.split_once('=').unwrap_or((p, ""));
+                (percent_decode(name), percent_decode(value))
+            })
+            .collect();
+        params.sort();
+        (base.trim_end_matches('/'), params)
+    }
+    parts(a) == parts(b)
+}
+
 /// `%XX` decoding as Nix does it (no `+` to space); malformed escapes are kept as written.
 fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
@@ -504,5 +525,29 @@ mod tests {
     fn unrelated_name_gets_no_suggestion() {
         let err = parse("s3://b?colour=red").unwrap_err().to_string();
         assert!(!err.contains("did you mean"), "{err}");
+    }
+
+    #[test]
+    fn a_substituter_is_the_same_however_nix_orders_its_parameters() {
+        let ours = "s3://cache?region=eu-west-1&endpoint=http://127.0.0.1:9000";
+        // As Nix 2.34 prints it back: sorted, `:` and `/` left alone.
+        assert!(same_store_url(
+            ours,
+            "s3://cache?endpoint=http://127.0.0.1:9000&region=eu-west-1"
+        ));
+        assert!(same_store_url(
+            ours,
+            "s3://cache?endpoint=http%3A%2F%2F127.0.0.1%3A9000&region=eu-west-1"
+        ));
+        assert!(same_store_url("file:///c/", "file:///c"));
+        assert!(!same_store_url(
+            ours,
+            "s3://cache?region=eu-west-2&endpoint=http://127.0.0.1:9000"
+        ));
+        assert!(!same_store_url(
+            ours,
+            "s3://other?region=eu-west-1&endpoint=http://127.0.0.1:9000"
+        ));
+        assert!(!same_store_url(ours, "s3://cache?region=eu-west-1"));
     }
 }

@@ -321,7 +321,7 @@ pub(crate) fn stop(pid: u32) -> anyhow::Result<()> {
     if !is_our_server(pid) {
         return Ok(());
     }
-    let status = Command::new("kill")
+    let status = crate::store::child_command("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
         .context("could not run `kill`")?;

@@ -2,7 +2,7 @@
 //! and record the store so `push` can tell what the job added.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{ExitCode, Stdio};
 
 use anyhow::{Context, bail};
 
@@ -62,6 +62,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         setup_job(&url, substituter.as_deref(), &keys, &state_path)?;
         return Ok(ExitCode::SUCCESS);
     }
+    prepare_cache(&url);
     let background = serve::start_background(
         &url.to_string(),
         &state_path,
@@ -87,10 +88,25 @@ pub fn setup_job(
     keys: &[PublicKey],
     state_path: &Path,
 ) -> anyhow::Result<()> {
+    prepare_cache(url);
     if let Some(substituter) = substituter {
         configure(substituter, keys, Vec::new())?;
     }
     record_store(url, keys, state_path, None)
+}
+
+/// A `file://` cache is laid out now, by the job's user: a root nix-daemon substituting from
+/// it would otherwise create its folders as root and the job's `push` could not write there.
+/// A job that cannot write there (one that only pulls) is warned, not stopped.
+fn prepare_cache(url: &CacheUrl) {
+    if let CacheUrl::File { root, .. } = url {
+        if let Err(err) = crate::cache::file::prepare_layout(root) {
+            eprintln!(
+                "warning: could not lay out the cache {url} ({err}); a nix-daemon that substitutes \
+                 from it may create its folders as root, and `push` could not write there"
+            );
+        }
+    }
 }
 
 /// Records the store as it is before the build, for `push` to diff against.
@@ -180,7 +196,10 @@ fn choose_target(
 ) -> Target {
     let daemon_accepts_ours = !env.daemon
         || env.trusted
-        || (env.trusted_substituters.iter().any(|s| s == substituter)
+        || (env
+            .trusted_substituters
+            .iter()
+            .any(|s| crate::cache::same_store_url(s, substituter))
             && keys.iter().all(|k| env.trusted_public_keys.contains(k)));
     match user_conf {
         Some(path) if daemon_accepts_ours => Target::User(path),
@@ -275,7 +294,7 @@ fn write_conf(path: &Path, text: &str, env: &NixEnv) -> anyhow::Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && !env.is_root => {
             // Only a non-interactive sudo: a CI job must never hang on a password prompt.
-            let mut child = Command::new("sudo")
+            let mut child = store::child_command("sudo")
                 .args(["-n", "tee"])
                 .arg(path)
                 .stdin(Stdio::piped())
@@ -306,9 +325,9 @@ fn write_conf(path: &Path, text: &str, env: &NixEnv) -> anyhow::Result<()> {
 fn restart_daemon(env: &NixEnv) -> anyhow::Result<()> {
     let sudo = |args: &[&str]| {
         let mut cmd = if env.is_root {
-            Command::new(args[0])
+            store::child_command(args[0])
         } else {
-            let mut c = Command::new("sudo");
+            let mut c = store::child_command("sudo");
             c.arg("-n").arg(args[0]);
             c
         };
@@ -375,11 +394,10 @@ fn explain_untrusted(
 /// path, an overriding $NIX_CONFIG) is an error now rather than a silent cache miss later.
 fn check_nix_sees(substituter: &str, path: &Path) -> anyhow::Result<()> {
     let env = NixEnv::detect()?;
-    let normal = |s: &str| s.trim_end_matches('/').to_owned();
     if !env
         .substituters
         .iter()
-        .any(|s| normal(s) == normal(substituter))
+        .any(|s| crate::cache::same_store_url(s, substituter))
     {
         bail!(
             "wrote {substituter} to {}, but Nix does not list it among its substituters ({}); is \

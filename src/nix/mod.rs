@@ -14,3 +14,6 @@ pub use hash::Sha256;
 pub use narinfo::{Compression, NarInfo, fingerprint};
 pub use signing::{PublicKey, SecretKey, Signature};
 pub use store_path::{STORE_DIR, StorePath};
+
+/// What `nix-cache-info` says for a cache we create.
+pub const CACHE_INFO: &str = "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n";

@@ -26,8 +26,7 @@ use crate::store::PathInfo;
 use encode::Encoder;
 pub use progress::{ProgressMode, count, human_bytes};
 
-/// What `nix-cache-info` says for a cache we create.
-pub const CACHE_INFO: &str = "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n";
+pub use crate::nix::CACHE_INFO;
 
 /// How many existence checks (HEAD requests) run at once.
 const HEAD_CONCURRENCY: usize = 64;

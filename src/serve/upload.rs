@@ -225,7 +225,7 @@ fn outputs_of(drvs: &[StorePath]) -> Result<Vec<StorePath>, store::StoreError> {
     let mut outputs = Vec::new();
     // One at a time: a derivation that is gone (garbage-collected) fails only itself.
     for drv in drvs {
-        let out = std::process::Command::new("nix-store")
+        let out = store::child_command("nix-store")
             .args(["--query", "--outputs"])
             .arg(drv.to_absolute())
             .output()

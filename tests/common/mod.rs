@@ -96,6 +96,20 @@ pub fn assert_ok(out: &Output) {
     );
 }
 
+/// Asserts that Nix refused a path for want of a trusted signature, in any version's words:
+/// "lacks a valid signature" (2.8–2.26), "lacks a signature by a trusted key" (2.34).
+#[track_caller]
+pub fn assert_refused_unsigned(out: &Output) {
+    let err = stderr(out);
+    assert!(
+        !out.status.success()
+            && (err.contains("lacks a valid signature")
+                || err.contains("lacks a signature by a trusted key")),
+        "expected Nix to refuse an unsigned path\nstdout:\n{}\nstderr:\n{err}",
+        stdout(out)
+    );
+}
+
 #[track_caller]
 pub fn assert_fails(out: &Output) -> String {
     assert!(

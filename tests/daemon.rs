@@ -1,0 +1,320 @@
+//! The job as CI runners run it: a root nix-daemon, and the job as an unprivileged user that
+//! the daemon trusts or does not. setup, build, push and substitution, for a `file://` cache
+//! and an `s3://` one (through `serve`: the daemon has no AWS credentials). The test script
+//! runs this binary on every Nix version, one test at a time (they diff the shared store).
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::nix::{Daemon, derivation, nonce, query_closure, start_daemon};
+use common::s3::S3Server;
+use common::{assert_fails, assert_ok, keygen, run, stderr, stdout};
+
+const BASE_CONF: &str = common::NIX_CONFIG;
+
+/// A job that runs as `nobody` against a daemon of its own: its home, its nix.conf, a copy of
+/// nixbucket it can reach (the checkout may sit under a 0700 folder).
+struct Job {
+    tmp: tempfile::TempDir,
+    daemon: Daemon,
+    home: PathBuf,
+    binary: PathBuf,
+    uid: u32,
+    env: Vec<(String, String)>,
+}
+
+impl Job {
+    fn new(daemon_conf: &str) -> Job {
+        let tmp = tempfile::tempdir().unwrap();
+        set_mode(tmp.path(), 0o755);
+        let conf_dir = tmp.path().join("etc");
+        std::fs::create_dir(&conf_dir).unwrap();
+        set_mode(&conf_dir, 0o755);
+        std::fs::write(conf_dir.join("nix.conf"), daemon_conf).unwrap();
+        let daemon = start_daemon(&conf_dir, tmp.path());
+        let home = tmp.path().join("home");
+        std::fs::create_dir(&home).unwrap();
+        assert_ok(&run(Command::new("chown").arg("nobody:nogroup").arg(&home)));
+        let binary = tmp.path().join("nixbucket");
+        std::fs::copy(env!("CARGO_BIN_EXE_nixbucket"), &binary).unwrap();
+        set_mode(&binary, 0o755);
+        let uid = stdout(&run(Command::new("id").args(["-u", "nobody"])))
+            .trim()
+            .parse()
+            .unwrap();
+        Job {
+            tmp,
+            daemon,
+            home,
+            binary,
+            uid,
+            env: Vec::new(),
+        }
+    }
+
+    /// `program` as `nobody`, through the daemon, with only the job's own environment.
+    fn command(&self, program: &Path) -> Command {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+            .arg(program)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", &self.home)
+            .env("NIX_CONF_DIR", self.tmp.path().join("etc"))
+            .env("NIX_USER_CONF_FILES", self.home.join("nix.conf"))
+            .env("XDG_CACHE_HOME", self.home.join("cache"))
+            .env("NIX_REMOTE", "daemon")
+            .env("NIX_DAEMON_SOCKET_PATH", &self.daemon.socket)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
+    fn nixbucket(&self, args: &[&str]) -> Output {
+        let state = self.home.join("state.json");
+        run(self
+            .command(&self.binary)
+            .args(args)
+            .arg("--state-file")
+            .arg(state))
+    }
+
+    /// A file only `nobody` and root read, in the job's home: the signing key, an expression.
+    fn give(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.home.join(name);
+        std::fs::write(&path, text).unwrap();
+        assert_ok(&run(Command::new("chown").arg("nobody:nogroup").arg(&path)));
+        path
+    }
+
+    fn build(&self, expr: &Path) -> Output {
+        run(self
+            .command(Path::new("/usr/bin/nix-build"))
+            .arg("--no-out-link")
+            .arg(expr))
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// dep → top, new to the store; the expression and the two output paths.
+fn two_paths(job: &Job) -> (PathBuf, String) {
+    let tag = nonce();
+    let expr = format!(
+        "let dep = {}; in {}",
+        derivation(&format!("dep-{tag}"), "echo dep > $out"),
+        derivation(&format!("top-{tag}"), "echo ${dep} > $out")
+    );
+    (job.give(&format!("{tag}.nix"), &expr), tag)
+}
+
+fn delete_from_store(paths: &[String]) {
+    let out = run(common::nix::nix_command("nix-store")
+        .arg("--delete")
+        .args(paths));
+    assert_ok(&out);
+}
+
+/// The outputs among the closure of `top`, not the derivations.
+fn outputs(top: &str) -> Vec<String> {
+    query_closure(top)
+        .into_iter()
+        .filter(|p| !p.ends_with(".drv"))
+        .collect()
+}
+
+#[test]
+fn a_trusted_job_sets_up_builds_pushes_and_substitutes_from_a_file_cache() {
+    let job = Job::new(&format!("{BASE_CONF}trusted-users = root nobody\n"));
+    let (secret, _) = keygen(job.tmp.path(), "ours-1");
+    let secret = job.give("key.sec", &std::fs::read_to_string(secret).unwrap());
+    let cache_dir = job.home.join("cache-dir");
+    let url = format!("file://{}", cache_dir.display());
+    let key_arg = secret.to_str().unwrap();
+
+    let setup = job.nixbucket(&["setup", "--cache", &url, "--signing-key-file", key_arg]);
+    assert_ok(&setup);
+    assert!(
+        stderr(&setup).contains(&format!("nix will substitute from {url}")),
+        "{}",
+        stderr(&setup)
+    );
+    // The layout is the job's, so that the root daemon need not create it.
+    for entry in ["nix-cache-info", "nar", "log", "realisations"] {
+        let meta = std::fs::metadata(cache_dir.join(entry)).unwrap();
+        assert_eq!(meta.uid(), job.uid, "{entry} is not the job's");
+    }
+
+    let (expr, tag) = two_paths(&job);
+    let built = job.build(&expr);
+    assert_ok(&built);
+    let top = stdout(&built).trim().to_owned();
+    let pushed = job.nixbucket(&["push", "--cache", &url, "--signing-key-file", key_arg]);
+    assert_ok(&pushed);
+    assert!(
+        stderr(&pushed).contains("pushed 2 paths"),
+        "{}",
+        stderr(&pushed)
+    );
+
+    // The next job: the paths are gone, and the daemon (root) substitutes them from the cache.
+    let paths = outputs(&top);
+    delete_from_store(&paths);
+    assert_ok(&job.nixbucket(&["setup", "--cache", &url, "--signing-key-file", key_arg]));
+    let again = job.build(&expr);
+    assert_ok(&again);
+    let log = stderr(&again);
+    assert!(
+        log.contains(&format!("copying path '{top}' from '{url}'")),
+        "{log}"
+    );
+    assert!(!log.contains("building '"), "built instead:\n{log}");
+    // The daemon read the cache as root and left it writable for the job's next push.
+    let repush = job.nixbucket(&["push", "--cache", &url, "--signing-key-file", key_arg]);
+    assert_ok(&repush);
+    assert!(
+        stderr(&repush).contains("pushed 0 paths"),
+        "{}",
+        stderr(&repush)
+    );
+    assert!(
+        std::fs::read_dir(cache_dir.join("nar")).unwrap().all(|e| e
+            .unwrap()
+            .metadata()
+            .unwrap()
+            .uid()
+            == job.uid),
+        "a NAR of the cache is not the job's ({tag})"
+    );
+}
+
+#[test]
+fn a_trusted_job_pushes_to_s3_and_the_daemon_substitutes_through_serve() {
+    let mut job = Job::new(&format!("{BASE_CONF}trusted-users = root nobody\n"));
+    let s3 = S3Server::start();
+    // Only the job has credentials: the daemon's environment has none (start_daemon).
+    job.env = s3.env();
+    let (secret, _) = keygen(job.tmp.path(), "ours-1");
+    let secret = job.give("key.sec", &std::fs::read_to_string(secret).unwrap());
+    let url = s3.cache_url();
+    let key_arg = secret.to_str().unwrap();
+
+    let setup = job.nixbucket(&[
+        "setup",
+        "--serve",
+        "--cache",
+        &url,
+        "--signing-key-file",
+        key_arg,
+    ]);
+    assert_ok(&setup);
+    let (expr, _) = two_paths(&job);
+    let built = job.build(&expr);
+    assert_ok(&built);
+    let top = stdout(&built).trim().to_owned();
+    let pushed = job.nixbucket(&["push", "--cache", &url, "--signing-key-file", key_arg]);
+    assert_ok(&pushed);
+    assert!(
+        stderr(&pushed).contains("pushed 2 paths"),
+        "{}",
+        stderr(&pushed)
+    );
+
+    delete_from_store(&outputs(&top));
+    let setup = job.nixbucket(&[
+        "setup",
+        "--serve",
+        "--cache",
+        &url,
+        "--signing-key-file",
+        key_arg,
+    ]);
+    assert_ok(&setup);
+    let again = job.build(&expr);
+    assert_ok(&again);
+    let log = stderr(&again);
+    assert!(
+        log.contains(&format!("copying path '{top}' from 'http://127.0.0.1:")),
+        "{log}"
+    );
+    assert!(!log.contains("building '"), "built instead:\n{log}");
+    let done = job.nixbucket(&["push", "--cache", &url, "--signing-key-file", key_arg]);
+    assert_ok(&done);
+    assert!(
+        stderr(&done).contains("pushed 0 paths"),
+        "{}",
+        stderr(&done)
+    );
+}
+
+#[test]
+fn an_untrusted_job_is_told_why_for_s3_too_and_leaves_no_server_running() {
+    let mut job = Job::new(BASE_CONF);
+    let s3 = S3Server::start();
+    job.env = s3.env();
+    let (_, public) = keygen(job.tmp.path(), "ours-1");
+    let out = job.nixbucket(&[
+        "setup",
+        "--serve",
+        "--cache",
+        &s3.cache_url(),
+        "--public-key",
+        &public,
+    ]);
+    let err = assert_fails(&out);
+    assert!(err.contains("does not trust user \"nobody\""), "{err}");
+    assert!(
+        err.contains("extra-substituters = http://127.0.0.1:"),
+        "{err}"
+    );
+    let state: serde_json::Value = match std::fs::read_to_string(job.home.join("state.json")) {
+        Ok(text) => serde_json::from_str(&text).unwrap(),
+        Err(_) => serde_json::Value::Null,
+    };
+    assert!(state["serve"].is_null(), "a server was recorded: {state}");
+    let servers = run(Command::new("pgrep").args(["-u", "nobody", "-f", "nixbucket serve"]));
+    assert!(!servers.status.success(), "{}", stdout(&servers));
+}
+
+#[test]
+fn an_untrusted_job_uses_a_cache_the_admin_allowed() {
+    let keys = tempfile::tempdir().unwrap();
+    let (secret, public) = keygen(keys.path(), "ours-1");
+    let cache_root = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", cache_root.path().join("cache").display());
+    // The daemon's owner lists the cache and its key, so the job's own settings are honoured.
+    let job = Job::new(&format!(
+        "{BASE_CONF}trusted-substituters = {url}\ntrusted-public-keys = {public}\n"
+    ));
+    // An earlier, trusted job filled the cache.
+    let (expr, _) = two_paths(&job);
+    let built = run(common::nix::nix_command("nix-build")
+        .arg("--no-out-link")
+        .arg(&expr));
+    assert_ok(&built);
+    let top = stdout(&built).trim().to_owned();
+    assert_ok(&run(common::nixbucket()
+        .args(["push", "--cache", &url, "--signing-key-file"])
+        .arg(&secret)
+        .arg(&top)));
+    delete_from_store(&outputs(&top));
+
+    let setup = job.nixbucket(&["setup", "--cache", &url, "--public-key", &public]);
+    assert_ok(&setup);
+    assert!(
+        stderr(&setup).contains(&job.home.join("nix.conf").display().to_string()),
+        "setup wrote elsewhere than the job's own nix.conf:\n{}",
+        stderr(&setup)
+    );
+    let again = job.build(&expr);
+    assert_ok(&again);
+    assert!(
+        stderr(&again).contains(&format!("copying path '{top}' from '{url}'")),
+        "{}",
+        stderr(&again)
+    );
+}
