@@ -2,8 +2,8 @@
 # Runs a command as root inside a Nix root made by scripts/nix-roots.sh, with what the tests
 # need from the host at the same paths: this repository (target/ and node_modules/ included),
 # the test log folder, s3s-fs, cargo-nextest, Node and npm with the global modules
-# (gitlab-ci-local, local-action). /proc, /dev and /dev/pts are mounted too. Everything is mounted in a private
-# mount namespace, so it all goes away when the command ends, however it ends.
+# (gitlab-ci-local, local-action). /proc, /dev and /dev/pts are mounted too. Everything is
+# mounted in a private mount namespace, so it all goes away when the command ends.
 #
 #   scripts/in-nix-root.sh SUITE COMMAND [ARG...]
 set -euo pipefail

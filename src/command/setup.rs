@@ -217,11 +217,13 @@ fn configure(
 ) -> anyhow::Result<()> {
     let keys: Vec<String> = keys.iter().map(ToString::to_string).collect();
     let env = NixEnv::detect().context("could not ask Nix how it is set up")?;
-    if substituter.starts_with("s3://") && env.daemon {
-        eprintln!(
-            "warning: the nix-daemon, not this job, will fetch from {substituter}, so it needs AWS \
-             credentials of its own; a public https:// endpoint (--substituter) avoids that"
-        );
+    if substituter.starts_with("s3://") {
+        if let Some(why) = s3_substituter_risk(&env, store::nix_version()?) {
+            eprintln!(
+                "warning: {why}; `setup --serve` works with any Nix and needs no credentials in \
+                 the daemon, or point Nix at a public https:// endpoint (--substituter)"
+            );
+        }
     }
     let mut settings = vec![
         ("extra-substituters", vec![substituter.to_owned()]),
@@ -272,6 +274,24 @@ fn configure(
         path.display()
     );
     Ok(())
+}
+
+/// Why Nix may not read an `s3://` substituter with the job's credentials, if it may not: a
+/// daemon reads it with its own, and an older Nix may have no S3 store at all.
+fn s3_substituter_risk(env: &NixEnv, version: &store::NixVersion) -> Option<String> {
+    if env.daemon {
+        return Some(
+            "the nix-daemon, not this job, will fetch from the bucket, so it needs AWS \
+             credentials of its own"
+                .to_owned(),
+        );
+    }
+    (!version.has_curl_s3()).then(|| {
+        format!(
+            "{} reads s3:// only if it was built with the AWS SDK (Debian's is not)",
+            version.text
+        )
+    })
 }
 
 fn write_conf(path: &Path, text: &str, env: &NixEnv) -> anyhow::Result<()> {

@@ -95,6 +95,12 @@ impl NixVersion {
             .then_some(2)
     }
 
+    /// Nix 2.33 on has an S3 store over curl in every build (its requests signed only where it
+    /// was built with AWS authentication); before, and in Lix, only builds with the AWS SDK do.
+    pub fn has_curl_s3(&self) -> bool {
+        self.upstream().is_some_and(|v| v >= (2, 33, 0))
+    }
+
     /// `nix store info` (Nix 2.19 on); before, and in Lix, `nix store ping`.
     pub fn store_info_args(&self) -> &'static [&'static str] {
         if self.upstream().is_some_and(|v| v >= (2, 19, 0)) {
@@ -169,6 +175,8 @@ mod tests {
         assert_eq!(mid.store_info_args(), ["store", "info", "--json"]);
         assert_eq!(mid.config_show_args(), ["config", "show", "--json"]);
         assert_eq!(nix("nix (Nix) 2.33.0").path_info_json_format(), Some(2));
+        assert!(nix("nix (Nix) 2.33.0").has_curl_s3());
+        assert!(!mid.has_curl_s3());
         let det = nix("nix (Determinate Nix 3.15.0) 2.33.0");
         assert_eq!(det.path_info_json_format(), Some(2));
         let lix = nix("nix (Lix, like Nix) 2.93.0");
