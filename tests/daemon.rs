@@ -101,15 +101,15 @@ fn set_mode(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-/// dep → top, new to the store; the expression and the two output paths.
-fn two_paths(job: &Job) -> (PathBuf, String) {
+/// An expression for dep → top, two paths new to the store.
+fn two_paths(job: &Job) -> PathBuf {
     let tag = nonce();
     let expr = format!(
         "let dep = {}; in {}",
         derivation(&format!("dep-{tag}"), "echo dep > $out"),
         derivation(&format!("top-{tag}"), "echo ${dep} > $out")
     );
-    (job.give(&format!("{tag}.nix"), &expr), tag)
+    job.give(&format!("{tag}.nix"), &expr)
 }
 
 fn delete_from_store(paths: &[String]) {
@@ -127,96 +127,27 @@ fn outputs(top: &str) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn a_trusted_job_sets_up_builds_pushes_and_substitutes_from_a_file_cache() {
-    let job = Job::new(&format!("{BASE_CONF}trusted-users = root nobody\n"));
+/// One job and the next, as `nobody` through the daemon: setup, build, push (2 paths); then the
+/// paths are gone, setup again, and the build substitutes them from a substituter whose URL
+/// starts with `from` instead of building; the second push finds nothing new.
+fn two_jobs(job: &Job, setup: &[&str], cache: &str, from: &str) {
     let (secret, _) = keygen(job.tmp.path(), "ours-1");
     let secret = job.give("key.sec", &std::fs::read_to_string(secret).unwrap());
-    let cache_dir = job.home.join("cache-dir");
-    let url = format!("file://{}", cache_dir.display());
-    let key_arg = secret.to_str().unwrap();
-
-    let setup = job.nixbucket(&["setup", "--cache", &url, "--signing-key-file", key_arg]);
-    assert_ok(&setup);
-    assert!(
-        stderr(&setup).contains(&format!("nix will substitute from {url}")),
-        "{}",
-        stderr(&setup)
-    );
-    // The layout is the job's, so that the root daemon need not create it.
-    for entry in ["nix-cache-info", "nar", "log", "realisations"] {
-        let meta = std::fs::metadata(cache_dir.join(entry)).unwrap();
-        assert_eq!(meta.uid(), job.uid, "{entry} is not the job's");
-    }
-
-    let (expr, tag) = two_paths(&job);
-    let built = job.build(&expr);
-    assert_ok(&built);
-    let top = stdout(&built).trim().to_owned();
-    let pushed = job.nixbucket(&["push", "--cache", &url, "--signing-key-file", key_arg]);
-    assert_ok(&pushed);
-    assert!(
-        stderr(&pushed).contains("pushed 2 paths"),
-        "{}",
-        stderr(&pushed)
-    );
-
-    // The next job: the paths are gone, and the daemon (root) substitutes them from the cache.
-    let paths = outputs(&top);
-    delete_from_store(&paths);
-    assert_ok(&job.nixbucket(&["setup", "--cache", &url, "--signing-key-file", key_arg]));
-    let again = job.build(&expr);
-    assert_ok(&again);
-    let log = stderr(&again);
-    assert!(
-        log.contains(&format!("copying path '{top}' from '{url}'")),
-        "{log}"
-    );
-    assert!(!log.contains("building '"), "built instead:\n{log}");
-    // The daemon read the cache as root and left it writable for the job's next push.
-    let repush = job.nixbucket(&["push", "--cache", &url, "--signing-key-file", key_arg]);
-    assert_ok(&repush);
-    assert!(
-        stderr(&repush).contains("pushed 0 paths"),
-        "{}",
-        stderr(&repush)
-    );
-    assert!(
-        std::fs::read_dir(cache_dir.join("nar")).unwrap().all(|e| e
-            .unwrap()
-            .metadata()
-            .unwrap()
-            .uid()
-            == job.uid),
-        "a NAR of the cache is not the job's ({tag})"
-    );
-}
-
-#[test]
-fn a_trusted_job_pushes_to_s3_and_the_daemon_substitutes_through_serve() {
-    let mut job = Job::new(&format!("{BASE_CONF}trusted-users = root nobody\n"));
-    let s3 = S3Server::start();
-    // Only the job has credentials: the daemon's environment has none (start_daemon).
-    job.env = s3.env();
-    let (secret, _) = keygen(job.tmp.path(), "ours-1");
-    let secret = job.give("key.sec", &std::fs::read_to_string(secret).unwrap());
-    let url = s3.cache_url();
-    let key_arg = secret.to_str().unwrap();
-
-    let setup = job.nixbucket(&[
-        "setup",
-        "--serve",
+    let key = [
         "--cache",
-        &url,
+        cache,
         "--signing-key-file",
-        key_arg,
-    ]);
-    assert_ok(&setup);
-    let (expr, _) = two_paths(&job);
+        secret.to_str().unwrap(),
+    ];
+    let setup: Vec<&str> = setup.iter().chain(&key).copied().collect();
+    let push: Vec<&str> = ["push"].iter().chain(&key).copied().collect();
+
+    assert_ok(&job.nixbucket(&setup));
+    let expr = two_paths(job);
     let built = job.build(&expr);
     assert_ok(&built);
     let top = stdout(&built).trim().to_owned();
-    let pushed = job.nixbucket(&["push", "--cache", &url, "--signing-key-file", key_arg]);
+    let pushed = job.nixbucket(&push);
     assert_ok(&pushed);
     assert!(
         stderr(&pushed).contains("pushed 2 paths"),
@@ -225,29 +156,53 @@ fn a_trusted_job_pushes_to_s3_and_the_daemon_substitutes_through_serve() {
     );
 
     delete_from_store(&outputs(&top));
-    let setup = job.nixbucket(&[
-        "setup",
-        "--serve",
-        "--cache",
-        &url,
-        "--signing-key-file",
-        key_arg,
-    ]);
-    assert_ok(&setup);
+    assert_ok(&job.nixbucket(&setup));
     let again = job.build(&expr);
     assert_ok(&again);
     let log = stderr(&again);
     assert!(
-        log.contains(&format!("copying path '{top}' from 'http://127.0.0.1:")),
+        log.contains(&format!("copying path '{top}' from '{from}")),
         "{log}"
     );
     assert!(!log.contains("building '"), "built instead:\n{log}");
-    let done = job.nixbucket(&["push", "--cache", &url, "--signing-key-file", key_arg]);
-    assert_ok(&done);
+    let repush = job.nixbucket(&push);
+    assert_ok(&repush);
     assert!(
-        stderr(&done).contains("pushed 0 paths"),
+        stderr(&repush).contains("pushed 0 paths"),
         "{}",
-        stderr(&done)
+        stderr(&repush)
+    );
+}
+
+#[test]
+fn a_trusted_job_sets_up_builds_pushes_and_substitutes_from_a_file_cache() {
+    let job = Job::new(&format!("{BASE_CONF}trusted-users = root nobody\n"));
+    let cache_dir = job.home.join("cache-dir");
+    let url = format!("file://{}", cache_dir.display());
+    two_jobs(&job, &["setup"], &url, &format!("{url}'"));
+    // setup laid the cache out as the job's user, so the root daemon that read it created
+    // nothing there, and every NAR is the job's.
+    for entry in ["nix-cache-info", "nar", "log", "realisations"] {
+        let meta = std::fs::metadata(cache_dir.join(entry)).unwrap();
+        assert_eq!(meta.uid(), job.uid, "{entry} is not the job's");
+    }
+    for nar in std::fs::read_dir(cache_dir.join("nar")).unwrap() {
+        let nar = nar.unwrap();
+        assert_eq!(nar.metadata().unwrap().uid(), job.uid, "{:?}", nar.path());
+    }
+}
+
+#[test]
+fn a_trusted_job_pushes_to_s3_and_the_daemon_substitutes_through_serve() {
+    let mut job = Job::new(&format!("{BASE_CONF}trusted-users = root nobody\n"));
+    let s3 = S3Server::start();
+    // Only the job has credentials: the daemon's environment has none (start_daemon).
+    job.env = s3.env();
+    two_jobs(
+        &job,
+        &["setup", "--serve"],
+        &s3.cache_url(),
+        "http://127.0.0.1:",
     );
 }
 
@@ -291,7 +246,7 @@ fn an_untrusted_job_uses_a_cache_the_admin_allowed() {
         "{BASE_CONF}trusted-substituters = {url}\ntrusted-public-keys = {public}\n"
     ));
     // An earlier, trusted job filled the cache.
-    let (expr, _) = two_paths(&job);
+    let expr = two_paths(&job);
     let built = run(common::nix::nix_command("nix-build")
         .arg("--no-out-link")
         .arg(&expr));

@@ -338,6 +338,19 @@ mod tests {
         };
     }
 
+    /// The narinfos `nix copy` wrote for the five paths of the fixture closure.
+    macro_rules! narinfos {
+        ($version:literal) => {
+            &[
+                fixture!($version, "cache/87l70qqydcnw76l5ddzbr51lm4x2q4am.narinfo"),
+                fixture!($version, "cache/9bqs3qrgd83yqr5rv5h9wxwgra99y5bq.narinfo"),
+                fixture!($version, "cache/mk7hq1if2hv74basagfnvimdvfqm5yy9.narinfo"),
+                fixture!($version, "cache/yl26jhaprhck50x9y2lh7bjdpvxn4pk5.narinfo"),
+                fixture!($version, "cache/zsywi252l3lyaf8p9g0wgl92bf4vjs7x.narinfo"),
+            ]
+        };
+    }
+
     fn captured() -> Vec<Captured> {
         vec![
             Captured {
@@ -346,13 +359,7 @@ mod tests {
                 closures: vec![fixture!("2.8.0", "path-info.json")],
                 derivations: vec![fixture!("2.8.0", "path-info-derivation.json")],
                 missing: vec![fixture!("2.8.0", "path-info-missing.json")],
-                narinfos: &[
-                    fixture!("2.8.0", "cache/87l70qqydcnw76l5ddzbr51lm4x2q4am.narinfo"),
-                    fixture!("2.8.0", "cache/9bqs3qrgd83yqr5rv5h9wxwgra99y5bq.narinfo"),
-                    fixture!("2.8.0", "cache/mk7hq1if2hv74basagfnvimdvfqm5yy9.narinfo"),
-                    fixture!("2.8.0", "cache/yl26jhaprhck50x9y2lh7bjdpvxn4pk5.narinfo"),
-                    fixture!("2.8.0", "cache/zsywi252l3lyaf8p9g0wgl92bf4vjs7x.narinfo"),
-                ],
+                narinfos: narinfos!("2.8.0"),
             },
             Captured {
                 version: "2.26.3",
@@ -360,13 +367,7 @@ mod tests {
                 closures: vec![fixture!("2.26.3", "path-info.json")],
                 derivations: vec![fixture!("2.26.3", "path-info-derivation.json")],
                 missing: vec![fixture!("2.26.3", "path-info-missing.json")],
-                narinfos: &[
-                    fixture!("2.26.3", "cache/87l70qqydcnw76l5ddzbr51lm4x2q4am.narinfo"),
-                    fixture!("2.26.3", "cache/9bqs3qrgd83yqr5rv5h9wxwgra99y5bq.narinfo"),
-                    fixture!("2.26.3", "cache/mk7hq1if2hv74basagfnvimdvfqm5yy9.narinfo"),
-                    fixture!("2.26.3", "cache/yl26jhaprhck50x9y2lh7bjdpvxn4pk5.narinfo"),
-                    fixture!("2.26.3", "cache/zsywi252l3lyaf8p9g0wgl92bf4vjs7x.narinfo"),
-                ],
+                narinfos: narinfos!("2.26.3"),
             },
             Captured {
                 version: "2.34.8",
@@ -386,13 +387,7 @@ mod tests {
                     fixture!("2.34.8", "path-info-format-1-missing.json"),
                     fixture!("2.34.8", "path-info-format-2-missing.json"),
                 ],
-                narinfos: &[
-                    fixture!("2.34.8", "cache/87l70qqydcnw76l5ddzbr51lm4x2q4am.narinfo"),
-                    fixture!("2.34.8", "cache/9bqs3qrgd83yqr5rv5h9wxwgra99y5bq.narinfo"),
-                    fixture!("2.34.8", "cache/mk7hq1if2hv74basagfnvimdvfqm5yy9.narinfo"),
-                    fixture!("2.34.8", "cache/yl26jhaprhck50x9y2lh7bjdpvxn4pk5.narinfo"),
-                    fixture!("2.34.8", "cache/zsywi252l3lyaf8p9g0wgl92bf4vjs7x.narinfo"),
-                ],
+                narinfos: narinfos!("2.34.8"),
             },
         ]
     }
