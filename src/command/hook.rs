@@ -17,16 +17,20 @@ pub struct Args {
     pub timeout: u64,
 }
 
+/// The paths Nix hands the hook: `$OUT_PATHS` and `$DRV_PATH`. Nix 2.8 leaves `$OUT_PATHS`
+/// empty; then the derivation stands for its outputs and the server looks them up.
+fn hook_paths(var: impl Fn(&str) -> Option<String>) -> String {
+    ["OUT_PATHS", "DRV_PATH"]
+        .iter()
+        .filter_map(|name| var(name))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Never returns an error: problems are one line in the build log, and `push` uploads at the
 /// end whatever did not get through.
 pub fn run(args: Args) -> ExitCode {
-    // Nix 2.8 leaves $OUT_PATHS empty; then the derivation stands for its outputs and the
-    // server looks them up.
-    let paths = ["OUT_PATHS", "DRV_PATH"]
-        .iter()
-        .filter_map(|var| std::env::var(var).ok())
-        .collect::<Vec<_>>()
-        .join(" ");
+    let paths = hook_paths(|var| std::env::var(var).ok());
     if paths.trim().is_empty() {
         return ExitCode::SUCCESS;
     }
@@ -45,4 +49,38 @@ pub fn run(args: Args) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What each Nix version set, as captured by scripts/capture-nix-fixtures.sh.
+    fn captured(env: &str) -> String {
+        let vars: Vec<(&str, &str)> = env.lines().filter_map(|l| l.split_once('=')).collect();
+        hook_paths(|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        })
+    }
+
+    #[test]
+    fn hands_over_what_every_version_sets() {
+        let drv = "/nix/store/7rlvb9i0y45bdf658nw6pwrcrl16qybw-nixbucket-fixture-hooked.drv";
+        let out = "/nix/store/pd4yps5ly57f7b0r8rqi383yky8gzw3k-nixbucket-fixture-hooked";
+        let old = captured(include_str!(
+            "../../tests/fixtures/nix/2.8.0/post-build-hook.env"
+        ));
+        assert_eq!(old.split_whitespace().collect::<Vec<_>>(), [drv]);
+        for env in [
+            include_str!("../../tests/fixtures/nix/2.26.3/post-build-hook.env"),
+            include_str!("../../tests/fixtures/nix/2.34.8/post-build-hook.env"),
+        ] {
+            assert_eq!(
+                captured(env).split_whitespace().collect::<Vec<_>>(),
+                [out, drv]
+            );
+        }
+    }
 }
