@@ -22,7 +22,6 @@ cargo nextest run --no-fail-fast --success-output final -E "$serial" --test-thre
 # The Nix-facing tests again on each newer Nix (2.26 from trixie, 2.34 from sid), each in a
 # Debian root of its own (scripts/nix-roots.sh) with the binaries built above.
 nix_parallel='binary(push_file) | binary(push_s3) | binary(nix_versions)'
-nix_serial=$serial
 roots=$(scripts/nix-roots.sh)
 archive=target/nix-roots-tests.tar.zst
 cargo nextest archive --archive-file "$archive" 2>&1 | tail -n 1
@@ -32,7 +31,7 @@ for root in $roots; do
     in_root=(scripts/in-nix-root.sh "$suite" cargo-nextest nextest run --archive-file "$archive"
         --workspace-remap "$PWD" --no-fail-fast --success-output final)
     "${in_root[@]}" -E "$nix_parallel" 2>&1 | tee -a "$NIXBUCKET_TEST_LOG_DIR/nextest.log" || status=1
-    "${in_root[@]}" -E "$nix_serial" --test-threads 1 2>&1 |
+    "${in_root[@]}" -E "$serial" --test-threads 1 2>&1 |
         tee -a "$NIXBUCKET_TEST_LOG_DIR/nextest.log" || status=1
 done
 scripts/check-secrets.sh "$NIXBUCKET_TEST_LOG_DIR" || status=1

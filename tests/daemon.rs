@@ -141,19 +141,19 @@ fn two_jobs(job: &Job, setup: &[&str], cache: &str, from: &str) {
     ];
     let setup: Vec<&str> = setup.iter().chain(&key).copied().collect();
     let push: Vec<&str> = ["push"].iter().chain(&key).copied().collect();
+    let push_reports = |count: usize| {
+        let out = job.nixbucket(&push);
+        assert_ok(&out);
+        let log = stderr(&out);
+        assert!(log.contains(&format!("pushed {count} paths")), "{log}");
+    };
 
     assert_ok(&job.nixbucket(&setup));
     let expr = two_paths(job);
     let built = job.build(&expr);
     assert_ok(&built);
     let top = stdout(&built).trim().to_owned();
-    let pushed = job.nixbucket(&push);
-    assert_ok(&pushed);
-    assert!(
-        stderr(&pushed).contains("pushed 2 paths"),
-        "{}",
-        stderr(&pushed)
-    );
+    push_reports(2);
 
     delete_from_store(&outputs(&top));
     assert_ok(&job.nixbucket(&setup));
@@ -165,13 +165,7 @@ fn two_jobs(job: &Job, setup: &[&str], cache: &str, from: &str) {
         "{log}"
     );
     assert!(!log.contains("building '"), "built instead:\n{log}");
-    let repush = job.nixbucket(&push);
-    assert_ok(&repush);
-    assert!(
-        stderr(&repush).contains("pushed 0 paths"),
-        "{}",
-        stderr(&repush)
-    );
+    push_reports(0);
 }
 
 #[test]

@@ -27,18 +27,18 @@ const LAYOUT_DIRS: [&str; 3] = ["nar", "log", "realisations"];
 /// before the build, so that a root nix-daemon that substitutes from the cache finds them and
 /// does not create them as root, which would leave the job's own `push` unable to write.
 pub fn prepare_layout(root: &Path) -> Result<(), CacheError> {
+    create_layout_dirs(root)?;
+    let info = root.join("nix-cache-info");
+    let tmp = write_temp(&info, crate::nix::CACHE_INFO.as_bytes())?;
+    link_into_place(&tmp, &info)?;
+    Ok(())
+}
+
+fn create_layout_dirs(root: &Path) -> Result<(), CacheError> {
     for dir in LAYOUT_DIRS {
         let dir = root.join(dir);
         std::fs::create_dir_all(&dir)
             .map_err(|e| CacheError::io("create cache directory", &dir, e))?;
-    }
-    let info = root.join("nix-cache-info");
-    if !info.exists() {
-        let tmp = write_temp(&info, crate::nix::CACHE_INFO.as_bytes())?;
-        std::fs::rename(&tmp, &info).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            CacheError::io("write", &info, e)
-        })?;
     }
     Ok(())
 }
@@ -99,11 +99,7 @@ fn info(key: String, meta: &std::fs::Metadata) -> ObjectInfo {
 impl FileCache {
     pub(crate) async fn open(root: PathBuf) -> Result<FileCache, CacheError> {
         blocking(move || {
-            for dir in LAYOUT_DIRS {
-                let dir = root.join(dir);
-                std::fs::create_dir_all(&dir)
-                    .map_err(|e| CacheError::io("create cache directory", &dir, e))?;
-            }
+            create_layout_dirs(&root)?;
             Ok(FileCache { root })
         })
         .await

@@ -6,7 +6,7 @@ use std::process::{ExitCode, Stdio};
 
 use anyhow::{Context, bail};
 
-use crate::cache::CacheUrl;
+use crate::cache::{CacheUrl, same_store_url};
 use crate::command::{serve, signing_key};
 use crate::nix::conf;
 use crate::nix::{PublicKey, STORE_DIR};
@@ -199,7 +199,7 @@ fn choose_target(
         || (env
             .trusted_substituters
             .iter()
-            .any(|s| crate::cache::same_store_url(s, substituter))
+            .any(|s| same_store_url(s, substituter))
             && keys.iter().all(|k| env.trusted_public_keys.contains(k)));
     match user_conf {
         Some(path) if daemon_accepts_ours => Target::User(path),
@@ -417,7 +417,7 @@ fn check_nix_sees(substituter: &str, path: &Path) -> anyhow::Result<()> {
     if !env
         .substituters
         .iter()
-        .any(|s| crate::cache::same_store_url(s, substituter))
+        .any(|s| same_store_url(s, substituter))
     {
         bail!(
             "wrote {substituter} to {}, but Nix does not list it among its substituters ({}); is \

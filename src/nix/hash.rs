@@ -105,6 +105,62 @@ impl std::str::FromStr for Sha256 {
     }
 }
 
+/// A hash of any algorithm Nix uses, as bytes: what a content address (`CA:`) may carry,
+/// where only sha256 is a [`Sha256`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnyHash {
+    pub algorithm: String,
+    pub bytes: Vec<u8>,
+}
+
+impl AnyHash {
+    /// Reads `<algorithm>:<hex|nixbase32|base64>` or SRI `<algorithm>-<base64>`.
+    pub fn parse(text: &str) -> Result<AnyHash, String> {
+        let (algorithm, body) = text
+            .split_once(':')
+            .or_else(|| text.split_once('-'))
+            .ok_or_else(|| format!("{text:?} names no algorithm"))?;
+        AnyHash::from_parts(algorithm, body)
+    }
+
+    /// `body` in hex, nixbase32 or base64, told apart by its length for `algorithm`.
+    pub fn from_parts(algorithm: &str, body: &str) -> Result<AnyHash, String> {
+        let len = match algorithm {
+            "md5" => 16,
+            "sha1" => 20,
+            "sha256" => 32,
+            "sha512" => 64,
+            other => return Err(format!("unknown hash algorithm {other:?}")),
+        };
+        let bytes = if body.len() == len * 2 {
+            decode_hex(body)
+        } else if body.len() == (len * 8).div_ceil(5) {
+            base32::decode(body).ok()
+        } else {
+            BASE64.decode(body).ok()
+        };
+        match bytes {
+            Some(bytes) if bytes.len() == len => Ok(AnyHash {
+                algorithm: algorithm.to_owned(),
+                bytes,
+            }),
+            _ => Err(format!("{body:?} is not a {algorithm} hash")),
+        }
+    }
+
+    /// `<algorithm>:<nixbase32>`, as a narinfo's `CA:` line writes it.
+    pub fn to_nix_base32(&self) -> String {
+        format!("{}:{}", self.algorithm, base32::encode(&self.bytes))
+    }
+
+    pub fn to_sha256(&self) -> Option<Sha256> {
+        if self.algorithm != "sha256" {
+            return None;
+        }
+        Some(Sha256(self.bytes.as_slice().try_into().ok()?))
+    }
+}
+
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
     fn nibble(c: u8) -> Option<u8> {
         match c {
@@ -274,5 +330,25 @@ mod tests {
         data.chunks(333).for_each(|c| hasher.update(c));
         assert_eq!(hasher.len(), data.len() as u64);
         assert_eq!(hasher.finish(), Sha256::digest(&data));
+    }
+
+    #[test]
+    fn any_hash_reads_every_encoding_by_its_length() {
+        let sha256 = Sha256::digest(b"fixed\n");
+        for text in [
+            sha256.to_sri(),
+            format!("sha256:{}", sha256.to_nix_base32()),
+            format!("sha256:{}", sha256.to_hex()),
+        ] {
+            let any = AnyHash::parse(&text).unwrap();
+            assert_eq!(any.to_sha256(), Some(sha256), "{text}");
+            assert_eq!(any.to_nix_base32(), sha256.to_string(), "{text}");
+        }
+        let sha1 = AnyHash::parse("sha1-2jmj7l5rSw0yVb/vlWAYkK/YBwk=").unwrap();
+        assert_eq!(sha1.bytes.len(), 20);
+        assert_eq!(sha1.to_sha256(), None);
+        assert!(AnyHash::parse("sha256-short").is_err());
+        assert!(AnyHash::parse("blake9-AAAA").is_err());
+        assert!(AnyHash::parse("nothing").is_err());
     }
 }

@@ -10,7 +10,7 @@ pub mod narinfo;
 pub mod signing;
 pub mod store_path;
 
-pub use hash::Sha256;
+pub use hash::{AnyHash, Sha256};
 pub use narinfo::{Compression, NarInfo, fingerprint};
 pub use signing::{PublicKey, SecretKey, Signature};
 pub use store_path::{STORE_DIR, StorePath};

@@ -3,13 +3,11 @@
 
 use std::collections::HashSet;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::Value;
 
 use super::nix_cli;
 use crate::nix::store_path::StorePathError;
-use crate::nix::{Sha256, Signature, StorePath, base32};
+use crate::nix::{AnyHash, Sha256, Signature, StorePath};
 
 /// How many paths go on one `nix path-info` command line (far below ARG_MAX).
 const BATCH: usize = 4000;
@@ -168,8 +166,9 @@ fn convert(path_text: &str, raw: &Value) -> Result<PathInfo, StoreError> {
     let path = store_path(path_text).map_err(|e| bad(&e.to_string()))?;
     let field = |name: &str| raw.get(name).filter(|v| !v.is_null());
     let nar_hash = hash_of(field("narHash").ok_or_else(|| bad("no narHash"))?)
-        .map_err(|e| bad(&format!("narHash: {e}")))?;
-    let nar_hash = Sha256::parse(&nar_hash.sri()).map_err(|e| bad(&e.to_string()))?;
+        .map_err(|e| bad(&format!("narHash: {e}")))?
+        .to_sha256()
+        .ok_or_else(|| bad("narHash is not sha256"))?;
     let nar_size = field("narSize")
         .and_then(Value::as_u64)
         .ok_or_else(|| bad("no narSize"))?;
@@ -222,26 +221,12 @@ fn convert(path_text: &str, raw: &Value) -> Result<PathInfo, StoreError> {
     })
 }
 
-/// A hash of any algorithm, as bytes.
-struct AnyHash {
-    algorithm: String,
-    bytes: Vec<u8>,
-}
-
-impl AnyHash {
-    fn sri(&self) -> String {
-        format!("{}-{}", self.algorithm, BASE64.encode(&self.bytes))
-    }
-}
-
-/// Reads `sha256-<base64>` (SRI), `sha256:<nix32|hex|base64>`, or an object
-/// `{"algorithm": "sha256", "hash": "…"}` whose hash is in any of those encodings.
+/// Reads a hash as `nix path-info --json` prints it: SRI `sha256-<base64>`,
+/// `sha256:<nix32|hex|base64>`, or an object `{"algorithm": "sha256", "hash": "…"}` whose hash is
+/// in any of those encodings.
 fn hash_of(value: &Value) -> Result<AnyHash, String> {
-    let (algorithm, body) = match value {
-        Value::String(text) => match (text.split_once(':'), text.split_once('-')) {
-            (Some((a, b)), _) | (None, Some((a, b))) => (a.to_owned(), b.to_owned()),
-            (None, None) => return Err(format!("{text:?} names no algorithm")),
-        },
+    match value {
+        Value::String(text) => AnyHash::parse(text),
         Value::Object(map) => {
             let algorithm = map
                 .get("algorithm")
@@ -252,35 +237,10 @@ fn hash_of(value: &Value) -> Result<AnyHash, String> {
                 .strip_prefix(&format!("{algorithm}-"))
                 .or_else(|| hash.strip_prefix(&format!("{algorithm}:")))
                 .unwrap_or(hash);
-            (algorithm.to_owned(), body.to_owned())
+            AnyHash::from_parts(algorithm, body)
         }
-        _ => return Err("neither a string nor an object".into()),
-    };
-    let len = match algorithm.as_str() {
-        "md5" => 16,
-        "sha1" => 20,
-        "sha256" => 32,
-        "sha512" => 64,
-        other => return Err(format!("unknown hash algorithm {other:?}")),
-    };
-    let decoded = if body.len() == len * 2 {
-        decode_hex(&body)
-    } else if body.len() == (len * 8).div_ceil(5) {
-        base32::decode(&body).ok()
-    } else {
-        BASE64.decode(&body).ok()
-    };
-    match decoded {
-        Some(bytes) if bytes.len() == len => Ok(AnyHash { algorithm, bytes }),
-        _ => Err(format!("{body:?} is not a {algorithm} hash")),
+        _ => Err("neither a string nor an object".into()),
     }
-}
-
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// A structured content address (`{"method": "nar", "hash": …}`) as a narinfo's `CA:` line
@@ -299,11 +259,7 @@ fn narinfo_ca(value: &Value) -> Result<String, String> {
         "git" => "fixed:git:",
         other => return Err(format!("unknown method {other:?}")),
     };
-    Ok(format!(
-        "{prefix}{}:{}",
-        hash.algorithm,
-        base32::encode(&hash.bytes)
-    ))
+    Ok(format!("{prefix}{}", hash.to_nix_base32()))
 }
 
 fn not_valid_path(stderr: &str) -> Option<String> {
