@@ -537,7 +537,7 @@ fn killing_the_server_mid_build_falls_back_to_building() {
 }
 
 #[test]
-fn a_misbehaving_hook_never_fails_or_stalls_a_build() {
+fn a_server_without_a_hand_over_token_takes_no_hand_overs() {
     let tmp = tempfile::tempdir().unwrap();
     let (secret, _) = keygen(tmp.path(), "ours-1");
     let cache = format!("file://{}", tmp.path().join("cache").display());
@@ -546,9 +546,50 @@ fn a_misbehaving_hook_never_fails_or_stalls_a_build() {
         &[],
         &["--signing-key-file", secret.to_str().unwrap()],
     );
+    // The line is printed just after the address file is written.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !served.log().contains("nixbucket serve: serving") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert!(
+        served.log().contains("read-only: no hand-over token"),
+        "{}",
+        served.log()
+    );
+    for token in [None, Some(""), Some("guessed")] {
+        let refused = client::post_paths(
+            served.addr,
+            "/nix/store/00000000000000000000000000000000-gone",
+            token,
+            Duration::from_secs(5),
+        );
+        assert!(
+            matches!(
+                refused,
+                Err(client::ClientError::Status { status: 503, .. })
+            ),
+            "{token:?}: {refused:?}"
+        );
+    }
+    assert_eq!(served.stats().upload.received, 0);
+}
+
+#[test]
+fn a_misbehaving_hook_never_fails_or_stalls_a_build() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (secret, _) = keygen(tmp.path(), "ours-1");
+    let cache = format!("file://{}", tmp.path().join("cache").display());
+    let token = nonce();
+    let token_env = [(nixbucket::serve::TOKEN_ENV.to_owned(), token.clone())];
+    let served = Served::start(
+        &cache,
+        &token_env,
+        &["--signing-key-file", secret.to_str().unwrap()],
+    );
     let hook = |server: &str, out_paths: Option<&str>| {
         let mut cmd = nixbucket();
-        cmd.args(["hook", "--server", server]);
+        cmd.args(["hook", "--server", server])
+            .envs(token_env.clone());
         cmd.env_remove("DRV_PATH");
         match out_paths {
             Some(p) => cmd.env("OUT_PATHS", p),

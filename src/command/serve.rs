@@ -15,7 +15,7 @@ use crate::command::push::{CompressionArg, resolve_compression};
 use crate::command::signing_key;
 use crate::push::select::Filters;
 use crate::push::{ProgressMode, PushOptions};
-use crate::serve::{self, Server, StatsSnapshot, UploadConfig, Uploader, client};
+use crate::serve::{self, Server, StatsSnapshot, UploadConfig, Uploader, Uploads, client};
 use crate::state::{ServeState, State};
 use crate::store::NixEnv;
 
@@ -36,8 +36,9 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub ready_file: Option<PathBuf>,
     /// Key to sign the paths `nixbucket hook` hands over during the build (else the key's text
-    /// from $NIXBUCKET_SIGNING_KEY). With neither, the server uploads nothing and `push`
-    /// uploads everything at the end.
+    /// from $NIXBUCKET_SIGNING_KEY). Hand-overs also need the token in $NIXBUCKET_SERVE_TOKEN,
+    /// which `setup --serve` gives the server and the hook. Without a key or a token the server
+    /// uploads nothing and `push` uploads everything at the end.
     #[arg(long, env = "NIXBUCKET_SIGNING_KEY_FILE", value_name = "FILE")]
     pub signing_key_file: Option<PathBuf>,
     /// How NARs uploaded during the build are compressed [default: the URL's `compression`
@@ -65,8 +66,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .local_addr()
         .context("could not read the address the server listens on")?;
 
-    let uploader = match signing_key {
-        Some(key) => {
+    let token = std::env::var(serve::TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.is_empty())
+        .map(zeroize::Zeroizing::new);
+    let read_only = match (&signing_key, &token) {
+        (None, _) => Some("no signing key"),
+        (Some(_), None) => Some("no hand-over token in $NIXBUCKET_SERVE_TOKEN"),
+        _ => None,
+    };
+    let uploads = match (signing_key, token) {
+        (Some(key), Some(token)) => {
             let our_name = key.name().to_owned();
             let filters = tokio::task::spawn_blocking(move || upstream_filters(&our_name))
                 .await
@@ -79,18 +89,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 progress: ProgressMode::None,
                 cancel: Arc::new(AtomicBool::new(false)),
             };
-            Some(Uploader::start(
-                cache.clone(),
-                UploadConfig { options, filters },
-            ))
+            Some(Uploads {
+                uploader: Uploader::start(cache.clone(), UploadConfig { options, filters }),
+                token,
+            })
         }
-        None => None,
+        _ => None,
     };
-    let uploads = uploader.is_some();
-    let token = std::env::var(serve::TOKEN_ENV)
-        .ok()
-        .filter(|t| !t.is_empty());
-    let server = Arc::new(Server::new(cache, uploader, token));
+    let server = Arc::new(Server::new(cache, uploads));
 
     let served = format!("http://{addr}");
     if let Some(file) = &args.ready_file {
@@ -99,10 +105,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     println!(
         "nixbucket serve: serving {url} at {served} ({})",
-        if uploads {
-            "uploading paths handed over by `nixbucket hook`"
-        } else {
-            "read-only: no signing key"
+        match read_only {
+            None => "uploading paths handed over by `nixbucket hook`".to_owned(),
+            Some(why) => format!("read-only: {why}"),
         }
     );
 

@@ -59,39 +59,43 @@ pub const TOKEN_ENV: &str = "NIXBUCKET_SERVE_TOKEN";
 pub struct Server {
     cache: Cache,
     stats: Arc<Stats>,
-    uploader: Option<Uploader>,
+    uploads: Option<Uploads>,
     /// Found narinfos by hash part. Misses are not kept: the uploader may add the path any time.
     narinfos: std::sync::Mutex<std::collections::HashMap<String, Bytes>>,
-    /// Required on hand-overs when set: otherwise anyone on the machine could have any store
-    /// path signed with our key and uploaded.
-    token: Option<zeroize::Zeroizing<String>>,
+}
+
+/// Hand-overs from the hook, accepted only with the token: otherwise anyone on the machine
+/// could have any store path signed with our key and uploaded. There is no way to take
+/// hand-overs without one.
+pub struct Uploads {
+    pub uploader: Uploader,
+    pub token: zeroize::Zeroizing<String>,
 }
 
 impl Server {
-    /// `uploader`: `None` refuses hand-overs from the hook (no signing key, say); `push` then
-    /// uploads everything at the end.
-    pub fn new(cache: Cache, uploader: Option<Uploader>, token: Option<String>) -> Server {
+    /// `uploads`: `None` refuses hand-overs from the hook (no signing key or no token); `push`
+    /// then uploads everything at the end.
+    pub fn new(cache: Cache, uploads: Option<Uploads>) -> Server {
         Server {
             cache,
             stats: Arc::default(),
-            uploader,
+            uploads,
             narinfos: Default::default(),
-            token: token.map(zeroize::Zeroizing::new),
         }
     }
 
+    fn uploader(&self) -> Option<&Uploader> {
+        self.uploads.as_ref().map(|u| &u.uploader)
+    }
+
     pub fn snapshot(&self) -> StatsSnapshot {
-        self.stats.snapshot(
-            self.uploader
-                .as_ref()
-                .map(Uploader::snapshot)
-                .unwrap_or_default(),
-        )
+        self.stats
+            .snapshot(self.uploader().map(Uploader::snapshot).unwrap_or_default())
     }
 
     /// Stops the uploader (cancelling uploads in flight), waiting at most `grace`.
     pub async fn shutdown(&self, grace: Duration) {
-        if let Some(uploader) = &self.uploader {
+        if let Some(uploader) = self.uploader() {
             uploader.shutdown(grace).await;
         }
     }
@@ -307,25 +311,24 @@ async fn object(server: &Server, key: &str, head: bool) -> Response<Body> {
 }
 
 async fn accept_push(server: &Server, req: Request<Incoming>) -> Response<Body> {
-    let Some(uploader) = &server.uploader else {
+    let Some(Uploads { uploader, token }) = &server.uploads else {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
-            "this server does not upload (it has no signing key); `nixbucket push` uploads at the end\n",
+            "this server does not upload (it has no signing key or no hand-over token); \
+             `nixbucket push` uploads at the end\n",
         );
     };
-    if let Some(token) = &server.token {
-        let given = req
-            .headers()
-            .get(hyper::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or_default();
-        if !same_secret(given.as_bytes(), token.as_bytes()) {
-            return text(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong hand-over token\n",
-            );
-        }
+    let given = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if !same_secret(given.as_bytes(), token.as_bytes()) {
+        return text(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong hand-over token\n",
+        );
     }
     let body = match Limited::new(req.into_body(), MAX_PUSH_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
