@@ -591,3 +591,54 @@ fn retry_after_is_honoured_and_attempts_are_bounded() {
         }
     }
 }
+
+/// A lost usage record would silently take gc's protection away from the job's paths: a failed
+/// write is tried again, and one that keeps failing is said in the summary and the exit status
+/// while the paths themselves still land.
+#[test]
+fn a_usage_record_write_is_retried_and_a_lost_one_fails_the_push() {
+    let f = Fixture::new(SMALL_BIG_MIB);
+    let server = S3Server::start();
+    let records = |bucket: &str| {
+        std::fs::read_dir(server.root().join(bucket).join("usage"))
+            .map(|dir| dir.count())
+            .unwrap_or(0)
+    };
+    // (the first N usage writes fail, whether the push ends well)
+    for (failing, recovers) in [(2, true), (u64::MAX, false)] {
+        let bucket = new_bucket(&server, &format!("usage-{failing}"));
+        let config = FaultConfig {
+            faults: vec![Fault::Error500],
+            fault_first: failing,
+            only_target: Some("/usage/"),
+            ..FaultConfig::mixed(0.0, 11)
+        };
+        let proxy = FaultProxy::start(&server.endpoint(), config);
+        let out = run(push_cmd(
+            &server,
+            &s3_url(&bucket, &proxy.endpoint()),
+            &f.secret,
+            &f.paths(),
+        )
+        // One attempt per write inside the client, so the proxy counts ours.
+        .env("AWS_MAX_ATTEMPTS", "1"));
+        let err = stderr(&out);
+        let faults = proxy.stats().faults_on("PutObject");
+        if recovers {
+            assert_ok(&out);
+            assert_eq!(faults, 2, "{err}");
+            assert_eq!(err.matches("trying again").count(), 2, "{err}");
+            assert_eq!(records(&bucket), 1, "{err}");
+        } else {
+            assert!(!out.status.success(), "{err}");
+            assert_eq!(faults, 3, "{err}");
+            assert!(err.contains("usage record NOT written"), "{err}");
+            assert!(
+                err.contains("this job's usage record could not be written"),
+                "{err}"
+            );
+            assert_eq!(records(&bucket), 0, "{err}");
+        }
+        assert_verifies(&server, &bucket, &f.public, false, "usage record");
+    }
+}

@@ -281,6 +281,9 @@ fn is_outage(err: &(dyn std::error::Error + 'static)) -> bool {
                 _ => false,
             };
         }
+        if let Some(u) = e.downcast_ref::<crate::push::usage::UsageError>() {
+            return matches!(u, crate::push::usage::UsageError::Cache(c) if cache_outage(c));
+        }
         if let Some(GithubError::IdToken { .. }) = e.downcast_ref::<GithubError>() {
             return true;
         }
@@ -462,6 +465,18 @@ async fn push_and_report(inputs: &Inputs) -> anyhow::Result<(ExitCode, usize, u6
                         "error",
                         &format!("nixbucket: {path} was not pushed: {err}"),
                     ));
+                    code = ExitCode::FAILURE;
+                }
+            }
+            if let Some(err) = &push_report.usage_unrecorded {
+                let message = format!(
+                    "nixbucket: this job's usage record could not be written ({err}); \
+                     `nixbucket gc --older-than` may count its paths as unused"
+                );
+                if is_outage(err) {
+                    say(&annotation("warning", &message));
+                } else {
+                    say(&annotation("error", &message));
                     code = ExitCode::FAILURE;
                 }
             }

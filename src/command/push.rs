@@ -13,6 +13,7 @@ use crate::command::signing_key;
 use crate::nix::Compression;
 use crate::nix::{STORE_DIR, SecretKey, StorePath};
 use crate::push::select::{self, Filters, Skipped};
+use crate::push::usage::UsageError;
 use crate::push::{self, Plan, ProgressMode, PushOptions, PushReport, count, human_bytes};
 use crate::state::{self, State};
 use crate::store::{self, NixEnv, PathInfo};
@@ -113,7 +114,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
 
     if args.dry_run {
-        let (_, plan, skipped) =
+        let (_, plan, skipped, _) =
             prepare(&args, &url, signing_key.as_deref(), OpenOptions::default()).await?;
         for info in &plan.missing {
             println!("would push {} ({})", info.path, human_bytes(info.nar_size));
@@ -157,6 +158,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             count(report.failed.len() + report.pushed.len(), "path")
         );
     }
+    if let Some(err) = &report.usage_unrecorded {
+        bail!(
+            "every path is in the cache, but this job's usage record could not be written \
+             ({err}): `nixbucket gc --older-than` may count these paths as unused; run the push \
+             again to record them"
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -170,7 +178,8 @@ pub async fn push_job(
     signing_key: Option<Arc<SecretKey>>,
     open: OpenOptions,
 ) -> anyhow::Result<(PushReport, Skipped)> {
-    let (cache, plan, skipped) = prepare(args, url, signing_key.as_deref(), open).await?;
+    let (cache, plan, skipped, usage_unrecorded) =
+        prepare(args, url, signing_key.as_deref(), open).await?;
     let opts = PushOptions {
         compression: compression.clone(),
         level: args.compression_level,
@@ -180,19 +189,21 @@ pub async fn push_job(
         cancel: Arc::new(AtomicBool::new(false)),
     };
     let signals = stop_on_signal(opts.cancel.clone())?;
-    let report = push::execute(&cache, plan, &opts).await?;
+    let mut report = push::execute(&cache, plan, &opts).await?;
+    report.usage_unrecorded = usage_unrecorded;
     signals.abort();
     eprintln!("{}", report.summary(&compression));
     Ok((report, skipped))
 }
 
-/// Selects the closure, opens the cache and asks it what it lacks.
+/// Selects the closure, opens the cache, records the job's usage for gc (the error, if that
+/// failed, is handed back rather than stopping the push) and asks the cache what it lacks.
 async fn prepare(
     args: &Args,
     url: &CacheUrl,
     signing_key: Option<&SecretKey>,
     open: OpenOptions,
-) -> anyhow::Result<(Cache, Plan, Skipped)> {
+) -> anyhow::Result<(Cache, Plan, Skipped, Option<UsageError>)> {
     let filters = filters(args, signing_key.map(|k| k.name().to_owned()))?;
     // After `setup --serve`: the server's uploads finish first, so the store diff below finds
     // them in the cache; then its counters are read and it is stopped (kept for a dry run).
@@ -214,7 +225,8 @@ async fn prepare(
             .context("the store query stopped unexpectedly")??
     };
     let cache = super::open_cache(url, open).await?;
-    // gc usage record (issue 7): before the existence checks, so a concurrent gc keeps these.
+    // gc's usage record: before the existence checks, so a concurrent gc keeps these.
+    let mut usage_unrecorded = None;
     if !args.dry_run {
         let used = push::usage::record(
             &cache,
@@ -222,14 +234,15 @@ async fn prepare(
             closure.iter().map(|i| &i.path),
         );
         if let Err(e) = used.await {
-            eprintln!("warning: could not record this job's paths for `nixbucket gc`: {e}");
+            eprintln!("error: could not record this job's paths for `nixbucket gc`: {e}");
+            usage_unrecorded = Some(e);
         }
     }
     let plan = push::plan(&cache, closure).await?;
     for (path, why) in &plan.unusable {
         eprintln!("warning: {why}; pushing {path} again");
     }
-    Ok((cache, plan, skipped))
+    Ok((cache, plan, skipped, usage_unrecorded))
 }
 
 /// A cancelled CI job gets SIGINT or SIGTERM: stop cleanly, so what landed is whole and a

@@ -113,6 +113,9 @@ pub struct PushReport {
     pub already_present: usize,
     pub failed: Vec<(StorePath, PushError)>,
     pub elapsed: Duration,
+    /// Why this job's usage record could not be written, if it could not: gc may then count
+    /// the job's paths as unused.
+    pub usage_unrecorded: Option<usage::UsageError>,
 }
 
 impl PushReport {
@@ -139,6 +142,9 @@ impl PushReport {
         }
         if self.failed.len() > cancelled {
             line.push_str(&format!("; {} FAILED", self.failed.len() - cancelled));
+        }
+        if self.usage_unrecorded.is_some() {
+            line.push_str("; usage record NOT written");
         }
         line
     }

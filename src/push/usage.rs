@@ -219,8 +219,13 @@ pub async fn write(cache: &Cache, usage: &Usage) -> Result<Option<String>, Usage
     Ok(Some(key))
 }
 
+/// Attempts at writing a job's record, each with the store client's own retries inside.
+const RECORD_ATTEMPTS: u32 = 3;
+
 /// Records that a job used `paths` at `at`: one small object. Push calls this with the whole
-/// closure before it checks what the cache lacks.
+/// closure before it checks what the cache lacks. A lost record silently takes away gc's
+/// protection for the job's paths, so a failed write is tried again (a record written twice,
+/// when an answer is lost, is harmless: gc merges them).
 pub async fn record<'a>(
     cache: &Cache,
     at: SystemTime,
@@ -231,7 +236,20 @@ pub async fn record<'a>(
     for path in paths {
         usage.note(&path.hash_part(), secs);
     }
-    write(cache, &usage).await
+    let mut attempt = 1;
+    loop {
+        match write(cache, &usage).await {
+            Err(UsageError::Cache(err)) if attempt < RECORD_ATTEMPTS => {
+                eprintln!(
+                    "warning: could not write this job's usage record (attempt {attempt} of \
+                     {RECORD_ATTEMPTS}): {err}; trying again"
+                );
+                tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
+                attempt += 1;
+            }
+            written => return written,
+        }
+    }
 }
 
 /// Reads one record; `None` if it vanished (another gc compacted it meanwhile).
