@@ -223,6 +223,79 @@ async fn put_get_head_list_delete(#[case] kind: Kind) {
 #[case::file(Kind::File)]
 #[case::s3(Kind::S3)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_object_over_its_limit_is_refused_not_read(#[case] kind: Kind) {
+    let env = env(kind).await;
+    let c = &env.cache;
+    let limit = nixbucket::cache::SMALL_OBJECT_MAX as usize;
+    c.put(
+        "big.narinfo",
+        pattern(limit + 1).into(),
+        "text/x-nix-narinfo",
+    )
+    .await
+    .unwrap();
+    c.put("ok.narinfo", pattern(limit).into(), "text/x-nix-narinfo")
+        .await
+        .unwrap();
+    for result in [
+        c.get("big.narinfo").await.map(|_| ()),
+        c.get_versioned("big.narinfo").await.map(|_| ()),
+    ] {
+        let err = result.unwrap_err();
+        assert!(
+            matches!(err, CacheError::TooLarge { size, .. } if size == limit as u64 + 1),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("'big.narinfo' is 1048577 bytes"),
+            "{err}"
+        );
+    }
+    assert_eq!(c.get("ok.narinfo").await.unwrap().unwrap().len(), limit);
+    let bigger = c.get_up_to("big.narinfo", 2 * limit as u64).await.unwrap();
+    assert_eq!(bigger.unwrap().len(), limit + 1);
+}
+
+/// A link planted in a shared cache directory must not make serve or verify read a file
+/// outside it: objects and the cache's folders are read only as what they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_cache_reads_nothing_through_a_symlink() {
+    let env = env(Kind::File).await;
+    let c = &env.cache;
+    let dir = env.dir.as_ref().unwrap().path();
+    let secret = dir.join("outside.txt");
+    std::fs::write(&secret, b"not the cache's").unwrap();
+    std::os::unix::fs::symlink(&secret, dir.join("cache/abc.narinfo")).unwrap();
+    std::fs::create_dir(dir.join("elsewhere")).unwrap();
+    std::fs::write(dir.join("elsewhere/n.nar.zst"), b"not the cache's").unwrap();
+    std::fs::remove_dir(dir.join("cache/log")).unwrap();
+    std::os::unix::fs::symlink(dir.join("elsewhere"), dir.join("cache/log")).unwrap();
+
+    for key in ["abc.narinfo", "log/n.nar.zst"] {
+        let err = c.get(key).await.unwrap_err();
+        assert!(matches!(err, CacheError::Symlink { .. }), "{key}: {err}");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        let err = c.get_stream(key).await.err().expect("refused");
+        assert!(matches!(err, CacheError::Symlink { .. }), "{key}: {err}");
+    }
+    // A cache whose root is itself a link (the user's choice) reads as usual.
+    std::os::unix::fs::symlink(dir.join("cache"), dir.join("linked")).unwrap();
+    let url: CacheUrl = format!("file://{}/linked", dir.display()).parse().unwrap();
+    let linked = Cache::open(&url).await.unwrap();
+    linked
+        .put("ok.narinfo", Bytes::from_static(b"x"), "text/x-nix-narinfo")
+        .await
+        .unwrap();
+    assert_eq!(
+        linked.get("ok.narinfo").await.unwrap().as_deref(),
+        Some(&b"x"[..])
+    );
+}
+
+#[rstest]
+#[case::file(Kind::File)]
+#[case::s3(Kind::S3)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_pages_through_many_objects(#[case] kind: Kind) {
     let env = env(kind).await;
     let mut want = Vec::new();
@@ -421,7 +494,7 @@ async fn writer_commits_exact_bytes(#[case] kind: Kind, #[case] len: usize) {
     );
     let got = env
         .cache
-        .get(key)
+        .get_up_to(key, u64::MAX)
         .await
         .unwrap()
         .expect("object after commit");
@@ -456,7 +529,7 @@ async fn commit_if_absent_keeps_the_object_already_there(#[case] kind: Kind, #[c
     );
     let other: Vec<u8> = first.iter().map(|b| b ^ 0xff).collect();
     assert_eq!(commit_if_absent(other).await.unwrap(), None);
-    let got = env.cache.get(key).await.unwrap().unwrap();
+    let got = env.cache.get_up_to(key, u64::MAX).await.unwrap().unwrap();
     assert!(got == first, "the object there was replaced");
     assert_eq!(env.keys("").await, [key]);
     assert_eq!(env.leftovers(), Vec::<String>::new());

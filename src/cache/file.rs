@@ -135,33 +135,91 @@ impl FileCache {
         .await
     }
 
-    pub(crate) async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
-        let path = self.path(key);
-        match tokio::fs::read(&path).await {
-            Ok(b) => Ok(Some(Bytes::from(b))),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(CacheError::io("read", path, e)),
+    /// Opens an object for reading, never through a symbolic link: the cache's own folders
+    /// and the object must be what they seem, so a link planted in a shared cache directory
+    /// cannot make `serve` or `verify` read a file outside it. `None` if there is no such
+    /// regular file.
+    fn open_object(
+        root: &Path,
+        key: &str,
+    ) -> Result<Option<(File, std::fs::Metadata)>, CacheError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = root.join(key);
+        // The folders between the root and the object (`nar/`, `usage/`, `log/`); the root
+        // itself is the user's choice and may be a link.
+        let mut dir = root.to_path_buf();
+        for part in key
+            .split('/')
+            .rev()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+        {
+            dir.push(part);
+            match std::fs::symlink_metadata(&dir) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(CacheError::Symlink {
+                        key: key.to_owned(),
+                    });
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(CacheError::io("read metadata of", dir, e)),
+            }
         }
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(CacheError::Symlink {
+                    key: key.to_owned(),
+                });
+            }
+            Err(e) => return Err(CacheError::io("open", path, e)),
+        };
+        let meta = file
+            .metadata()
+            .map_err(|e| CacheError::io("read metadata of", &path, e))?;
+        Ok(meta.is_file().then_some((file, meta)))
     }
 
-    /// The object and its version: inode, mtime and size (every put renames a new file in).
+    /// The object and its version: inode, mtime and size (every put renames a new file in);
+    /// over `limit` bytes, an error before it is read.
     pub(crate) async fn get_versioned(
         &self,
         key: &str,
+        limit: u64,
     ) -> Result<Option<(Bytes, String)>, CacheError> {
-        let path = self.path(key);
+        let (root, key) = (self.root.clone(), key.to_owned());
         blocking(move || {
-            let mut file = match std::fs::File::open(&path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(CacheError::io("open", path, e)),
+            let Some((mut file, meta)) = Self::open_object(&root, &key)? else {
+                return Ok(None);
             };
-            let meta = file
-                .metadata()
-                .map_err(|e| CacheError::io("stat", &path, e))?;
+            if meta.len() > limit {
+                return Err(CacheError::TooLarge {
+                    key,
+                    size: meta.len(),
+                    limit,
+                });
+            }
             let mut body = Vec::with_capacity(meta.len() as usize);
-            std::io::Read::read_to_end(&mut file, &mut body)
-                .map_err(|e| CacheError::io("read", &path, e))?;
+            std::io::Read::read_to_end(
+                &mut std::io::Read::take(&mut file, limit.saturating_add(1)),
+                &mut body,
+            )
+            .map_err(|e| CacheError::io("read", root.join(&key), e))?;
+            if body.len() as u64 > limit {
+                return Err(CacheError::TooLarge {
+                    size: body.len() as u64,
+                    key,
+                    limit,
+                });
+            }
             Ok(Some((Bytes::from(body), file_version(&meta))))
         })
         .await
@@ -299,20 +357,13 @@ impl FileCache {
         &self,
         key: &str,
     ) -> Result<Option<(u64, Pin<Box<dyn tokio::io::AsyncRead + Send>>)>, CacheError> {
-        let path = self.path(key);
-        let file = match tokio::fs::File::open(&path).await {
-            Ok(f) => f,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(CacheError::io("open", path, e)),
-        };
-        let meta = file
-            .metadata()
-            .await
-            .map_err(|e| CacheError::io("read metadata of", &path, e))?;
-        if !meta.is_file() {
-            return Ok(None);
-        }
-        Ok(Some((meta.len(), Box::pin(file))))
+        let (root, key) = (self.root.clone(), key.to_owned());
+        let opened = blocking(move || Self::open_object(&root, &key)).await?;
+        Ok(opened.map(|(file, meta)| {
+            let file: Pin<Box<dyn tokio::io::AsyncRead + Send>> =
+                Box::pin(tokio::fs::File::from_std(file));
+            (meta.len(), file)
+        }))
     }
 
     pub(crate) fn writer(&self, key: &str) -> FileWriter {

@@ -18,6 +18,11 @@ use bytes::Bytes;
 
 pub use url::{CacheUrl, CacheUrlError, same_store_url};
 
+/// The largest object [`Cache::get`] reads whole. A narinfo is a few KiB (under 1 MiB even
+/// with thousands of references); the cap keeps a broken or hostile bucket from making a
+/// command hold gigabytes in memory.
+pub const SMALL_OBJECT_MAX: u64 = 1 << 20;
+
 /// Name prefix of in-progress uploads in a `file://` cache; never listed, never a valid key.
 pub(crate) const TEMP_PREFIX: &str = ".tmp-";
 
@@ -163,6 +168,12 @@ pub enum CacheError {
     },
     #[error("upload of '{key}' was interrupted: {detail}")]
     UploadInterrupted { key: String, detail: String },
+    #[error("'{key}' is {size} bytes, more than the {limit} such an object can be; not reading it")]
+    TooLarge { key: String, size: u64, limit: u64 },
+    #[error(
+        "'{key}' leads through a symbolic link; a file:// cache is read only inside its directory"
+    )]
+    Symlink { key: String },
 }
 
 impl CacheError {
@@ -271,23 +282,33 @@ impl Cache {
         }
     }
 
-    /// A whole object in memory; meant for small ones (narinfo, nix-cache-info).
+    /// A whole small object in memory (narinfo, nix-cache-info), at most [`SMALL_OBJECT_MAX`]
+    /// bytes: a larger one is an error, not read.
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
-        check_key(key)?;
-        match &self.backend {
-            Backend::File(c) => c.get(key).await,
-            Backend::S3(c) => c.get(key).await,
-        }
+        self.get_up_to(key, SMALL_OBJECT_MAX).await
     }
 
-    /// An object with its version, for [`Cache::put_if_version`]; `None` if absent.
+    /// A whole object in memory, refused without being read if it is over `limit` bytes.
+    pub async fn get_up_to(&self, key: &str, limit: u64) -> Result<Option<Bytes>, CacheError> {
+        Ok(self.read_whole(key, limit).await?.map(|(body, _)| body))
+    }
+
+    /// A small object with its version, for [`Cache::put_if_version`]; `None` if absent.
     pub async fn get_versioned(&self, key: &str) -> Result<Option<(Bytes, Version)>, CacheError> {
-        check_key(key)?;
-        let got = match &self.backend {
-            Backend::File(c) => c.get_versioned(key).await?,
-            Backend::S3(c) => c.get_versioned(key).await?,
-        };
+        let got = self.read_whole(key, SMALL_OBJECT_MAX).await?;
         Ok(got.map(|(body, v)| (body, Version(v))))
+    }
+
+    async fn read_whole(
+        &self,
+        key: &str,
+        limit: u64,
+    ) -> Result<Option<(Bytes, String)>, CacheError> {
+        check_key(key)?;
+        match &self.backend {
+            Backend::File(c) => c.get_versioned(key, limit).await,
+            Backend::S3(c) => c.get_versioned(key, limit).await,
+        }
     }
 
     /// Replaces an object only if it is still the `version` read: `false` if it changed or

@@ -636,14 +636,12 @@ impl S3Cache {
         }
     }
 
-    pub(crate) async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
-        Ok(self.get_versioned(key).await?.map(|(body, _)| body))
-    }
-
-    /// The object and its ETag (empty if the store sent none).
+    /// The object and its ETag (empty if the store sent none); over `limit` bytes, an error
+    /// before the body is read.
     pub(crate) async fn get_versioned(
         &self,
         key: &str,
+        limit: u64,
     ) -> Result<Option<(Bytes, String)>, CacheError> {
         let ctx = &self.ctx;
         let mut attempt = 1;
@@ -651,6 +649,14 @@ impl S3Cache {
             let Some(out) = self.get_object(key).await? else {
                 return Ok(None);
             };
+            let size = to_size(out.content_length());
+            if size > limit {
+                return Err(CacheError::TooLarge {
+                    key: key.to_owned(),
+                    size,
+                    limit,
+                });
+            }
             let etag = out.e_tag().unwrap_or_default().to_owned();
             // The SDK's retries end with the headers; a body cut short is ours to fetch again.
             match out.body.collect().await {

@@ -51,6 +51,8 @@ pub enum UsageError {
         line: usize,
         reason: &'static str,
     },
+    #[error("usage record '{key}' unpacks to more than {limit} bytes; not reading it")]
+    TooLarge { key: String, limit: u64 },
     #[error("could not compress a usage record: {0}")]
     Compress(std::io::Error),
 }
@@ -163,10 +165,31 @@ impl Usage {
     }
 
     pub fn decode(key: &str, bytes: &[u8]) -> Result<Usage, UsageError> {
-        let raw = zstd::decode_all(bytes).map_err(|source| UsageError::Decompress {
+        Usage::decode_up_to(key, bytes, RECORD_MAX)
+    }
+
+    /// [`Usage::decode`], refusing a record over `limit` bytes once decompressed (a small
+    /// object that would unpack to gigabytes) before it has unpacked more than that.
+    fn decode_up_to(key: &str, bytes: &[u8], limit: u64) -> Result<Usage, UsageError> {
+        let decompress = || -> std::io::Result<Vec<u8>> {
+            let mut raw = Vec::new();
+            let decoder = zstd::stream::read::Decoder::new(bytes)?;
+            std::io::Read::read_to_end(
+                &mut std::io::Read::take(decoder, limit.saturating_add(1)),
+                &mut raw,
+            )?;
+            Ok(raw)
+        };
+        let raw = decompress().map_err(|source| UsageError::Decompress {
             key: key.to_owned(),
             source,
         })?;
+        if raw.len() as u64 > limit {
+            return Err(UsageError::TooLarge {
+                key: key.to_owned(),
+                limit,
+            });
+        }
         let text = std::str::from_utf8(&raw).map_err(|_| UsageError::Malformed {
             key: key.to_owned(),
             line: 0,
@@ -219,6 +242,11 @@ pub async fn write(cache: &Cache, usage: &Usage) -> Result<Option<String>, Usage
     Ok(Some(key))
 }
 
+/// The largest record read, compressed and as text. A record gc compacted names every path in
+/// use, 33 bytes each as text and some 20 compressed: 256 MiB is millions of paths, far past
+/// any cache, and still bounds what a broken or hostile bucket can make gc hold in memory.
+const RECORD_MAX: u64 = 256 << 20;
+
 /// Attempts at writing a job's record, each with the store client's own retries inside.
 const RECORD_ATTEMPTS: u32 = 3;
 
@@ -254,7 +282,7 @@ pub async fn record<'a>(
 
 /// Reads one record; `None` if it vanished (another gc compacted it meanwhile).
 pub async fn read(cache: &Cache, key: &str) -> Result<Option<Usage>, UsageError> {
-    match cache.get(key).await? {
+    match cache.get_up_to(key, RECORD_MAX).await? {
         Some(bytes) => Ok(Some(Usage::decode(key, &bytes)?)),
         None => Ok(None),
     }
@@ -268,6 +296,8 @@ pub fn is_record_key(key: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
+
     use super::*;
 
     const A: &str = "1d5i1r8ldqwbfsb2q3i52hbk3a4kbg9h";
@@ -285,6 +315,27 @@ mod tests {
         let bytes = u.encode().unwrap();
         assert_eq!(Usage::decode("k", &bytes).unwrap(), u);
         assert_eq!(u.newest(), Some(200));
+    }
+
+    #[test]
+    fn a_record_that_unpacks_past_the_limit_is_refused_before_it_unpacks() {
+        let mut u = Usage::new();
+        u.note(A, 100);
+        u.note(B, 200);
+        let bytes = u.encode().unwrap();
+        let text_len = u.to_text().len() as u64;
+        assert_eq!(Usage::decode_up_to("k", &bytes, text_len).unwrap(), u);
+        let err = Usage::decode_up_to("k", &bytes, text_len - 1).unwrap_err();
+        assert!(matches!(err, UsageError::TooLarge { .. }), "{err}");
+        // A small object of zeros that would unpack to 64 MiB stops at the limit.
+        let bomb = zstd::encode_all(std::io::repeat(0).take(64 << 20), 19).unwrap();
+        assert!(bomb.len() < 64 << 10, "{}", bomb.len());
+        let err = Usage::decode_up_to("k", &bomb, 1 << 20).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("unpacks to more than 1048576 bytes"),
+            "{err}"
+        );
     }
 
     #[test]
