@@ -657,3 +657,68 @@ fn a_misbehaving_hook_never_fails_or_stalls_a_build() {
     let logged = std::fs::read_to_string(&hook_log).unwrap_or_default();
     assert!(logged.contains("nixbucket hook: not uploaded"), "{logged}");
 }
+
+/// A client that opens connections and sends nothing cannot hold the server: past the
+/// connection limit others wait to be accepted, and a connection with no whole request header
+/// in time is closed, which frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_closed_and_cannot_hold_every_place() {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+
+    use nixbucket::serve::{Limits, Server};
+    let tmp = tempfile::tempdir().unwrap();
+    let url: nixbucket::cache::CacheUrl =
+        format!("file://{}", tmp.path().display()).parse().unwrap();
+    let cache = nixbucket::cache::Cache::open(&url).await.unwrap();
+    let limits = Limits {
+        connections: 2,
+        header_read: Duration::from_secs(1),
+    };
+    let server = Arc::new(Server::new(cache, None).with_limits(limits));
+    let listener = nixbucket::serve::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(nixbucket::serve::run(listener, server, async {
+        let _ = stopped.await;
+    }));
+
+    let outcome = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        // Two places taken: one sends half a request header, one sends nothing at all.
+        let mut half = std::net::TcpStream::connect(addr).unwrap();
+        half.write_all(b"GET /nix-cache-info HTTP/1.1\r\nHost: x\r\n")
+            .unwrap();
+        let mut silent = std::net::TcpStream::connect(addr).unwrap();
+        // A real request waits for a place, then is answered.
+        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        client
+            .write_all(b"GET /nix-cache-info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).unwrap();
+        let answered = started.elapsed();
+        // Both silent connections were closed by the server.
+        let closed = |s: &mut std::net::TcpStream| {
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf).is_ok()
+        };
+        (answer, answered, closed(&mut half), closed(&mut silent))
+    })
+    .await
+    .unwrap();
+    let _ = stop.send(());
+    running.await.unwrap();
+    let (answer, answered, half_closed, silent_closed) = outcome;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("StoreDir: /nix/store"), "{answer}");
+    assert!(
+        answered >= Duration::from_millis(900) && answered < Duration::from_secs(10),
+        "answered after {answered:?}: it should wait for a silent connection's timeout"
+    );
+    assert!(half_closed, "the half-sent request was not closed");
+    assert!(silent_closed, "the silent connection was not closed");
+}

@@ -25,7 +25,7 @@ use http_body_util::{BodyExt, Empty, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::cache::{Cache, CacheError};
@@ -55,9 +55,31 @@ type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 /// command-line argument, which other users of the machine could read in `ps`).
 pub const TOKEN_ENV: &str = "NIXBUCKET_SERVE_TOKEN";
 
+/// How much of the machine one client can hold.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections served at once; more wait to be accepted. Nix opens `http-connections`
+    /// (25 by default) to a substituter.
+    pub connections: usize,
+    /// A connection that has not sent a whole request header in this time is closed, and so is
+    /// an idle keep-alive connection: a client that opens connections and sends nothing cannot
+    /// hold them all.
+    pub header_read: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            connections: 128,
+            header_read: Duration::from_secs(30),
+        }
+    }
+}
+
 /// What every connection shares.
 pub struct Server {
     cache: Cache,
+    limits: Limits,
     stats: Arc<Stats>,
     uploads: Option<Uploads>,
     /// Found narinfos by hash part. Misses are not kept: the uploader may add the path any time.
@@ -78,10 +100,16 @@ impl Server {
     pub fn new(cache: Cache, uploads: Option<Uploads>) -> Server {
         Server {
             cache,
+            limits: Limits::default(),
             stats: Arc::default(),
             uploads,
             narinfos: Default::default(),
         }
+    }
+
+    pub fn with_limits(mut self, limits: Limits) -> Server {
+        self.limits = limits;
+        self
     }
 
     fn uploader(&self) -> Option<&Uploader> {
@@ -109,7 +137,15 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        server.limits.connections.max(1),
+    ));
     loop {
+        // A free slot first: past the limit, connections wait in the listen queue.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut shutdown => return,
+        };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = &mut shutdown => return,
@@ -125,6 +161,7 @@ pub async fn run(
         };
         let _ = stream.set_nodelay(true);
         let server = server.clone();
+        let header_read = server.limits.header_read;
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let server = server.clone();
@@ -134,8 +171,11 @@ pub async fn run(
             // longer needs); nothing to report.
             let _ = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
+            drop(slot);
         });
     }
 }
