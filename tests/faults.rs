@@ -338,6 +338,64 @@ fn a_lost_answer_to_complete_multipart_upload_is_not_a_failure() {
     assert_pushed_whole(&f, &server, &out, "after a lost answer");
 }
 
+/// A retried CompleteMultipartUpload that overlaps its own first attempt: the store completes
+/// one and tells the other the upload is unknown (S3: NoSuchUpload; s3s-fs: AccessDenied),
+/// perhaps before the object can be seen. That is "look again whether the object is there",
+/// never refused credentials.
+#[test]
+fn a_completion_sent_twice_at_once_is_not_a_failure() {
+    let (f, server, out, stats) = push_with_first_completion_meeting(Fault::Duplicate, BIG_MIB);
+    assert_eq!(stats.faults_of(Fault::Duplicate), 1, "{stats:?}");
+    assert!(
+        !stderr(&out).contains("refused the credentials"),
+        "{}",
+        stderr(&out)
+    );
+    assert_pushed_whole(&f, &server, &out, "after an overlapping completion");
+}
+
+/// The same, in the order that made pushes fail with "refused the credentials": the answer to
+/// the completion is lost, the retry finds the upload gone, and the object does not show at
+/// the first look. It is looked for again.
+#[test]
+fn an_upload_gone_before_its_object_shows_is_looked_for_again() {
+    let f = Fixture::new(SMALL_BIG_MIB);
+    let server = S3Server::start();
+    let config = FaultConfig {
+        sequence: vec![
+            ("CompleteMultipartUpload", Fault::Truncate),
+            ("Head", Fault::NotFound),
+        ],
+        ..FaultConfig::mixed(0.0, 7)
+    };
+    let proxy = FaultProxy::start(&server.endpoint(), config);
+    let out = run(&mut push_cmd(
+        &server,
+        &s3_url(server.bucket(), &proxy.endpoint()),
+        &f.secret,
+        &f.paths(),
+    ));
+    let stats = proxy.stats();
+    assert_eq!(stats.faults_of(Fault::NotFound), 1, "{stats:?}");
+    assert!(
+        !stderr(&out).contains("refused the credentials"),
+        "{}",
+        stderr(&out)
+    );
+    assert_pushed_whole(&f, &server, &out, "after the object showed late");
+}
+
+/// A conditional completion answered 409 (a concurrent conditional write of the same name
+/// landed meanwhile) is another push's NAR, as with 412: this push describes what is there.
+#[test]
+fn a_conflict_on_a_conditional_completion_is_another_push_landing() {
+    let (f, server, out, stats) =
+        push_with_first_completion_meeting(Fault::Conflict, SMALL_BIG_MIB);
+    assert_eq!(stats.faults_of(Fault::Conflict), 1, "{stats:?}");
+    assert_eq!(stats.requests["CompleteMultipartUpload"], 1, "{stats:?}");
+    assert_pushed_whole(&f, &server, &out, "after a conflict");
+}
+
 /// NARs are committed only if absent (`If-None-Match: *`). A store that refuses that on
 /// CompleteMultipartUpload (501, or 400 for a header it does not know) gets the completion
 /// again without it, after a HEAD has found nothing under the name; the push lands whole.

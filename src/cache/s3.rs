@@ -84,6 +84,9 @@ pub const ATTEMPT_TIMEOUT_ENV: &str = "NIXBUCKET_S3_ATTEMPT_TIMEOUT";
 const PART_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Whole reads of a small object when its body is cut short after the headers.
 const GET_ATTEMPTS: u32 = 4;
+/// HEADs for the object of an upload the store no longer knows after its completion was sent:
+/// 0.5 + 1 + 2 + 4 + 5 s of waiting in all before it counts as lost.
+const VANISHED_UPLOAD_LOOKS: u32 = 6;
 
 /// S3 error codes that mean "these credentials are not accepted here".
 const CREDENTIAL_CODES: &[&str] = &[
@@ -1111,23 +1114,54 @@ impl Upload {
         };
         match res {
             Ok(_) => Ok(true),
-            // An object was there; or this upload's own completion landed and its answer was
-            // lost. Either way the object there is whole and describes itself (HEAD).
-            Err(e) if conditional && is_status(&e, 412) => Ok(false),
-            // A retry after an attempt that did complete but whose answer was lost: the upload
-            // is gone because it became the object. An object of the right size there is taken
-            // to be this upload (another push's bytes for the same NAR name almost never have
-            // the same size); of another size, and committing only if absent, it is another's.
-            // S3 says NoSuchUpload; s3s-fs says AccessDenied for an upload id it no longer knows.
+            // An object was there, or is being written by another conditional write (409); or
+            // this upload's own completion landed and its answer was lost. Either way the
+            // object there describes itself (HEAD).
+            Err(e) if conditional && (is_status(&e, 412) || is_status(&e, 409)) => Ok(false),
+            // A retry after an attempt that did complete but whose answer was lost, or that is
+            // still completing: the upload is gone because it became the object. S3 says
+            // NoSuchUpload; s3s-fs says AccessDenied for an upload id it no longer knows.
             Err(e) if matches!(e.code(), Some("NoSuchUpload" | "AccessDenied")) => {
-                match ctx_head(ctx, &self.key).await {
-                    Ok(Some(found)) if found == size => Ok(true),
-                    Ok(Some(_)) if if_absent => Ok(false),
-                    _ => Err(ctx.error("CompleteMultipartUpload", &self.key, e)),
-                }
+                self.after_vanished_upload(size, if_absent, e.code().unwrap_or_default())
+                    .await
             }
             Err(e) => Err(ctx.error("CompleteMultipartUpload", &self.key, e)),
         }
+    }
+
+    /// The store no longer knows an upload whose completion we sent. An object of the right
+    /// size is taken to be this upload (another push's bytes for the same NAR name almost never
+    /// have the same size); of another size, and committing only if absent, it is another's.
+    /// An attempt still completing may not show its object yet, so it is looked for again
+    /// with backoff. Never a credentials error: the credentials just did the upload.
+    async fn after_vanished_upload(
+        &self,
+        size: u64,
+        if_absent: bool,
+        code: &str,
+    ) -> Result<bool, CacheError> {
+        let ctx = &self.ctx;
+        let mut wait = INITIAL_BACKOFF;
+        for look in 0..VANISHED_UPLOAD_LOOKS {
+            if look > 0 {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            match ctx_head(ctx, &self.key).await? {
+                Some(found) if found == size => return Ok(true),
+                Some(_) if if_absent => return Ok(false),
+                _ => {}
+            }
+        }
+        Err(CacheError::S3 {
+            operation: "CompleteMultipartUpload",
+            bucket: ctx.bucket.clone(),
+            key: self.key.clone(),
+            code: code.to_owned(),
+            message: "the store no longer knows this upload, and no object of its size \
+                      appeared under its name"
+                .to_owned(),
+        })
     }
 }
 

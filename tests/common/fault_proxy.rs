@@ -41,6 +41,14 @@ pub enum Fault {
     KeyErrors,
     /// `400 InvalidArgument` to a listing that asks for more than [`FaultConfig::max_keys`].
     TooManyKeys,
+    /// Forward the request twice at once and answer with the worse answer (an error if either
+    /// was one): a retry that overlaps its own first attempt.
+    Duplicate,
+    /// Forward the request, then answer `409 ConditionalRequestConflict`: a concurrent
+    /// conditional write of the same name landed its object while this one was refused.
+    Conflict,
+    /// Answer `404 Not Found` without asking the server (an object not visible yet).
+    NotFound,
 }
 
 #[derive(Clone, Debug)]
@@ -63,6 +71,10 @@ pub struct FaultConfig {
     pub max_keys: Option<u32>,
     /// Faults only for requests whose target (path and query) contains this, e.g. "/nar/".
     pub only_target: Option<&'static str>,
+    /// Faults in a set order, before any other: the first request of the first entry's
+    /// operation meets its fault, then the first of the next entry's operation after that, and
+    /// so on. For a race that must happen in one order every run.
+    pub sequence: Vec<(&'static str, Fault)>,
 }
 
 impl FaultConfig {
@@ -96,6 +108,7 @@ impl FaultConfig {
             only_on: None,
             max_keys: None,
             only_target: None,
+            sequence: Vec::new(),
         }
     }
 }
@@ -147,6 +160,8 @@ struct Shared {
     active: AtomicUsize,
     /// Requests a fault was decided for so far.
     decided: AtomicU64,
+    /// Entries of [`FaultConfig::sequence`] that have met their request.
+    sequenced: AtomicUsize,
 }
 
 pub struct FaultProxy {
@@ -174,6 +189,7 @@ impl FaultProxy {
             stop: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             decided: AtomicU64::new(0),
+            sequenced: AtomicUsize::new(0),
         });
         let s = shared.clone();
         let accept = std::thread::spawn(move || accept_loop(listener, s));
@@ -251,6 +267,17 @@ impl Shared {
     }
 
     fn pick(&self, op: &str, target: &str) -> Option<Fault> {
+        let next = self.sequenced.load(Ordering::SeqCst);
+        if let Some(&(want, fault)) = self.config.sequence.get(next) {
+            if want == op
+                && self
+                    .sequenced
+                    .compare_exchange(next, next + 1, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+            {
+                return Some(fault);
+            }
+        }
         if self.config.only_on.is_some_and(|only| only != op)
             || self.config.only_target.is_some_and(|t| !target.contains(t))
         {
@@ -496,6 +523,32 @@ fn serve(mut client: TcpStream, shared: &Shared) -> std::io::Result<()> {
             "max-keys is above the limit",
             None,
         ),
+        Some(Fault::Duplicate) => {
+            let (a, b) = std::thread::scope(|scope| {
+                let first = scope.spawn(|| forward(shared, &req));
+                let second = forward(shared, &req);
+                (first.join().expect("forwarding thread"), second)
+            });
+            let ok = |answer: &std::io::Result<Vec<u8>>| {
+                answer
+                    .as_ref()
+                    .is_ok_and(|a| a.starts_with(b"HTTP/1.1 2") || a.starts_with(b"HTTP/1.0 2"))
+            };
+            match (ok(&a), ok(&b)) {
+                (true, false) => b?,
+                _ => a?,
+            }
+        }
+        Some(Fault::Conflict) => {
+            forward(shared, &req)?;
+            s3_error(
+                "409 Conflict",
+                "ConditionalRequestConflict",
+                "a conflicting conditional operation is in progress",
+                None,
+            )
+        }
+        Some(Fault::NotFound) => s3_error("404 Not Found", "NoSuchKey", "not there yet", None),
         Some(Fault::Stall) => {
             pause(shared, shared.config.stall);
             let _ = client.shutdown(std::net::Shutdown::Both);
