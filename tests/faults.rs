@@ -700,3 +700,60 @@ fn a_usage_record_write_is_retried_and_a_lost_one_fails_the_push() {
         assert_verifies(&server, &bucket, &f.public, false, "usage record");
     }
 }
+
+/// The store is down for 30 seconds in the middle of a push of many paths (every request
+/// reset or answered 500, dozens in flight): the push waits it out and completes whole,
+/// rather than giving up once the store client's process-wide retry budget has run dry.
+#[test]
+fn a_thirty_second_outage_mid_push_ends_in_a_complete_push() {
+    let f = Fixture::new(BIG_MIB);
+    let tag = nonce();
+    let smalls: Vec<String> = (0..40)
+        .map(|i| derivation(&format!("small-{tag}-{i}"), &format!("echo {i} > $out")))
+        .collect();
+    let many = build(
+        f.tmp.path(),
+        &derivation_with_inputs(&format!("many-{tag}"), &smalls),
+    );
+    let server = S3Server::start();
+    // From the first request for a NAR on, when the uploads start dozens at once.
+    let config = FaultConfig {
+        faults: vec![Fault::Reset, Fault::Error500],
+        outage: Some(("/nar/", Duration::from_secs(30))),
+        ..FaultConfig::mixed(0.0, 13)
+    };
+    let proxy = FaultProxy::start(&server.endpoint(), config);
+    let mut cmd = push_cmd(
+        &server,
+        &s3_url(server.bucket(), &proxy.endpoint()),
+        &f.secret,
+        &[&f.app, &f.big, &many],
+    );
+    cmd.args(["--jobs", "32"]);
+    let out = run(&mut cmd);
+    let during = proxy.stats().total_faults();
+    assert_ok(&out);
+    assert!(during >= 100, "only {during} requests met the outage");
+    assert!(stderr(&out).contains("pushed 45 paths"), "{}", stderr(&out));
+    assert_verifies(
+        &server,
+        server.bucket(),
+        &f.public,
+        false,
+        "after a 30 s outage",
+    );
+}
+
+/// Nix for a derivation whose output names each of `inputs` (Nix expressions).
+fn derivation_with_inputs(name: &str, inputs: &[String]) -> String {
+    let lets: String = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| format!("i{i} = {e}; "))
+        .collect();
+    let refs: String = (0..inputs.len()).map(|i| format!("${{i{i}}} ")).collect();
+    format!(
+        "let {lets}in {}",
+        derivation(name, &format!("echo {refs} > $out"))
+    )
+}

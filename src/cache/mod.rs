@@ -177,6 +177,24 @@ pub enum CacheError {
 }
 
 impl CacheError {
+    /// Whether the store could not be reached or was briefly unable to answer (unreachable,
+    /// an interrupted upload, a 5xx or SlowDown), as opposed to an answer that will not change
+    /// by asking again later.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            CacheError::EndpointUnreachable { .. } | CacheError::UploadInterrupted { .. } => true,
+            CacheError::S3 { code, .. } => matches!(
+                code.as_str(),
+                "InternalError"
+                    | "ServiceUnavailable"
+                    | "SlowDown"
+                    | "RequestTimeout"
+                    | "UnknownError"
+            ),
+            _ => false,
+        }
+    }
+
     fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         CacheError::Io {
             action,

@@ -38,6 +38,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::put_object::{PutObjectError, PutObjectOutput};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
+use aws_smithy_runtime::client::retries::{RetryPartition, TokenBucket};
 use aws_smithy_runtime_api::client::retries::classifiers::RetryClassifierPriority;
 use aws_smithy_types::retry::ErrorKind;
 use bytes::Bytes;
@@ -69,6 +70,8 @@ enum Batch<'k> {
 /// Attempts per request (the first one included) unless `AWS_MAX_ATTEMPTS` says otherwise.
 /// Ten attempts with backoff capped at [`MAX_BACKOFF`] ride out about a minute of outage.
 const DEFAULT_MAX_ATTEMPTS: u32 = 10;
+/// The retry budget's size: 10,000 retries at the SDK's cost of 5 tokens each.
+const RETRY_BUDGET_TOKENS: usize = 50_000;
 /// Attempts of the bucket check at open (see [`open_retries`]).
 const OPEN_MAX_ATTEMPTS: u32 = 3;
 const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
@@ -454,6 +457,22 @@ fn fault_tolerance(
             .build(),
     )
     .retry_classifier(RetryAfter)
+    .retry_partition(retry_budget())
+}
+
+/// Retries that may be spent, shared by every request of this process: the SDK's default
+/// budget (500 tokens, 5 a retry, so about 100 retries for the whole process, refilled one
+/// token a success) runs dry within seconds of an outage with dozens of requests in flight,
+/// and then no request retries at all. A push of thousands of paths needs thousands.
+fn retry_budget() -> RetryPartition {
+    static BUDGET: std::sync::OnceLock<RetryPartition> = std::sync::OnceLock::new();
+    BUDGET
+        .get_or_init(|| {
+            RetryPartition::custom("nixbucket")
+                .token_bucket(TokenBucket::builder().capacity(RETRY_BUDGET_TOKENS).build())
+                .build()
+        })
+        .clone()
 }
 
 impl S3Cache {

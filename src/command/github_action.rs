@@ -261,14 +261,7 @@ fn export_credentials(
 /// Whether a failed push means the cache could not be reached (a warning) rather than
 /// something that will not fix itself (an error).
 fn is_outage(err: &(dyn std::error::Error + 'static)) -> bool {
-    let cache_outage = |e: &CacheError| match e {
-        CacheError::EndpointUnreachable { .. } | CacheError::UploadInterrupted { .. } => true,
-        CacheError::S3 { code, .. } => matches!(
-            code.as_str(),
-            "InternalError" | "ServiceUnavailable" | "SlowDown" | "RequestTimeout" | "UnknownError"
-        ),
-        _ => false,
-    };
+    let cache_outage = CacheError::is_outage;
     let mut cur = Some(err);
     while let Some(e) = cur {
         if let Some(c) = e.downcast_ref::<CacheError>() {

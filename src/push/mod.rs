@@ -273,7 +273,8 @@ pub async fn execute(
             (cache.clone(), opts.clone(), jobs.clone(), counters.clone());
         tasks.spawn(async move {
             let path = info.path.clone();
-            let result = push_one(&cache, info, waits, overwrite, &opts, &jobs, &counters).await;
+            let result =
+                push_through_outages(&cache, info, waits, overwrite, &opts, &jobs, &counters).await;
             landed.send_replace(if result.is_ok() {
                 Landed::Yes
             } else {
@@ -314,6 +315,62 @@ pub async fn execute(
 
 /// `overwrite`: the narinfo there is unusable and is replaced; otherwise one that another
 /// pusher wrote since the plan is kept (a conditional write, where the store has them).
+/// Pauses before a path is tried again after the store did not answer, each longer. Every
+/// attempt carries the store client's own retries (about a minute of backoff), so with these a
+/// push rides out more than a minute of a store that is down, at no cost when it is up.
+const OUTAGE_PAUSES: [Duration; 3] = [
+    Duration::from_secs(5),
+    Duration::from_secs(10),
+    Duration::from_secs(20),
+];
+
+/// [`push_one`], again after a pause when it failed because the store was unreachable or
+/// briefly unable to answer. Trying a path again is safe: nothing of a failed attempt is
+/// visible (NARs and narinfos are written only whole, and only if absent).
+async fn push_through_outages(
+    cache: &Cache,
+    info: PathInfo,
+    waits: Vec<(StorePath, watch::Receiver<Landed>)>,
+    overwrite: bool,
+    opts: &PushOptions,
+    jobs: &Semaphore,
+    counters: &Arc<progress::Counters>,
+) -> Result<Pushed, PushError> {
+    let mut pauses = OUTAGE_PAUSES.iter();
+    loop {
+        let attempt = push_one(
+            cache,
+            info.clone(),
+            waits.clone(),
+            overwrite,
+            opts,
+            jobs,
+            counters,
+        )
+        .await;
+        match attempt {
+            Err(PushError::Cache(err)) if err.is_outage() => {
+                let Some(pause) = pauses.next() else {
+                    return Err(PushError::Cache(err));
+                };
+                eprintln!(
+                    "{}: the cache did not answer ({err}); trying the path again in {}s",
+                    info.path,
+                    pause.as_secs()
+                );
+                let until = Instant::now() + *pause;
+                while Instant::now() < until {
+                    if opts.cancel.load(Ordering::Relaxed) {
+                        return Err(PushError::Cancelled);
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+            result => return result,
+        }
+    }
+}
+
 async fn push_one(
     cache: &Cache,
     info: PathInfo,

@@ -75,6 +75,9 @@ pub struct FaultConfig {
     /// operation meets its fault, then the first of the next entry's operation after that, and
     /// so on. For a race that must happen in one order every run.
     pub sequence: Vec<(&'static str, Fault)>,
+    /// An outage: from the first request whose target contains `.0`, every request meets a
+    /// fault for `.1`.
+    pub outage: Option<(&'static str, Duration)>,
 }
 
 impl FaultConfig {
@@ -109,6 +112,7 @@ impl FaultConfig {
             max_keys: None,
             only_target: None,
             sequence: Vec::new(),
+            outage: None,
         }
     }
 }
@@ -162,6 +166,8 @@ struct Shared {
     decided: AtomicU64,
     /// Entries of [`FaultConfig::sequence`] that have met their request.
     sequenced: AtomicUsize,
+    /// When [`FaultConfig::outage`] began.
+    outage_began: Mutex<Option<Instant>>,
 }
 
 pub struct FaultProxy {
@@ -190,6 +196,7 @@ impl FaultProxy {
             active: AtomicUsize::new(0),
             decided: AtomicU64::new(0),
             sequenced: AtomicUsize::new(0),
+            outage_began: Mutex::new(None),
         });
         let s = shared.clone();
         let accept = std::thread::spawn(move || accept_loop(listener, s));
@@ -267,6 +274,16 @@ impl Shared {
     }
 
     fn pick(&self, op: &str, target: &str) -> Option<Fault> {
+        if let Some((trigger, lasts)) = self.config.outage {
+            let mut began = self.outage_began.lock().unwrap();
+            if began.is_none() && target.contains(trigger) {
+                *began = Some(Instant::now());
+            }
+            if began.is_some_and(|at| at.elapsed() < lasts) && !self.config.faults.is_empty() {
+                let i = (self.next() % self.config.faults.len() as u64) as usize;
+                return Some(self.config.faults[i]);
+            }
+        }
         let next = self.sequenced.load(Ordering::SeqCst);
         if let Some(&(want, fault)) = self.config.sequence.get(next) {
             if want == op
