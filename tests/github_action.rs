@@ -23,7 +23,7 @@ use std::process::{Command, Output};
 
 use common::nix::{build_closure, copy_into_fresh_store, nonce};
 use common::s3::S3Server;
-use common::{assert_ok, keygen, list_files, nixbucket, run, stderr, stdout};
+use common::{assert_ok, keygen, list_files, nixbucket, register_secret, run, stderr, stdout};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -349,6 +349,35 @@ fn assert_secret_hidden(step: &Step, secret: &str) {
     }
 }
 
+/// Each value is masked by the binary before it prints anything of its own (an annotation or a
+/// `nixbucket:` line), and shows nowhere but in its `::add-mask::` line.
+#[track_caller]
+fn assert_masked_first(step: &Step, values: &[&str]) {
+    let out = stdout(&step.out);
+    let lines: Vec<&str> = out.lines().collect();
+    let first_other = lines.iter().position(|l| {
+        (l.starts_with("::") && !l.starts_with("::add-mask::")) || l.starts_with("nixbucket:")
+    });
+    for value in values {
+        let mask = format!("::add-mask::{value}");
+        let Some(at) = lines.iter().position(|l| *l == mask) else {
+            panic!("no {mask} line\n{}", step.describe());
+        };
+        assert!(
+            first_other.is_none_or(|first| at < first),
+            "{mask} came after the binary printed something else\n{}",
+            step.describe()
+        );
+        for line in step.everything().lines() {
+            assert!(
+                line.starts_with("::add-mask::") || !line.contains(value),
+                "{value} shows unmasked in: {line}\n{}",
+                step.describe()
+            );
+        }
+    }
+}
+
 fn narinfos(s3: &S3Server) -> Vec<String> {
     list_files(&s3.root().join(s3.bucket()))
         .into_iter()
@@ -595,6 +624,10 @@ fn push_what_the_job_built(runner: Runner, key_name: &str) -> (Step, Step) {
 
     assert_secret_hidden(&main, &secret);
     assert_secret_hidden(&post, &secret);
+    // The bucket's static keys came from the step's environment, not from an input.
+    for step in [&main, &post] {
+        assert_masked_first(step, &[s3.access_key(), s3.secret_key()]);
+    }
     (main, post)
 }
 
@@ -713,6 +746,38 @@ fn a_bad_signing_key_fails_main_and_is_never_printed() {
         errors[0]
     );
     assert_secret_hidden(&main, secret);
+}
+
+/// Static AWS keys that the workflow puts in the step's environment (`env:`, not an input) are
+/// masked in both steps before the binary prints anything else, like the signing key: the
+/// README promises it for "any AWS credentials".
+#[test]
+fn aws_keys_from_the_environment_are_masked_before_anything_else() {
+    let keys = tempfile::tempdir().unwrap();
+    let (secret_file, _) = keygen(keys.path(), "gha-aws-env-1");
+    let secret = key_text(&secret_file);
+    let cache = keys.path().join("cache");
+    let mut job = Job::new(&format!("file://{}", cache.display()), &secret);
+    // Nothing to push: only what the steps print is under test.
+    job.inputs.insert("skip-push", "true".into());
+    let access_key = format!("AKIAENV{}", nonce().to_uppercase());
+    let secret_key = format!("aws-env-secret-{}", nonce());
+    let session_token = format!("aws-env-token-{}{}", nonce(), nonce());
+    for value in [&access_key, &secret_key, &session_token] {
+        register_secret(value);
+    }
+    job.env("AWS_ACCESS_KEY_ID", &access_key);
+    job.env("AWS_SECRET_ACCESS_KEY", &secret_key);
+    job.env("AWS_SESSION_TOKEN", &session_token);
+
+    let main = job.step("main", "push", &BTreeMap::new());
+    assert!(main.out.status.success(), "{}", main.describe());
+    let post = job.step("post", "push", &parse_step_file(&main.state));
+    assert!(post.out.status.success(), "{}", post.describe());
+    for step in [&main, &post] {
+        assert_masked_first(step, &[&access_key, &secret_key, &session_token]);
+        assert_secret_hidden(step, &secret);
+    }
 }
 
 #[test]
