@@ -17,8 +17,9 @@ const { spawn, spawnSync } = require('node:child_process');
 /** The action's own source tree: action.yml and Cargo.toml sit one level up. */
 const ACTION_DIR = path.resolve(__dirname, '..');
 
-/** The state entry in which `main` tells `post` which binary it ran. */
+/** The state entries in which `main` tells `post` which binary it ran, and its SHA-256. */
 const BINARY_STATE = 'shim-binary';
+const DIGEST_STATE = 'shim-binary-sha256';
 
 const TARGETS = {
   'linux-x64': 'x86_64-unknown-linux-musl',
@@ -140,6 +141,9 @@ function exitCodeOf(code, signal) {
 /** The release's checksum file is malformed or does not match: never fall back quietly. */
 class ChecksumError extends Error {}
 
+/** The binary `post` is to run is not the one `main` ran. */
+class BinaryChangedError extends Error {}
+
 class HttpStatusError extends Error {
   constructor(url, status) {
     super(`GET ${url} answered HTTP ${status}`);
@@ -232,6 +236,52 @@ function cachedBinary(dir) {
   return null;
 }
 
+/**
+ * Copies the binary `main` is about to run into a fresh directory only this
+ * user can enter (mkdtemp, 0700) under RUNNER_TEMP, and returns the copy and
+ * its SHA-256. `post` runs this copy, not the original: the job's build may
+ * rebuild or remove the original (a target/release/nixbucket, a tool cache).
+ */
+function stageBinary(binary, env) {
+  const bytes = fs.readFileSync(binary);
+  const base = env.RUNNER_TEMP || os.tmpdir();
+  fs.mkdirSync(base, { recursive: true });
+  const dir = fs.mkdtempSync(path.join(base, 'nixbucket-bin-'));
+  const staged = path.join(dir, 'nixbucket');
+  // Read-only: only a deliberate chmod, not a stray write, can change it.
+  fs.writeFileSync(staged, bytes, { mode: 0o500, flag: 'wx' });
+  return { binary: staged, digest: sha256Hex(bytes) };
+}
+
+/**
+ * Throws a BinaryChangedError unless the SHA-256 of `binary` is `expected`.
+ * Called right before the binary is started, with nothing asynchronous in
+ * between: spawn() forks and execs before it returns.
+ */
+function checkDigest(binary, expected) {
+  let actual;
+  try {
+    actual = sha256Hex(fs.readFileSync(binary));
+  } catch (err) {
+    throw new BinaryChangedError(`${binary} cannot be read (${err.code || err.message})`);
+  }
+  if (actual !== expected) {
+    throw new BinaryChangedError(`${binary} has SHA-256 ${actual}, but the main step ran ${expected}`);
+  }
+}
+
+/** Removes a copy made by stageBinary, and its directory; anything else is left alone. */
+function removeStaged(binary) {
+  const dir = path.dirname(binary);
+  if (!path.basename(dir).startsWith('nixbucket-bin-')) return;
+  try {
+    fs.rmSync(binary, { force: true });
+    fs.rmdirSync(dir);
+  } catch {
+    // RUNNER_TEMP is emptied when the job ends anyway.
+  }
+}
+
 /** Workflow-command logging; data is escaped so it cannot end the command early. */
 function escapeData(text) {
   return String(text).replace(/%/g, '%25').replace(/\r/g, '%0D').replace(/\n/g, '%0A');
@@ -274,12 +324,14 @@ function buildFromSource(env, version) {
 }
 
 /**
- * Find the binary to run, in the order the README promises: the `binary`
- * input, what `main` used (for `post`), `nixbucket` on PATH, the release
- * binary of this action's version (cached in the runner's tool cache), and
- * last a build from the action's own source.
+ * Find the binary for `main` to run, in the order the README promises: the
+ * `binary` input, `nixbucket` on PATH, the release binary of this action's
+ * version (cached in the runner's tool cache), and last a build from the
+ * action's own source. `options` stand in for the runner's platform and arch
+ * in tests.
  */
-async function resolveBinary(phase, env = process.env, platform = process.platform, arch = process.arch) {
+async function resolveBinary(env = process.env, options = {}) {
+  const { platform = process.platform, arch = process.arch } = options;
   if (platform !== 'linux' && platform !== 'darwin') {
     throw new Error(`nixbucket runs on Linux and macOS runners; this one is ${platform}`);
   }
@@ -290,10 +342,6 @@ async function resolveBinary(phase, env = process.env, platform = process.platfo
       throw new Error(`the binary input names ${binary}, which is not an executable file`);
     }
     return binary;
-  }
-  if (phase === 'post') {
-    const fromMain = env[`STATE_${BINARY_STATE}`];
-    if (fromMain && isExecutableFile(fromMain)) return fromMain;
   }
   const onPath = findOnPath('nixbucket', env.PATH);
   if (onPath) {
@@ -328,25 +376,63 @@ async function resolveBinary(phase, env = process.env, platform = process.platfo
 }
 
 /**
- * Run one phase of the action: find the binary, then hand the step over to
- * `nixbucket github-action <phase>` with the environment as GitHub set it
- * (INPUT_*, GITHUB_STATE, GITHUB_OUTPUT, …). The step's exit code is the
- * binary's: it is set as process.exitCode, and the returned promise resolves
- * to it once the binary has exited, so that a caller awaiting the step knows
- * it is over.
+ * The binary `post` runs: the copy `main` ran, provided its SHA-256 is still
+ * the one `main` recorded. Never another binary: between the two steps the
+ * job's build ran as the same user and could have put one anywhere, and post
+ * holds the signing key. Returns null when `main` started no binary.
  */
-async function runPhase(phase, env = process.env) {
-  let binary;
-  try {
-    binary = await resolveBinary(phase, env);
-  } catch (err) {
-    log.error(`nixbucket: ${err.message}`);
-    process.exitCode = 1;
-    return 1;
+function binaryFromMain(env) {
+  const binary = env[`STATE_${BINARY_STATE}`];
+  const digest = env[`STATE_${DIGEST_STATE}`];
+  if (!binary || !digest) return null;
+  return { binary, digest };
+}
+
+/**
+ * Run one phase of the action: `main` finds the binary and runs a private
+ * copy of it, `post` runs that same copy if its SHA-256 has not changed. The
+ * step is handed over to `nixbucket github-action <phase>` with the
+ * environment as GitHub set it (INPUT_*, GITHUB_STATE, GITHUB_OUTPUT, …). The
+ * step's exit code is the binary's: it is set as process.exitCode, and the
+ * returned promise resolves to it once the binary has exited, so that a
+ * caller awaiting the step knows it is over. `options` go to resolveBinary.
+ */
+async function runPhase(phase, env = process.env, options = {}) {
+  let run;
+  if (phase === 'post') {
+    run = binaryFromMain(env);
+    if (!run) {
+      log.warning('nixbucket: nothing pushed: the main step started no nixbucket binary, so the post step runs none');
+      process.exitCode = 0;
+      return 0;
+    }
+  } else {
+    try {
+      run = stageBinary(await resolveBinary(env, options), env);
+    } catch (err) {
+      log.error(`nixbucket: ${err.message}`);
+      process.exitCode = 1;
+      return 1;
+    }
+    saveState(env, BINARY_STATE, run.binary);
+    saveState(env, DIGEST_STATE, run.digest);
   }
-  if (phase === 'main') saveState(env, BINARY_STATE, binary);
+  const { binary, digest } = run;
 
   return new Promise((resolve) => {
+    // Post's last look at the bytes before exec: from here to spawn() nothing
+    // else runs in this process. (Main hashed the bytes it just copied.)
+    try {
+      if (phase === 'post') checkDigest(binary, digest);
+    } catch (err) {
+      log.error(
+        `nixbucket: refusing to run ${binary} in the post step: ${err.message}. ` +
+          'Something changed it after the main step; it is not started and gets no signing key',
+      );
+      process.exitCode = 1;
+      resolve(1);
+      return;
+    }
     const child = spawn(binary, ['github-action', phase], { stdio: 'inherit', env });
     // A cancelled job signals this process; the binary must hear it too, to
     // abort its uploads cleanly instead of being orphaned.
@@ -359,6 +445,7 @@ async function runPhase(phase, env = process.env) {
       finished = true;
       process.removeListener('SIGINT', forward);
       process.removeListener('SIGTERM', forward);
+      if (phase === 'post') removeStaged(binary);
       process.exitCode = code;
       resolve(code);
     };
@@ -378,9 +465,12 @@ async function runPhase(phase, env = process.env) {
 
 module.exports = {
   BINARY_STATE,
+  BinaryChangedError,
   ChecksumError,
+  DIGEST_STATE,
   assetName,
   cargoPackageVersion,
+  checkDigest,
   downloadVerified,
   escapeData,
   exitCodeOf,
@@ -390,6 +480,7 @@ module.exports = {
   releaseFor,
   resolveBinary,
   runPhase,
+  stageBinary,
   targetTriple,
   toolCacheDir,
 };

@@ -491,7 +491,12 @@ fn push_what_the_job_built(runner: Runner, key_name: &str) -> (Step, Step) {
         .lines()
         .filter_map(|l| l.split_once(['=', '<']).map(|(name, _)| name))
         .collect();
-    for name in ["nixbucket-mode", "nixbucket-state-file", "shim-binary"] {
+    for name in [
+        "nixbucket-mode",
+        "nixbucket-state-file",
+        "shim-binary",
+        "shim-binary-sha256",
+    ] {
         assert_eq!(
             entries.iter().filter(|e| **e == name).count(),
             1,
@@ -512,9 +517,17 @@ fn push_what_the_job_built(runner: Runner, key_name: &str) -> (Step, Step) {
         "{state_file:?}"
     );
     assert!(state_file.is_file());
-    assert_eq!(
-        state.get("shim-binary").map(String::as_str),
-        Some(env!("CARGO_BIN_EXE_nixbucket"))
+    // Main ran a private copy of the binary, which post runs if it is unchanged.
+    let copy = PathBuf::from(&state["shim-binary"]);
+    assert!(copy.starts_with(job.path("runner-temp")), "{copy:?}");
+    assert!(
+        std::fs::read(&copy).unwrap() == std::fs::read(env!("CARGO_BIN_EXE_nixbucket")).unwrap(),
+        "{copy:?} is not a copy of the binary given"
+    );
+    let digest = &state["shim-binary-sha256"];
+    assert!(
+        digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{digest}"
     );
     let conf = std::fs::read_to_string(job.user_conf()).unwrap();
     assert!(substitutes_from(&conf, &s3), "{conf}");
@@ -534,6 +547,7 @@ fn push_what_the_job_built(runner: Runner, key_name: &str) -> (Step, Step) {
     let post = job.step_with(runner, "post", "push", &state);
     assert!(post.out.status.success(), "{}", post.describe());
     assert!(post.state.is_empty(), "{}", post.describe());
+    assert!(!copy.exists(), "post left {copy:?} behind");
     let found = narinfos(&s3);
     for path in [&app, &lib, &data] {
         let key = format!("{}.narinfo", hash_part(path));
@@ -778,6 +792,66 @@ fn aws_keys_from_the_environment_are_masked_before_anything_else() {
         assert_masked_first(step, &[&access_key, &secret_key, &session_token]);
         assert_secret_hidden(step, &secret);
     }
+}
+
+/// The job's build runs between the two steps as the same user as the post step, which holds the
+/// signing key. When the build writes a program of its own over the binary main ran, post refuses
+/// to start it: one error naming both digests, a failed step, and the program never runs.
+#[test]
+fn post_refuses_a_binary_replaced_during_the_build() {
+    use sha2::Digest;
+    use std::os::unix::fs::PermissionsExt;
+    let keys = tempfile::tempdir().unwrap();
+    let (secret_file, _) = keygen(keys.path(), "gha-swap-1");
+    let secret = key_text(&secret_file);
+    let cache = keys.path().join("cache");
+    let job = Job::new(&format!("file://{}", cache.display()), &secret);
+    let main = job.step("main", "push", &BTreeMap::new());
+    assert!(main.out.status.success(), "{}", main.describe());
+    let state = parse_step_file(&main.state);
+    let copy = PathBuf::from(&state["shim-binary"]);
+    assert_ne!(
+        copy,
+        Path::new(env!("CARGO_BIN_EXE_nixbucket")),
+        "main ran the binary in place, not a copy of its own"
+    );
+
+    let stolen = job.path("stolen-environment");
+    let program = format!(
+        "#!/bin/sh
+env > '{}'
+",
+        stolen.display()
+    );
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(&copy, &program).unwrap();
+    let post = job.step("post", "push", &state);
+
+    assert_eq!(post.out.status.code(), Some(1), "{}", post.describe());
+    assert!(!stolen.exists(), "the replaced binary ran");
+    let errors: Vec<_> = stdout(&post.out)
+        .lines()
+        .filter(|l| l.starts_with("::error::"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", post.describe());
+    let now: String = sha2::Sha256::digest(program.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(
+        errors[0].starts_with(&format!(
+            "::error::nixbucket: refusing to run {} in the post step: ",
+            copy.display()
+        )) && errors[0].contains(&format!(
+            "has SHA-256 {now}, but the main step ran {}",
+            state["shim-binary-sha256"]
+        )) && errors[0].ends_with("it is not started and gets no signing key"),
+        "{}",
+        errors[0]
+    );
+    assert!(post.output.is_empty(), "{}", post.describe());
+    assert_secret_hidden(&post, &secret);
 }
 
 #[test]
