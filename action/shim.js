@@ -17,8 +17,17 @@ const { spawn, spawnSync } = require('node:child_process');
 /** The action's own source tree: action.yml and Cargo.toml sit one level up. */
 const ACTION_DIR = path.resolve(__dirname, '..');
 
-/** The state entry in which `main` tells `post` which binary it ran. */
+/** The state entries in which `main` tells `post` which binary it ran, and its SHA-256. */
 const BINARY_STATE = 'shim-binary';
+const DIGEST_STATE = 'shim-binary-sha256';
+
+/**
+ * The SHA-256 of each release binary the shim may download, pinned in the
+ * action's own source: a workflow that pins the action to a commit pins the
+ * binaries with it, and a checksum served from the same place as the binary
+ * would vouch for whatever was put there.
+ */
+const RELEASE_DIGESTS = path.join(__dirname, 'release-digests.json');
 
 const TARGETS = {
   'linux-x64': 'x86_64-unknown-linux-musl',
@@ -38,7 +47,7 @@ function targetTriple(platform, arch) {
   return triple;
 }
 
-/** The release asset name for a platform and arch; its checksum is `<name>.sha256`. */
+/** The release asset name for a platform and arch. */
 function assetName(platform, arch) {
   return `nixbucket-${targetTriple(platform, arch)}`;
 }
@@ -86,23 +95,39 @@ function releaseAssetUrl(serverUrl, { repository, tag }, asset) {
 }
 
 /**
- * The digest in a `.sha256` file as sha256sum or `shasum -a 256` writes it
- * (`<hex>  <name>`, `<hex> *<name>`, or the bare hex). A file that names a
- * different asset is refused: it would vouch for the wrong binary.
+ * Reads and checks a release digest table: `{ "releases": { "<version>":
+ * { "<asset>": "<sha256 hex>" } } }`. A malformed table is an error, never an
+ * empty one: it would quietly turn every download into a build from source.
  */
-function parseSha256File(text, asset) {
-  const fields = text.trim().split(/\s+/);
-  const hex = (fields[0] || '').toLowerCase();
-  if (!/^[0-9a-f]{64}$/.test(hex)) {
-    throw new ChecksumError(`${asset}.sha256 does not start with a SHA-256 hex digest`);
+function loadReleaseDigests(file = RELEASE_DIGESTS) {
+  let table;
+  try {
+    table = JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (err) {
+    throw new Error(`cannot read the release digests ${file}: ${err.message}`);
   }
-  if (fields.length > 1) {
-    const named = path.basename(fields[1].replace(/^\*/, ''));
-    if (named !== asset) {
-      throw new ChecksumError(`${asset}.sha256 is the checksum of ${named}, not of ${asset}`);
+  const releases = table && table.releases;
+  if (!releases || typeof releases !== 'object' || Array.isArray(releases)) {
+    throw new Error(`${file} has no "releases" object`);
+  }
+  for (const [version, assets] of Object.entries(releases)) {
+    if (!assets || typeof assets !== 'object' || Array.isArray(assets)) {
+      throw new Error(`${file}: release ${version} is not an object of asset digests`);
+    }
+    for (const [asset, digest] of Object.entries(assets)) {
+      if (typeof digest !== 'string' || !/^[0-9a-f]{64}$/.test(digest)) {
+        throw new Error(`${file}: ${version} ${asset} is not a lower-case SHA-256 hex digest`);
+      }
     }
   }
-  return hex;
+  return table;
+}
+
+/** The pinned SHA-256 of `asset` in release `version`, or null when none is pinned. */
+function pinnedDigest(table, version, asset) {
+  const assets = Object.prototype.hasOwnProperty.call(table.releases, version) ? table.releases[version] : null;
+  if (!assets || !Object.prototype.hasOwnProperty.call(assets, asset)) return null;
+  return assets[asset];
 }
 
 /** Where a downloaded release binary is kept between jobs on the same runner. */
@@ -137,8 +162,11 @@ function exitCodeOf(code, signal) {
   return number ? 128 + number : 1;
 }
 
-/** The release's checksum file is malformed or does not match: never fall back quietly. */
+/** A release binary does not match its pinned digest: never fall back quietly. */
 class ChecksumError extends Error {}
+
+/** The binary `post` is to run is not the one `main` ran. */
+class BinaryChangedError extends Error {}
 
 class HttpStatusError extends Error {
   constructor(url, status) {
@@ -190,24 +218,25 @@ function sha256Hex(bytes) {
 }
 
 /**
- * Download a release binary and its `.sha256` into `dir`, checking the digest
- * before the file becomes executable. Returns the binary's path, or null when
- * the release or the asset does not exist (an unreleased version). A digest
- * that does not match is an error, never a reason to fall back quietly.
+ * Download a release binary into `dir`, checking it against the `expected`
+ * SHA-256 before the file becomes executable. Returns the binary's path, or
+ * null when the release or the asset does not exist. A digest that does not
+ * match is an error, never a reason to fall back quietly.
  */
-async function downloadVerified(baseUrl, asset, dir) {
-  let expected;
+async function downloadVerified(url, expected, dir) {
   let bytes;
   try {
-    expected = parseSha256File((await httpGet(`${baseUrl}.sha256`)).toString('utf8'), asset);
-    bytes = await httpGet(baseUrl);
+    bytes = await httpGet(url);
   } catch (err) {
     if (err instanceof HttpStatusError && err.status === 404) return null;
     throw err;
   }
   const actual = sha256Hex(bytes);
   if (actual !== expected) {
-    throw new ChecksumError(`checksum mismatch for ${baseUrl}: expected ${expected}, got ${actual}`);
+    throw new ChecksumError(
+      `${url} has SHA-256 ${actual}, but this action pins ${expected} for it ` +
+        `(action/release-digests.json); it is not run`,
+    );
   }
   fs.mkdirSync(dir, { recursive: true });
   const binary = path.join(dir, 'nixbucket');
@@ -216,20 +245,68 @@ async function downloadVerified(baseUrl, asset, dir) {
   const partial = `${binary}.${process.pid}.partial`;
   fs.writeFileSync(partial, bytes, { mode: 0o755 });
   fs.renameSync(partial, binary);
-  fs.writeFileSync(`${binary}.sha256`, `${expected}  ${asset}\n`);
   return binary;
 }
 
-/** A cached binary whose recorded digest still matches, or null. */
-function cachedBinary(dir) {
+/**
+ * The binary cached in `dir` if its SHA-256 is still the pinned one, or null.
+ * The tool cache outlives the job and may be shared by other jobs on a
+ * self-hosted runner, so a digest recorded there would prove nothing.
+ */
+function cachedBinary(dir, expected) {
   const binary = path.join(dir, 'nixbucket');
   try {
-    const expected = fs.readFileSync(`${binary}.sha256`, 'utf8').trim().split(/\s+/)[0];
     if (isExecutableFile(binary) && sha256Hex(fs.readFileSync(binary)) === expected) return binary;
   } catch {
-    // No record yet: not cached.
+    // Not cached, or unreadable: download it again.
   }
   return null;
+}
+
+/**
+ * Copies the binary `main` is about to run into a fresh directory only this
+ * user can enter (mkdtemp, 0700) under RUNNER_TEMP, and returns the copy and
+ * its SHA-256. `post` runs this copy, not the original: the job's build may
+ * rebuild or remove the original (a target/release/nixbucket, a tool cache).
+ */
+function stageBinary(binary, env) {
+  const bytes = fs.readFileSync(binary);
+  const base = env.RUNNER_TEMP || os.tmpdir();
+  fs.mkdirSync(base, { recursive: true });
+  const dir = fs.mkdtempSync(path.join(base, 'nixbucket-bin-'));
+  const staged = path.join(dir, 'nixbucket');
+  // Read-only: only a deliberate chmod, not a stray write, can change it.
+  fs.writeFileSync(staged, bytes, { mode: 0o500, flag: 'wx' });
+  return { binary: staged, digest: sha256Hex(bytes) };
+}
+
+/**
+ * Throws a BinaryChangedError unless the SHA-256 of `binary` is `expected`.
+ * Called right before the binary is started, with nothing asynchronous in
+ * between: spawn() forks and execs before it returns.
+ */
+function checkDigest(binary, expected) {
+  let actual;
+  try {
+    actual = sha256Hex(fs.readFileSync(binary));
+  } catch (err) {
+    throw new BinaryChangedError(`${binary} cannot be read (${err.code || err.message})`);
+  }
+  if (actual !== expected) {
+    throw new BinaryChangedError(`${binary} has SHA-256 ${actual}, but the main step ran ${expected}`);
+  }
+}
+
+/** Removes a copy made by stageBinary, and its directory; anything else is left alone. */
+function removeStaged(binary) {
+  const dir = path.dirname(binary);
+  if (!path.basename(dir).startsWith('nixbucket-bin-')) return;
+  try {
+    fs.rmSync(binary, { force: true });
+    fs.rmdirSync(dir);
+  } catch {
+    // RUNNER_TEMP is emptied when the job ends anyway.
+  }
 }
 
 /** Workflow-command logging; data is escaped so it cannot end the command early. */
@@ -256,7 +333,8 @@ function buildFromSource(env, version) {
   if (!cargo) {
     throw new Error(
       'no nixbucket binary: none given in the `binary` input, none on PATH, no release ' +
-        `binary for v${version}, and no cargo to build one from the action's source`,
+        `binary for v${version} whose digest this action pins, and no cargo to build one ` +
+        "from the action's source",
     );
   }
   const root = path.join(env.RUNNER_TEMP || os.tmpdir(), 'nixbucket-from-source', version);
@@ -274,12 +352,15 @@ function buildFromSource(env, version) {
 }
 
 /**
- * Find the binary to run, in the order the README promises: the `binary`
- * input, what `main` used (for `post`), `nixbucket` on PATH, the release
- * binary of this action's version (cached in the runner's tool cache), and
- * last a build from the action's own source.
+ * Find the binary for `main` to run, in the order the README promises: the
+ * `binary` input, `nixbucket` on PATH, the release binary of this action's
+ * version if its digest is pinned (cached in the runner's tool cache), and
+ * last a build from the action's own source. In tests, `options` stand in
+ * for the runner's platform and arch, and `options.digestsFile` for
+ * action/release-digests.json.
  */
-async function resolveBinary(phase, env = process.env, platform = process.platform, arch = process.arch) {
+async function resolveBinary(env = process.env, options = {}) {
+  const { platform = process.platform, arch = process.arch } = options;
   if (platform !== 'linux' && platform !== 'darwin') {
     throw new Error(`nixbucket runs on Linux and macOS runners; this one is ${platform}`);
   }
@@ -291,10 +372,6 @@ async function resolveBinary(phase, env = process.env, platform = process.platfo
     }
     return binary;
   }
-  if (phase === 'post') {
-    const fromMain = env[`STATE_${BINARY_STATE}`];
-    if (fromMain && isExecutableFile(fromMain)) return fromMain;
-  }
   const onPath = findOnPath('nixbucket', env.PATH);
   if (onPath) {
     log.debug(`using nixbucket from PATH: ${onPath}`);
@@ -305,17 +382,25 @@ async function resolveBinary(phase, env = process.env, platform = process.platfo
   const release = releaseFor({ actionRepository: env.GITHUB_ACTION_REPOSITORY, version });
   if (release) {
     const asset = assetName(platform, arch);
+    const expected = pinnedDigest(loadReleaseDigests(options.digestsFile), version, asset);
+    if (!expected) {
+      log.notice(
+        `this action pins no SHA-256 for ${asset} of v${version} in action/release-digests.json, ` +
+          'so the release binary is not downloaded; building nixbucket from source',
+      );
+      return buildFromSource(env, version);
+    }
     const dir = toolCacheDir(env.RUNNER_TOOL_CACHE || path.join(os.tmpdir(), 'nixbucket-tool-cache'), version, arch);
-    const cached = cachedBinary(dir);
+    const cached = cachedBinary(dir, expected);
     if (cached) {
       log.debug(`using the cached release binary ${cached}`);
       return cached;
     }
     const url = releaseAssetUrl(env.GITHUB_SERVER_URL, release, asset);
     try {
-      const downloaded = await downloadVerified(url, asset, dir);
+      const downloaded = await downloadVerified(url, expected, dir);
       if (downloaded) {
-        log.info(`Downloaded ${asset} from release ${release.tag} of ${release.repository} (checksum verified)`);
+        log.info(`Downloaded ${asset} from release ${release.tag} of ${release.repository} (SHA-256 as pinned)`);
         return downloaded;
       }
       log.notice(`release ${release.tag} of ${release.repository} has no ${asset}; building nixbucket from source`);
@@ -328,25 +413,63 @@ async function resolveBinary(phase, env = process.env, platform = process.platfo
 }
 
 /**
- * Run one phase of the action: find the binary, then hand the step over to
- * `nixbucket github-action <phase>` with the environment as GitHub set it
- * (INPUT_*, GITHUB_STATE, GITHUB_OUTPUT, …). The step's exit code is the
- * binary's: it is set as process.exitCode, and the returned promise resolves
- * to it once the binary has exited, so that a caller awaiting the step knows
- * it is over.
+ * The binary `post` runs: the copy `main` ran, provided its SHA-256 is still
+ * the one `main` recorded. Never another binary: between the two steps the
+ * job's build ran as the same user and could have put one anywhere, and post
+ * holds the signing key. Returns null when `main` started no binary.
  */
-async function runPhase(phase, env = process.env) {
-  let binary;
-  try {
-    binary = await resolveBinary(phase, env);
-  } catch (err) {
-    log.error(`nixbucket: ${err.message}`);
-    process.exitCode = 1;
-    return 1;
+function binaryFromMain(env) {
+  const binary = env[`STATE_${BINARY_STATE}`];
+  const digest = env[`STATE_${DIGEST_STATE}`];
+  if (!binary || !digest) return null;
+  return { binary, digest };
+}
+
+/**
+ * Run one phase of the action: `main` finds the binary and runs a private
+ * copy of it, `post` runs that same copy if its SHA-256 has not changed. The
+ * step is handed over to `nixbucket github-action <phase>` with the
+ * environment as GitHub set it (INPUT_*, GITHUB_STATE, GITHUB_OUTPUT, …). The
+ * step's exit code is the binary's: it is set as process.exitCode, and the
+ * returned promise resolves to it once the binary has exited, so that a
+ * caller awaiting the step knows it is over. `options` go to resolveBinary.
+ */
+async function runPhase(phase, env = process.env, options = {}) {
+  let run;
+  if (phase === 'post') {
+    run = binaryFromMain(env);
+    if (!run) {
+      log.warning('nixbucket: nothing pushed: the main step started no nixbucket binary, so the post step runs none');
+      process.exitCode = 0;
+      return 0;
+    }
+  } else {
+    try {
+      run = stageBinary(await resolveBinary(env, options), env);
+    } catch (err) {
+      log.error(`nixbucket: ${err.message}`);
+      process.exitCode = 1;
+      return 1;
+    }
+    saveState(env, BINARY_STATE, run.binary);
+    saveState(env, DIGEST_STATE, run.digest);
   }
-  if (phase === 'main') saveState(env, BINARY_STATE, binary);
+  const { binary, digest } = run;
 
   return new Promise((resolve) => {
+    // Post's last look at the bytes before exec: from here to spawn() nothing
+    // else runs in this process. (Main hashed the bytes it just copied.)
+    try {
+      if (phase === 'post') checkDigest(binary, digest);
+    } catch (err) {
+      log.error(
+        `nixbucket: refusing to run ${binary} in the post step: ${err.message}. ` +
+          'Something changed it after the main step; it is not started and gets no signing key',
+      );
+      process.exitCode = 1;
+      resolve(1);
+      return;
+    }
     const child = spawn(binary, ['github-action', phase], { stdio: 'inherit', env });
     // A cancelled job signals this process; the binary must hear it too, to
     // abort its uploads cleanly instead of being orphaned.
@@ -359,6 +482,7 @@ async function runPhase(phase, env = process.env) {
       finished = true;
       process.removeListener('SIGINT', forward);
       process.removeListener('SIGTERM', forward);
+      if (phase === 'post') removeStaged(binary);
       process.exitCode = code;
       resolve(code);
     };
@@ -378,18 +502,23 @@ async function runPhase(phase, env = process.env) {
 
 module.exports = {
   BINARY_STATE,
+  BinaryChangedError,
   ChecksumError,
+  DIGEST_STATE,
   assetName,
   cargoPackageVersion,
+  checkDigest,
   downloadVerified,
   escapeData,
   exitCodeOf,
   findOnPath,
-  parseSha256File,
+  loadReleaseDigests,
+  pinnedDigest,
   releaseAssetUrl,
   releaseFor,
   resolveBinary,
   runPhase,
+  stageBinary,
   targetTriple,
   toolCacheDir,
 };

@@ -23,7 +23,7 @@ use std::process::{Command, Output};
 
 use common::nix::{build_closure, copy_into_fresh_store, nonce};
 use common::s3::S3Server;
-use common::{assert_ok, keygen, list_files, nixbucket, run, stderr, stdout};
+use common::{assert_ok, keygen, list_files, nixbucket, register_secret, run, stderr, stdout};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -349,6 +349,35 @@ fn assert_secret_hidden(step: &Step, secret: &str) {
     }
 }
 
+/// Each value is masked by the binary before it prints anything of its own (an annotation or a
+/// `nixbucket:` line), and shows nowhere but in its `::add-mask::` line.
+#[track_caller]
+fn assert_masked_first(step: &Step, values: &[&str]) {
+    let out = stdout(&step.out);
+    let lines: Vec<&str> = out.lines().collect();
+    let first_other = lines.iter().position(|l| {
+        (l.starts_with("::") && !l.starts_with("::add-mask::")) || l.starts_with("nixbucket:")
+    });
+    for value in values {
+        let mask = format!("::add-mask::{value}");
+        let Some(at) = lines.iter().position(|l| *l == mask) else {
+            panic!("no {mask} line\n{}", step.describe());
+        };
+        assert!(
+            first_other.is_none_or(|first| at < first),
+            "{mask} came after the binary printed something else\n{}",
+            step.describe()
+        );
+        for line in step.everything().lines() {
+            assert!(
+                line.starts_with("::add-mask::") || !line.contains(value),
+                "{value} shows unmasked in: {line}\n{}",
+                step.describe()
+            );
+        }
+    }
+}
+
 fn narinfos(s3: &S3Server) -> Vec<String> {
     list_files(&s3.root().join(s3.bucket()))
         .into_iter()
@@ -462,7 +491,12 @@ fn push_what_the_job_built(runner: Runner, key_name: &str) -> (Step, Step) {
         .lines()
         .filter_map(|l| l.split_once(['=', '<']).map(|(name, _)| name))
         .collect();
-    for name in ["nixbucket-mode", "nixbucket-state-file", "shim-binary"] {
+    for name in [
+        "nixbucket-mode",
+        "nixbucket-state-file",
+        "shim-binary",
+        "shim-binary-sha256",
+    ] {
         assert_eq!(
             entries.iter().filter(|e| **e == name).count(),
             1,
@@ -483,9 +517,17 @@ fn push_what_the_job_built(runner: Runner, key_name: &str) -> (Step, Step) {
         "{state_file:?}"
     );
     assert!(state_file.is_file());
-    assert_eq!(
-        state.get("shim-binary").map(String::as_str),
-        Some(env!("CARGO_BIN_EXE_nixbucket"))
+    // Main ran a private copy of the binary, which post runs if it is unchanged.
+    let copy = PathBuf::from(&state["shim-binary"]);
+    assert!(copy.starts_with(job.path("runner-temp")), "{copy:?}");
+    assert!(
+        std::fs::read(&copy).unwrap() == std::fs::read(env!("CARGO_BIN_EXE_nixbucket")).unwrap(),
+        "{copy:?} is not a copy of the binary given"
+    );
+    let digest = &state["shim-binary-sha256"];
+    assert!(
+        digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{digest}"
     );
     let conf = std::fs::read_to_string(job.user_conf()).unwrap();
     assert!(substitutes_from(&conf, &s3), "{conf}");
@@ -505,6 +547,7 @@ fn push_what_the_job_built(runner: Runner, key_name: &str) -> (Step, Step) {
     let post = job.step_with(runner, "post", "push", &state);
     assert!(post.out.status.success(), "{}", post.describe());
     assert!(post.state.is_empty(), "{}", post.describe());
+    assert!(!copy.exists(), "post left {copy:?} behind");
     let found = narinfos(&s3);
     for path in [&app, &lib, &data] {
         let key = format!("{}.narinfo", hash_part(path));
@@ -595,6 +638,10 @@ fn push_what_the_job_built(runner: Runner, key_name: &str) -> (Step, Step) {
 
     assert_secret_hidden(&main, &secret);
     assert_secret_hidden(&post, &secret);
+    // The bucket's static keys came from the step's environment, not from an input.
+    for step in [&main, &post] {
+        assert_masked_first(step, &[s3.access_key(), s3.secret_key()]);
+    }
     (main, post)
 }
 
@@ -713,6 +760,98 @@ fn a_bad_signing_key_fails_main_and_is_never_printed() {
         errors[0]
     );
     assert_secret_hidden(&main, secret);
+}
+
+/// Static AWS keys that the workflow puts in the step's environment (`env:`, not an input) are
+/// masked in both steps before the binary prints anything else, like the signing key: the
+/// README promises it for "any AWS credentials".
+#[test]
+fn aws_keys_from_the_environment_are_masked_before_anything_else() {
+    let keys = tempfile::tempdir().unwrap();
+    let (secret_file, _) = keygen(keys.path(), "gha-aws-env-1");
+    let secret = key_text(&secret_file);
+    let cache = keys.path().join("cache");
+    let mut job = Job::new(&format!("file://{}", cache.display()), &secret);
+    // Nothing to push: only what the steps print is under test.
+    job.inputs.insert("skip-push", "true".into());
+    let access_key = format!("AKIAENV{}", nonce().to_uppercase());
+    let secret_key = format!("aws-env-secret-{}", nonce());
+    let session_token = format!("aws-env-token-{}{}", nonce(), nonce());
+    for value in [&access_key, &secret_key, &session_token] {
+        register_secret(value);
+    }
+    job.env("AWS_ACCESS_KEY_ID", &access_key);
+    job.env("AWS_SECRET_ACCESS_KEY", &secret_key);
+    job.env("AWS_SESSION_TOKEN", &session_token);
+
+    let main = job.step("main", "push", &BTreeMap::new());
+    assert!(main.out.status.success(), "{}", main.describe());
+    let post = job.step("post", "push", &parse_step_file(&main.state));
+    assert!(post.out.status.success(), "{}", post.describe());
+    for step in [&main, &post] {
+        assert_masked_first(step, &[&access_key, &secret_key, &session_token]);
+        assert_secret_hidden(step, &secret);
+    }
+}
+
+/// The job's build runs between the two steps as the same user as the post step, which holds the
+/// signing key. When the build writes a program of its own over the binary main ran, post refuses
+/// to start it: one error naming both digests, a failed step, and the program never runs.
+#[test]
+fn post_refuses_a_binary_replaced_during_the_build() {
+    use sha2::Digest;
+    use std::os::unix::fs::PermissionsExt;
+    let keys = tempfile::tempdir().unwrap();
+    let (secret_file, _) = keygen(keys.path(), "gha-swap-1");
+    let secret = key_text(&secret_file);
+    let cache = keys.path().join("cache");
+    let job = Job::new(&format!("file://{}", cache.display()), &secret);
+    let main = job.step("main", "push", &BTreeMap::new());
+    assert!(main.out.status.success(), "{}", main.describe());
+    let state = parse_step_file(&main.state);
+    let copy = PathBuf::from(&state["shim-binary"]);
+    assert_ne!(
+        copy,
+        Path::new(env!("CARGO_BIN_EXE_nixbucket")),
+        "main ran the binary in place, not a copy of its own"
+    );
+
+    let stolen = job.path("stolen-environment");
+    let program = format!(
+        "#!/bin/sh
+env > '{}'
+",
+        stolen.display()
+    );
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(&copy, &program).unwrap();
+    let post = job.step("post", "push", &state);
+
+    assert_eq!(post.out.status.code(), Some(1), "{}", post.describe());
+    assert!(!stolen.exists(), "the replaced binary ran");
+    let errors: Vec<_> = stdout(&post.out)
+        .lines()
+        .filter(|l| l.starts_with("::error::"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", post.describe());
+    let now: String = sha2::Sha256::digest(program.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(
+        errors[0].starts_with(&format!(
+            "::error::nixbucket: refusing to run {} in the post step: ",
+            copy.display()
+        )) && errors[0].contains(&format!(
+            "has SHA-256 {now}, but the main step ran {}",
+            state["shim-binary-sha256"]
+        )) && errors[0].ends_with("it is not started and gets no signing key"),
+        "{}",
+        errors[0]
+    );
+    assert!(post.output.is_empty(), "{}", post.describe());
+    assert_secret_hidden(&post, &secret);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 'use strict';
-// The pure parts of the shim, and its downloader against a real HTTP server on
-// 127.0.0.1 that serves release assets the way GitHub does (with a redirect).
+// The pure parts of the shim, the pinned release digests, and the downloader
+// against a real HTTP server on 127.0.0.1 that serves release assets the way
+// GitHub does (with a redirect).
 
 const assert = require('node:assert/strict');
 const crypto = require('node:crypto');
@@ -8,7 +9,8 @@ const fs = require('node:fs');
 const http = require('node:http');
 const os = require('node:os');
 const path = require('node:path');
-const { describe, it, before, after } = require('node:test');
+const { spawn } = require('node:child_process');
+const { describe, it, before, after, beforeEach, afterEach } = require('node:test');
 
 const shim = require('../shim.js');
 
@@ -108,18 +110,53 @@ describe('releaseFor', () => {
   });
 });
 
-describe('parseSha256File', () => {
+describe('release digests', () => {
   const hex = 'a'.repeat(64);
-  it('reads sha256sum, shasum and bare formats', () => {
-    assert.equal(shim.parseSha256File(`${hex}  nixbucket-x\n`, 'nixbucket-x'), hex);
-    assert.equal(shim.parseSha256File(`${hex} *dist/nixbucket-x\n`, 'nixbucket-x'), hex);
-    assert.equal(shim.parseSha256File(`${hex.toUpperCase()}\n`, 'nixbucket-x'), hex);
+  let dir;
+  beforeEach(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'shim-digests-'));
+  });
+  afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const table = (value) => {
+    const file = path.join(dir, 'digests.json');
+    fs.writeFileSync(file, typeof value === 'string' ? value : JSON.stringify(value));
+    return file;
+  };
+
+  it("pins, in this checkout's table, only assets release.yml builds, each with a SHA-256", () => {
+    const { releases } = shim.loadReleaseDigests();
+    const known = new Set(
+      ['linux-x64', 'linux-arm64', 'darwin-x64', 'darwin-arm64'].map((p) => shim.assetName(...p.split('-'))),
+    );
+    for (const [version, assets] of Object.entries(releases)) {
+      assert.match(version, /^\d+\.\d+\.\d+/);
+      for (const asset of Object.keys(assets)) assert.ok(known.has(asset), `${version}: unknown asset ${asset}`);
+    }
   });
 
-  it('refuses a checksum of another file or a malformed one', () => {
-    assert.throws(() => shim.parseSha256File(`${hex}  other\n`, 'nixbucket-x'), shim.ChecksumError);
-    assert.throws(() => shim.parseSha256File('abc  nixbucket-x\n', 'nixbucket-x'), shim.ChecksumError);
-    assert.throws(() => shim.parseSha256File('', 'nixbucket-x'), shim.ChecksumError);
+  it('finds the digest of one asset of one version, and nothing else', () => {
+    const file = table({ releases: { '1.2.3': { 'nixbucket-x': hex } } });
+    const digests = shim.loadReleaseDigests(file);
+    assert.equal(shim.pinnedDigest(digests, '1.2.3', 'nixbucket-x'), hex);
+    assert.equal(shim.pinnedDigest(digests, '1.2.4', 'nixbucket-x'), null);
+    assert.equal(shim.pinnedDigest(digests, '1.2.3', 'nixbucket-y'), null);
+    assert.equal(shim.pinnedDigest(digests, 'constructor', 'nixbucket-x'), null);
+    assert.equal(shim.pinnedDigest(digests, '1.2.3', '__proto__'), null);
+  });
+
+  it('refuses a malformed table instead of reading it as empty', () => {
+    const cases = [
+      ['not json', /cannot read the release digests/],
+      [{}, /no "releases" object/],
+      [{ releases: [] }, /no "releases" object/],
+      [{ releases: { '1.0.0': 'x' } }, /release 1\.0\.0 is not an object/],
+      [{ releases: { '1.0.0': { 'nixbucket-x': hex.toUpperCase() } } }, /1\.0\.0 nixbucket-x is not a lower-case SHA-256/],
+      [{ releases: { '1.0.0': { 'nixbucket-x': `${hex}  nixbucket-x` } } }, /is not a lower-case SHA-256/],
+    ];
+    for (const [content, message] of cases) {
+      assert.throws(() => shim.loadReleaseDigests(table(content)), message, JSON.stringify(content));
+    }
+    assert.throws(() => shim.loadReleaseDigests(path.join(dir, 'missing.json')), /cannot read the release digests/);
   });
 });
 
@@ -154,64 +191,162 @@ describe('findOnPath', () => {
   });
 });
 
-describe('downloadVerified', () => {
-  const asset = 'nixbucket-x86_64-unknown-linux-musl';
-  const body = Buffer.from('#!/bin/sh\necho release binary\n');
-  const digest = crypto.createHash('sha256').update(body).digest('hex');
+/** Runs node with `args` without blocking this process, which serves the downloads. */
+function runNode(args, env) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, args, { env });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk) => (stdout += chunk));
+    child.stderr.on('data', (chunk) => (stderr += chunk));
+    child.on('error', reject);
+    child.on('close', (status) => resolve({ status, stdout, stderr }));
+  });
+}
+
+describe('release downloads', () => {
+  const REPO_VERSION = shim.cargoPackageVersion(fs.readFileSync(path.join(REPO_ROOT, 'Cargo.toml'), 'utf8'));
+  const asset = shim.assetName('linux', 'x64');
+  let work;
   let server;
   let base;
-  const requests = [];
+  let requests;
+  /** url → [status, body] or [302, location]; what the test's release server answers. */
+  let routes;
+
+  /** A release binary that leaves a mark when it runs. */
+  const fakeBinary = (mark) =>
+    Buffer.from(`#!${process.execPath}\nrequire('node:fs').writeFileSync(${JSON.stringify(mark)}, process.argv.slice(2).join(' '));\n`);
+  const sha256 = (bytes) => crypto.createHash('sha256').update(bytes).digest('hex');
+  const releasePath = `/acme/nixbucket/releases/download/v${REPO_VERSION}/${asset}`;
 
   before(async () => {
-    // Like GitHub: the release URL redirects to where the bytes are stored.
     server = http.createServer((req, res) => {
       requests.push(req.url);
-      const routes = {
-        '/good/nixbucket': [302, null, '/storage/good-binary'],
-        '/good/nixbucket.sha256': [200, `${digest}  ${asset}\n`],
-        '/storage/good-binary': [200, body],
-        '/tampered/nixbucket': [200, Buffer.from('something else')],
-        '/tampered/nixbucket.sha256': [200, `${digest}  ${asset}\n`],
-      };
       const route = routes[req.url];
       if (!route) {
         res.writeHead(404).end('Not Found');
       } else if (route[0] === 302) {
-        res.writeHead(302, { location: route[2] }).end();
+        res.writeHead(302, { location: route[1] }).end();
       } else {
-        res.writeHead(200).end(route[1]);
+        res.writeHead(route[0]).end(route[1]);
       }
     });
     await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
     base = `http://127.0.0.1:${server.address().port}`;
   });
-
   after(() => server.close());
+  beforeEach(() => {
+    work = fs.mkdtempSync(path.join(os.tmpdir(), 'shim-release-'));
+    requests = [];
+    routes = {};
+  });
+  afterEach(() => fs.rmSync(work, { recursive: true, force: true }));
 
-  it('follows the redirect, checks the digest and leaves an executable', async () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'shim-dl-'));
-    const binary = await shim.downloadVerified(`${base}/good/nixbucket`, asset, dir);
-    assert.equal(binary, path.join(dir, 'nixbucket'));
-    assert.deepEqual(fs.readFileSync(binary), body);
-    assert.ok(fs.statSync(binary).mode & 0o100, 'downloaded binary is not executable');
-    assert.ok(requests.includes('/storage/good-binary'));
-    fs.rmSync(dir, { recursive: true });
+  /** A runner's environment in which the action comes from acme/nixbucket and nothing is on PATH. */
+  const env = (extra) => ({
+    PATH: path.join(work, 'empty-path'),
+    GITHUB_ACTION_REPOSITORY: 'acme/nixbucket',
+    GITHUB_SERVER_URL: base,
+    GITHUB_STATE: path.join(work, 'state'),
+    GITHUB_WORKSPACE: work,
+    RUNNER_TEMP: path.join(work, 'temp'),
+    RUNNER_TOOL_CACHE: path.join(work, 'tool-cache'),
+    ...extra,
+  });
+  const cached = () => path.join(work, 'tool-cache', 'nixbucket', REPO_VERSION, 'x64', 'nixbucket');
+
+  /** resolveBinary for linux/x64 in a child process, with `digests` as the pinned table. */
+  function resolve(digests) {
+    const file = path.join(work, 'digests.json');
+    fs.writeFileSync(file, JSON.stringify({ releases: digests }));
+    const script = [
+      `const shim = require(${JSON.stringify(path.join(REPO_ROOT, 'action', 'shim.js'))});`,
+      `shim.resolveBinary(process.env, { platform: 'linux', arch: 'x64', digestsFile: ${JSON.stringify(file)} })`,
+      "  .then((binary) => console.log(`resolved ${binary}`), (err) => { console.log(`failed: ${err.message}`); process.exitCode = 1; });",
+    ].join('\n');
+    return runNode(['-e', script], env());
+  }
+
+  it('downloads a pinned release binary, checks it, and reuses the cached copy only while it matches', async () => {
+    const body = fakeBinary(path.join(work, 'ran'));
+    // Like GitHub: the release URL redirects to where the bytes are stored.
+    routes = { [releasePath]: [302, '/storage/binary'], '/storage/binary': [200, body] };
+    const pins = { [REPO_VERSION]: { [asset]: sha256(body) } };
+
+    const first = await resolve(pins);
+    assert.equal(first.status, 0, first.stdout + first.stderr);
+    assert.match(first.stdout, new RegExp(`^Downloaded ${asset} from release v${REPO_VERSION} of acme/nixbucket \\(SHA-256 as pinned\\)$`, 'm'));
+    assert.match(first.stdout, new RegExp(`^resolved ${cached()}$`, 'm'));
+    assert.deepEqual(fs.readFileSync(cached()), body);
+    assert.ok(fs.statSync(cached()).mode & 0o100, 'downloaded binary is not executable');
+    assert.deepEqual(requests, [releasePath, '/storage/binary'], 'no .sha256 is fetched');
+
+    const second = await resolve(pins);
+    assert.match(second.stdout, new RegExp(`^resolved ${cached()}$`, 'm'));
+    assert.equal(requests.length, 2, 'a cached binary that matches its pin is not downloaded again');
+
+    // Another job on a self-hosted runner wrote over the tool cache.
+    fs.writeFileSync(cached(), fakeBinary(path.join(work, 'other')), { mode: 0o755 });
+    const third = await resolve(pins);
+    assert.match(third.stdout, new RegExp(`^resolved ${cached()}$`, 'm'));
+    assert.equal(requests.length, 4, 'a cached binary that no longer matches was used');
+    assert.deepEqual(fs.readFileSync(cached()), body);
   });
 
-  it('refuses bytes that do not match the published digest and keeps none', async () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'shim-dl-'));
-    await assert.rejects(shim.downloadVerified(`${base}/tampered/nixbucket`, asset, dir), (err) => {
-      assert.ok(err instanceof shim.ChecksumError);
-      assert.match(err.message, new RegExp(`expected ${digest}`));
-      return true;
-    });
-    assert.deepEqual(fs.readdirSync(dir), []);
-    fs.rmSync(dir, { recursive: true });
+  it('refuses a release binary whose digest is not pinned for this version, without downloading it', async () => {
+    const body = fakeBinary(path.join(work, 'ran'));
+    routes = { [releasePath]: [200, body], [`${releasePath}.sha256`]: [200, `${sha256(body)}  ${asset}\n`] };
+    const result = await resolve({ '0.0.1': { [asset]: sha256(body) } });
+    assert.equal(result.status, 1, result.stdout + result.stderr);
+    assert.match(
+      result.stdout,
+      new RegExp(
+        `^::notice::this action pins no SHA-256 for ${asset} of v${REPO_VERSION} in action/release-digests.json, ` +
+          'so the release binary is not downloaded; building nixbucket from source$',
+        'm',
+      ),
+    );
+    assert.match(result.stdout, new RegExp(`^failed: no nixbucket binary: .* no release binary for v${REPO_VERSION} whose digest this action pins, and no cargo`, 'm'));
+    assert.deepEqual(requests, []);
+    assert.equal(fs.existsSync(cached()), false);
   });
 
-  it('reports an unreleased version as missing, not as an error', async () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'shim-dl-'));
-    assert.equal(await shim.downloadVerified(`${base}/v9.9.9/nixbucket`, asset, dir), null);
-    fs.rmSync(dir, { recursive: true });
+  it('refuses bytes that do not match the pinned digest, and keeps none', async () => {
+    const body = fakeBinary(path.join(work, 'ran'));
+    routes = { [releasePath]: [200, body] };
+    const pinned = 'b'.repeat(64);
+    const result = await resolve({ [REPO_VERSION]: { [asset]: pinned } });
+    assert.equal(result.status, 1, result.stdout + result.stderr);
+    assert.match(
+      result.stdout,
+      new RegExp(`^failed: ${base}${releasePath} has SHA-256 ${sha256(body)}, but this action pins ${pinned} for it \\(action/release-digests.json\\); it is not run$`, 'm'),
+    );
+    const dir = path.dirname(cached());
+    assert.deepEqual(fs.existsSync(dir) ? fs.readdirSync(dir) : [], [], 'a refused download was kept');
+  });
+
+  it('builds from source when a pinned release has no such asset', async () => {
+    const result = await resolve({ [REPO_VERSION]: { [asset]: 'c'.repeat(64) } });
+    assert.equal(result.status, 1, result.stdout + result.stderr);
+    assert.match(result.stdout, new RegExp(`^::notice::release v${REPO_VERSION} of acme/nixbucket has no ${asset}; building nixbucket from source$`, 'm'));
+    assert.match(result.stdout, /^failed: no nixbucket binary: .* and no cargo/m);
+    assert.deepEqual(requests, [releasePath]);
+  });
+
+  it("main.js with this checkout's table never runs a release binary it does not pin", async () => {
+    // A release whose binary and .sha256 agree, as anyone who could upload to it would make them.
+    const mark = path.join(work, 'ran');
+    const body = fakeBinary(mark);
+    const ours = shim.assetName(process.platform, process.arch);
+    const ourPath = `/acme/nixbucket/releases/download/v${REPO_VERSION}/${ours}`;
+    routes = { [ourPath]: [200, body], [`${ourPath}.sha256`]: [200, `${sha256(body)}  ${ours}\n`] };
+    fs.writeFileSync(path.join(work, 'state'), '');
+    const result = await runNode([path.join(REPO_ROOT, 'action', 'main.js')], env({ 'INPUT_SIGNING-KEY': 'test-1:c2VjcmV0' }));
+    assert.equal(result.status, 1, result.stdout + result.stderr);
+    assert.equal(fs.existsSync(mark), false, 'the release binary ran');
+    assert.match(result.stdout, /^::error::nixbucket: /m);
+    assert.match(result.stdout, /action\/release-digests\.json/);
+    assert.equal(fs.readFileSync(path.join(work, 'state'), 'utf8'), '');
   });
 });

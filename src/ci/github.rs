@@ -189,6 +189,28 @@ pub fn mask_commands(secret: &Secret) -> Vec<String> {
         .collect()
 }
 
+/// The AWS credentials a workflow may hand the step through its environment (`env:`) rather
+/// than an input; the SDK's default chain reads them. The access key ID is not secret to AWS,
+/// but it names the account's user, and the README promises every AWS credential is masked.
+pub const AWS_CREDENTIAL_VARS: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+];
+
+/// Everything secret the step was given: the inputs signing-key and github-token, and the AWS
+/// credentials in its environment, each read through `env`. Empty ones are left out.
+pub fn step_secrets(env: impl Fn(&str) -> Option<String>) -> Vec<Secret> {
+    ["signing-key", "github-token"]
+        .into_iter()
+        .map(input_var)
+        .chain(AWS_CREDENTIAL_VARS.iter().map(|v| (*v).to_owned()))
+        .filter_map(|name| env(&name))
+        .map(Secret::new)
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
 /// Why this run configures the cache for pulling only.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PullOnly {
@@ -729,6 +751,28 @@ mod tests {
             ]
         );
         assert!(mask_commands(&Secret::default()).is_empty());
+    }
+
+    #[test]
+    fn step_secrets_are_the_secret_inputs_and_the_aws_environment() {
+        let secrets = step_secrets(env(&[
+            ("INPUT_SIGNING-KEY", "k-1:c2VjcmV0c2VjcmV0"),
+            ("INPUT_GITHUB-TOKEN", ""),
+            ("INPUT_CACHE", "s3://not-secret"),
+            ("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE"),
+            ("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG"),
+            ("AWS_SESSION_TOKEN", "   "),
+            ("AWS_REGION", "eu-west-1"),
+        ]));
+        let values: Vec<&str> = secrets.iter().map(Secret::expose).collect();
+        assert_eq!(
+            values,
+            [
+                "k-1:c2VjcmV0c2VjcmV0",
+                "AKIAEXAMPLE",
+                "wJalrXUtnFEMI/K7MDENG"
+            ]
+        );
     }
 
     fn payload(head: Option<&str>, base: &str) -> serde_json::Value {

@@ -19,7 +19,7 @@ use regex::Regex;
 
 use crate::cache::{CacheError, CacheUrl, OpenOptions};
 use crate::ci::github::{
-    self, AWS_AUDIENCE, GithubError, Inputs, Outcome, PullOnly, Secret, annotation, input_var,
+    self, AWS_AUDIENCE, GithubError, Inputs, Outcome, PullOnly, Secret, annotation,
 };
 use crate::command::push::{self as push_cmd, CompressionArg};
 use crate::command::setup;
@@ -61,9 +61,9 @@ fn say(line: &str) {
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     // The masks go out before anything else, so that nothing printed later, by us or by a
-    // library, can show the secrets in the log.
-    for name in ["signing-key", "github-token"] {
-        let secret = Secret::new(std::env::var(input_var(name)).unwrap_or_default());
+    // library, can show the secrets in the log. That includes static AWS keys the workflow put
+    // in the step's environment (an S3 error can quote the access key ID).
+    for secret in github::step_secrets(|name| std::env::var(name).ok()) {
         for line in github::mask_commands(&secret) {
             say(&line);
         }
