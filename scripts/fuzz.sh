@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fuzzes the parsers that read user and bucket input (narinfo, signing keys, nix.conf editing,
-# cache URLs) with proptest, each target for a bounded time. Not part of the ordinary suite or
-# CI: run it by hand or on a schedule. Usage: scripts/fuzz.sh [SECONDS_PER_TARGET] (default 60).
+# cache URLs) with proptest, each target for a bounded time. scripts/test.sh (and so CI) runs it
+# for 15 s a target; run it longer by hand or on a schedule.
+# Usage: scripts/fuzz.sh [SECONDS_PER_TARGET] (default 60).
 # A failure prints the minimal input and a NIXBUCKET_FUZZ_SEED=... that replays it.
 set -euo pipefail
 cd "$(dirname "$0")/.."

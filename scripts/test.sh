@@ -34,5 +34,7 @@ for root in $roots; do
     "${in_root[@]}" -E "$serial" --test-threads 1 2>&1 |
         tee -a "$NIXBUCKET_TEST_LOG_DIR/nextest.log" || status=1
 done
+# The fuzz targets, for a bounded time.
+scripts/fuzz.sh 15 2>&1 | tee -a "$NIXBUCKET_TEST_LOG_DIR/fuzz.log" || status=1
 scripts/check-secrets.sh "$NIXBUCKET_TEST_LOG_DIR" || status=1
 exit $status

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::fault_proxy::{Fault, FaultConfig, FaultProxy};
 use common::nix::{build, build_closure, copy_into_fresh_store, derivation, nonce};
 use common::s3::S3Server;
-use common::{assert_ok, keygen, log_output, nixbucket, run, stderr};
+use common::{assert_ok, finish, keygen, nixbucket, run, stderr};
 
 /// Bigger than two 8 MiB parts even after compression (random bytes do not compress).
 const BIG_MIB: usize = 21;
@@ -93,12 +93,6 @@ fn spawn(cmd: &mut Command) -> Child {
         .expect("start nixbucket")
 }
 
-fn finish(child: Child) -> Output {
-    let out = child.wait_with_output().expect("wait for nixbucket");
-    log_output(std::ffi::OsStr::new("nixbucket (spawned)"), &out);
-    out
-}
-
 /// `nixbucket verify`, straight at the server (the cache as readers will find it).
 fn verify(server: &S3Server, bucket: &str, public: &str, deep: bool) -> Output {
     let mut cmd = nixbucket();
@@ -172,6 +166,17 @@ fn pushes_through_ten_percent_failing_requests_complete_and_verify_deep() {
     let server = S3Server::start();
     let mut rng = Rng::from_env_or_os("ten_percent");
     let proxy = FaultProxy::start(&server.endpoint(), FaultConfig::mixed(0.10, rng.next()));
+    // A round without faults first: how many requests a push of the fixture takes.
+    proxy.set_share(0.0);
+    let clean = new_bucket(&server, "clean");
+    assert_ok(&run(&mut push_cmd(
+        &server,
+        &s3_url(&clean, &proxy.endpoint()),
+        &f.secret,
+        &f.paths(),
+    )));
+    let baseline = proxy.stats().total_requests();
+    proxy.set_share(0.10);
     // Rounds until the faults have hit single-part and multipart uploads alike (the bodies
     // the SDK must replay), each into a fresh bucket.
     // Usually 3 rounds; the cap only matters when the dice keep missing one kind of request
@@ -222,8 +227,17 @@ fn pushes_through_ten_percent_failing_requests_complete_and_verify_deep() {
     eprintln!("{:?}", stats.requests);
     assert!(stats.faults_on("UploadPart") > 0, "{stats:?}");
     assert!(stats.faults_on("PutObject") > 0, "{stats:?}");
-    let share = stats.total_faults() as f64 / stats.total_requests() as f64;
+    let faulty_requests = stats.total_requests() - baseline;
+    let share = stats.total_faults() as f64 / faulty_requests as f64;
     assert!((0.04..0.2).contains(&share), "fault share {share}");
+    // Each round did the clean round's requests that got through, plus at least one more
+    // for each fault: every failed request was retried.
+    assert!(
+        faulty_requests >= rounds * baseline + stats.total_faults(),
+        "{faulty_requests} requests in {rounds} rounds of {baseline} with {} faults: not every \
+         fault was retried",
+        stats.total_faults()
+    );
     // An open upload is left only where the answer to its creation was lost.
     let pending = server.pending_uploads().len() as u64;
     assert!(

@@ -520,7 +520,7 @@ fn a_push_running_alongside_gc_lands_whole() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let pushed = push.wait_with_output().unwrap();
+    let pushed = common::finish(push);
     assert_ok(&pushed);
     assert!(during >= 1, "no gc finished while the push ran");
     for p in &old {
@@ -661,7 +661,7 @@ fn gc_leaves_a_nar_that_a_push_reused_after_the_plan() {
         gc.try_wait().unwrap().is_none(),
         "gc finished before the push: the test proves nothing"
     );
-    let out = gc.wait_with_output().unwrap();
+    let out = common::finish(gc);
     assert_ok(&out);
     let report = stderr(&out);
     assert!(
@@ -752,7 +752,7 @@ fn gc_puts_back_a_path_that_a_push_built_on_during_gc() {
         "the push did not build on the path gc is deleting: {}",
         stderr(&pushed)
     );
-    let out = gc.wait_with_output().unwrap();
+    let out = common::finish(gc);
     assert_ok(&out);
     assert!(
         stdout(&out).contains(&format!(

@@ -277,7 +277,7 @@ fn a_nar_another_push_landed_first_stays_and_the_narinfo_describes_it() {
     )))
     .unwrap();
 
-    let out = slow.wait_with_output().unwrap();
+    let out = common::finish(slow);
     assert_ok(&out);
     let (key, bytes) = &first_nar[0];
     let now_nar = std::fs::read(bucket.join(key)).unwrap();

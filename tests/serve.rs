@@ -79,6 +79,7 @@ impl Drop for Served {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        common::log_file(&self._dir.path().join("log"));
     }
 }
 
@@ -291,6 +292,10 @@ impl SetupServe {
 
 impl Drop for SetupServe {
     fn drop(&mut self) {
+        // What the background server and the hook wrote, beside the state file.
+        for log in ["nixbucket-serve.log", "nixbucket-hook.log"] {
+            common::log_file(&self.state.with_file_name(log));
+        }
         if let Ok(text) = std::fs::read_to_string(&self.state) {
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
                 if let Some(pid) = v["serve"]["pid"].as_u64() {
@@ -654,6 +659,7 @@ fn a_misbehaving_hook_never_fails_or_stalls_a_build() {
         )));
     assert_ok(&built);
     // Nix 2.8 says "running post-build-hook" and 2.34 says nothing: the hook's own log shows it ran.
+    common::log_file(&hook_log);
     let logged = std::fs::read_to_string(&hook_log).unwrap_or_default();
     assert!(logged.contains("nixbucket hook: not uploaded"), "{logged}");
 }

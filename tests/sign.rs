@@ -262,7 +262,7 @@ fn sign_does_not_bring_back_a_narinfo_deleted_while_it_signed(#[case] held: &'st
     for k in narinfos() {
         std::fs::remove_file(bucket.join(k)).unwrap();
     }
-    let out = sign.wait_with_output().unwrap();
+    let out = common::finish(sign);
     assert_ok(&out);
     assert!(
         stderr(&out)

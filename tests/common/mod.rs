@@ -71,6 +71,26 @@ pub fn log_output(program: &std::ffi::OsStr, out: &Output) {
     }
 }
 
+/// Waits for a child started with piped output and logs what it printed (see [`log_output`]).
+pub fn finish(child: std::process::Child) -> Output {
+    let out = child.wait_with_output().expect("wait for a child");
+    log_output(std::ffi::OsStr::new("(spawned)"), &out);
+    out
+}
+
+/// Appends a log a child wrote to a file of its own (a background server's, a hook's) to the
+/// same place as [`log_output`], so the secrets check reads it too. A missing file is skipped.
+pub fn log_file(path: &Path) {
+    if let Ok(bytes) = std::fs::read(path) {
+        let out = Output {
+            status: std::process::ExitStatus::default(),
+            stdout: bytes,
+            stderr: Vec::new(),
+        };
+        log_output(path.as_os_str(), &out);
+    }
+}
+
 /// Records a secret that must never appear in any output (see [`log_output`]).
 pub fn register_secret(secret: &str) {
     s3::register_secret(secret);
