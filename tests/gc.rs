@@ -675,6 +675,67 @@ fn gc_leaves_a_nar_that_a_push_reused_after_the_plan() {
     assert_ok(&target.verify(&public));
 }
 
+/// The other order of the same race: gc has looked at the orphan NAR and found it old, and
+/// its DELETE is on its way (held by the proxy) when a push reuses the NAR, touches it,
+/// writes the narinfo and finds the NAR still there. The DELETE then lands. gc lists the
+/// narinfos once more, finds the one naming the NAR it deleted, and removes it: the cache
+/// holds no narinfo without its NAR, and the next push puts the path back.
+#[test]
+fn a_narinfo_written_for_a_nar_gc_was_deleting_is_unlinked() {
+    use common::fault_proxy::Fault;
+    let tmp = tempfile::tempdir().unwrap();
+    let target = Target::s3();
+    let (secret, public, path) = push_small(&target, tmp.path(), "orphan");
+    let nar = target.nar_of(&path);
+    std::fs::remove_file(target.objects.join(format!("{}.narinfo", hash_part(&path)))).unwrap();
+    target.forget_usage();
+    target.age(&target.keys(), 30 * DAY);
+
+    let (proxy, via_proxy) = target.proxy("DeleteObject", Fault::Delay);
+    let mut gc = target.spawn_gc(&via_proxy);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while proxy
+        .stats()
+        .requests
+        .get("DeleteObject")
+        .copied()
+        .unwrap_or(0)
+        < 1
+    {
+        assert!(
+            std::time::Instant::now() < deadline && gc.try_wait().unwrap().is_none(),
+            "gc never deleted the NAR: {:?}",
+            proxy.stats()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    target.push(&secret, &path);
+    assert!(target.has_narinfo(&path));
+    assert!(
+        gc.try_wait().unwrap().is_none(),
+        "gc finished before the push: the test proves nothing"
+    );
+    let out = common::finish(gc);
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains(&format!("unlinked {path}")),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        !target.objects.join(&nar).exists(),
+        "the DELETE did not land"
+    );
+    assert!(
+        !target.has_narinfo(&path),
+        "a narinfo without its NAR stayed"
+    );
+    assert_ok(&target.verify(&public));
+    target.push(&secret, &path);
+    assert!(target.has_narinfo(&path) && target.objects.join(&nar).exists());
+    assert_ok(&target.verify(&public));
+}
+
 /// gc deletes narinfos a thousand to a request (DeleteObjects); a store that does not have
 /// that call gets one DeleteObject per key instead, and the result is the same. So does a
 /// key that DeleteObjects answered with an error of its own.

@@ -83,6 +83,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     for path in &report.restored {
         println!("kept {path}: a push running alongside needs it");
     }
+    for path in &report.unlinked {
+        println!(
+            "unlinked {path}: a push reused its NAR as gc deleted it; the next push puts it back"
+        );
+    }
     for (key, why) in &report.unreadable {
         eprintln!("warning: kept {key}, which cannot be read as a narinfo: {why}");
     }

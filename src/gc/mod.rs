@@ -13,7 +13,10 @@
 //! 3. NARs that no remaining narinfo names, and that are older than the grace period, go,
 //!    each looked at (HEAD) right before its deletion: a push that reuses such a NAR touches
 //!    it first (see [`crate::push`]), and then it stays;
-//! 4. usage records are merged into one (compaction).
+//! 4. when NARs were deleted, narinfos are listed a third time: one that a push wrote for a
+//!    NAR gc deleted in the moment between its look and the deletion goes again, with every
+//!    narinfo that references its path, so no narinfo is left without its NAR;
+//! 5. usage records are merged into one (compaction).
 //!
 //! Cost: two listings (65 ListObjectsV2 calls side by side, one per leading hash character of
 //! narinfos and of NARs, plus usage records; the second without NARs), one GET per narinfo
@@ -90,6 +93,9 @@ pub struct GcReport {
     pub nar_bytes_kept: u64,
     /// Narinfos put back because a concurrent push needs them.
     pub restored: Vec<StorePath>,
+    /// Narinfos a concurrent push wrote for a NAR gc deleted at that moment, removed with
+    /// their referrers so the cache stays whole (the next push puts them back).
+    pub unlinked: Vec<StorePath>,
     /// Narinfos that could not be read or parsed: kept, and reported.
     pub unreadable: Vec<(String, String)>,
     /// Usage records merged into one (and the key of the merged one).
@@ -375,13 +381,28 @@ pub async fn collect(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcErro
         }
         nar_doomed.push(o.key.clone());
     }
-    let (deleted, freed, touched) = delete_stale(cache, &nar_doomed, young_before, jobs).await?;
-    report.nars_deleted += deleted;
-    report.nar_bytes_freed += freed;
-    report.young += touched;
-
+    let stale = delete_stale(cache, &nar_doomed, young_before, jobs).await?;
+    report.nars_deleted += stale.keys.len();
+    report.nar_bytes_freed += stale.bytes;
+    report.young += stale.touched;
     clock.lap(&mut report, "delete NARs");
-    // 4. Compaction: one record with what is still relevant replaces the ones read.
+
+    // 4. A push may have reused a NAR in the moment between gc's last look at it and its
+    //    deletion: its narinfo now names a NAR that is gone. Such narinfos, and any that
+    //    reference their paths, go too, so what stays is whole; the next push puts them back.
+    let known: HashMap<&str, Option<SystemTime>> = after
+        .iter()
+        .map(|o| (o.key.as_str(), o.last_modified))
+        .collect();
+    let live = entries
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !gone[*i])
+        .map(|(_, e)| e)
+        .chain(&fresh_entries);
+    report.unlinked = unlink_broken(cache, &stale.keys, &known, live, jobs).await?;
+    clock.lap(&mut report, "list again, unlink");
+    // 5. Compaction: one record with what is still relevant replaces the ones read.
     let read_keys: Vec<String> = usage_keys.iter().cloned().chain(late_usage.0).collect();
     let live: HashSet<&str> = entries
         .iter()
@@ -489,6 +510,74 @@ async fn read_narinfos(
     Ok(entries)
 }
 
+/// Narinfos written since the listing `known` that name one of the `deleted` NARs, and
+/// every narinfo that references their paths, transitively: deleted, and their paths
+/// returned. `live` are the narinfos read before; nothing is listed when no NAR was deleted.
+async fn unlink_broken<'a>(
+    cache: &Cache,
+    deleted: &HashSet<String>,
+    known: &HashMap<&str, Option<SystemTime>>,
+    live: impl Iterator<Item = &'a Entry>,
+    jobs: usize,
+) -> Result<Vec<StorePath>, GcError> {
+    if deleted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let now = list_cache(cache, false, jobs).await?;
+    let new_objects: Vec<&ObjectInfo> = now
+        .iter()
+        .filter(|o| cache::is_narinfo_key(&o.key))
+        .filter(|o| known.get(o.key.as_str()) != Some(&o.last_modified))
+        .collect();
+    let new_entries = read_narinfos(cache, &new_objects, jobs).await?;
+    let new_keys: HashSet<&str> = new_entries.iter().map(|e| e.key.as_str()).collect();
+    // The newest text of each narinfo: one rewritten since is read anew.
+    let mut all: Vec<&Entry> = new_entries.iter().collect();
+    for e in live {
+        if !new_keys.contains(e.key.as_str()) {
+            all.push(e);
+        }
+    }
+    let mut broken: HashSet<&str> = new_entries
+        .iter()
+        .filter(|e| e.nar_url().is_some_and(|url| deleted.contains(url)))
+        .map(|e| e.hash.as_str())
+        .collect();
+    if broken.is_empty() {
+        return Ok(Vec::new());
+    }
+    loop {
+        let referrers: Vec<&str> = all
+            .iter()
+            .filter(|e| !broken.contains(e.hash.as_str()))
+            .filter(|e| {
+                e.info.as_ref().is_some_and(|info| {
+                    info.references
+                        .iter()
+                        .any(|r| broken.contains(r.hash_part().as_str()))
+                })
+            })
+            .map(|e| e.hash.as_str())
+            .collect();
+        if referrers.is_empty() {
+            break;
+        }
+        broken.extend(referrers);
+    }
+    let doomed: Vec<&Entry> = all
+        .into_iter()
+        .filter(|e| broken.contains(e.hash.as_str()))
+        .collect();
+    let keys: Vec<String> = doomed.iter().map(|e| e.key.clone()).collect();
+    delete_all(cache, &keys, jobs).await?;
+    let mut paths: Vec<StorePath> = doomed
+        .iter()
+        .filter_map(|e| e.info.as_ref().map(|i| i.store_path.clone()))
+        .collect();
+    paths.sort();
+    Ok(paths)
+}
+
 /// Puts deleted narinfos back, references before referrers, unless a push already did.
 async fn restore(
     cache: &Cache,
@@ -554,36 +643,53 @@ async fn delete_all(cache: &Cache, keys: &[String], jobs: usize) -> Result<(), G
     Ok(())
 }
 
+/// What [`delete_stale`] did.
+#[derive(Default)]
+struct StaleDeleted {
+    keys: HashSet<String>,
+    bytes: u64,
+    /// Found touched since the plan, and left.
+    touched: usize,
+}
+
 /// Deletes each object that is still older than `young_before` when looked at right before
 /// its deletion: a push that reuses an orphan NAR touches it first, and that NAR stays.
-/// (deleted, bytes freed, found touched).
 async fn delete_stale(
     cache: &Cache,
     keys: &[String],
     young_before: SystemTime,
     jobs: usize,
-) -> Result<(usize, u64, usize), GcError> {
+) -> Result<StaleDeleted, GcError> {
+    enum Looked {
+        Gone,
+        Touched,
+        Deleted(String, u64),
+    }
     let one = |key: String| async move {
         let Some(now) = cache.head(&key).await? else {
-            return Ok((0, 0, 0));
+            return Ok(Looked::Gone);
         };
         if now.last_modified.is_none_or(|t| t > young_before) {
-            return Ok((0, 0, 1));
+            return Ok(Looked::Touched);
         }
         cache.delete(&key).await?;
-        Ok::<_, CacheError>((1, now.size, 0))
+        Ok::<_, CacheError>(Looked::Deleted(key, now.size))
     };
-    let results: Vec<Result<(usize, u64, usize), CacheError>> =
-        futures::stream::iter(keys.iter().cloned())
-            .map(one)
-            .buffer_unordered(jobs)
-            .collect()
-            .await;
-    let mut sum = (0, 0, 0);
+    let results: Vec<Result<Looked, CacheError>> = futures::stream::iter(keys.iter().cloned())
+        .map(one)
+        .buffer_unordered(jobs)
+        .collect()
+        .await;
+    let mut sum = StaleDeleted::default();
     let mut failed = Vec::new();
     for r in results {
         match r {
-            Ok((d, b, t)) => sum = (sum.0 + d, sum.1 + b, sum.2 + t),
+            Ok(Looked::Gone) => {}
+            Ok(Looked::Touched) => sum.touched += 1,
+            Ok(Looked::Deleted(key, bytes)) => {
+                sum.keys.insert(key);
+                sum.bytes += bytes;
+            }
             Err(e) => failed.push(e),
         }
     }
