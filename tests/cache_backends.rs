@@ -256,6 +256,60 @@ async fn a_small_object_over_its_limit_is_refused_not_read(#[case] kind: Kind) {
     assert_eq!(bigger.unwrap().len(), limit + 1);
 }
 
+/// A touch is a copy onto itself on S3, which S3 refuses above 5 GiB: a larger object is
+/// left as it is (and reported present) rather than failing the push that reuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_touches_only_what_it_may_copy() {
+    let server = S3Server::start();
+    let url: CacheUrl = server.cache_url().parse().unwrap();
+    let opts = OpenOptions {
+        copy_max: 100,
+        ..s3_options(&server)
+    };
+    let c = Cache::open_with(&url, opts).await.unwrap();
+    let old = std::time::SystemTime::now() - Duration::from_secs(30 * 86400);
+    let age = |key: &str| {
+        let f = std::fs::File::options()
+            .write(true)
+            .open(server.object_path(key))
+            .unwrap();
+        f.set_modified(old).unwrap();
+    };
+    let modified = |key: &str| {
+        std::fs::metadata(server.object_path(key))
+            .unwrap()
+            .modified()
+            .unwrap()
+    };
+    for (key, len) in [("nar/small.nar", 100), ("nar/large.nar", 101)] {
+        c.put(key, pattern(len).into(), "application/x-nix-nar")
+            .await
+            .unwrap();
+        age(key);
+        assert!(
+            c.touch(key, "application/x-nix-nar", len as u64)
+                .await
+                .unwrap()
+        );
+        assert_eq!(c.get_up_to(key, 1000).await.unwrap().unwrap(), pattern(len));
+    }
+    assert!(
+        modified("nar/small.nar") > old,
+        "the small NAR was not touched"
+    );
+    assert_eq!(modified("nar/large.nar"), old, "the large NAR was copied");
+    assert!(
+        !c.touch("nar/none.nar", "application/x-nix-nar", 1)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !c.touch("nar/none.nar", "application/x-nix-nar", 1000)
+            .await
+            .unwrap()
+    );
+}
+
 /// A link planted in a shared cache directory must not make serve or verify read a file
 /// outside it: objects and the cache's folders are read only as what they are.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -88,6 +88,8 @@ pub struct OpenOptions {
     /// Attempts per S3 request, the first included; None is the default (10, or
     /// `AWS_MAX_ATTEMPTS`). A server answering Nix wants few: Nix is waiting.
     pub max_attempts: Option<u32>,
+    /// The largest object a touch copies onto itself: S3's CopyObject limit, 5 GiB.
+    pub copy_max: u64,
 }
 
 impl Default for OpenOptions {
@@ -98,6 +100,7 @@ impl Default for OpenOptions {
             parts_in_flight: 3,
             list_page_size: s3::ASKED_PAGE_SIZE,
             max_attempts: None,
+            copy_max: 5 << 30,
         }
     }
 }
@@ -289,14 +292,21 @@ impl Cache {
         }
     }
 
-    /// Makes an object's LastModified now, keeping its bytes: `false` if it is absent. A push
-    /// that reuses a NAR already in the cache touches it, so that gc's grace period covers
-    /// it from then on (see [`crate::gc`]).
-    pub async fn touch(&self, key: &str, content_type: &str) -> Result<bool, CacheError> {
+    /// Makes an object of `size` bytes look new, keeping its bytes: `false` if it is absent.
+    /// A push that reuses a NAR already in the cache touches it, so that gc's grace period
+    /// covers it from then on (see [`crate::gc`]). On S3 a touch is a copy onto itself, which
+    /// S3 refuses above [`OpenOptions::copy_max`] (5 GiB): such an object is left as it is,
+    /// and `true` returned when it is there; gc's last listing keeps the cache whole then.
+    pub async fn touch(
+        &self,
+        key: &str,
+        content_type: &str,
+        size: u64,
+    ) -> Result<bool, CacheError> {
         check_key(key)?;
         match &self.backend {
             Backend::File(c) => c.touch(key).await,
-            Backend::S3(c) => c.touch(key, content_type).await,
+            Backend::S3(c) => c.touch(key, content_type, size).await,
         }
     }
 

@@ -127,6 +127,8 @@ pub(crate) struct S3Cache {
     /// Cleared when the store refuses DeleteObjects (not implemented, or wants what the SDK
     /// does not send).
     batch_deletes: AtomicBool,
+    /// See [`OpenOptions::copy_max`].
+    copy_max: u64,
 }
 
 /// Describes which source of the default chain will provide credentials, in the chain's order.
@@ -543,6 +545,7 @@ impl S3Cache {
             part_size: opts.part_size.max(MIN_PART_SIZE),
             parts_in_flight: opts.parts_in_flight.max(1),
             list_page_size: AtomicI32::new(opts.list_page_size.clamp(1, ASKED_PAGE_SIZE)),
+            copy_max: opts.copy_max,
             conditional_writes: Arc::new(AtomicBool::new(true)),
             if_match_writes: AtomicBool::new(true),
             batch_deletes: AtomicBool::new(true),
@@ -619,8 +622,16 @@ impl S3Cache {
 
     /// CopyObject onto itself, which S3 allows only when something changes: the metadata is
     /// replaced by the same content type.
-    pub(crate) async fn touch(&self, key: &str, content_type: &str) -> Result<bool, CacheError> {
+    pub(crate) async fn touch(
+        &self,
+        key: &str,
+        content_type: &str,
+        size: u64,
+    ) -> Result<bool, CacheError> {
         let ctx = &self.ctx;
+        if size > self.copy_max {
+            return Ok(ctx_head(ctx, key).await?.is_some());
+        }
         match ctx
             .client
             .copy_object()

@@ -394,7 +394,7 @@ async fn push_one(
         match cache.head(&key).await? {
             // Content-keyed: an object under this name holds this NAR, whole. It may be an
             // orphan that gc is about to delete; touching it puts it inside gc's grace period.
-            Some(existing) if cache.touch(&key, NAR_CONTENT_TYPE).await? => {
+            Some(existing) if cache.touch(&key, NAR_CONTENT_TYPE, existing.size).await? => {
                 counters
                     .nar_bytes
                     .fetch_add(info.nar_size, Ordering::Relaxed);
