@@ -1,16 +1,16 @@
 //! The cache storage layer against real backends: a temp directory and a real S3-compatible
 //! server (s3s-fs) on 127.0.0.1. Every behaviour is checked on both, through the same API.
 
-#[path = "common/s3.rs"]
-mod s3_server;
+mod common;
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::s3::S3Server;
+use common::store::S3Store;
 use nixbucket::cache::{Cache, CacheError, CacheUrl, OpenOptions};
 use rstest::rstest;
-use s3_server::S3Server;
 
 const MIB: usize = 1024 * 1024;
 /// The smallest part S3 allows; the tests use it to keep multipart objects small.
@@ -767,7 +767,7 @@ async fn s3_unknown_access_key_says_what_s3_said() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_unreachable_endpoint_is_named() {
-    let port = s3_server::free_port();
+    let port = common::s3::free_port();
     let url = format!("s3://b?endpoint=http://127.0.0.1:{port}&region=us-east-1");
     let opts = OpenOptions::default().static_credentials("AK", "topsecret-xyz");
     let err = open_err(&url, opts).await;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use common::fault_proxy::{Fault, FaultConfig, FaultProxy};
 use common::nix::{build, build_closure, copy_into_fresh_store, derivation, nonce};
 use common::s3::S3Server;
+use common::store::S3Store;
 use common::{assert_ok, keygen, log_output, nixbucket, run, stderr};
 
 /// Bigger than two 8 MiB parts even after compression (random bytes do not compress).

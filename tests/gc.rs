@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::nix::{build, build_closure, copy_into_fresh_store, derivation, nonce};
 use common::s3::S3Server;
+use common::store::S3Store;
 use common::{assert_fails, assert_ok, keygen, list_files, nixbucket, run, stderr, stdout};
 use nixbucket::cache::{Cache, CacheUrl, OpenOptions};
 use nixbucket::nix::StorePath;

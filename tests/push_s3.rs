@@ -5,6 +5,7 @@ mod common;
 
 use common::nix::{build, build_closure, copy_into_fresh_store, derivation, nonce};
 use common::s3::S3Server;
+use common::store::S3Store;
 use common::{
     assert_fails, assert_ok, assert_refused_unsigned, keygen, nixbucket, run, stderr, stdout,
 };
