@@ -821,6 +821,35 @@ async fn s3_unknown_access_key_says_what_s3_said(#[case] kind: Kind, #[case] cod
     assert!(!err.contains(server.secret_key()), "{err}");
 }
 
+/// A key that may only read opens the cache (HeadBucket and listing are allowed) and then
+/// hears, on its first write, that it lacks the permission, not that it was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_without_write_permission_is_told_so_on_write() {
+    let server = MotoServer::start_with_auth();
+    let (key, secret) = server.reader();
+    let url: CacheUrl = server.cache_url().parse().unwrap();
+    let opts = OpenOptions::default().static_credentials(key, secret);
+    let cache = Cache::open_with(&url, opts).await.unwrap();
+    assert_eq!(cache.get("x.narinfo").await.unwrap(), None);
+    let err = cache
+        .put("x.narinfo", Bytes::from_static(b"x"), "text/x-nix-narinfo")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CacheError::PermissionDenied { .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "S3 at {} denied PutObject in bucket 'nixbucket-test' to the credentials from the \
+             static credentials given to nixbucket: AccessDenied: Access Denied (the credentials \
+             are valid; a policy of their user or role, or of the bucket, does not allow this)",
+            server.endpoint()
+        )
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_unreachable_endpoint_is_named() {
     let port = common::s3::free_port();

@@ -204,6 +204,40 @@ fn a_missing_bucket_and_refused_credentials_are_named_and_nothing_is_written(#[c
     );
 }
 
+/// A key that may read the bucket but not write it (a pull-request job's, say) is accepted by
+/// S3, which then denies each write: the user hears that the key lacks permission, not that it
+/// was refused, and nothing is written. Only moto has permissions.
+#[test]
+fn a_read_only_key_on_moto_is_told_it_may_not_write() {
+    let s3 = MotoServer::start_with_auth();
+    let tmp = tempfile::tempdir().unwrap();
+    let [app, ..] = build_closure(tmp.path(), &nonce());
+    let (secret, _) = keygen(tmp.path(), "s3-cache-1");
+    let (reader, reader_secret) = s3.reader();
+    let out = run(push_cmd(&s3)
+        .env("AWS_ACCESS_KEY_ID", reader)
+        .env("AWS_SECRET_ACCESS_KEY", reader_secret)
+        .args(["push", "--cache", &s3.cache_url(), "--signing-key-file"])
+        .arg(&secret)
+        .arg(&app));
+    let err = assert_fails(&out);
+    assert!(
+        err.contains(&format!(
+            "S3 at {} denied PutObject in bucket 'nixbucket-test' to the credentials from \
+             environment variables AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY: AccessDenied: ",
+            s3.endpoint()
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("refused the credentials"), "{err}");
+    assert!(!err.contains(reader_secret), "{err}");
+    assert_eq!(
+        s3.admin().keys(s3.bucket(), ""),
+        Vec::<String>::new(),
+        "something was written"
+    );
+}
+
 /// Two jobs push the same path at once: the one whose narinfo lands second keeps the first
 /// one's (a conditional write), so a reader never sees the narinfo swap under it. Here the
 /// other job's push, with another compression, lands between this push's plan and its write.
