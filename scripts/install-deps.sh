@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what nixbucket's tests need on a fresh Debian machine (run as root): Nix (Debian's
-# nix-bin), zstd, the s3s-fs S3 server, cargo-nextest, and the nix.conf settings a single-user,
-# sandbox-less Nix needs. Safe to run again: each step is skipped when already done.
+# nix-bin), zstd, the two S3 servers the tests run on (s3s-fs, and moto's, which answers as AWS
+# does), cargo-nextest, and the nix.conf settings a single-user, sandbox-less Nix needs. Safe to run again: each step is skipped when already done.
 # Quiet on success; on failure prints the failing step's output and exits non-zero.
 set -euo pipefail
 
 S3S_FS_VERSION=0.14.1
+MOTO_VERSION=5.2.5
 NIX_CONF=${NIX_CONF:-/etc/nix/nix.conf} # overridable to try the script safely
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
@@ -56,6 +57,24 @@ fi
 if ! command -v s3s-fs >/dev/null; then
     run "install s3s-fs $S3S_FS_VERSION" \
         cargo install s3s-fs --version "$S3S_FS_VERSION" --features binary --locked
+fi
+
+# moto's S3 server (`moto_server`) from PyPI. The version is checked, not only the command:
+# what the tests expect of moto's answers is pinned to this one.
+if [[ $(python3 -c 'import moto; print(moto.__version__)' 2>/dev/null) != "$MOTO_VERSION" ]] ||
+    ! command -v moto_server >/dev/null; then
+    # Debian's own Python refuses system-wide installs (PEP 668); this is a test server.
+    export PIP_BREAK_SYSTEM_PACKAGES=1
+    run "install moto $MOTO_VERSION" python3 -m pip install --quiet --disable-pip-version-check \
+        "moto[server]==$MOTO_VERSION"
+    # pyenv puts console scripts behind shims that exist only after a rehash.
+    if command -v pyenv >/dev/null; then
+        run "rehash pyenv's shims" pyenv rehash
+    fi
+    if ! command -v moto_server >/dev/null; then
+        echo "install-deps: moto_server is not on PATH after installing moto" >&2
+        exit 1
+    fi
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then

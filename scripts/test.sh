@@ -20,8 +20,10 @@ cargo nextest run --no-fail-fast --success-output final -E "$serial" --test-thre
     tee -a "$NIXBUCKET_TEST_LOG_DIR/nextest.log" || status=1
 
 # The Nix-facing tests again on each newer Nix (2.26 from trixie, 2.34 from sid), each in a
-# Debian root of its own (scripts/nix-roots.sh) with the binaries built above.
-nix_parallel='binary(push_file) | binary(push_s3) | binary(nix_versions)'
+# Debian root of its own (scripts/nix-roots.sh) with the binaries built above. Not those on moto:
+# it runs on the host's Python, which a root does not have, and what it checks (AWS's answers)
+# does not change with the Nix version.
+nix_parallel='binary(push_file) | (binary(push_s3) & not test(/moto/)) | binary(nix_versions)'
 roots=$(scripts/nix-roots.sh)
 archive=target/nix-roots-tests.tar.zst
 cargo nextest archive --archive-file "$archive" 2>&1 | tail -n 1

@@ -9,6 +9,7 @@ use std::process::{Command, Output};
 
 use common::nix::{build_closure, copy_into_fresh_store, nix_command, nonce};
 use common::s3::S3Server;
+use common::store::S3Store;
 use common::{
     assert_ok, assert_refused_unsigned, keygen, nixbucket, register_secret, run, stderr, stdout,
 };

@@ -11,6 +11,7 @@ use std::process::{Command, Output};
 
 use common::nix::{Daemon, derivation, nonce, query_closure, start_daemon};
 use common::s3::S3Server;
+use common::store::S3Store;
 use common::{assert_fails, assert_ok, keygen, run, stderr, stdout};
 
 const BASE_CONF: &str = common::NIX_CONFIG;

@@ -23,6 +23,7 @@ use std::process::{Command, Output};
 
 use common::nix::{build_closure, copy_into_fresh_store, nonce};
 use common::s3::S3Server;
+use common::store::S3Store;
 use common::{assert_ok, keygen, list_files, nixbucket, register_secret, run, stderr, stdout};
 
 fn repo() -> PathBuf {

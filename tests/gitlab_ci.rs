@@ -10,6 +10,7 @@ use std::process::{Command, Output};
 
 use common::nix::{derivation, nonce};
 use common::s3::S3Server;
+use common::store::S3Store;
 use common::{keygen, list_files, run, stderr, stdout};
 
 fn repo() -> PathBuf {

@@ -1,37 +1,51 @@
-//! `nixbucket push` to an S3 bucket (the real s3s-fs server on loopback), judged by the real Nix
-//! reading the bucket over anonymous HTTP, as a public or proxied cache would be read.
+//! `nixbucket push` to an S3 bucket, judged by the real Nix reading the bucket over anonymous
+//! HTTP, as a public or proxied cache would be read. Each test runs on both S3 servers of the
+//! suite (see `common/store.rs`): s3s-fs, and moto with AWS's own answers.
 
 mod common;
 
+use common::moto::MotoServer;
 use common::nix::{build, build_closure, copy_into_fresh_store, derivation, nonce};
 use common::s3::S3Server;
+use common::store::{S3Kind, S3Store};
 use common::{
     assert_fails, assert_ok, assert_refused_unsigned, keygen, nixbucket, run, stderr, stdout,
 };
+use rstest::rstest;
 
-fn push_cmd(s3: &S3Server) -> std::process::Command {
+fn push_cmd(s3: &dyn S3Store) -> std::process::Command {
     let mut cmd = nixbucket();
     cmd.envs(s3.env());
     cmd
 }
 
-#[test]
-fn a_closure_pushed_to_s3_is_substituted_by_nix_and_verifies_deeply() {
-    let s3 = S3Server::start();
+fn hash_part(store_path: &str) -> &str {
+    &store_path["/nix/store/".len().."/nix/store/".len() + 32]
+}
+
+#[rstest]
+#[case::s3s_fs(S3Kind::S3sFs)]
+#[case::moto(S3Kind::Moto)]
+fn a_closure_pushed_to_s3_is_substituted_by_nix_and_verifies_deeply(#[case] kind: S3Kind) {
+    let s3 = kind.start();
+    let s3 = s3.as_ref();
     let tmp = tempfile::tempdir().unwrap();
     let [app, lib, data] = build_closure(tmp.path(), &nonce());
     let (secret, public) = keygen(tmp.path(), "s3-cache-1");
     let url = s3.cache_url();
 
-    let out = run(push_cmd(&s3)
+    let out = run(push_cmd(s3)
         .args(["push", "--cache", &url, "--signing-key-file"])
         .arg(&secret)
         .arg(&app));
     assert_ok(&out);
     assert!(stderr(&out).contains("pushed 3 paths"), "{}", stderr(&out));
     for path in [&app, &lib, &data] {
-        let key = format!("{}.narinfo", &path[11..43]);
-        assert!(s3.object_path(&key).exists(), "no {key} in the bucket");
+        let key = format!("{}.narinfo", hash_part(path));
+        assert!(
+            s3.admin().head(s3.bucket(), &key).is_some(),
+            "no {key} in the bucket"
+        );
     }
     assert!(
         s3.pending_uploads().is_empty(),
@@ -39,7 +53,7 @@ fn a_closure_pushed_to_s3_is_substituted_by_nix_and_verifies_deeply() {
         s3.pending_uploads()
     );
 
-    let verify = common::verify_s3(&s3, &public, true);
+    let verify = common::verify_s3(s3, &public, true);
     assert_ok(&verify);
     assert!(
         stderr(&verify).contains("checked 3 narinfos and their NARs: 0 problems"),
@@ -62,7 +76,7 @@ fn a_closure_pushed_to_s3_is_substituted_by_nix_and_verifies_deeply() {
     );
     assert_refused_unsigned(&refused);
 
-    let again = run(push_cmd(&s3)
+    let again = run(push_cmd(s3)
         .args(["push", "--cache", &url, "--signing-key-file"])
         .arg(&secret)
         .arg(&app));
@@ -75,9 +89,12 @@ fn a_closure_pushed_to_s3_is_substituted_by_nix_and_verifies_deeply() {
     );
 }
 
-#[test]
-fn a_large_path_goes_up_in_parts_and_nix_accepts_it() {
-    let s3 = S3Server::start();
+#[rstest]
+#[case::s3s_fs(S3Kind::S3sFs)]
+#[case::moto(S3Kind::Moto)]
+fn a_large_path_goes_up_in_parts_and_nix_accepts_it(#[case] kind: S3Kind) {
+    let s3 = kind.start();
+    let s3 = s3.as_ref();
     let tmp = tempfile::tempdir().unwrap();
     // 40 MiB of poorly compressible bytes: several 8 MiB parts even after zstd.
     let big = build(
@@ -88,24 +105,24 @@ fn a_large_path_goes_up_in_parts_and_nix_accepts_it() {
         ),
     );
     let (secret, public) = keygen(tmp.path(), "s3-cache-1");
-    let out = run(push_cmd(&s3)
+    let out = run(push_cmd(s3)
         .args(["push", "--cache", &s3.cache_url(), "--signing-key-file"])
         .arg(&secret)
         .arg(&big));
     assert_ok(&out);
-    assert!(s3.pending_uploads().is_empty());
-    let nar_key = std::fs::read_dir(s3.object_path("nar"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .file_name();
-    let info = s3
-        .internal_info(&format!("nar/{}", nar_key.to_string_lossy()))
-        .unwrap_or_default();
     assert!(
-        info.contains("-5\"") || info.contains("-6\""),
-        "expected a 5- or 6-part upload, got {info}"
+        s3.pending_uploads().is_empty(),
+        "{:?}",
+        s3.pending_uploads()
+    );
+    let admin = s3.admin();
+    let nars = admin.keys(s3.bucket(), "nar/");
+    assert_eq!(nars.len(), 1, "{nars:?}");
+    // A multipart object's ETag ends in `-<number of parts>`; a PutObject one has no dash.
+    let etag = admin.head(s3.bucket(), &nars[0]).unwrap().etag;
+    assert!(
+        etag.ends_with("-5\"") || etag.ends_with("-6\""),
+        "expected a 5- or 6-part upload, got ETag {etag}"
     );
     assert_ok(&copy_into_fresh_store(
         &s3.anon_http_url(),
@@ -115,14 +132,26 @@ fn a_large_path_goes_up_in_parts_and_nix_accepts_it() {
     ));
 }
 
-#[test]
-fn a_missing_bucket_and_refused_credentials_are_named_and_nothing_is_written() {
-    let s3 = S3Server::start();
+/// A server that checks credentials: s3s-fs always does; moto only when told to, with keys its
+/// IAM issued.
+fn checking_server(kind: S3Kind) -> Box<dyn S3Store> {
+    match kind {
+        S3Kind::S3sFs => Box::new(S3Server::start()),
+        S3Kind::Moto => Box::new(MotoServer::start_with_auth()),
+    }
+}
+
+#[rstest]
+#[case::s3s_fs(S3Kind::S3sFs)]
+#[case::moto(S3Kind::Moto)]
+fn a_missing_bucket_and_refused_credentials_are_named_and_nothing_is_written(#[case] kind: S3Kind) {
+    let s3 = checking_server(kind);
+    let s3 = s3.as_ref();
     let tmp = tempfile::tempdir().unwrap();
     let [app, ..] = build_closure(tmp.path(), &nonce());
     let (secret, _) = keygen(tmp.path(), "s3-cache-1");
 
-    let out = run(push_cmd(&s3)
+    let out = run(push_cmd(s3)
         .args([
             "push",
             "--cache",
@@ -137,13 +166,14 @@ fn a_missing_bucket_and_refused_credentials_are_named_and_nothing_is_written() {
         "{err}"
     );
 
-    let out = run(push_cmd(&s3)
+    let out = run(push_cmd(s3)
         .env("AWS_SECRET_ACCESS_KEY", "wrong-secret-value-123")
         .args(["push", "--cache", &s3.cache_url(), "--signing-key-file"])
         .arg(&secret)
         .arg(&app));
     let err = assert_fails(&out);
     assert!(err.contains("refused the credentials"), "{err}");
+    assert!(err.contains(": SignatureDoesNotMatch: "), "{err}");
     assert!(
         err.contains("AWS_ACCESS_KEY_ID"),
         "the credential source should be named: {err}"
@@ -151,8 +181,59 @@ fn a_missing_bucket_and_refused_credentials_are_named_and_nothing_is_written() {
     assert!(
         !err.contains("wrong-secret-value-123") && !stdout(&out).contains("wrong-secret-value-123")
     );
+
+    // AWS says InvalidAccessKeyId (so does moto); s3s-fs says NotSignedUp.
+    let out = run(push_cmd(s3)
+        .env("AWS_ACCESS_KEY_ID", "AKIANOBODYKNOWS00000")
+        .args(["push", "--cache", &s3.cache_url(), "--signing-key-file"])
+        .arg(&secret)
+        .arg(&app));
+    let err = assert_fails(&out);
+    let code = match kind {
+        S3Kind::S3sFs => ": NotSignedUp: ",
+        S3Kind::Moto => ": InvalidAccessKeyId: ",
+    };
     assert!(
-        !s3.object_path("nix-cache-info").exists(),
+        err.contains("refused the credentials") && err.contains(code),
+        "{err}"
+    );
+    assert_eq!(
+        s3.admin().keys(s3.bucket(), ""),
+        Vec::<String>::new(),
+        "something was written"
+    );
+}
+
+/// A key that may read the bucket but not write it (a pull-request job's, say) is accepted by
+/// S3, which then denies each write: the user hears that the key lacks permission, not that it
+/// was refused, and nothing is written. Only moto has permissions.
+#[test]
+fn a_read_only_key_on_moto_is_told_it_may_not_write() {
+    let s3 = MotoServer::start_with_auth();
+    let tmp = tempfile::tempdir().unwrap();
+    let [app, ..] = build_closure(tmp.path(), &nonce());
+    let (secret, _) = keygen(tmp.path(), "s3-cache-1");
+    let (reader, reader_secret) = s3.reader();
+    let out = run(push_cmd(&s3)
+        .env("AWS_ACCESS_KEY_ID", reader)
+        .env("AWS_SECRET_ACCESS_KEY", reader_secret)
+        .args(["push", "--cache", &s3.cache_url(), "--signing-key-file"])
+        .arg(&secret)
+        .arg(&app));
+    let err = assert_fails(&out);
+    assert!(
+        err.contains(&format!(
+            "S3 at {} denied PutObject in bucket 'nixbucket-test' to the credentials from \
+             environment variables AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY: AccessDenied: ",
+            s3.endpoint()
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("refused the credentials"), "{err}");
+    assert!(!err.contains(reader_secret), "{err}");
+    assert_eq!(
+        s3.admin().keys(s3.bucket(), ""),
+        Vec::<String>::new(),
         "something was written"
     );
 }
@@ -160,12 +241,16 @@ fn a_missing_bucket_and_refused_credentials_are_named_and_nothing_is_written() {
 /// Two jobs push the same path at once: the one whose narinfo lands second keeps the first
 /// one's (a conditional write), so a reader never sees the narinfo swap under it. Here the
 /// other job's push, with another compression, lands between this push's plan and its write.
+#[rstest]
+#[case::s3s_fs(S3Kind::S3sFs)]
+#[case::moto(S3Kind::Moto)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_narinfo_another_job_wrote_since_the_plan_is_kept() {
+async fn a_narinfo_another_job_wrote_since_the_plan_is_kept(#[case] kind: S3Kind) {
     use nixbucket::cache::{Cache, CacheUrl, OpenOptions};
     use nixbucket::nix::{SecretKey, StorePath};
     use nixbucket::push::{self, PushOptions};
-    let server = S3Server::start();
+    let server = kind.start();
+    let server = server.as_ref();
     let tmp = tempfile::tempdir().unwrap();
     let (secret, public) = keygen(tmp.path(), "race-1");
     let tag = nonce();
@@ -211,7 +296,7 @@ async fn a_narinfo_another_job_wrote_since_the_plan_is_kept() {
     assert_eq!(cache.get(&key).await.unwrap().unwrap(), theirs);
     let text = String::from_utf8(theirs.to_vec()).unwrap();
     assert!(text.contains("Compression: none"), "{text}");
-    assert_ok(&common::verify_s3(&server, &public, false));
+    assert_ok(&common::verify_s3(server, &public, false));
 }
 
 /// Two jobs push one path at once with different compression levels, so the same NAR name
@@ -219,11 +304,14 @@ async fn a_narinfo_another_job_wrote_since_the_plan_is_kept() {
 /// has pushed everything; then it must leave the first NAR in place (a conditional commit)
 /// and keep the first narinfo, which describes that NAR. Otherwise the cache would hold a
 /// narinfo whose FileSize and FileHash describe bytes that are gone.
-#[test]
-fn a_nar_another_push_landed_first_stays_and_the_narinfo_describes_it() {
+#[rstest]
+#[case::s3s_fs(S3Kind::S3sFs)]
+#[case::moto(S3Kind::Moto)]
+fn a_nar_another_push_landed_first_stays_and_the_narinfo_describes_it(#[case] kind: S3Kind) {
     use common::fault_proxy::{Fault, FaultConfig, FaultProxy};
     use std::time::{Duration, Instant};
-    let server = S3Server::start();
+    let server = kind.start();
+    let server = server.as_ref();
     let tmp = tempfile::tempdir().unwrap();
     let (secret, public) = keygen(tmp.path(), "levels-1");
     let tag = nonce();
@@ -242,16 +330,14 @@ fn a_nar_another_push_landed_first_stays_and_the_narinfo_describes_it() {
         },
     );
     let push = |url: &str, level: &str| {
-        let mut cmd = push_cmd(&server);
+        let mut cmd = push_cmd(server);
         cmd.args(["push", "--progress", "none", "--compression-level", level])
             .args(["--cache", url, "--signing-key-file"])
             .arg(&secret)
             .arg(&path);
         cmd
     };
-    let slow_url = server
-        .cache_url()
-        .replace(&server.endpoint(), &proxy.endpoint());
+    let slow_url = server.cache_url_via(&proxy.endpoint(), server.bucket());
     let slow = push(&slow_url, "19")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -264,38 +350,32 @@ fn a_nar_another_push_landed_first_stays_and_the_narinfo_describes_it() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_ok(&run(&mut push(&server.cache_url(), "1")));
-    let bucket = server.root().join(server.bucket());
-    let first_nar: Vec<(String, Vec<u8>)> = common::list_files(&bucket)
+    let admin = server.admin();
+    let bucket = server.bucket();
+    let first_nar: Vec<(String, Vec<u8>)> = admin
+        .keys(bucket, "nar/")
         .into_iter()
-        .filter(|k| k.starts_with("nar/"))
-        .map(|k| (k.clone(), std::fs::read(bucket.join(&k)).unwrap()))
+        .map(|k| (k.clone(), admin.get(bucket, &k).unwrap()))
         .collect();
     assert_eq!(first_nar.len(), 1);
-    let narinfo = std::fs::read_to_string(bucket.join(format!(
-        "{}.narinfo",
-        &path["/nix/store/".len().."/nix/store/".len() + 32]
-    )))
-    .unwrap();
+    let narinfo_key = format!("{}.narinfo", hash_part(&path));
+    let narinfo = admin.get(bucket, &narinfo_key).unwrap();
 
     let out = common::finish(slow);
     assert_ok(&out);
     let (key, bytes) = &first_nar[0];
-    let now_nar = std::fs::read(bucket.join(key)).unwrap();
+    let now_nar = admin.get(bucket, key).unwrap();
     assert!(
         &now_nar == bytes,
         "the first NAR ({} bytes) was replaced by another ({} bytes)",
         bytes.len(),
         now_nar.len()
     );
-    let now = std::fs::read_to_string(bucket.join(format!(
-        "{}.narinfo",
-        &path["/nix/store/".len().."/nix/store/".len() + 32]
-    )))
-    .unwrap();
-    assert_eq!(now, narinfo);
+    let now = String::from_utf8(admin.get(bucket, &narinfo_key).unwrap()).unwrap();
+    assert_eq!(now.as_bytes(), narinfo);
     assert!(
         now.contains(&format!("FileSize: {}\n", bytes.len())),
         "{now}"
     );
-    assert_ok(&common::verify_s3(&server, &public, true));
+    assert_ok(&common::verify_s3(server, &public, true));
 }

@@ -14,6 +14,7 @@ use common::nix::{
     NixConfig, build_closure, derivation, nix_command, nonce, query_closure, start_daemon,
 };
 use common::s3::S3Server;
+use common::store::S3Store;
 use common::{assert_ok, assert_refused_unsigned, keygen, nixbucket, run, stderr, stdout};
 use nixbucket::serve::client;
 

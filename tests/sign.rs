@@ -8,6 +8,7 @@ use std::process::Command;
 
 use common::nix::{build_closure, copy_into_fresh_store, nix_command, nonce};
 use common::s3::S3Server;
+use common::store::S3Store;
 use common::{
     assert_fails, assert_ok, assert_refused_unsigned, keygen, list_files, nixbucket, run, stderr,
 };

@@ -161,6 +161,19 @@ pub enum CacheError {
         /// The store's error code and message, `Code: message`.
         answer: String,
     },
+    /// The store knows the credentials and does not let them do this (AWS's `AccessDenied`): a
+    /// policy is missing, not a key.
+    #[error(
+        "S3 at {endpoint} denied {operation} in bucket '{bucket}' to the credentials from {source_desc}: {answer} (the credentials are valid; a policy of their user or role, or of the bucket, does not allow this)"
+    )]
+    PermissionDenied {
+        operation: &'static str,
+        bucket: String,
+        endpoint: String,
+        source_desc: String,
+        /// The store's error code and message, `Code: message`.
+        answer: String,
+    },
     #[error("S3 {operation} of s3://{bucket}/{key} failed: {code}: {message}")]
     S3 {
         operation: &'static str,

@@ -91,11 +91,11 @@ const GET_ATTEMPTS: u32 = 4;
 /// 0.5 + 1 + 2 + 4 + 5 s of waiting in all before it counts as lost.
 const VANISHED_UPLOAD_LOOKS: u32 = 6;
 
-/// S3 error codes that mean "these credentials are not accepted here".
+/// S3 error codes that mean "these credentials are not accepted here". `AccessDenied` is not
+/// one: AWS sends it to credentials it accepted but whose policies do not allow the request.
 const CREDENTIAL_CODES: &[&str] = &[
     "InvalidAccessKeyId",
     "SignatureDoesNotMatch",
-    "AccessDenied",
     "InvalidToken",
     "ExpiredToken",
     "TokenRefreshRequired",
@@ -248,6 +248,15 @@ impl Ctx {
                 return CacheError::BucketNotFound {
                     bucket: self.bucket.clone(),
                     endpoint: self.endpoint.clone(),
+                };
+            }
+            if code == "AccessDenied" {
+                return CacheError::PermissionDenied {
+                    operation,
+                    bucket: self.bucket.clone(),
+                    endpoint: self.endpoint.clone(),
+                    source_desc: self.cred_source.clone(),
+                    answer: format!("{code}: {message}"),
                 };
             }
             if CREDENTIAL_CODES.contains(&code.as_str()) {
@@ -579,7 +588,9 @@ impl S3Cache {
         let err = ctx.error("HeadBucket", "", err);
         let body_less = matches!(
             &err,
-            CacheError::S3 { .. } | CacheError::CredentialsRefused { .. }
+            CacheError::S3 { .. }
+                | CacheError::CredentialsRefused { .. }
+                | CacheError::PermissionDenied { .. }
         );
         if !body_less {
             return Err(err);

@@ -49,6 +49,13 @@ pub enum Fault {
     Conflict,
     /// Answer `404 Not Found` without asking the server (an object not visible yet).
     NotFound,
+    /// Answer `404 NoSuchUpload` without asking the server: an upload that a lifecycle rule or
+    /// another tool aborted.
+    NoSuchUpload,
+    /// Forward the request, then answer `404 NoSuchUpload` in place of the server's answer:
+    /// what AWS may say to a CompleteMultipartUpload retried after the first one's answer was
+    /// lost (the upload is gone because it became the object).
+    CompletedThenNoSuchUpload,
 }
 
 #[derive(Clone, Debug)]
@@ -456,6 +463,16 @@ fn s3_error(status: &str, code: &str, message: &str, retry_after: Option<u32>) -
     out.into_bytes()
 }
 
+/// AWS's answer for an upload id it does not know (any more).
+fn no_such_upload() -> Vec<u8> {
+    s3_error(
+        "404 Not Found",
+        "NoSuchUpload",
+        "The specified upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed.",
+        None,
+    )
+}
+
 /// A DeleteObjects answer with an `InternalError` for each `<Key>` of the request body.
 fn delete_errors(request_body: &[u8]) -> Vec<u8> {
     let text = String::from_utf8_lossy(request_body);
@@ -566,6 +583,11 @@ fn serve(mut client: TcpStream, shared: &Shared) -> std::io::Result<()> {
             )
         }
         Some(Fault::NotFound) => s3_error("404 Not Found", "NoSuchKey", "not there yet", None),
+        Some(Fault::NoSuchUpload) => no_such_upload(),
+        Some(Fault::CompletedThenNoSuchUpload) => {
+            forward(shared, &req)?;
+            no_such_upload()
+        }
         Some(Fault::Stall) => {
             pause(shared, shared.config.stall);
             let _ = client.shutdown(std::net::Shutdown::Both);

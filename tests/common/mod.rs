@@ -2,8 +2,10 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod fault_proxy;
+pub mod moto;
 pub mod nix;
 pub mod s3;
+pub mod store;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -26,7 +28,7 @@ pub fn nixbucket() -> Command {
 }
 
 /// `nixbucket verify [--deep]` of the server's test bucket, trusting `public`.
-pub fn verify_s3(server: &s3::S3Server, public: &str, deep: bool) -> Output {
+pub fn verify_s3(server: &dyn store::S3Store, public: &str, deep: bool) -> Output {
     let mut cmd = nixbucket();
     cmd.envs(server.env()).args([
         "verify",

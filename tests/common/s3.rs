@@ -2,7 +2,6 @@
 //! directory, one per test. A second, keyless instance over the same directory serves
 //! anonymous GETs, the way Nix reads an `http://` substituter.
 //!
-//! Include it with `#[path = "common/s3.rs"] mod s3_server;` (or from `common/mod.rs`).
 //! A missing `s3s-fs` is a loud failure, never a skip: install it with scripts/install-deps.sh.
 #![allow(dead_code)]
 
@@ -11,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const REGION: &str = "us-east-1";
+use super::store::{S3Kind, S3Store};
 
 pub struct S3Server {
     root: tempfile::TempDir,
@@ -58,7 +57,6 @@ pub fn free_port() -> u16 {
 }
 
 /// Records a secret in `$NIXBUCKET_TEST_LOG_DIR/secrets/` for scripts/check-secrets.sh.
-/// Here rather than in mod.rs because some test binaries include this file alone.
 pub fn register_secret(secret: &str) {
     let Some(dir) = std::env::var_os("NIXBUCKET_TEST_LOG_DIR") else {
         return;
@@ -171,26 +169,6 @@ impl S3Server {
         }
     }
 
-    pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    pub fn bucket(&self) -> &str {
-        &self.bucket
-    }
-
-    pub fn access_key(&self) -> &str {
-        &self.access_key
-    }
-
-    pub fn secret_key(&self) -> &str {
-        &self.secret_key
-    }
-
-    pub fn region(&self) -> &str {
-        REGION
-    }
-
     /// The directory s3s-fs serves; the bucket's objects are files under `root()/bucket()`.
     pub fn root(&self) -> &Path {
         self.root.path()
@@ -199,41 +177,6 @@ impl S3Server {
     /// The file holding an object's bytes, to check what really landed in the bucket.
     pub fn object_path(&self, key: &str) -> PathBuf {
         self.root.path().join(&self.bucket).join(key)
-    }
-
-    /// A cache URL for nixbucket and for Nix's own s3:// store.
-    pub fn cache_url(&self) -> String {
-        self.cache_url_for(&self.bucket)
-    }
-
-    pub fn cache_url_for(&self, bucket: &str) -> String {
-        format!("s3://{bucket}?endpoint={}&region={REGION}", self.endpoint())
-    }
-
-    /// The bucket over plain anonymous HTTP, as a substituter: `nix copy --from <this>`.
-    pub fn anon_http_url(&self) -> String {
-        format!("http://127.0.0.1:{}/{}", self.anon_port, self.bucket)
-    }
-
-    /// Environment for a child process (nixbucket, nix) to reach the bucket with the test keys.
-    /// IMDS is disabled so that nothing waits on a metadata service that is not there.
-    pub fn env(&self) -> Vec<(String, String)> {
-        [
-            ("AWS_ACCESS_KEY_ID", self.access_key.as_str()),
-            ("AWS_SECRET_ACCESS_KEY", self.secret_key.as_str()),
-            ("AWS_REGION", REGION),
-            ("AWS_DEFAULT_REGION", REGION),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
-    }
-
-    /// Multipart uploads started and neither completed nor aborted. s3s-fs has no
-    /// ListMultipartUploads; it keeps one `.upload-<id>.json` per open upload in its root.
-    pub fn pending_uploads(&self) -> Vec<String> {
-        self.root_files(".upload")
     }
 
     /// s3s-fs's own record of an object (JSON with its ETag), if it has one. A multipart
@@ -259,11 +202,6 @@ impl S3Server {
         v
     }
 
-    /// The server log so far (for assertion messages).
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path(self.port)).unwrap_or_default()
-    }
-
     /// Stops the signed instance, as a crash would (the anonymous one keeps running).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.signed.take() {
@@ -287,6 +225,52 @@ impl S3Server {
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),
             }
         }
+    }
+}
+
+impl S3Store for S3Server {
+    fn kind(&self) -> S3Kind {
+        S3Kind::S3sFs
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    fn access_key(&self) -> &str {
+        &self.access_key
+    }
+
+    fn secret_key(&self) -> &str {
+        &self.secret_key
+    }
+
+    fn anon_http_url_for(&self, bucket: &str) -> String {
+        format!("http://127.0.0.1:{}/{bucket}", self.anon_port)
+    }
+
+    /// s3s-fs keeps a bucket as a directory.
+    fn create_bucket(&self, name: &str) {
+        std::fs::create_dir(self.root.path().join(name)).expect("create a bucket directory");
+    }
+
+    /// s3s-fs has no ListMultipartUploads; it keeps one `.upload-<id>.json` per open upload in
+    /// its root.
+    fn pending_uploads(&self) -> Vec<String> {
+        self.root_files(".upload")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path(self.port)).unwrap_or_default()
+    }
+
+    /// The signed instance only: the anonymous one keeps running.
+    fn kill(&mut self) {
+        S3Server::kill(self)
     }
 }
 
