@@ -252,8 +252,8 @@ const RECORD_ATTEMPTS: u32 = 3;
 
 /// Records that a job used `paths` at `at`: one small object. Push calls this with the whole
 /// closure before it checks what the cache lacks. A lost record silently takes away gc's
-/// protection for the job's paths, so a failed write is tried again (a record written twice,
-/// when an answer is lost, is harmless: gc merges them).
+/// protection for the job's paths, so a write the store failed to answer is tried again (a
+/// record written twice, when an answer is lost, is harmless: gc merges them); a refusal is not.
 pub async fn record<'a>(
     cache: &Cache,
     at: SystemTime,
@@ -267,7 +267,7 @@ pub async fn record<'a>(
     let mut attempt = 1;
     loop {
         match write(cache, &usage).await {
-            Err(UsageError::Cache(err)) if attempt < RECORD_ATTEMPTS => {
+            Err(UsageError::Cache(err)) if err.is_outage() && attempt < RECORD_ATTEMPTS => {
                 eprintln!(
                     "warning: could not write this job's usage record (attempt {attempt} of \
                      {RECORD_ATTEMPTS}): {err}; trying again"
