@@ -702,13 +702,21 @@ fn a_push_reusing_a_nar_touches_it(#[case] s3: Option<S3Kind>) {
     assert_eq!(target.read(&nar).unwrap(), before);
 }
 
-/// The race the touch is for: gc planned to delete an orphan NAR, and before it does, a push
-/// reuses that NAR. gc looks at the NAR again right before deleting it, sees the touch, and
-/// leaves it. The proxy holds gc's HEAD requests for seconds so that the push lands between
-/// gc's plan and its deletion every time.
-#[test]
-fn gc_leaves_a_nar_that_a_push_reused_after_the_plan() {
-    use common::fault_proxy::Fault;
+/// An old NAR whose narinfo is gone (an orphan), and a gc started through a proxy that holds
+/// every `op` request for 5 s, once `count` of them have arrived: a push made now lands
+/// between gc's plan and its deletion every time.
+struct OrphanRace {
+    _tmp: tempfile::TempDir,
+    target: Target,
+    secret: PathBuf,
+    public: String,
+    path: String,
+    nar: String,
+    _proxy: common::fault_proxy::FaultProxy,
+    gc: Option<std::process::Child>,
+}
+
+fn orphan_race(op: &'static str, count: u64) -> OrphanRace {
     let tmp = tempfile::tempdir().unwrap();
     let target = Target::s3();
     let (secret, public, path) = push_small(&target, tmp.path(), "orphan");
@@ -721,36 +729,62 @@ fn gc_leaves_a_nar_that_a_push_reused_after_the_plan() {
     .unwrap();
     target.forget_usage();
     target.age(&target.keys(), 30 * DAY);
-
-    let (proxy, via_proxy) = target.proxy("Head", Fault::Delay);
+    let (proxy, via_proxy) = target.proxy(op, common::fault_proxy::Fault::Delay);
     let mut gc = target.spawn_gc(&via_proxy);
-    // HeadBucket when gc opens the cache, then the look at the doomed NAR.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while proxy.stats().requests.get("Head").copied().unwrap_or(0) < 2 {
+    while proxy.stats().requests.get(op).copied().unwrap_or(0) < count {
         assert!(
             std::time::Instant::now() < deadline && gc.try_wait().unwrap().is_none(),
-            "gc never looked at the NAR before deleting it: {:?}",
+            "gc never sent {count} {op}: {:?}",
             proxy.stats()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    target.push(&secret, &path);
-    assert!(
-        gc.try_wait().unwrap().is_none(),
-        "gc finished before the push: the test proves nothing"
-    );
-    let out = common::finish(gc);
-    assert_ok(&out);
+    OrphanRace {
+        _tmp: tmp,
+        target,
+        secret,
+        public,
+        path,
+        nar,
+        _proxy: proxy,
+        gc: Some(gc),
+    }
+}
+
+impl OrphanRace {
+    /// The push that reuses the orphan NAR, while gc waits; then gc's output.
+    fn push_then_finish_gc(&mut self) -> Output {
+        self.target.push(&self.secret, &self.path);
+        let mut gc = self.gc.take().expect("gc runs once");
+        assert!(
+            gc.try_wait().unwrap().is_none(),
+            "gc finished before the push: the test proves nothing"
+        );
+        let out = common::finish(gc);
+        assert_ok(&out);
+        out
+    }
+}
+
+/// The race the touch is for: gc planned to delete an orphan NAR, and before it does, a push
+/// reuses that NAR. gc looks at the NAR again right before deleting it, sees the touch, and
+/// leaves it. The proxy holds gc's HEAD requests (HeadBucket when gc opens the cache, then
+/// the look at the doomed NAR).
+#[test]
+fn gc_leaves_a_nar_that_a_push_reused_after_the_plan() {
+    let mut race = orphan_race("Head", 2);
+    let out = race.push_then_finish_gc();
     let report = stderr(&out);
     assert!(
         report.contains("deleted 0 of 0 paths and 0 NARs"),
         "{report}"
     );
     assert!(
-        target.objects().join(&nar).exists(),
+        race.target.objects().join(&race.nar).exists(),
         "gc deleted the reused NAR"
     );
-    assert_ok(&target.verify(&public));
+    assert_ok(&race.target.verify(&race.public));
 }
 
 /// The other order of the same race: gc has looked at the orphan NAR and found it old, and
@@ -760,63 +794,26 @@ fn gc_leaves_a_nar_that_a_push_reused_after_the_plan() {
 /// holds no narinfo without its NAR, and the next push puts the path back.
 #[test]
 fn a_narinfo_written_for_a_nar_gc_was_deleting_is_unlinked() {
-    use common::fault_proxy::Fault;
-    let tmp = tempfile::tempdir().unwrap();
-    let target = Target::s3();
-    let (secret, public, path) = push_small(&target, tmp.path(), "orphan");
-    let nar = target.nar_of(&path);
-    std::fs::remove_file(
-        target
-            .objects()
-            .join(format!("{}.narinfo", hash_part(&path))),
-    )
-    .unwrap();
-    target.forget_usage();
-    target.age(&target.keys(), 30 * DAY);
-
-    let (proxy, via_proxy) = target.proxy("DeleteObject", Fault::Delay);
-    let mut gc = target.spawn_gc(&via_proxy);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while proxy
-        .stats()
-        .requests
-        .get("DeleteObject")
-        .copied()
-        .unwrap_or(0)
-        < 1
-    {
-        assert!(
-            std::time::Instant::now() < deadline && gc.try_wait().unwrap().is_none(),
-            "gc never deleted the NAR: {:?}",
-            proxy.stats()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    target.push(&secret, &path);
-    assert!(target.has_narinfo(&path));
-    assert!(
-        gc.try_wait().unwrap().is_none(),
-        "gc finished before the push: the test proves nothing"
-    );
-    let out = common::finish(gc);
-    assert_ok(&out);
+    let mut race = orphan_race("DeleteObject", 1);
+    let out = race.push_then_finish_gc();
+    let (target, path, nar) = (&race.target, &race.path, &race.nar);
     assert!(
         stdout(&out).contains(&format!("unlinked {path}")),
         "{}",
         stdout(&out)
     );
     assert!(
-        !target.objects().join(&nar).exists(),
+        !target.objects().join(nar).exists(),
         "the DELETE did not land"
     );
     assert!(
-        !target.has_narinfo(&path),
+        !target.has_narinfo(path),
         "a narinfo without its NAR stayed"
     );
-    assert_ok(&target.verify(&public));
-    target.push(&secret, &path);
-    assert!(target.has_narinfo(&path) && target.objects().join(&nar).exists());
-    assert_ok(&target.verify(&public));
+    assert_ok(&target.verify(&race.public));
+    target.push(&race.secret, path);
+    assert!(target.has_narinfo(path) && target.objects().join(nar).exists());
+    assert_ok(&target.verify(&race.public));
 }
 
 /// gc deletes narinfos and usage records a thousand to a request, in a DeleteObjects as the
