@@ -383,7 +383,8 @@ fn no_such_upload_for_a_completion_that_landed_is_not_a_failure(#[case] kind: S3
 }
 
 /// An upload aborted before its completion (a lifecycle rule for incomplete uploads, another
-/// tool): S3 says NoSuchUpload and nothing is under the name. That path fails, in S3's words;
+/// tool): S3 says NoSuchUpload and nothing appears under the name, however long the push looks
+/// for it. That path fails, with S3's code;
 /// no narinfo names the missing NAR; the rest lands; a second push completes the cache.
 #[rstest]
 #[case::s3s_fs(S3Kind::S3sFs)]
@@ -400,7 +401,10 @@ fn an_upload_aborted_before_its_completion_fails_its_path_only(#[case] kind: S3K
             "error: {}: S3 CompleteMultipartUpload of s3://{}/nar/",
             f.big,
             server.bucket()
-        )) && err.contains("failed: NoSuchUpload: The specified upload does not exist"),
+        )) && err.contains(
+            "failed: NoSuchUpload: the store no longer knows this upload, and no object of its \
+             size appeared under its name"
+        ),
         "{err}"
     );
     assert!(
