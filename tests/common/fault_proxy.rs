@@ -85,6 +85,9 @@ pub struct FaultConfig {
     /// An outage: from the first request whose target contains `.0`, every request meets a
     /// fault for `.1`.
     pub outage: Option<(&'static str, Duration)>,
+    /// This many requests, the first ones, pass untouched (the bucket check when a command
+    /// opens the cache, which gives up after three attempts by design).
+    pub pass_first: u64,
 }
 
 impl FaultConfig {
@@ -120,6 +123,7 @@ impl FaultConfig {
             only_target: None,
             sequence: Vec::new(),
             outage: None,
+            pass_first: 0,
         }
     }
 }
@@ -175,6 +179,8 @@ struct Shared {
     sequenced: AtomicUsize,
     /// When [`FaultConfig::outage`] began.
     outage_began: Mutex<Option<Instant>>,
+    /// Requests seen, for [`FaultConfig::pass_first`].
+    seen: AtomicU64,
 }
 
 pub struct FaultProxy {
@@ -204,6 +210,7 @@ impl FaultProxy {
             decided: AtomicU64::new(0),
             sequenced: AtomicUsize::new(0),
             outage_began: Mutex::new(None),
+            seen: AtomicU64::new(0),
         });
         let s = shared.clone();
         let accept = std::thread::spawn(move || accept_loop(listener, s));
@@ -281,6 +288,9 @@ impl Shared {
     }
 
     fn pick(&self, op: &str, target: &str) -> Option<Fault> {
+        if self.seen.fetch_add(1, Ordering::SeqCst) < self.config.pass_first {
+            return None;
+        }
         if let Some((trigger, lasts)) = self.config.outage {
             let mut began = self.outage_began.lock().unwrap();
             if began.is_none() && target.contains(trigger) {
