@@ -82,6 +82,8 @@ pub fn nar_url(file_hash: &Sha256, compression: &Compression) -> String {
 pub enum NarInfoError {
     #[error("line {line}: expected 'Key: value'")]
     MalformedLine { line: usize },
+    #[error("line {line}: a control character (such as a carriage return) in a narinfo line")]
+    ControlCharacter { line: usize },
     #[error("line {line}: {field} appears a second time")]
     Duplicate { line: usize, field: &'static str },
     #[error("line {line}: {field}: {source}")]
@@ -145,10 +147,15 @@ pub fn fingerprint(
 impl NarInfo {
     pub fn parse(text: &str) -> Result<Self, NarInfoError> {
         let mut fields = Fields::default();
-        for (index, line) in text.lines().enumerate() {
+        // Lines end at '\n' alone, as Nix reads them: a '\r' is part of the line, and a line
+        // with a control character is refused rather than trimmed into another value.
+        for (index, line) in text.split('\n').enumerate() {
             let line_no = index + 1;
             if line.is_empty() {
                 continue;
+            }
+            if line.chars().any(char::is_control) {
+                return Err(NarInfoError::ControlCharacter { line: line_no });
             }
             let (key, value) = line
                 .split_once(':')
@@ -672,6 +679,10 @@ References:
     #[case::missing_nar_hash(&drop_line(DEP_XZ, "NarHash"), "the NarHash field is missing")]
     #[case::missing_url(&drop_line(DEP_XZ, "URL"), "the URL field is missing")]
     #[case::empty_url(&DEP_XZ.replace("URL: nar/1xsjkazpfgyyy38br89kz2plvdb4dkqcjl5mh0n2py3ndf0sc48j.nar.xz", "URL: "), "the URL field is missing")]
+    // Found by fuzzing: "URL: \r\r" was once read as the URL "\r", which writes back as a
+    // line read as an empty URL.
+    #[case::carriage_return_in_url(&DEP_XZ.replace(".nar.xz\n", ".nar.xz\r\r\n"), "line 2: a control character")]
+    #[case::crlf_line_ends(&DEP_XZ.replace('\n', "\r\n"), "line 1: a control character")]
     #[case::missing_nar_size(&drop_line(DEP_XZ, "NarSize"), "the NarSize field is missing")]
     #[case::zero_nar_size(&DEP_XZ.replace("NarSize: 120", "NarSize: 0"), "NarSize is 0")]
     #[case::bad_nar_size(&DEP_XZ.replace("NarSize: 120", "NarSize: -1"), "line 7: NarSize: \"-1\" is not a byte count")]
