@@ -13,7 +13,7 @@ export NIXBUCKET_TEST_LOG_DIR
 status=0
 # The setup/push tests (and the CI integrations and serve, which run setup then push) diff the
 # shared /nix/store, so they run after the rest, one at a time.
-serial='binary(setup_push) | binary(github_action) | binary(gitlab_ci) | binary(serve) | binary(daemon)'
+serial='binary(setup_push) | binary(restore) | binary(github_action) | binary(gitlab_ci) | binary(serve) | binary(daemon)'
 cargo nextest run --no-fail-fast --success-output final -E "not ($serial)" 2>&1 |
     tee -a "$NIXBUCKET_TEST_LOG_DIR/nextest.log" || status=1
 cargo nextest run --no-fail-fast --success-output final -E "$serial" --test-threads 1 2>&1 |

@@ -4,6 +4,7 @@
 //! - [`store`]: what the local Nix store knows (path metadata, the set of valid paths).
 //! - [`cache`]: where a binary cache lives (an S3 bucket, a local directory).
 //! - [`push`]: the pipeline that turns store paths into signed cache entries.
+//! - [`restore`]: the next job's start: what the last jobs used, fetched into a local mirror.
 //! - [`serve`]: the cache as an HTTP substituter on loopback, with uploads during the build.
 //! - [`state`]: what `setup` hands to `push` across CI steps.
 //! - [`gc`]: garbage collection of a cache, by age of use or size, closures kept whole.
@@ -17,6 +18,7 @@ pub mod command;
 pub mod gc;
 pub mod nix;
 pub mod push;
+pub mod restore;
 pub mod serve;
 pub mod state;
 pub mod store;

@@ -21,6 +21,9 @@ pub struct State {
     /// The `nixbucket serve` that `setup --serve` started, for `push` to read and stop.
     #[serde(default)]
     pub serve: Option<ServeState>,
+    /// The local mirror `setup` restored into, for `push` to report on and remove.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -61,6 +64,7 @@ impl State {
             store_paths,
             public_keys,
             serve: None,
+            mirror: None,
         }
     }
 

@@ -181,7 +181,7 @@ impl Target {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
             let cache = self.open().await;
-            usage::record(&cache, UNIX_EPOCH + Duration::from_secs(secs), &paths)
+            usage::record(&cache, UNIX_EPOCH + Duration::from_secs(secs), &paths, None)
                 .await
                 .unwrap()
                 .expect("a record was written");

@@ -111,6 +111,7 @@ impl Job {
             "include",
             "exclude",
             "skip-push",
+            "restore",
             "aws-role-arn",
             "aws-region",
             "github-token",

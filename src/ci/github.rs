@@ -96,6 +96,8 @@ pub struct Inputs {
     pub include: Option<String>,
     pub exclude: Option<String>,
     pub skip_push: bool,
+    /// Restore what the last jobs used into a local mirror before the build (default true).
+    pub restore: bool,
     pub aws_role_arn: Option<String>,
     pub aws_region: Option<String>,
     pub github_token: Secret,
@@ -125,17 +127,18 @@ impl Inputs {
                 },
             )?),
         };
-        let skip_push = match text("skip-push").as_deref() {
-            None | Some("false" | "False" | "FALSE") => false,
-            Some("true" | "True" | "TRUE") => true,
-            Some(other) => {
-                return Err(GithubError::InvalidInput {
-                    name: "skip-push",
-                    expected: "true or false",
-                    value: other.to_owned(),
-                });
-            }
+        let boolean = |name: &'static str, default: bool| match text(name).as_deref() {
+            None => Ok(default),
+            Some("false" | "False" | "FALSE") => Ok(false),
+            Some("true" | "True" | "TRUE") => Ok(true),
+            Some(other) => Err(GithubError::InvalidInput {
+                name,
+                expected: "true or false",
+                value: other.to_owned(),
+            }),
         };
+        let skip_push = boolean("skip-push", false)?;
+        let restore = boolean("restore", true)?;
         Ok(Inputs {
             cache,
             signing_key: Secret::new(text("signing-key").unwrap_or_default()),
@@ -147,6 +150,7 @@ impl Inputs {
             include: text("include"),
             exclude: text("exclude"),
             skip_push,
+            restore,
             aws_role_arn: text("aws-role-arn"),
             aws_region: text("aws-region"),
             github_token: Secret::new(text("github-token").unwrap_or_default()),
@@ -716,6 +720,7 @@ mod tests {
         assert_eq!(inputs.public_keys, ["a-1:AAAA", "b-1:BBBB", "c-1:CCCC"]);
         assert_eq!(inputs.jobs, None);
         assert!(!inputs.skip_push);
+        assert!(inputs.restore, "restore is on unless the input says false");
         assert_eq!(
             inputs.aws_role_arn.as_deref(),
             Some("arn:aws:iam::1:role/r")
@@ -736,6 +741,12 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(err.to_string().contains("`skip-push`"), "{err}");
+        let err = Inputs::read(env(&[
+            ("INPUT_CACHE", "file:///c"),
+            ("INPUT_RESTORE", "no"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("`restore`"), "{err}");
         let err = Inputs::read(env(&[])).unwrap_err();
         assert!(matches!(err, GithubError::NoCache), "{err}");
     }

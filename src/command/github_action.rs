@@ -168,10 +168,20 @@ async fn main_step() -> anyhow::Result<ExitCode> {
     };
 
     let state_file = state_path();
+    let restore = inputs
+        .restore
+        .then(|| setup::Restore::default_for(&url, &state_file))
+        .flatten();
     let setup_result = {
         let (url, keys, state_file) = (url.clone(), keys.clone(), state_file.clone());
         tokio::task::spawn_blocking(move || {
-            setup::setup_job(&url, substituter.as_deref(), &keys, &state_file)
+            setup::setup_job(
+                &url,
+                substituter.as_deref(),
+                &keys,
+                &state_file,
+                restore.as_ref(),
+            )
         })
         .await
         .context("setup stopped unexpectedly")?

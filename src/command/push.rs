@@ -217,6 +217,11 @@ async fn prepare(
         if let Some(stats) = served {
             eprintln!("{}", stats.summary());
         }
+        let (state_file, keep) = (args.state_file.clone(), args.dry_run);
+        let mirror = tokio::task::spawn_blocking(move || finish_mirror(state_file, keep)).await;
+        if let Ok(Some(line)) = mirror {
+            eprintln!("{line}");
+        }
     }
     let (closure, skipped) = {
         let (paths, state_file) = (args.paths.clone(), args.state_file.clone());
@@ -228,10 +233,12 @@ async fn prepare(
     // gc's usage record: before the existence checks, so a concurrent gc keeps these.
     let mut usage_unrecorded = None;
     if !args.dry_run {
+        let branch = crate::ci::Branches::detect().current;
         let used = push::usage::record(
             &cache,
             std::time::SystemTime::now(),
             closure.iter().map(|i| &i.path),
+            branch.as_deref(),
         );
         if let Err(e) = used.await {
             eprintln!("error: could not record this job's paths for `nixbucket gc`: {e}");
@@ -243,6 +250,32 @@ async fn prepare(
         eprintln!("warning: {why}; pushing {path} again");
     }
     Ok((cache, plan, skipped, usage_unrecorded))
+}
+
+/// After a `setup` that restored into a mirror: how much of it the build used, and the mirror
+/// removed (kept for a dry run).
+fn finish_mirror(state_file: Option<PathBuf>, keep: bool) -> Option<String> {
+    let state = State::load(&state_file.unwrap_or_else(state::default_path)).ok()?;
+    let dir = state.mirror?;
+    let mirrored = crate::restore::mirrored(&dir);
+    let now = store::read_store_dir(std::path::Path::new(STORE_DIR)).ok()?;
+    let used = store::added_since(&state.store_paths, &now)
+        .iter()
+        .filter(|p| mirrored.contains(&p.hash_part()))
+        .count();
+    let mut line = format!(
+        "restore: the build took {used} of the {} paths restored into {}",
+        mirrored.len(),
+        dir.display()
+    );
+    if !keep {
+        match crate::restore::remove_mirror(&dir) {
+            Ok(true) => line.push_str(" (removed)"),
+            Ok(false) => {}
+            Err(e) => line.push_str(&format!(" (could not remove it: {e})")),
+        }
+    }
+    Some(line)
 }
 
 /// A cancelled CI job gets SIGINT or SIGTERM: stop cleanly, so what landed is whole and a

@@ -50,6 +50,75 @@ pub struct Args {
     /// the server), so `push` only uploads what remains.
     #[arg(long, requires = "serve")]
     pub push_during_build: bool,
+    /// Do not restore. By default, with an s3:// cache, setup fetches what the last job of this
+    /// branch (else of the default branch, else any) used into a local mirror that Nix reads
+    /// first, many requests at a time: the build then substitutes at local speed. `push`
+    /// removes the mirror.
+    #[arg(long, env = "NIXBUCKET_NO_RESTORE")]
+    pub no_restore: bool,
+    /// Restore at most this much (NARs as stored, compressed): `500MiB`, `4GiB`.
+    #[arg(long, value_name = "SIZE", default_value = "4GiB", value_parser = parse_size)]
+    pub restore_max_size: u64,
+    /// Restore what the newest job of these branches used, the first branch that has one
+    /// [default: the job's branch, then the default branch, as the CI system names them].
+    #[arg(long = "restore-branch", value_name = "BRANCH")]
+    pub restore_branches: Vec<String>,
+    /// The mirror directory [default: beside the state file].
+    #[arg(long, value_name = "DIR")]
+    pub mirror: Option<PathBuf>,
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    crate::gc::units::parse_size(text).map_err(|e| e.to_string())
+}
+
+/// What to restore into the mirror before the build, and where (see [`crate::restore`]).
+#[derive(Clone, Debug)]
+pub struct Restore {
+    pub mirror: PathBuf,
+    pub branches: Vec<String>,
+    pub max_size: u64,
+}
+
+/// The default budget: a runner's free disk holds this compressed and the store unpacked.
+pub const RESTORE_MAX_SIZE: u64 = 4 << 30;
+
+impl Restore {
+    /// Restoring with the default settings and the branches the CI system names, for a cache
+    /// where it pays: an S3 bucket (a `file://` cache is a local directory already).
+    pub fn default_for(url: &CacheUrl, state_path: &Path) -> Option<Restore> {
+        Restore::for_cache(url, state_path, None, Vec::new(), RESTORE_MAX_SIZE)
+    }
+
+    fn for_cache(
+        url: &CacheUrl,
+        state_path: &Path,
+        mirror: Option<PathBuf>,
+        branches: Vec<String>,
+        max_size: u64,
+    ) -> Option<Restore> {
+        if matches!(url, CacheUrl::File { .. }) {
+            return None;
+        }
+        let branches = if branches.is_empty() {
+            crate::ci::Branches::detect().in_order()
+        } else {
+            branches
+        };
+        let mirror = mirror.unwrap_or_else(|| {
+            let mut rnd = [0u8; 6];
+            let _ = getrandom::fill(&mut rnd);
+            let suffix: String = rnd.iter().map(|b| format!("{b:02x}")).collect();
+            // A fresh name per job: Nix's narinfo disk cache, keyed by the substituter's URL,
+            // never answers for an older mirror.
+            state_path.with_file_name(format!("nixbucket-mirror-{suffix}"))
+        });
+        Some(Restore {
+            mirror,
+            branches,
+            max_size,
+        })
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -59,7 +128,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if !args.serve {
         let substituter = (!args.no_configure)
             .then(|| args.substituter.clone().unwrap_or_else(|| url.to_string()));
-        setup_job(&url, substituter.as_deref(), &keys, &state_path)?;
+        let restore = restore_of(&args, &url, &state_path);
+        setup_job(
+            &url,
+            substituter.as_deref(),
+            &keys,
+            &state_path,
+            restore.as_ref(),
+        )?;
         return Ok(ExitCode::SUCCESS);
     }
     prepare_cache(&url);
@@ -68,31 +144,97 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         &state_path,
         args.signing_key_file.as_deref(),
     )?;
+    let restore = restore_of(&args, &url, &state_path);
     if !args.no_configure {
-        let configured = configure_served(&args, &keys, &state_path, &background);
+        let configured = configure_served(&args, &keys, &state_path, &background, restore.as_ref());
         if configured.is_err() {
             let _ = serve::stop(background.state.pid);
         }
         configured?;
     }
-    record_store(&url, &keys, &state_path, Some(background.state))?;
+    let store_paths = store::read_store_dir(Path::new(STORE_DIR))?;
+    let mirror = restore.map(|r| run_restore(&url, &r, &store_paths));
+    record_store(
+        &url,
+        &keys,
+        &state_path,
+        store_paths,
+        Some(background.state),
+        mirror,
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
+fn restore_of(args: &Args, url: &CacheUrl, state_path: &Path) -> Option<Restore> {
+    if args.no_restore || args.no_configure {
+        return None;
+    }
+    Restore::for_cache(
+        url,
+        state_path,
+        args.mirror.clone(),
+        args.restore_branches.clone(),
+        args.restore_max_size,
+    )
+}
+
 /// What `run` does once the arguments are resolved: point Nix at `substituter` trusting `keys`
-/// (unless it is `None`), then record the store for `push` in `state_path`. The GitHub Action
-/// calls this with what it read from its inputs.
+/// (unless it is `None`), restore into a mirror ahead of it (with `restore`), then record the
+/// store for `push` in `state_path`. The GitHub Action calls this with what it read from its
+/// inputs.
 pub fn setup_job(
     url: &CacheUrl,
     substituter: Option<&str>,
     keys: &[PublicKey],
     state_path: &Path,
+    restore: Option<&Restore>,
 ) -> anyhow::Result<()> {
     prepare_cache(url);
+    let restore = restore.filter(|_| substituter.is_some());
     if let Some(substituter) = substituter {
-        configure(substituter, keys, Vec::new())?;
+        configure(substituter, restore, keys, Vec::new())?;
     }
-    record_store(url, keys, state_path, None)
+    let store_paths = store::read_store_dir(Path::new(STORE_DIR))?;
+    let mirror = restore.map(|r| run_restore(url, r, &store_paths));
+    record_store(url, keys, state_path, store_paths, None, mirror)
+}
+
+/// Fills the mirror `configure` listed (see [`crate::restore`]) and returns it. A restore that
+/// fails is a warning: the cache itself is still a substituter, only a slower one.
+fn run_restore(url: &CacheUrl, restore: &Restore, store_paths: &[String]) -> PathBuf {
+    let have = store_paths
+        .iter()
+        .filter_map(|name| name.get(..32).map(str::to_owned))
+        .collect();
+    let opts = crate::restore::Options {
+        mirror: restore.mirror.clone(),
+        branches: restore.branches.clone(),
+        max_size: restore.max_size,
+        jobs: 64,
+        have,
+        progress: Some(std::time::Duration::from_secs(5)),
+    };
+    // On a thread of its own: setup runs inside the CLI's runtime and the Action's blocking
+    // pool, where a runtime cannot be entered again.
+    let restored = std::thread::scope(|s| {
+        s.spawn(|| -> anyhow::Result<crate::restore::Report> {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async {
+                let cache = crate::cache::Cache::open(url).await?;
+                Ok(crate::restore::restore(&cache, &opts).await?)
+            })
+        })
+        .join()
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the restore stopped unexpectedly")))
+    });
+    match restored {
+        Ok(report) => eprintln!("{}", report.summary()),
+        Err(err) => eprintln!(
+            "warning: could not restore into {}: {err:#}; Nix substitutes from {url} directly",
+            restore.mirror.display()
+        ),
+    }
+    restore.mirror.clone()
 }
 
 /// A `file://` cache is laid out now, by the job's user: a root nix-daemon substituting from
@@ -114,10 +256,11 @@ fn record_store(
     url: &CacheUrl,
     keys: &[PublicKey],
     state_path: &Path,
+    paths: Vec<String>,
     served: Option<ServeState>,
+    mirror: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let paths = store::read_store_dir(Path::new(STORE_DIR))?;
     let count = paths.len();
     let mut state = State::new(
         url.to_string(),
@@ -125,6 +268,7 @@ fn record_store(
         keys.iter().map(ToString::to_string).collect(),
     );
     state.serve = served;
+    state.mirror = mirror;
     state.save(state_path)?;
     eprintln!(
         "recorded {count} store paths in {} ({} ms)",
@@ -141,6 +285,7 @@ fn configure_served(
     keys: &[PublicKey],
     state_path: &Path,
     served: &serve::Background,
+    restore: Option<&Restore>,
 ) -> anyhow::Result<()> {
     let mut extra = vec![("fallback", vec!["true".to_owned()])];
     if args.push_during_build {
@@ -149,6 +294,7 @@ fn configure_served(
     }
     configure(
         &format!("http://127.0.0.1:{}", served.state.port),
+        restore,
         keys,
         extra,
     )
@@ -190,17 +336,17 @@ enum Target {
 
 fn choose_target(
     env: &NixEnv,
-    substituter: &str,
+    substituters: &[String],
     keys: &[String],
     user_conf: Option<PathBuf>,
 ) -> Target {
     let daemon_accepts_ours = !env.daemon
         || env.trusted
-        || (env
-            .trusted_substituters
-            .iter()
-            .any(|s| same_store_url(s, substituter))
-            && keys.iter().all(|k| env.trusted_public_keys.contains(k)));
+        || (substituters.iter().all(|ours| {
+            env.trusted_substituters
+                .iter()
+                .any(|s| same_store_url(s, ours))
+        }) && keys.iter().all(|k| env.trusted_public_keys.contains(k)));
     match user_conf {
         Some(path) if daemon_accepts_ours => Target::User(path),
         _ => Target::System {
@@ -210,8 +356,10 @@ fn choose_target(
     }
 }
 
+/// Points Nix at `substituter`, behind the mirror of `restore` if there is one.
 fn configure(
     substituter: &str,
+    restore: Option<&Restore>,
     keys: &[PublicKey],
     extra: Vec<(&str, Vec<String>)>,
 ) -> anyhow::Result<()> {
@@ -225,12 +373,18 @@ fn configure(
             );
         }
     }
+    let mut substituters = Vec::new();
+    if let Some(restore) = restore {
+        crate::restore::prepare_mirror(&restore.mirror)?;
+        substituters.push(format!("file://{}", restore.mirror.display()));
+    }
+    substituters.push(substituter.to_owned());
     let mut settings = vec![
-        ("extra-substituters", vec![substituter.to_owned()]),
+        ("extra-substituters", substituters.clone()),
         ("extra-trusted-public-keys", keys.clone()),
     ];
     settings.extend(extra);
-    let target = choose_target(&env, substituter, &keys, store::user_conf_path());
+    let target = choose_target(&env, &substituters, &keys, store::user_conf_path());
     let (path, restart) = match &target {
         Target::User(path) => (path.clone(), false),
         Target::System {
@@ -446,7 +600,8 @@ mod tests {
     fn picks_the_conf_that_takes_effect() {
         let user = PathBuf::from("/home/runner/.config/nix/nix.conf");
         let keys = ["c-1:AAAA".to_owned()];
-        let pick = |env: &NixEnv| choose_target(env, "file:///c", &keys, Some(user.clone()));
+        let pick =
+            |env: &NixEnv| choose_target(env, &["file:///c".to_owned()], &keys, Some(user.clone()));
         assert_eq!(pick(&env(false, false)), Target::User(user.clone()));
         assert_eq!(pick(&env(true, true)), Target::User(user.clone()));
         assert!(matches!(
@@ -465,7 +620,7 @@ mod tests {
         allowed.trusted_public_keys = keys.to_vec();
         assert_eq!(pick(&allowed), Target::User(user.clone()));
         assert!(matches!(
-            choose_target(&env(false, false), "file:///c", &keys, None),
+            choose_target(&env(false, false), &["file:///c".to_owned()], &keys, None),
             Target::System {
                 restart_daemon: false,
                 ..

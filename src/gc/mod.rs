@@ -414,7 +414,7 @@ pub async fn collect(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcErro
     let before = usage.len();
     usage.retain(|h| live.contains(h));
     if read_keys.len() > 1 || usage.len() < before {
-        report.usage_record_written = usage::write(cache, &usage).await?;
+        report.usage_record_written = usage::write(cache, &usage, None).await?;
         let meta: u64 = read_keys
             .iter()
             .filter_map(|k| listed.get(k).map(|o| o.size))

@@ -13,6 +13,10 @@
 //! it is a dry run, merges them into one and deletes those it merged ("compaction"), so the
 //! number of records stays about the number of jobs since the last gc.
 //!
+//! A job that knows its branch adds a tag to the name, `usage/<secs>-<random>-b<tag>.zst`, the
+//! first 16 hex digits of the branch name's SHA-256: `setup` restores what the last job of the
+//! same branch used (see [`crate::restore`]). Records gc merged carry no tag.
+//!
 //! Nix ignores the `usage/` prefix: it reads only `nix-cache-info`, `*.narinfo`, NARs and `log/`.
 //!
 //! The body, before compression, is text:
@@ -210,8 +214,9 @@ pub fn unix_secs(t: SystemTime) -> u64 {
         .as_secs()
 }
 
-/// A fresh record name for time `secs`: sortable by time, unique by 64 random bits.
-pub fn record_key(secs: u64) -> String {
+/// A fresh record name for time `secs`: sortable by time, unique by 64 random bits, tagged
+/// with the job's branch if it has one.
+pub fn record_key(secs: u64, branch: Option<&str>) -> String {
     let mut rnd = [0u8; 8];
     // A failed RNG only risks a name clash with a record written in the same second; the pid
     // and the clock's nanoseconds make even that unlikely.
@@ -227,15 +232,36 @@ pub fn record_key(secs: u64) -> String {
                 )
         }
     };
-    format!("{PREFIX}{secs:012}-{n:016x}.zst")
+    match branch {
+        Some(b) => format!("{PREFIX}{secs:012}-{n:016x}-b{}.zst", branch_tag(b)),
+        None => format!("{PREFIX}{secs:012}-{n:016x}.zst"),
+    }
 }
 
-/// Writes a record for `usage` (nothing if it is empty) and returns its key.
-pub async fn write(cache: &Cache, usage: &Usage) -> Result<Option<String>, UsageError> {
+/// The tag a branch gets in record names: names stay short and safe whatever the branch is
+/// called (slashes, spaces, unicode).
+pub fn branch_tag(branch: &str) -> String {
+    crate::nix::Sha256::digest(branch.as_bytes()).to_hex()[..16].to_owned()
+}
+
+/// The branch tag in a record's name, if it has one.
+pub fn record_branch_tag(key: &str) -> Option<&str> {
+    let stem = key.strip_prefix(PREFIX)?.strip_suffix(".zst")?;
+    let tag = stem.rsplit_once("-b")?.1;
+    (tag.len() == 16 && tag.bytes().all(|c| c.is_ascii_hexdigit())).then_some(tag)
+}
+
+/// Writes a record for `usage` (nothing if it is empty), tagged with `branch`, and returns its
+/// key.
+pub async fn write(
+    cache: &Cache,
+    usage: &Usage,
+    branch: Option<&str>,
+) -> Result<Option<String>, UsageError> {
     let Some(newest) = usage.newest() else {
         return Ok(None);
     };
-    let key = record_key(newest);
+    let key = record_key(newest, branch);
     cache
         .put(&key, usage.encode()?.into(), "application/zstd")
         .await?;
@@ -258,6 +284,7 @@ pub async fn record<'a>(
     cache: &Cache,
     at: SystemTime,
     paths: impl IntoIterator<Item = &'a StorePath>,
+    branch: Option<&str>,
 ) -> Result<Option<String>, UsageError> {
     let secs = unix_secs(at);
     let mut usage = Usage::new();
@@ -266,7 +293,7 @@ pub async fn record<'a>(
     }
     let mut attempt = 1;
     loop {
-        match write(cache, &usage).await {
+        match write(cache, &usage, branch).await {
             Err(UsageError::Cache(err)) if err.is_outage() && attempt < RECORD_ATTEMPTS => {
                 eprintln!(
                     "warning: could not write this job's usage record (attempt {attempt} of \
@@ -376,12 +403,21 @@ mod tests {
 
     #[test]
     fn record_keys_sort_by_time_and_are_unique() {
-        let (a, b) = (record_key(99), record_key(1_000));
+        let (a, b) = (record_key(99, None), record_key(1_000, None));
         assert!(a < b, "{a} {b}");
-        assert_ne!(record_key(5), record_key(5));
+        assert_ne!(record_key(5, None), record_key(5, None));
         assert!(is_record_key(&a), "{a}");
         assert!(a.starts_with("usage/000000000099-"), "{a}");
         assert!(!is_record_key("usage/sub/x.zst"));
         assert!(!is_record_key("x.narinfo"));
+        assert_eq!(record_branch_tag(&a), None);
+        let tagged = record_key(99, Some("feature/x y"));
+        assert!(is_record_key(&tagged), "{tagged}");
+        assert_eq!(
+            record_branch_tag(&tagged),
+            Some(branch_tag("feature/x y").as_str())
+        );
+        assert_ne!(branch_tag("main"), branch_tag("dev"));
+        assert!(tagged < b, "tagged names still sort by time");
     }
 }

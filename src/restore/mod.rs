@@ -1,0 +1,501 @@
+//! Restoring at local speed: before the build, fetch what the last jobs used into a local
+//! mirror, a directory laid out as a binary cache that Nix reads first.
+//!
+//! Why: Nix substitutes one path at a time over HTTP, about 36 ms a path even on loopback, and
+//! from a local directory some 60 times faster. Here the narinfos and NARs are fetched with many
+//! requests in flight, and Nix then reads them from disk.
+//!
+//! What to restore comes from the bucket alone, with no database: each push writes a usage
+//! record naming its closure, tagged with its branch ([`crate::push::usage`]). The newest record
+//! of the first branch in the list that has one is taken (the job's own branch, then the default
+//! branch), else the newest record of any branch. Of that record, the paths used within
+//! [`RECENT`] of its newest time are restored: all of a job's record, and the latest uses of a
+//! record gc merged.
+//!
+//! Safety: the mirror holds the bucket's narinfos byte for byte, so Nix checks our signatures as
+//! for the bucket itself; nothing is trusted that was not signed. A NAR is written under a
+//! temporary name, checked against the narinfo's FileHash and FileSize and renamed into place,
+//! and only then is its narinfo written (the same way): Nix never sees a narinfo whose NAR is
+//! missing or partial. A path that cannot be restored is left to the bucket, which stays a
+//! substituter behind the mirror.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::cache::{Cache, CacheError};
+use crate::nix::NarInfo;
+use crate::nix::hash::Hasher;
+use crate::push::usage::{self, UsageError};
+
+/// The mirror's `nix-cache-info`: priority 10, ahead of the bucket (40) and cache.nixos.org (40).
+pub const MIRROR_INFO: &str = "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 10\n";
+
+/// A file that marks a directory as a mirror nixbucket made, and so may delete.
+pub const MARKER: &str = ".nixbucket-mirror";
+
+/// How far back from a record's newest use a path still counts as used by the last jobs.
+pub const RECENT: u64 = 6 * 3600;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error(transparent)]
+    Usage(#[from] UsageError),
+    #[error("could not write the mirror {path}: {source}")]
+    Mirror {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+pub struct Options {
+    /// The mirror directory; made if missing.
+    pub mirror: PathBuf,
+    /// Branches to restore from, best first.
+    pub branches: Vec<String>,
+    /// At most this many bytes of NARs (as stored, compressed).
+    pub max_size: u64,
+    /// Requests in flight.
+    pub jobs: usize,
+    /// Hash parts of the paths the local store has already.
+    pub have: HashSet<String>,
+    /// Print progress every this often (`None`: never).
+    pub progress: Option<Duration>,
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    /// The usage record restored from, and the branch it was chosen for (`None`: the newest
+    /// record of any branch).
+    pub record: Option<String>,
+    pub branch: Option<String>,
+    /// Paths the record names as recently used.
+    pub wanted: usize,
+    /// Of those, already in the local store.
+    pub present: usize,
+    /// No longer in the cache (gc deleted them).
+    pub gone: usize,
+    /// Left out to stay within the size budget.
+    pub over_budget: usize,
+    /// Could not be fetched (the bucket has them; Nix will fetch them from it).
+    pub failed: usize,
+    pub restored: usize,
+    pub bytes: u64,
+    pub elapsed: Duration,
+}
+
+impl Report {
+    pub fn summary(&self) -> String {
+        let Some(record) = &self.record else {
+            return "restore: the cache has no usage record yet; nothing to restore".to_owned();
+        };
+        let from = match &self.branch {
+            Some(b) => format!("the last job on {b}"),
+            None => "the newest job of any branch".to_owned(),
+        };
+        let mut notes = vec![format!("{} already in the store", self.present)];
+        for (n, what) in [
+            (self.gone, "gone from the cache"),
+            (self.over_budget, "over the size budget"),
+            (self.failed, "failed, left to the cache"),
+        ] {
+            if n > 0 {
+                notes.push(format!("{n} {what}"));
+            }
+        }
+        format!(
+            "restored {} of {} paths ({}) in {:.1} s from {from} ({record}): {}",
+            self.restored,
+            self.wanted,
+            crate::push::progress::human_bytes(self.bytes),
+            self.elapsed.as_secs_f64(),
+            notes.join(", ")
+        )
+    }
+}
+
+/// Picks the record to restore from: the newest of the first branch in `branches` that has
+/// one, else the newest of all. `keys` must be sorted (oldest first).
+pub fn choose_record<'a>(
+    keys: &'a [String],
+    branches: &[String],
+) -> Option<(&'a str, Option<String>)> {
+    for branch in branches {
+        let tag = usage::branch_tag(branch);
+        if let Some(key) = keys
+            .iter()
+            .rev()
+            .find(|k| usage::record_branch_tag(k) == Some(tag.as_str()))
+        {
+            return Some((key, Some(branch.clone())));
+        }
+    }
+    keys.last().map(|k| (k.as_str(), None))
+}
+
+/// Lays out `dir` as an empty mirror (a binary cache Nix reads first).
+pub fn prepare_mirror(dir: &Path) -> Result<(), RestoreError> {
+    let io = |source| RestoreError::Mirror {
+        path: dir.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(dir.join("nar")).map_err(io)?;
+    std::fs::write(dir.join(MARKER), b"").map_err(io)?;
+    std::fs::write(dir.join("nix-cache-info"), MIRROR_INFO).map_err(io)?;
+    Ok(())
+}
+
+/// Deletes a mirror `prepare_mirror` made; a directory without the marker is left alone.
+pub fn remove_mirror(dir: &Path) -> std::io::Result<bool> {
+    if !dir.join(MARKER).is_file() {
+        return Ok(false);
+    }
+    std::fs::remove_dir_all(dir)?;
+    Ok(true)
+}
+
+/// Hash parts of the narinfos in a mirror.
+pub fn mirrored(dir: &Path) -> HashSet<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return HashSet::new();
+    };
+    entries
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            Some(name.strip_suffix(".narinfo")?.to_owned())
+        })
+        .collect()
+}
+
+struct Wanted {
+    hash_part: String,
+    bytes: bytes::Bytes,
+    info: NarInfo,
+}
+
+#[derive(Default)]
+struct Progress {
+    done: AtomicUsize,
+    bytes: AtomicU64,
+}
+
+/// Fetches the paths the last jobs used into the mirror (see the module doc).
+pub async fn restore(cache: &Cache, opts: &Options) -> Result<Report, RestoreError> {
+    let started = Instant::now();
+    let mut report = Report::default();
+    prepare_mirror(&opts.mirror)?;
+    let keys: Vec<String> = cache
+        .list(usage::PREFIX)
+        .await?
+        .into_iter()
+        .map(|o| o.key)
+        .filter(|k| usage::is_record_key(k))
+        .collect();
+    let Some((key, branch)) = choose_record(&keys, &opts.branches) else {
+        report.elapsed = started.elapsed();
+        return Ok(report);
+    };
+    report.record = Some(key.to_owned());
+    report.branch = branch;
+    // A record gc compacted meanwhile is gone; its paths are in the merged one, next time.
+    let used = usage::read(cache, key).await?.unwrap_or_default();
+    let newest = used.newest().unwrap_or(0);
+    let mut todo: Vec<String> = used
+        .hash_parts()
+        .filter(|h| used.last_used(h).unwrap_or(0) + RECENT >= newest)
+        .map(str::to_owned)
+        .collect();
+    todo.sort_unstable();
+    report.wanted = todo.len();
+    todo.retain(|h| !opts.have.contains(h));
+    report.present = report.wanted - todo.len();
+
+    let fetched: Vec<(String, Result<Option<bytes::Bytes>, CacheError>)> =
+        futures::stream::iter(todo)
+            .map(|h| async move {
+                let got = cache.get(&format!("{h}.narinfo")).await;
+                (h, got)
+            })
+            .buffer_unordered(opts.jobs.max(1))
+            .collect()
+            .await;
+    let mut wanted = Vec::new();
+    for (hash_part, got) in fetched {
+        match got.map(|b| b.map(|b| (parse_narinfo(&hash_part, &b), b))) {
+            Ok(None) => report.gone += 1,
+            Ok(Some((Ok(info), bytes))) => wanted.push(Wanted {
+                hash_part,
+                bytes,
+                info,
+            }),
+            Ok(Some((Err(why), _))) => {
+                eprintln!("warning: restore: {hash_part}.narinfo: {why}; not restoring it");
+                report.failed += 1;
+            }
+            Err(e) => {
+                eprintln!("warning: restore: {hash_part}.narinfo: {e}");
+                report.failed += 1;
+            }
+        }
+    }
+    // Within the budget: smallest first restores the most paths for the bytes.
+    wanted.sort_by_key(|w| (nar_bytes(&w.info), w.hash_part.clone()));
+    let mut budget = opts.max_size;
+    wanted.retain(|w| {
+        let size = nar_bytes(&w.info);
+        let fits = size <= budget;
+        if fits {
+            budget -= size;
+        } else {
+            report.over_budget += 1;
+        }
+        fits
+    });
+
+    let total = wanted.len();
+    let total_bytes: u64 = wanted.iter().map(|w| nar_bytes(&w.info)).sum();
+    eprintln!(
+        "restoring {total} paths ({}) into {}",
+        crate::push::progress::human_bytes(total_bytes),
+        opts.mirror.display()
+    );
+    let progress = Arc::new(Progress::default());
+    let ticker = opts.progress.map(|every| {
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                eprintln!(
+                    "restore: {} of {total} paths, {} of {}",
+                    progress.done.load(Ordering::Relaxed),
+                    crate::push::progress::human_bytes(progress.bytes.load(Ordering::Relaxed)),
+                    crate::push::progress::human_bytes(total_bytes),
+                );
+            }
+        })
+    });
+    let results: Vec<(String, Result<u64, String>)> = futures::stream::iter(wanted)
+        .map(|w| {
+            let progress = progress.clone();
+            async move {
+                let result = fetch_path(cache, &opts.mirror, &w).await;
+                if let Ok(n) = &result {
+                    progress.done.fetch_add(1, Ordering::Relaxed);
+                    progress.bytes.fetch_add(*n, Ordering::Relaxed);
+                }
+                (w.hash_part, result)
+            }
+        })
+        .buffer_unordered(opts.jobs.max(1))
+        .collect()
+        .await;
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    for (hash_part, result) in results {
+        match result {
+            Ok(n) => {
+                report.restored += 1;
+                report.bytes += n;
+            }
+            Err(why) => {
+                eprintln!("warning: restore: {hash_part}: {why}; Nix will fetch it from the cache");
+                report.failed += 1;
+            }
+        }
+    }
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+fn nar_bytes(info: &NarInfo) -> u64 {
+    info.file_size.unwrap_or(info.nar_size)
+}
+
+/// A narinfo fit for the mirror: it parses, describes the path it is named for, and its NAR
+/// lies directly under `nar/` (never outside the mirror).
+fn parse_narinfo(hash_part: &str, bytes: &[u8]) -> Result<NarInfo, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_owned())?;
+    let info = NarInfo::parse(text).map_err(|e| e.to_string())?;
+    if info.store_path.hash_part() != hash_part {
+        return Err(format!("it describes {}", info.store_path));
+    }
+    let file = info.url.strip_prefix("nar/").unwrap_or("");
+    if file.is_empty() || file.contains('/') || file.starts_with('.') || file.contains('\0') {
+        return Err(format!("its URL {:?} is not a file under nar/", info.url));
+    }
+    Ok(info)
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn temp_name(dir: &Path) -> PathBuf {
+    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    dir.join(format!(".tmp-{}-{n}", std::process::id()))
+}
+
+/// Fetches one path's NAR and then its narinfo into the mirror; the NAR's size on success.
+async fn fetch_path(cache: &Cache, mirror: &Path, w: &Wanted) -> Result<u64, String> {
+    let nar_path = mirror.join(&w.info.url);
+    let size = if tokio::fs::try_exists(&nar_path).await.unwrap_or(false) {
+        // Another path with the same NAR contents brought it already.
+        0
+    } else {
+        let (_, mut body) = cache
+            .get_stream(&w.info.url)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("its NAR {} is missing from the cache", w.info.url))?;
+        let temp = temp_name(mirror);
+        let written = async {
+            let mut file = tokio::fs::File::create(&temp).await?;
+            let mut hasher = Hasher::new();
+            let mut buf = vec![0u8; 256 << 10];
+            loop {
+                let n = body.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                file.write_all(&buf[..n]).await?;
+            }
+            file.flush().await?;
+            Ok::<_, std::io::Error>(hasher)
+        }
+        .await;
+        let checked = match written {
+            Err(e) => Err(format!("fetching {}: {e}", w.info.url)),
+            Ok(hasher) => check_nar(&w.info, hasher),
+        };
+        if let Err(why) = checked {
+            let _ = tokio::fs::remove_file(&temp).await;
+            return Err(why);
+        }
+        let n = nar_bytes(&w.info);
+        tokio::fs::rename(&temp, &nar_path)
+            .await
+            .map_err(|e| format!("placing {}: {e}", nar_path.display()))?;
+        n
+    };
+    let temp = temp_name(mirror);
+    let info_path = mirror.join(format!("{}.narinfo", w.hash_part));
+    let placed = async {
+        tokio::fs::write(&temp, &w.bytes).await?;
+        tokio::fs::rename(&temp, &info_path).await
+    }
+    .await;
+    if let Err(e) = placed {
+        let _ = tokio::fs::remove_file(&temp).await;
+        return Err(format!("writing {}: {e}", info_path.display()));
+    }
+    Ok(size)
+}
+
+/// The fetched NAR is what the narinfo says it is, where the narinfo says.
+fn check_nar(info: &NarInfo, hasher: Hasher) -> Result<(), String> {
+    let len = hasher.len();
+    let hash = hasher.finish();
+    if let Some(size) = info.file_size {
+        if size != len {
+            return Err(format!("{} has {len} bytes, not {size}", info.url));
+        }
+    }
+    if let Some(expected) = info.file_hash {
+        if expected != hash {
+            return Err(format!("{} does not match its FileHash", info.url));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn the_record_of_the_first_branch_that_has_one_is_chosen() {
+        let main = usage::branch_tag("main");
+        let dev = usage::branch_tag("dev");
+        let all = keys(&[
+            &format!("usage/000000000100-00000000000000aa-b{dev}.zst"),
+            &format!("usage/000000000200-00000000000000bb-b{main}.zst"),
+            &format!("usage/000000000300-00000000000000cc-b{dev}.zst"),
+            "usage/000000000400-00000000000000dd.zst",
+        ]);
+        let pick = |branches: &[&str]| {
+            let b: Vec<String> = branches.iter().map(|s| (*s).to_owned()).collect();
+            choose_record(&all, &b).map(|(k, b)| (k.to_owned(), b))
+        };
+        assert_eq!(
+            pick(&["dev", "main"]),
+            Some((all[2].clone(), Some("dev".into())))
+        );
+        assert_eq!(
+            pick(&["feature", "main"]),
+            Some((all[1].clone(), Some("main".into())))
+        );
+        assert_eq!(pick(&["feature"]), Some((all[3].clone(), None)));
+        assert_eq!(pick(&[]), Some((all[3].clone(), None)));
+        assert_eq!(choose_record(&[], &["main".to_owned()]), None);
+    }
+
+    #[test]
+    fn a_mirror_is_removed_only_if_nixbucket_made_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mirror = tmp.path().join("m");
+        prepare_mirror(&mirror).unwrap();
+        std::fs::write(mirror.join("abc.narinfo"), "x").unwrap();
+        assert_eq!(mirrored(&mirror), HashSet::from(["abc".to_owned()]));
+        assert_eq!(
+            std::fs::read_to_string(mirror.join("nix-cache-info")).unwrap(),
+            MIRROR_INFO
+        );
+        let other = tmp.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        assert!(!remove_mirror(&other).unwrap());
+        assert!(other.exists());
+        assert!(remove_mirror(&mirror).unwrap());
+        assert!(!mirror.exists());
+    }
+
+    #[test]
+    fn narinfos_naming_another_path_or_a_nar_elsewhere_are_not_mirrored() {
+        let text = "StorePath: /nix/store/1d5i1r8ldqmbfsb2q3i52hbk3a4kbg9h-hello\n\
+                    URL: nar/1ljmvwqa7rvcf261pzfl3z2ibazfbvvfvrfmp5jdc89ddgmrb3fa.nar.zst\n\
+                    Compression: zstd\n\
+                    NarHash: sha256:1ig8hwv1z7pbwg539a60k8wjx89j8p86kp9jv36i721h3a7mdbjk\n\
+                    NarSize: 880\n\
+                    References: \n";
+        let hash = "1d5i1r8ldqmbfsb2q3i52hbk3a4kbg9h";
+        assert!(parse_narinfo(hash, text.as_bytes()).is_ok());
+        let other = parse_narinfo("5qn9lblnzjgza2vb23kwaclrcxnska2z", text.as_bytes());
+        assert!(other.unwrap_err().contains("describes"));
+        for url in [
+            "../x.nar",
+            "nar/../../etc/passwd",
+            "nar/a/b.nar",
+            "/etc/passwd",
+            "nar/",
+        ] {
+            let bad = text.replace(
+                "nar/1ljmvwqa7rvcf261pzfl3z2ibazfbvvfvrfmp5jdc89ddgmrb3fa.nar.zst",
+                url,
+            );
+            let err = parse_narinfo(hash, bad.as_bytes()).unwrap_err();
+            assert!(err.contains("not a file under nar/"), "{url}: {err}");
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! `setup` restoring what the last job used into a local mirror, judged by the real Nix: the
+//! build substitutes from the mirror, with the bucket's narinfos gone, so nothing else could
+//! have served it. These tests diff the shared /nix/store (push after setup), so the test
+//! script runs this binary on its own, one test at a time (see scripts/test.sh).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::nix::{NixConfig, derivation, nonce, query_closure};
+use common::s3::S3Server;
+use common::store::S3Store;
+use common::{assert_ok, keygen, nixbucket, run, stderr, stdout};
+
+const BASE_CONF: &str = "# base settings of the test machine\nsubstituters =\nsandbox = false\nexperimental-features = nix-command\nbuild-users-group =\n";
+
+/// A closure of `count` small paths (a top path naming the others), built, pushed on `branch`
+/// and deleted from the store: what the next job wants back. Returns the expression file and
+/// the closure.
+fn pushed_and_deleted(
+    s3: &dyn S3Store,
+    dir: &Path,
+    secret: &Path,
+    branch: &str,
+    count: usize,
+) -> (PathBuf, Vec<String>) {
+    let tag = nonce();
+    let deps: Vec<String> = (0..count - 1)
+        .map(|i| derivation(&format!("dep{i}-{tag}"), &format!("echo {i} > $out")))
+        .collect();
+    let names: Vec<String> = (0..deps.len()).map(|i| format!("d{i}")).collect();
+    let lets: String = names
+        .iter()
+        .zip(&deps)
+        .map(|(n, d)| format!("{n} = {d};"))
+        .collect();
+    let uses: String = names.iter().map(|n| format!("${{{n}}} ")).collect();
+    let expr = format!(
+        "let {lets} in {}",
+        derivation(&format!("top-{tag}"), &format!("echo {uses} > $out"))
+    );
+    let file = dir.join(format!("{tag}.nix"));
+    std::fs::write(&file, expr).unwrap();
+    let built = run(common::nix::nix_command("nix-build")
+        .arg("--no-out-link")
+        .arg(&file));
+    assert_ok(&built);
+    let top = stdout(&built).trim().to_owned();
+    let closure = query_closure(&top);
+    assert_eq!(closure.len(), count, "{closure:?}");
+    assert_ok(&run(nixbucket()
+        .envs(s3.env())
+        .env("NIXBUCKET_BRANCH", branch)
+        .args(["push", "--cache", &s3.cache_url(), "--signing-key-file"])
+        .arg(secret)
+        .arg(&top)));
+    assert_ok(&run(common::nix::nix_command("nix-store")
+        .arg("--delete")
+        .args(&closure)));
+    (file, closure)
+}
+
+fn setup(s3: &dyn S3Store, conf: &NixConfig, dir: &Path, secret: &Path) -> Command {
+    let mut cmd = conf.nixbucket();
+    cmd.envs(s3.env())
+        .env_remove("NIXBUCKET_BRANCH")
+        .env_remove("NIXBUCKET_DEFAULT_BRANCH")
+        .args(["setup", "--cache", &s3.cache_url(), "--substituter"])
+        .arg(s3.anon_http_url())
+        .arg("--signing-key-file")
+        .arg(secret)
+        .arg("--state-file")
+        .arg(dir.join("state.json"))
+        .arg("--mirror")
+        .arg(dir.join("mirror"));
+    cmd
+}
+
+fn narinfo_key(store_path: &str) -> String {
+    format!("{}.narinfo", &store_path["/nix/store/".len()..][..32])
+}
+
+fn mirrored(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = nixbucket::restore::mirrored(&dir.join("mirror"))
+        .into_iter()
+        .collect();
+    v.sort();
+    v
+}
+
+fn hash_parts(paths: &[String]) -> Vec<String> {
+    let mut v: Vec<String> = paths
+        .iter()
+        .map(|p| p["/nix/store/".len()..][..32].to_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn the_next_job_substitutes_the_last_jobs_closure_from_the_mirror() {
+    let s3 = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (secret, _) = keygen(tmp.path(), "restore-1");
+    let (expr, closure) = pushed_and_deleted(&s3, tmp.path(), &secret, "dev", 6);
+
+    let conf = NixConfig::new(tmp.path(), BASE_CONF);
+    let out = run(setup(&s3, &conf, tmp.path(), &secret).env("NIXBUCKET_BRANCH", "dev"));
+    assert_ok(&out);
+    let log = stderr(&out);
+    assert!(
+        log.contains("restored 6 of 6 paths") && log.contains("from the last job on dev"),
+        "{log}"
+    );
+    assert_eq!(mirrored(tmp.path()), hash_parts(&closure));
+    let mirror_url = format!("file://{}", tmp.path().join("mirror").display());
+    let user_conf = std::fs::read_to_string(conf.user_conf()).unwrap();
+    assert!(user_conf.contains(&mirror_url), "{user_conf}");
+
+    // With the narinfos gone from the bucket, only the mirror can serve the closure.
+    for path in &closure {
+        s3.admin().delete(s3.bucket(), &narinfo_key(path));
+    }
+    let build = run(conf.nix("nix-build").arg("--no-out-link").arg(&expr));
+    assert_ok(&build);
+    let log = stderr(&build);
+    assert!(
+        !log.contains("building '"),
+        "built instead of substituting:\n{log}"
+    );
+    for path in &closure {
+        assert!(
+            log.contains(&format!("copying path '{path}' from '{mirror_url}'")),
+            "{path} not from the mirror:\n{log}"
+        );
+    }
+
+    // push reports what the build took from the mirror, removes it, and uploads the narinfos
+    // that were deleted above again (nothing in the bucket names them now).
+    let push = run(nixbucket()
+        .envs(s3.env())
+        .args(["push", "--cache", &s3.cache_url(), "--signing-key-file"])
+        .arg(&secret)
+        .arg("--state-file")
+        .arg(tmp.path().join("state.json")));
+    assert_ok(&push);
+    let log = stderr(&push);
+    assert!(
+        log.contains("restore: the build took 6 of the 6 paths restored into"),
+        "{log}"
+    );
+    assert!(log.contains("(removed)"), "{log}");
+    assert!(!tmp.path().join("mirror").exists());
+    for path in &closure {
+        assert!(s3.admin().head(s3.bucket(), &narinfo_key(path)).is_some());
+    }
+}
+
+#[test]
+fn the_record_of_the_same_branch_then_the_default_branch_is_restored() {
+    let s3 = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (secret, _) = keygen(tmp.path(), "restore-1");
+    let (_, on_main) = pushed_and_deleted(&s3, tmp.path(), &secret, "main", 2);
+    let (_, on_dev) = pushed_and_deleted(&s3, tmp.path(), &secret, "dev", 3);
+    let (_, on_other) = pushed_and_deleted(&s3, tmp.path(), &secret, "other", 2);
+    let conf = NixConfig::new(tmp.path(), BASE_CONF);
+
+    let restore = |branch: Option<&str>, extra: &[&str]| {
+        let _ = std::fs::remove_dir_all(tmp.path().join("mirror"));
+        let mut cmd = setup(&s3, &conf, tmp.path(), &secret);
+        cmd.env("NIXBUCKET_DEFAULT_BRANCH", "main").args(extra);
+        if let Some(b) = branch {
+            cmd.env("NIXBUCKET_BRANCH", b);
+        }
+        let out = run(&mut cmd);
+        assert_ok(&out);
+        (stderr(&out), mirrored(tmp.path()))
+    };
+    let (log, got) = restore(Some("dev"), &[]);
+    assert_eq!(got, hash_parts(&on_dev), "{log}");
+    let (log, got) = restore(Some("feature"), &[]);
+    assert_eq!(got, hash_parts(&on_main), "{log}");
+    assert!(log.contains("from the last job on main"), "{log}");
+    let (log, got) = restore(Some("x"), &["--restore-branch", "other"]);
+    assert_eq!(got, hash_parts(&on_other), "{log}");
+    // A budget of one byte restores nothing, and says why.
+    let (log, got) = restore(Some("dev"), &["--restore-max-size", "1"]);
+    assert!(got.is_empty(), "{got:?}");
+    assert!(
+        log.contains("restored 0 of 3 paths") && log.contains("3 over the size budget"),
+        "{log}"
+    );
+    // --no-restore leaves the mirror out of nix.conf altogether.
+    let (log, got) = restore(Some("dev"), &["--no-restore"]);
+    assert!(got.is_empty() && !log.contains("restored"), "{log}");
+    let user_conf = std::fs::read_to_string(conf.user_conf()).unwrap();
+    assert!(!user_conf.contains("mirror"), "{user_conf}");
+}
+
+#[test]
+fn a_bucket_without_usage_records_restores_nothing_and_setup_goes_on() {
+    let s3 = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (secret, _) = keygen(tmp.path(), "restore-1");
+    let conf = NixConfig::new(tmp.path(), BASE_CONF);
+    let out = run(&mut setup(&s3, &conf, tmp.path(), &secret));
+    assert_ok(&out);
+    assert!(
+        stderr(&out).contains("the cache has no usage record yet; nothing to restore"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(mirrored(tmp.path()).is_empty());
+}
