@@ -25,7 +25,7 @@ cargo nextest run --no-fail-fast --success-output final -E "$serial" --test-thre
 # does not change with the Nix version.
 nix_parallel='binary(push_file) | (binary(push_s3) & not test(/moto/)) | binary(nix_versions)'
 roots=$(scripts/nix-roots.sh)
-archive=target/nix-roots-tests.tar.zst
+archive=${CARGO_TARGET_DIR:-target}/nix-roots-tests.tar.zst
 cargo nextest archive --archive-file "$archive" 2>&1 | tail -n 1
 for root in $roots; do
     suite=${root##*/}

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Restore benchmark: how long the next job takes to get back a closure the last job pushed,
+#
+#   nix:       `nix-build` with the bucket itself as Nix's substituter (anonymous HTTP to the
+#              bucket; plus `s3://` where this Nix reads S3), path by path as Nix does;
+#   nixbucket: `nixbucket setup` (which restores into a local mirror) plus the same `nix-build`,
+#
+# for a closure of $PATHS small store paths (default 600), with the bucket (s3s-fs on
+# loopback) behind bench/latency-proxy.py adding $RTT_MS of round trip (default 40). Each rep
+# deletes the closure from the store and starts Nix with an empty narinfo disk cache, as a
+# fresh CI runner does, and the build must substitute every path (it fails if it builds one).
+#
+#   bench/restore.sh [REPS]                      # on this machine's Nix; REPS defaults to 3
+#   NIX_ROOT=sid bench/restore.sh                # Nix from a root made by scripts/nix-roots.sh
+#
+# Environment: NIXBUCKET, BENCH_DIR, PATHS, RTT_MS, NIX_ROOT, BIG=SIZE (a single path of SIZE
+# random bytes instead of the small closure, e.g. BIG=2G). The servers and the proxies run on
+# this host, on 127.0.0.1; with NIX_ROOT the Nix side runs in the root (bench/restore-nix.sh).
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+reps=${1:-3}
+export PATHS=${PATHS:-600} RTT_MS=${RTT_MS:-40} BIG=${BIG:-}
+work=$BENCH_DIR/restore
+rm -rf "$work"
+mkdir -p "$work"
+bin=$(nixbucket_bin)
+
+pids=()
+cleanup() {
+    local pid
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    stop_s3
+}
+trap cleanup EXIT
+
+# The bucket, signed (what nixbucket and Nix's s3:// store use) and anonymous over the same
+# directory (a public bucket, what Nix's http:// store reads); each behind its own proxy.
+start_s3 "$work/s3"
+mkdir -p "$work/s3/bench"
+anon_port=$(free_port)
+s3s-fs --host 127.0.0.1 --port "$anon_port" "$work/s3" >"$work/anon.log" 2>&1 &
+pids+=($!)
+proxy() { # proxy TARGET_PORT NAME: a latency proxy, its port in $PROXY_PORT
+    python3 "$BENCH_SRC/latency-proxy.py" 0 "$1" $((RTT_MS / 2)) "$work/$2.port" \
+        >"$work/$2.log" 2>&1 &
+    pids+=($!)
+    local i
+    for i in $(seq 100); do [[ -s $work/$2.port ]] && break; sleep 0.05; done
+    [[ -s $work/$2.port ]] || die "the latency proxy did not start: $(cat "$work/$2.log")"
+    PROXY_PORT=$(cat "$work/$2.port")
+}
+proxy "$S3_PORT" signed
+SIGNED_PROXY=$PROXY_PORT
+proxy "$anon_port" anon
+ANON_PROXY=$PROXY_PORT
+export SIGNED_PORT=$S3_PORT ANON_PORT=$anon_port SIGNED_PROXY ANON_PROXY
+for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$anon_port") 2>/dev/null && break; sleep 0.1; done
+export NIXBUCKET_BIN=$bin WORK=$work REPS=$reps AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
+
+report=$BENCH_DIR/restore-report.md
+if [[ -n ${NIX_ROOT:-} ]]; then
+    "$REPO/scripts/in-nix-root.sh" "$NIX_ROOT" "$BENCH_SRC/restore-nix.sh" | tee "$report"
+else
+    "$BENCH_SRC/restore-nix.sh" | tee "$report"
+fi
+log "report: $report"
