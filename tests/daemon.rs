@@ -195,9 +195,68 @@ fn a_trusted_job_pushes_to_s3_and_the_daemon_substitutes_through_serve() {
     job.env = s3.env();
     two_jobs(
         &job,
-        &["setup", "--serve"],
+        &["setup", "--serve", "--no-restore"],
         &s3.cache_url(),
         "http://127.0.0.1:",
+    );
+}
+
+#[test]
+fn a_trusted_job_restores_into_a_mirror_the_daemon_substitutes_from() {
+    let mut job = Job::new(&format!("{BASE_CONF}trusted-users = root nobody\n"));
+    let s3 = S3Server::start();
+    job.env = s3.env();
+    // The job (nobody) writes the mirror in its home; the root daemon reads it.
+    let mirror = format!("file://{}/nixbucket-mirror-", job.home.display());
+    two_jobs(&job, &["setup", "--serve"], &s3.cache_url(), &mirror);
+}
+
+#[test]
+fn an_untrusted_job_skips_the_restore_and_substitutes_from_the_cache_the_admin_allowed() {
+    let s3 = S3Server::start();
+    let keys = tempfile::tempdir().unwrap();
+    let (secret, public) = keygen(keys.path(), "ours-1");
+    // The admin lists the bucket's public endpoint, not a mirror whose name changes per job.
+    let http = s3.anon_http_url();
+    let mut job = Job::new(&format!(
+        "{BASE_CONF}trusted-substituters = {http}\ntrusted-public-keys = {public}\n"
+    ));
+    job.env = s3.env();
+    let expr = two_paths(&job);
+    let built = run(common::nix::nix_command("nix-build")
+        .arg("--no-out-link")
+        .arg(&expr));
+    assert_ok(&built);
+    let top = stdout(&built).trim().to_owned();
+    assert_ok(&run(common::nixbucket()
+        .envs(s3.env())
+        .args(["push", "--cache", &s3.cache_url(), "--signing-key-file"])
+        .arg(&secret)
+        .arg(&top)));
+    delete_from_store(&outputs(&top));
+
+    let setup = job.nixbucket(&[
+        "setup",
+        "--cache",
+        &s3.cache_url(),
+        "--substituter",
+        &http,
+        "--public-key",
+        &public,
+    ]);
+    assert_ok(&setup);
+    let log = stderr(&setup);
+    assert!(
+        log.contains("restore: skipped: the nix-daemon does not trust user nobody"),
+        "{log}"
+    );
+    assert!(!log.contains("restored"), "{log}");
+    let again = job.build(&expr);
+    assert_ok(&again);
+    assert!(
+        stderr(&again).contains(&format!("copying path '{top}' from '{http}'")),
+        "{}",
+        stderr(&again)
     );
 }
 

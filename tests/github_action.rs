@@ -418,10 +418,22 @@ fn hash_part(store_path: &str) -> &str {
 /// Whether a nix.conf makes Nix substitute from the test bucket (setup writes the URL with its
 /// parameters in its own order).
 fn substitutes_from(conf: &str, s3: &S3Server) -> bool {
-    conf.lines().any(|l| {
-        l.starts_with(&format!("extra-substituters = s3://{}?", s3.bucket()))
-            && l.contains(&format!("endpoint={}", s3.endpoint()))
-    })
+    conf.lines()
+        .filter_map(|l| l.strip_prefix("extra-substituters = "))
+        .flat_map(|list| list.split(' '))
+        .any(|url| {
+            url.starts_with(&format!("s3://{}?", s3.bucket()))
+                && url.contains(&format!("endpoint={}", s3.endpoint()))
+        })
+}
+
+/// The mirror setup restores into, listed ahead of the bucket, in the runner's temp folder.
+fn mirror_first(conf: &str, job: &Job) -> bool {
+    let mirror = format!(
+        "extra-substituters = file://{}/nixbucket-mirror-",
+        job.tmp.path().join("runner-temp").display()
+    );
+    conf.lines().any(|l| l.starts_with(&mirror))
 }
 
 fn s3_job(s3: &S3Server, secret: &str) -> Job {
@@ -533,6 +545,7 @@ fn push_what_the_job_built(runner: Runner, key_name: &str) -> (Step, Step) {
     );
     let conf = std::fs::read_to_string(job.user_conf()).unwrap();
     assert!(substitutes_from(&conf, &s3), "{conf}");
+    assert!(mirror_first(&conf, &job), "{conf}");
     assert!(
         conf.contains(&format!("extra-trusted-public-keys = {public}")),
         "{conf}"

@@ -141,8 +141,12 @@ fn a_job_extending_the_template_builds_and_its_after_script_pushes() {
     // before_script pointed Nix at the cache.
     let user_conf = std::fs::read_to_string(conf.join("user/nix.conf")).unwrap();
     assert!(
-        user_conf.contains(&format!("extra-substituters = s3://{}?", s3.bucket())),
-        "{user_conf}"
+        user_conf
+            .lines()
+            .any(|l| l.starts_with("extra-substituters = ")
+                && l.contains(&format!(" s3://{}?", s3.bucket()))
+                && l.contains("/nixbucket-mirror-")),
+        "not the mirror, then the bucket: {user_conf}"
     );
     assert!(log.contains("pushed "), "{log}");
     let base64 = secret.trim().split_once(':').unwrap().1;

@@ -327,9 +327,12 @@ fn setup_serve(
     push_during_build: bool,
 ) -> SetupServe {
     let mut cmd = conf.nixbucket();
+    // These tests are about what Nix gets through the server: no mirror in front of it (the
+    // restore has tests of its own).
     cmd.args([
         "setup",
         "--serve",
+        "--no-restore",
         "--cache",
         &s3.cache_url(),
         "--signing-key-file",

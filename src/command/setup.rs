@@ -144,13 +144,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         &state_path,
         args.signing_key_file.as_deref(),
     )?;
-    let restore = restore_of(&args, &url, &state_path);
+    let mut restore = restore_of(&args, &url, &state_path);
     if !args.no_configure {
         let configured = configure_served(&args, &keys, &state_path, &background, restore.as_ref());
-        if configured.is_err() {
-            let _ = serve::stop(background.state.pid);
+        match configured {
+            Ok(mirrored) => restore = restore.filter(|_| mirrored),
+            Err(err) => {
+                let _ = serve::stop(background.state.pid);
+                return Err(err);
+            }
         }
-        configured?;
     }
     let store_paths = store::read_store_dir(Path::new(STORE_DIR))?;
     let mirror = restore.map(|r| run_restore(&url, &r, &store_paths));
@@ -190,9 +193,10 @@ pub fn setup_job(
     restore: Option<&Restore>,
 ) -> anyhow::Result<()> {
     prepare_cache(url);
-    let restore = restore.filter(|_| substituter.is_some());
+    let mut restore = restore.filter(|_| substituter.is_some());
     if let Some(substituter) = substituter {
-        configure(substituter, restore, keys, Vec::new())?;
+        let mirrored = configure(substituter, restore, keys, Vec::new())?;
+        restore = restore.filter(|_| mirrored);
     }
     let store_paths = store::read_store_dir(Path::new(STORE_DIR))?;
     let mirror = restore.map(|r| run_restore(url, r, &store_paths));
@@ -286,7 +290,7 @@ fn configure_served(
     state_path: &Path,
     served: &serve::Background,
     restore: Option<&Restore>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let mut extra = vec![("fallback", vec!["true".to_owned()])];
     if args.push_during_build {
         let hook = serve::install_hook_script(state_path, served)?;
@@ -356,13 +360,14 @@ fn choose_target(
     }
 }
 
-/// Points Nix at `substituter`, behind the mirror of `restore` if there is one.
+/// Points Nix at `substituter`, behind the mirror of `restore` if there is one and the Nix
+/// that builds will read it; true if it will.
 fn configure(
     substituter: &str,
     restore: Option<&Restore>,
     keys: &[PublicKey],
     extra: Vec<(&str, Vec<String>)>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let keys: Vec<String> = keys.iter().map(ToString::to_string).collect();
     let env = NixEnv::detect().context("could not ask Nix how it is set up")?;
     if substituter.starts_with("s3://") {
@@ -373,18 +378,35 @@ fn configure(
             );
         }
     }
-    let mut substituters = Vec::new();
+    let mut substituters = vec![substituter.to_owned()];
+    let user_conf = store::user_conf_path();
+    let mut mirrored = false;
     if let Some(restore) = restore {
-        crate::restore::prepare_mirror(&restore.mirror)?;
-        substituters.push(format!("file://{}", restore.mirror.display()));
+        let mirror = format!("file://{}", restore.mirror.display());
+        let with_mirror = [mirror.clone(), substituter.to_owned()];
+        // A daemon that takes the cache from this user's nix.conf but would ignore a mirror it
+        // was not told of: restoring would mean the system nix.conf and a daemon restart.
+        if choose_target(&env, &with_mirror, &keys, user_conf.clone())
+            == choose_target(&env, &substituters, &keys, user_conf.clone())
+        {
+            crate::restore::prepare_mirror(&restore.mirror)?;
+            substituters.insert(0, mirror);
+            mirrored = true;
+        } else {
+            eprintln!(
+                "restore: skipped: the nix-daemon does not trust user {} and would ignore a \
+                 mirror it does not list in trusted-substituters; add the user to trusted-users, \
+                 or give a fixed --mirror DIR and list file://DIR there",
+                env.user
+            );
+        }
     }
-    substituters.push(substituter.to_owned());
     let mut settings = vec![
         ("extra-substituters", substituters.clone()),
         ("extra-trusted-public-keys", keys.clone()),
     ];
     settings.extend(extra);
-    let target = choose_target(&env, &substituters, &keys, store::user_conf_path());
+    let target = choose_target(&env, &substituters, &keys, user_conf);
     let (path, restart) = match &target {
         Target::User(path) => (path.clone(), false),
         Target::System {
@@ -427,7 +449,7 @@ fn configure(
         },
         path.display()
     );
-    Ok(())
+    Ok(mirrored)
 }
 
 /// Why Nix may not read an `s3://` substituter with the job's credentials, if it may not: a
