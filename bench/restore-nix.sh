@@ -2,7 +2,7 @@
 # The Nix side of bench/restore.sh (run by it, on this machine or in a Nix root): builds and
 # pushes the closure, then times each way of getting it back and prints a Markdown report.
 # Needs from bench/restore.sh: NIXBUCKET_BIN, SIGNED_PORT, SIGNED_PROXY, ANON_PROXY, PATHS,
-# RTT_MS, REPS, BIG and the AWS variables. Uses only bash, coreutils, Nix and nixbucket.
+# RTT_MS, REPS, BIG, LAYERS and the AWS variables. Uses only bash, coreutils, Nix and nixbucket.
 set -euo pipefail
 
 bin=$NIXBUCKET_BIN
@@ -31,12 +31,29 @@ if [[ -n $BIG ]]; then
     drv "restore-bench-big-$tag" "head -c $BIG /dev/urandom > \$out" >"$tmp/closure.nix"
     what="1 path of $BIG random bytes"
 else
+    # $LAYERS layers of paths (about 8 KiB each); each path names up to three of the layer
+    # before, and the top names the last layer: a closure with depth, as real ones have. Nix
+    # substitutes a path only after its references, so depth costs it round trips.
+    per=$(( (PATHS - 1 + LAYERS - 1) / LAYERS ))
     {
         echo "let"
-        for i in $(seq 2 "$PATHS"); do echo "  d$i = $(drv "restore-bench-$tag-$i" "echo $i > \$out");"; done
-        echo "in $(drv "restore-bench-$tag-top" "echo \$deps > \$out" "deps = [ $(for i in $(seq 2 "$PATHS"); do printf 'd%s ' "$i"; done)];")"
+        n=0
+        for layer in $(seq 1 "$LAYERS"); do
+            for j in $(seq 1 "$per"); do
+                ((n < PATHS - 1)) || break
+                n=$((n + 1))
+                refs=""
+                if ((layer > 1)); then
+                    for k in 0 1 2; do refs+="p$(( (layer - 2) * per + (j + k - 1) % per + 1 )) "; done
+                fi
+                echo "  p$n = $(drv "restore-bench-$tag-$n" "echo \$refs > \$out; head -c 6144 /dev/urandom | base64 >> \$out" "refs = [ $refs];");"
+            done
+        done
+        last=""
+        for i in $(seq $(( (LAYERS - 1) * per + 1 )) "$n"); do last+="p$i "; done
+        echo "in $(drv "restore-bench-$tag-top" "echo \$refs > \$out" "refs = [ $last];")"
     } >"$tmp/closure.nix"
-    what="$PATHS small paths"
+    what="$PATHS small paths in $LAYERS layers"
 fi
 top=$(nix-build --no-out-link "$tmp/closure.nix" 2>"$tmp/build.log") || fail "build failed: $(tail "$tmp/build.log")"
 mapfile -t closure < <(nix-store -qR "$top")
@@ -68,7 +85,7 @@ build() { # build LOG [NIX OPTIONS...]
 
 http="http://127.0.0.1:$ANON_PROXY/bench"
 s3="$bucket:$SIGNED_PROXY"
-t_http=() t_s3=() t_setup=() t_job=()
+t_http=() t_copy=() t_s3=() t_serve=() t_setup=() t_job=()
 s3_ok=1
 for rep in $(seq "$REPS"); do
     fresh
@@ -76,6 +93,14 @@ for rep in $(seq "$REPS"); do
     build "$tmp/http.log" --option substituters "$http" --option trusted-public-keys "$public"
     t_http+=("$(secs "$t0" "$(now)")")
     substituted "$tmp/http.log" "$http"
+
+    # `nix copy --from`, which copies a closure without a build (what the issue measured).
+    fresh
+    t0=$(now)
+    nix copy --from "$http" --option trusted-public-keys "$public" "$top" 2>"$tmp/copy.log" ||
+        fail "nix copy failed: $(tail -n 5 "$tmp/copy.log")"
+    t_copy+=("$(secs "$t0" "$(now)")")
+    [[ -e $top ]] || fail "nix copy did not bring $top"
 
     if ((s3_ok)); then
         fresh
@@ -90,10 +115,22 @@ for rep in $(seq "$REPS"); do
         fi
     fi
 
+    # Nix through `nixbucket serve`, without a mirror: what a daemon without credentials read
+    # the bucket through until now.
+    fresh
+    t0=$(now)
+    "$bin" setup --serve --no-restore --cache "$s3" --signing-key-file "$tmp/sk" \
+        --state-file "$tmp/state.json" 2>"$tmp/serve-setup.log" || fail "setup --serve failed: $(cat "$tmp/serve-setup.log")"
+    build "$tmp/serve.log"
+    t_serve+=("$(secs "$t0" "$(now)")")
+    serve_pid=$(grep -o '"pid": *[0-9]*' "$tmp/state.json" | grep -o '[0-9]*$')
+    kill "$serve_pid"
+    substituted "$tmp/serve.log" "http://127.0.0.1:"
+
     fresh
     t0=$(now)
     NIXBUCKET_BRANCH=main "$bin" setup --cache "$s3" --substituter "$http" --signing-key-file "$tmp/sk" \
-        --state-file "$tmp/state.json" --mirror "$tmp/mirror" 2>"$tmp/setup.log" ||
+        --state-file "$tmp/state.json" --mirror "$tmp/mirror" ${RESTORE_JOBS:+--restore-jobs "$RESTORE_JOBS"} 2>"$tmp/setup.log" ||
         fail "setup failed: $(cat "$tmp/setup.log")"
     t1=$(now)
     build "$tmp/job.log"
@@ -112,13 +149,16 @@ echo
 echo "| how the next job gets the closure | median s | reps (s) |"
 echo "| --- | ---: | --- |"
 echo "| Nix, the bucket over http:// as substituter | $m_http | ${t_http[*]} |"
+echo "| \`nix copy --from\` the bucket over http:// | $(median "${t_copy[@]}") | ${t_copy[*]} |"
 if ((${#t_s3[@]})); then
     echo "| Nix, the bucket over s3:// as substituter | $(median "${t_s3[@]}") | ${t_s3[*]} |"
 fi
+echo "| Nix through nixbucket serve (setup --serve --no-restore) | $(median "${t_serve[@]}") | ${t_serve[*]} |"
 echo "| nixbucket setup (restore into the mirror) | $(median "${t_setup[@]}") | ${t_setup[*]} |"
 echo "| nixbucket setup + nix-build from the mirror | $m_job | ${t_job[*]} |"
 echo
-echo "nixbucket setup + build is $(ratio "$m_http" "$m_job")x faster than Nix reading the bucket over http://."
+echo "nixbucket setup + build is $(ratio "$m_http" "$m_job")x faster than Nix reading the bucket over http://,"
+echo "and $(ratio "$(median "${t_serve[@]}")" "$m_job")x faster than Nix reading it through nixbucket serve."
 if ((${#t_s3[@]})); then
     echo "It is $(ratio "$(median "${t_s3[@]}")" "$m_job")x faster than Nix reading it over s3://."
 else

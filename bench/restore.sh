@@ -5,7 +5,8 @@
 #              bucket; plus `s3://` where this Nix reads S3), path by path as Nix does;
 #   nixbucket: `nixbucket setup` (which restores into a local mirror) plus the same `nix-build`,
 #
-# for a closure of $PATHS small store paths (default 600), with the bucket (s3s-fs on
+# for a closure of $PATHS small store paths (default 600, in $LAYERS layers, default 20: each
+# path names three of the layer below, so the closure has depth), with the bucket (s3s-fs on
 # loopback) behind bench/latency-proxy.py adding $RTT_MS of round trip (default 40). Each rep
 # deletes the closure from the store and starts Nix with an empty narinfo disk cache, as a
 # fresh CI runner does, and the build must substitute every path (it fails if it builds one).
@@ -13,13 +14,13 @@
 #   bench/restore.sh [REPS]                      # on this machine's Nix; REPS defaults to 3
 #   NIX_ROOT=sid bench/restore.sh                # Nix from a root made by scripts/nix-roots.sh
 #
-# Environment: NIXBUCKET, BENCH_DIR, PATHS, RTT_MS, NIX_ROOT, BIG=SIZE (a single path of SIZE
+# Environment: NIXBUCKET, BENCH_DIR, PATHS, LAYERS, RTT_MS, RESTORE_JOBS, NIX_ROOT, BIG=SIZE (a single path of SIZE
 # random bytes instead of the small closure, e.g. BIG=2G). The servers and the proxies run on
 # this host, on 127.0.0.1; with NIX_ROOT the Nix side runs in the root (bench/restore-nix.sh).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 reps=${1:-3}
-export PATHS=${PATHS:-600} RTT_MS=${RTT_MS:-40} BIG=${BIG:-}
+export PATHS=${PATHS:-600} RTT_MS=${RTT_MS:-40} BIG=${BIG:-} LAYERS=${LAYERS:-20} RESTORE_JOBS=${RESTORE_JOBS:-}
 work=$BENCH_DIR/restore
 rm -rf "$work"
 mkdir -p "$work"
