@@ -2,7 +2,7 @@
 # The Nix side of bench/restore.sh (run by it, on this machine or in a Nix root): builds and
 # pushes the closure, then times each way of getting it back and prints a Markdown report.
 # Needs from bench/restore.sh: NIXBUCKET_BIN, SIGNED_PORT, SIGNED_PROXY, ANON_PROXY, PATHS,
-# RTT_MS, REPS, BIG, LAYERS and the AWS variables. Uses only bash, coreutils, Nix and nixbucket.
+# RTT_MS, REPS, BIG, LAYERS, CLOSURE_NIX and the AWS variables. Uses only bash, coreutils, Nix and nixbucket.
 set -euo pipefail
 
 bin=$NIXBUCKET_BIN
@@ -27,7 +27,13 @@ tag=$(date +%s%N)
 drv() { # drv NAME SCRIPT [ATTRS]
     printf 'builtins.derivation { name = "%s"; system = builtins.currentSystem; builder = "/bin/sh"; PATH = "/usr/bin:/bin"; %s args = ["-c" "%s"]; }' "$1" "${3:-}" "$2"
 }
-if [[ -n $BIG ]]; then
+if [[ -n ${CLOSURE_NIX:-} ]]; then
+    cp "$CLOSURE_NIX" "$tmp/closure.nix"
+    if [[ -n ${CLOSURE_EXPORT:-} ]]; then
+        nix-store --import <"$CLOSURE_EXPORT" >/dev/null || fail "could not import $CLOSURE_EXPORT"
+    fi
+    what="the bench closure of bench/make-closure.sh"
+elif [[ -n $BIG ]]; then
     drv "restore-bench-big-$tag" "head -c $BIG /dev/urandom > \$out" >"$tmp/closure.nix"
     what="1 path of $BIG random bytes"
 else
@@ -65,17 +71,18 @@ NIXBUCKET_BRANCH=main "$bin" push --cache "$bucket:$SIGNED_PORT" --signing-key-f
 
 # fresh: the closure gone from the store, and Nix's narinfo disk cache and user nix.conf empty.
 fresh() {
-    nix-store --delete "${closure[@]}" >/dev/null 2>&1 || fail "could not delete the closure"
+    # --ignore-liveness: the bench closure has a GC root (every rep ends by bringing it back).
+    nix-store --delete --ignore-liveness "${closure[@]}" >/dev/null 2>&1 || fail "could not delete the closure"
     [[ ! -e $top ]] || fail "$top is still in the store"
     rm -rf "$tmp/xdg" "$tmp/user/nix.conf" "$tmp"/mirror "$tmp/state.json"
     export XDG_CACHE_HOME=$tmp/xdg
 }
-# substituted LOG FROM: every path of the closure was copied from FROM, none built.
+# substituted LOG FROM [OR]: every path of the closure was copied from FROM (or OR), none built.
 substituted() {
     ! grep -q "building '" "$1" || fail "a path was built instead of substituted: $(grep -m1 "building '" "$1")"
     local n
-    n=$(grep -c "copying path '.*' from '$2" "$1" || true)
-    ((n == count)) || fail "$n of $count paths copied from $2: $(tail -n 5 "$1")"
+    n=$(grep -cE "copying path '.*' from '($2|${3:-$2})" "$1" || true)
+    ((n == count)) || fail "$n of $count paths copied from $2 ${3:-}: $(tail -n 5 "$1")"
 }
 build() { # build LOG [NIX OPTIONS...]
     local log=$1
@@ -136,7 +143,9 @@ for rep in $(seq "$REPS"); do
     build "$tmp/job.log"
     t_setup+=("$(secs "$t0" "$t1")")
     t_job+=("$(secs "$t0" "$(now)")")
-    substituted "$tmp/job.log" "file://$tmp/mirror"
+    # Large paths are left to Nix, which fetches them from the bucket.
+    substituted "$tmp/job.log" "file://$tmp/mirror" "$http"
+    from_mirror=$(grep -c "copying path '.*' from 'file://$tmp/mirror" "$tmp/job.log" || true)
 done
 
 m_http=$(median "${t_http[@]}")
@@ -164,6 +173,8 @@ if ((${#t_s3[@]})); then
 else
     echo "This Nix did not substitute from s3:// (${s3_why:-no reason printed}); that row is left out."
 fi
+echo
+echo "In the last rep the build took $from_mirror of the $count paths from the mirror, the rest from the bucket."
 echo
 echo "setup's own report (last rep):"
 echo

@@ -15,7 +15,8 @@
 #   NIX_ROOT=sid bench/restore.sh                # Nix from a root made by scripts/nix-roots.sh
 #
 # Environment: NIXBUCKET, BENCH_DIR, PATHS, LAYERS, RTT_MS, RESTORE_JOBS, NIX_ROOT, BIG=SIZE (a single path of SIZE
-# random bytes instead of the small closure, e.g. BIG=2G). The servers and the proxies run on
+# random bytes instead of the small closure, e.g. BIG=2G), FIXTURE=closure (the closure of
+# bench/make-closure.sh instead: 583 paths, 1.75 GB of NAR; a Nix root imports it). The servers and the proxies run on
 # this host, on 127.0.0.1; with NIX_ROOT the Nix side runs in the root (bench/restore-nix.sh).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -59,6 +60,18 @@ export SIGNED_PORT=$S3_PORT ANON_PORT=$anon_port SIGNED_PROXY ANON_PROXY
 for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$anon_port") 2>/dev/null && break; sleep 0.1; done
 export NIXBUCKET_BIN=$bin WORK=$work REPS=$reps AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
 
+if [[ ${FIXTURE:-} == closure ]]; then
+    top=$("$BENCH_SRC/make-closure.sh")
+    export CLOSURE_NIX=$BENCH_DIR/closure.nix
+    if [[ -n ${NIX_ROOT:-} ]]; then
+        # The root cannot build it (its builders copy this machine's files): it imports the
+        # built closure, in a file under target/, which the root sees.
+        mkdir -p "$REPO/target/bench"
+        cp "$CLOSURE_NIX" "$REPO/target/bench/closure.nix"
+        export CLOSURE_NIX=$REPO/target/bench/closure.nix CLOSURE_EXPORT=$REPO/target/bench/closure.export
+        nix-store --export $(nix-store -qR "$top") >"$CLOSURE_EXPORT"
+    fi
+fi
 report=$BENCH_DIR/restore-report.md
 if [[ -n ${NIX_ROOT:-} ]]; then
     "$REPO/scripts/in-nix-root.sh" "$NIX_ROOT" "$BENCH_SRC/restore-nix.sh" | tee "$report"
