@@ -120,6 +120,29 @@ fn delete_from_store(paths: &[String]) {
     assert_ok(&out);
 }
 
+/// An earlier, trusted job (root, outside the daemon) built two paths and pushed them to `url`
+/// with `env`; they are gone from the store now. The expression and the top path.
+fn pushed_by_an_earlier_job(
+    job: &Job,
+    url: &str,
+    secret: &Path,
+    env: &[(String, String)],
+) -> (PathBuf, String) {
+    let expr = two_paths(job);
+    let built = run(common::nix::nix_command("nix-build")
+        .arg("--no-out-link")
+        .arg(&expr));
+    assert_ok(&built);
+    let top = stdout(&built).trim().to_owned();
+    assert_ok(&run(common::nixbucket()
+        .envs(env.iter().cloned())
+        .args(["push", "--cache", url, "--signing-key-file"])
+        .arg(secret)
+        .arg(&top)));
+    delete_from_store(&outputs(&top));
+    (expr, top)
+}
+
 /// The outputs among the closure of `top`, not the derivations.
 fn outputs(top: &str) -> Vec<String> {
     query_closure(top)
@@ -222,18 +245,7 @@ fn an_untrusted_job_skips_the_restore_and_substitutes_from_the_cache_the_admin_a
         "{BASE_CONF}trusted-substituters = {http}\ntrusted-public-keys = {public}\n"
     ));
     job.env = s3.env();
-    let expr = two_paths(&job);
-    let built = run(common::nix::nix_command("nix-build")
-        .arg("--no-out-link")
-        .arg(&expr));
-    assert_ok(&built);
-    let top = stdout(&built).trim().to_owned();
-    assert_ok(&run(common::nixbucket()
-        .envs(s3.env())
-        .args(["push", "--cache", &s3.cache_url(), "--signing-key-file"])
-        .arg(&secret)
-        .arg(&top)));
-    delete_from_store(&outputs(&top));
+    let (expr, top) = pushed_by_an_earlier_job(&job, &s3.cache_url(), &secret, &s3.env());
 
     let setup = job.nixbucket(&[
         "setup",
@@ -299,18 +311,7 @@ fn an_untrusted_job_uses_a_cache_the_admin_allowed() {
     let job = Job::new(&format!(
         "{BASE_CONF}trusted-substituters = {url}\ntrusted-public-keys = {public}\n"
     ));
-    // An earlier, trusted job filled the cache.
-    let expr = two_paths(&job);
-    let built = run(common::nix::nix_command("nix-build")
-        .arg("--no-out-link")
-        .arg(&expr));
-    assert_ok(&built);
-    let top = stdout(&built).trim().to_owned();
-    assert_ok(&run(common::nixbucket()
-        .args(["push", "--cache", &url, "--signing-key-file"])
-        .arg(&secret)
-        .arg(&top)));
-    delete_from_store(&outputs(&top));
+    let (expr, top) = pushed_by_an_earlier_job(&job, &url, &secret, &[]);
 
     let setup = job.nixbucket(&["setup", "--cache", &url, "--public-key", &public]);
     assert_ok(&setup);
