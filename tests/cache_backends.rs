@@ -341,7 +341,22 @@ async fn a_file_cache_reads_nothing_through_a_symlink() {
         assert!(err.to_string().contains("symbolic link"), "{err}");
         let err = c.get_stream(key).await.err().expect("refused");
         assert!(matches!(err, CacheError::Symlink { .. }), "{key}: {err}");
+        // Nor does a HEAD count it as present.
+        let err = c.head(key).await.unwrap_err();
+        assert!(matches!(err, CacheError::Symlink { .. }), "{key}: {err}");
     }
+    // A touch sets no time on the file outside.
+    let before = std::fs::metadata(&secret).unwrap().modified().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let err = c
+        .touch("abc.narinfo", "text/x-nix-narinfo", 1)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CacheError::Symlink { .. }), "{err}");
+    assert_eq!(
+        std::fs::metadata(&secret).unwrap().modified().unwrap(),
+        before
+    );
     // A cache whose root is itself a link (the user's choice) reads as usual.
     std::os::unix::fs::symlink(dir.join("cache"), dir.join("linked")).unwrap();
     let url: CacheUrl = format!("file://{}/linked", dir.display()).parse().unwrap();

@@ -109,22 +109,29 @@ impl FileCache {
         self.root.join(key)
     }
 
+    /// Like a read, never through a symbolic link: a planted link would otherwise make a push
+    /// count as present a NAR that every read then refuses.
     pub(crate) async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, CacheError> {
-        let path = self.path(key);
-        match tokio::fs::metadata(&path).await {
-            Ok(m) if m.is_file() => Ok(Some(info(key.to_owned(), &m))),
-            Ok(_) => Ok(None),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(CacheError::io("read metadata of", path, e)),
-        }
+        let (root, key) = (self.root.clone(), key.to_owned());
+        blocking(move || Ok(Self::open_object(&root, &key)?.map(|(_, meta)| info(key, &meta))))
+            .await
     }
 
     pub(crate) async fn touch(&self, key: &str) -> Result<bool, CacheError> {
         let path = self.path(key);
+        let key = key.to_owned();
         blocking(move || {
-            let file = match std::fs::OpenOptions::new().write(true).open(&path) {
+            use std::os::unix::fs::OpenOptionsExt;
+            let file = match std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)
+            {
                 Ok(f) => f,
                 Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+                Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                    return Err(CacheError::Symlink { key });
+                }
                 Err(e) => return Err(CacheError::io("open", path, e)),
             };
             let now = std::fs::FileTimes::new().set_modified(std::time::SystemTime::now());
