@@ -174,6 +174,11 @@ impl Target {
 
     /// Writes a usage record, as a job would, saying `paths` were used at `secs`.
     fn record_use(&self, secs: u64, paths: &[&str]) {
+        self.record_use_on(secs, paths, None);
+    }
+
+    /// [`Target::record_use`] by a job on `branch`.
+    fn record_use_on(&self, secs: u64, paths: &[&str], branch: Option<&str>) {
         let paths: Vec<StorePath> = paths
             .iter()
             .map(|p| StorePath::from_absolute(p).unwrap())
@@ -181,10 +186,15 @@ impl Target {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
             let cache = self.open().await;
-            usage::record(&cache, UNIX_EPOCH + Duration::from_secs(secs), &paths, None)
-                .await
-                .unwrap()
-                .expect("a record was written");
+            usage::record(
+                &cache,
+                UNIX_EPOCH + Duration::from_secs(secs),
+                &paths,
+                branch,
+            )
+            .await
+            .unwrap()
+            .expect("a record was written");
         });
     }
 
@@ -381,6 +391,33 @@ fn moto_gc_keeps_recently_used_closures_and_deletes_the_rest() {
 fn file_gc_keeps_recently_used_closures_and_deletes_the_rest() {
     let tmp = tempfile::tempdir().unwrap();
     recently_used_closure_survives(&Target::file(tmp.path()), tmp.path());
+}
+
+/// Compaction merges every record, and leaves the newest of each branch whole as well: setup
+/// restores by it after a gc too.
+#[test]
+fn compaction_leaves_the_newest_record_of_each_branch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = Target::file(tmp.path());
+    let (_, _, app) = push_small(&target, tmp.path(), "branches");
+    let t0 = now_secs();
+    target.record_use_on(t0 - 3 * DAY, &[&app], Some("dev"));
+    target.record_use_on(t0 - 2 * DAY, &[&app], Some("dev"));
+    target.record_use_on(t0 - DAY, &[&app], Some("main"));
+    assert_ok(&target.gc(&["--older-than", "30d"]));
+    let records = target.usage_records();
+    let tagged: Vec<(&str, u64)> = records
+        .iter()
+        .filter_map(|(k, u)| Some((usage::record_branch_tag(k)?, u.newest()?)))
+        .collect();
+    let (dev, main) = (usage::branch_tag("dev"), usage::branch_tag("main"));
+    assert_eq!(
+        tagged,
+        [(dev.as_str(), t0 - 2 * DAY), (main.as_str(), t0 - DAY)],
+        "{records:?}"
+    );
+    // The merged record (the push's own, dev's older one and the two kept) is the third.
+    assert_eq!(records.len(), 3, "{records:?}");
 }
 
 #[test]

@@ -192,9 +192,10 @@ fn the_record_of_the_same_branch_then_the_default_branch_is_restored() {
         log.contains("restored 0 of 3 paths") && log.contains("3 over the size budget"),
         "{log}"
     );
-    // --no-restore leaves the mirror out of nix.conf altogether.
-    let (log, got) = restore(Some("dev"), &["--no-restore"]);
-    assert!(got.is_empty() && !log.contains("restored"), "{log}");
+    // --no-restore makes no mirror and leaves it out of nix.conf altogether.
+    let (log, _) = restore(Some("dev"), &["--no-restore"]);
+    assert!(!tmp.path().join("mirror").exists(), "{log}");
+    assert!(!log.contains("restored"), "{log}");
     let user_conf = std::fs::read_to_string(conf.user_conf()).unwrap();
     assert!(!user_conf.contains("mirror"), "{user_conf}");
 }

@@ -152,9 +152,14 @@ async fn main_step() -> anyhow::Result<ExitCode> {
                 }
             ),
         ));
-    } else if let Some(role_arn) = &inputs.aws_role_arn {
+    }
+    // The role's credentials reach later steps through GITHUB_ENV; this step's own restore
+    // gets them here.
+    let mut open = OpenOptions::default();
+    if let (None, Some(role_arn)) = (&pull_only, &inputs.aws_role_arn) {
         let creds = oidc_credentials(&inputs, role_arn).await?;
         export_credentials(&creds, inputs.aws_region.as_deref())?;
+        open.credentials = Some(creds);
     }
 
     let substituter = if keys.is_empty() {
@@ -170,7 +175,7 @@ async fn main_step() -> anyhow::Result<ExitCode> {
     let state_file = state_path();
     let restore = inputs
         .restore
-        .then(|| setup::Restore::default_for(&url, &state_file))
+        .then(|| setup::Restore::default_for(&url, &state_file, open))
         .flatten();
     let setup_result = {
         let (url, keys, state_file) = (url.clone(), keys.clone(), state_file.clone());
@@ -374,6 +379,11 @@ async fn post_step() -> anyhow::Result<ExitCode> {
                     .unwrap_or_else(|| "the run only pulls".into()),
                 _ => "the action's main step did not finish, so there is no record of what the job added".into(),
             };
+            // A pull-only job restored too: its mirror goes as a pushing job's does.
+            let state_file = env(&format!("STATE_{STATE_FILE}")).map(PathBuf::from);
+            if let Some(line) = push_cmd::finish_mirror(state_file, false) {
+                say(&line);
+            }
             if other.is_none() {
                 say(&annotation(
                     "warning",

@@ -254,20 +254,28 @@ async fn prepare(
 
 /// After a `setup` that restored into a mirror: how much of it the build used, and the mirror
 /// removed (kept for a dry run).
-fn finish_mirror(state_file: Option<PathBuf>, keep: bool) -> Option<String> {
+pub(crate) fn finish_mirror(state_file: Option<PathBuf>, keep: bool) -> Option<String> {
     let state = State::load(&state_file.unwrap_or_else(state::default_path)).ok()?;
     let dir = state.mirror?;
     let mirrored = crate::restore::mirrored(&dir);
-    let now = store::read_store_dir(std::path::Path::new(STORE_DIR)).ok()?;
-    let used = store::added_since(&state.store_paths, &now)
-        .iter()
-        .filter(|p| mirrored.contains(&p.hash_part()))
-        .count();
-    let mut line = format!(
-        "restore: the build took {used} of the {} paths restored into {}",
-        mirrored.len(),
-        dir.display()
-    );
+    let used = store::read_store_dir(std::path::Path::new(STORE_DIR)).map(|now| {
+        store::added_since(&state.store_paths, &now)
+            .iter()
+            .filter(|p| mirrored.contains(&p.hash_part()))
+            .count()
+    });
+    let mut line = match used {
+        Ok(used) => format!(
+            "restore: the build took {used} of the {} paths restored into {}",
+            mirrored.len(),
+            dir.display()
+        ),
+        Err(err) => format!(
+            "restore: {} paths were restored into {} (how many the build took is unknown: {err})",
+            mirrored.len(),
+            dir.display()
+        ),
+    };
     if !keep {
         match crate::restore::remove_mirror(&dir) {
             Ok(true) => line.push_str(" (removed)"),

@@ -6,7 +6,7 @@ use std::process::{ExitCode, Stdio};
 
 use anyhow::{Context, bail};
 
-use crate::cache::{CacheUrl, same_store_url};
+use crate::cache::{CacheUrl, OpenOptions, same_store_url};
 use crate::command::{serve, signing_key};
 use crate::nix::conf;
 use crate::nix::{PublicKey, STORE_DIR};
@@ -88,6 +88,8 @@ pub struct Restore {
     pub branches: Vec<String>,
     pub max_size: u64,
     pub jobs: usize,
+    /// How to open the cache: the Action's role credentials, where it assumed one.
+    pub open: OpenOptions,
 }
 
 /// The default budget: a runner's free disk holds this compressed and the store unpacked.
@@ -96,9 +98,11 @@ pub const RESTORE_MAX_SIZE: u64 = 4 << 30;
 impl Restore {
     /// Restoring with the default settings and the branches the CI system names, for a cache
     /// where it pays: an S3 bucket (a `file://` cache is a local directory already).
-    pub fn default_for(url: &CacheUrl, state_path: &Path) -> Option<Restore> {
+    pub fn default_for(url: &CacheUrl, state_path: &Path, open: OpenOptions) -> Option<Restore> {
         let limits = (RESTORE_MAX_SIZE, RESTORE_JOBS.into());
-        Restore::for_cache(url, state_path, None, Vec::new(), limits)
+        let mut restore = Restore::for_cache(url, state_path, None, Vec::new(), limits)?;
+        restore.open = open;
+        Some(restore)
     }
 
     fn for_cache(
@@ -124,11 +128,30 @@ impl Restore {
             // never answers for an older mirror.
             state_path.with_file_name(format!("nixbucket-mirror-{suffix}"))
         });
+        // An absolute path: nix.conf's file:// URL is read by a daemon whose working directory
+        // is not ours, and push removes the mirror from a later step's.
+        let mirror = match std::path::absolute(&mirror) {
+            Ok(path) => path,
+            Err(e) => {
+                eprintln!("restore: skipped: the mirror {}: {e}", mirror.display());
+                return None;
+            }
+        };
+        // The path goes into a space-separated list of URLs.
+        let text = mirror.to_string_lossy();
+        if text.contains(|c: char| c.is_whitespace() || "?#%".contains(c)) {
+            eprintln!(
+                "restore: skipped: the mirror {text:?} would not read back as a file:// \
+                 substituter (it has a space, '?', '#' or '%'); give --mirror another directory"
+            );
+            return None;
+        }
         Some(Restore {
             mirror,
             branches,
             max_size,
             jobs,
+            open: OpenOptions::default(),
         })
     }
 }
@@ -236,7 +259,7 @@ fn run_restore(url: &CacheUrl, restore: &Restore, store_paths: &[String]) -> Pat
         s.spawn(|| -> anyhow::Result<crate::restore::Report> {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
-                let cache = crate::cache::Cache::open(url).await?;
+                let cache = crate::cache::Cache::open_with(url, restore.open.clone()).await?;
                 Ok(crate::restore::restore(&cache, &opts).await?)
             })
         })
@@ -399,18 +422,19 @@ fn configure(
         // A daemon that takes the cache from this user's nix.conf but would ignore a mirror it
         // was not told of: restoring would mean the system nix.conf and a daemon restart.
         if choose_target(&env, &with_mirror, &keys, user_conf.clone())
-            == choose_target(&env, &substituters, &keys, user_conf.clone())
+            != choose_target(&env, &substituters, &keys, user_conf.clone())
         {
-            crate::restore::prepare_mirror(&restore.mirror)?;
-            substituters.insert(0, mirror);
-            mirrored = true;
-        } else {
             eprintln!(
                 "restore: skipped: the nix-daemon does not trust user {} and would ignore a \
                  mirror it does not list in trusted-substituters; add the user to trusted-users, \
                  or give a fixed --mirror DIR and list file://DIR there",
                 env.user
             );
+        } else if let Err(err) = crate::restore::prepare_mirror(&restore.mirror) {
+            eprintln!("restore: skipped: {err}");
+        } else {
+            substituters.insert(0, mirror);
+            mirrored = true;
         }
     }
     let mut settings = vec![
@@ -620,6 +644,40 @@ fn check_nix_sees(substituter: &str, path: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_mirror_is_an_absolute_path_that_reads_back_as_a_url() {
+        let s3: CacheUrl = "s3://b?region=x".parse().unwrap();
+        let limits = (1, 1);
+        let at = |dir: &str| {
+            Restore::for_cache(
+                &s3,
+                Path::new("/s/state.json"),
+                Some(dir.into()),
+                vec![],
+                limits,
+            )
+        };
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(at("m").unwrap().mirror, cwd.join("m"));
+        assert_eq!(at("/x/m").unwrap().mirror, Path::new("/x/m"));
+        for bad in ["/x/a b", "/x/a?b", "/x/a%20", "/x/a#b"] {
+            assert!(at(bad).is_none(), "{bad}");
+        }
+        let default = Restore::for_cache(&s3, Path::new("/s/state.json"), None, vec![], limits);
+        let default = default.unwrap().mirror;
+        assert!(
+            default
+                .to_string_lossy()
+                .starts_with("/s/nixbucket-mirror-"),
+            "{default:?}"
+        );
+        let file: CacheUrl = "file:///c".parse().unwrap();
+        assert!(
+            Restore::default_for(&file, Path::new("/s/state.json"), OpenOptions::default())
+                .is_none()
+        );
+    }
 
     fn env(daemon: bool, trusted: bool) -> NixEnv {
         NixEnv {

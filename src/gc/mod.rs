@@ -16,7 +16,8 @@
 //! 4. when NARs were deleted, narinfos are listed a third time: one that a push wrote for a
 //!    NAR gc deleted in the moment between its look and the deletion goes again, with every
 //!    narinfo that references its path, so no narinfo is left without its NAR;
-//! 5. usage records are merged into one (compaction).
+//! 5. usage records are merged into one (compaction); the newest record of each branch also
+//!    stays whole, for `setup` to restore by (see [`crate::restore`]).
 //!
 //! Cost: two listings (65 ListObjectsV2 calls side by side, one per leading hash character of
 //! narinfos and of NARs, plus usage records; the second without NARs), one GET per narinfo
@@ -143,6 +144,9 @@ impl Entry {
 }
 
 /// Lists the cache, plans, and (unless a dry run) deletes. See the module docs for the order.
+/// Branches whose newest usage record compaction leaves whole (the most recently active).
+const BRANCH_RECORDS_KEPT: usize = 64;
+
 pub async fn collect(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcError> {
     let jobs = opts.jobs.max(1);
     let mut clock = Clock(std::time::Instant::now());
@@ -413,14 +417,20 @@ pub async fn collect(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcErro
         .collect();
     let before = usage.len();
     usage.retain(|h| live.contains(h));
-    if read_keys.len() > 1 || usage.len() < before {
+    // Each branch's newest record stays as it is as well: setup restores by it.
+    let kept = usage::newest_per_branch(&read_keys, BRANCH_RECORDS_KEPT);
+    let merged: Vec<String> = read_keys
+        .into_iter()
+        .filter(|k| !kept.contains(k))
+        .collect();
+    if merged.len() > 1 || usage.len() < before {
         report.usage_record_written = usage::write(cache, &usage, None).await?;
-        let meta: u64 = read_keys
+        let meta: u64 = merged
             .iter()
             .filter_map(|k| listed.get(k).map(|o| o.size))
             .sum();
-        delete_all(cache, &read_keys, jobs).await?;
-        report.usage_records_merged = read_keys.len();
+        delete_all(cache, &merged, jobs).await?;
+        report.usage_records_merged = merged.len();
         report.meta_bytes_freed += meta;
     }
     clock.lap(&mut report, "merge usage");

@@ -244,6 +244,24 @@ pub fn branch_tag(branch: &str) -> String {
     crate::nix::Sha256::digest(branch.as_bytes()).to_hex()[..16].to_owned()
 }
 
+/// The newest record of each branch among `keys`, for the `max` branches with the newest
+/// records: gc's compaction leaves these whole (and merges their contents too), so that after
+/// a gc `setup` still finds each active branch's last job.
+pub fn newest_per_branch(keys: &[String], max: usize) -> std::collections::HashSet<String> {
+    let mut sorted: Vec<&String> = keys.iter().collect();
+    sorted.sort_unstable();
+    let mut seen = std::collections::HashSet::new();
+    let mut keep = std::collections::HashSet::new();
+    for key in sorted.into_iter().rev() {
+        if let Some(tag) = record_branch_tag(key) {
+            if seen.len() < max && seen.insert(tag) {
+                keep.insert(key.clone());
+            }
+        }
+    }
+    keep
+}
+
 /// The branch tag in a record's name, if it has one.
 pub fn record_branch_tag(key: &str) -> Option<&str> {
     let stem = key.strip_prefix(PREFIX)?.strip_suffix(".zst")?;
@@ -419,5 +437,31 @@ mod tests {
         );
         assert_ne!(branch_tag("main"), branch_tag("dev"));
         assert!(tagged < b, "tagged names still sort by time");
+    }
+
+    #[test]
+    fn the_newest_record_of_each_branch_is_kept_up_to_a_number_of_branches() {
+        let key = |secs: u64, branch: Option<&str>| record_key(secs, branch);
+        let keys = vec![
+            key(1, Some("main")),
+            key(2, Some("dev")),
+            key(3, Some("main")),
+            key(4, None),
+            key(5, Some("old")),
+            key(6, Some("dev")),
+        ];
+        let kept = newest_per_branch(&keys, 10);
+        let want: std::collections::HashSet<String> = [&keys[2], &keys[4], &keys[5]]
+            .into_iter()
+            .cloned()
+            .collect();
+        assert_eq!(kept, want);
+        // With room for two branches, the one whose last record is oldest is merged away.
+        let kept = newest_per_branch(&keys, 2);
+        assert_eq!(kept.len(), 2);
+        assert!(
+            kept.contains(&keys[5]) && kept.contains(&keys[4]),
+            "{kept:?}"
+        );
     }
 }

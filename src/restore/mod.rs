@@ -59,6 +59,11 @@ pub enum RestoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "{path} holds files and is not a mirror nixbucket made; the mirror is deleted at job \
+         end, so give --mirror a new or empty directory"
+    )]
+    NotAMirror { path: PathBuf },
 }
 
 pub struct Options {
@@ -149,12 +154,20 @@ pub fn choose_record<'a>(
     keys.last().map(|k| (k.as_str(), None))
 }
 
-/// Lays out `dir` as an empty mirror (a binary cache Nix reads first).
+/// Lays out `dir` as an empty mirror (a binary cache Nix reads first). A directory that holds
+/// something and is not a mirror is refused: `push` deletes the mirror at job end.
 pub fn prepare_mirror(dir: &Path) -> Result<(), RestoreError> {
     let io = |source| RestoreError::Mirror {
         path: dir.to_owned(),
         source,
     };
+    if let Ok(mut entries) = std::fs::read_dir(dir) {
+        if entries.next().is_some() && !dir.join(MARKER).is_file() {
+            return Err(RestoreError::NotAMirror {
+                path: dir.to_owned(),
+            });
+        }
+    }
     std::fs::create_dir_all(dir.join("nar")).map_err(io)?;
     std::fs::write(dir.join(MARKER), b"").map_err(io)?;
     std::fs::write(dir.join("nix-cache-info"), MIRROR_INFO).map_err(io)?;
@@ -218,7 +231,7 @@ pub async fn restore(cache: &Cache, opts: &Options) -> Result<Report, RestoreErr
     let newest = used.newest().unwrap_or(0);
     let mut todo: Vec<String> = used
         .hash_parts()
-        .filter(|h| used.last_used(h).unwrap_or(0) + RECENT >= newest)
+        .filter(|h| used.last_used(h).unwrap_or(0) >= newest.saturating_sub(RECENT))
         .map(str::to_owned)
         .collect();
     todo.sort_unstable();
@@ -508,6 +521,15 @@ mod tests {
         std::fs::create_dir(&other).unwrap();
         assert!(!remove_mirror(&other).unwrap());
         assert!(other.exists());
+        // An empty directory can become a mirror; one holding files is refused, and stays.
+        std::fs::write(other.join("precious"), "x").unwrap();
+        let err = prepare_mirror(&other).unwrap_err();
+        assert!(matches!(err, RestoreError::NotAMirror { .. }), "{err}");
+        assert!(!other.join(MARKER).exists());
+        let empty = tmp.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        prepare_mirror(&empty).unwrap();
+        prepare_mirror(&empty).unwrap();
         assert!(remove_mirror(&mirror).unwrap());
         assert!(!mirror.exists());
     }
