@@ -273,8 +273,18 @@ pub async fn execute(
             (cache.clone(), opts.clone(), jobs.clone(), counters.clone());
         tasks.spawn(async move {
             let path = info.path.clone();
-            let result =
-                push_through_outages(&cache, info, waits, overwrite, &opts, &jobs, &counters).await;
+            let result = through_outages(&path, &opts.cancel, || {
+                push_one(
+                    &cache,
+                    info.clone(),
+                    waits.clone(),
+                    overwrite,
+                    &opts,
+                    &jobs,
+                    &counters,
+                )
+            })
+            .await;
             landed.send_replace(if result.is_ok() {
                 Landed::Yes
             } else {
@@ -324,43 +334,32 @@ const OUTAGE_PAUSES: [Duration; 3] = [
     Duration::from_secs(20),
 ];
 
-/// [`push_one`], again after a pause when it failed because the store was unreachable or
-/// briefly unable to answer. Trying a path again is safe: nothing of a failed attempt is
-/// visible (NARs and narinfos are written only whole, and only if absent).
-async fn push_through_outages(
-    cache: &Cache,
-    info: PathInfo,
-    waits: Vec<(StorePath, watch::Receiver<Landed>)>,
-    overwrite: bool,
-    opts: &PushOptions,
-    jobs: &Semaphore,
-    counters: &Arc<progress::Counters>,
-) -> Result<Pushed, PushError> {
+/// `attempt` (a [`push_one`] of `path`), again after a pause when it failed because the store
+/// was unreachable or briefly unable to answer. Trying a path again is safe: nothing of a
+/// failed attempt is visible (NARs and narinfos are written only whole, and only if absent).
+async fn through_outages<F, Fut>(
+    path: &StorePath,
+    cancel: &AtomicBool,
+    mut attempt: F,
+) -> Result<Pushed, PushError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Pushed, PushError>>,
+{
     let mut pauses = OUTAGE_PAUSES.iter();
     loop {
-        let attempt = push_one(
-            cache,
-            info.clone(),
-            waits.clone(),
-            overwrite,
-            opts,
-            jobs,
-            counters,
-        )
-        .await;
-        match attempt {
+        match attempt().await {
             Err(PushError::Cache(err)) if err.is_outage() => {
                 let Some(pause) = pauses.next() else {
                     return Err(PushError::Cache(err));
                 };
                 eprintln!(
-                    "{}: the cache did not answer ({err}); trying the path again in {}s",
-                    info.path,
+                    "{path}: the cache did not answer ({err}); trying the path again in {}s",
                     pause.as_secs()
                 );
                 let until = Instant::now() + *pause;
                 while Instant::now() < until {
-                    if opts.cancel.load(Ordering::Relaxed) {
+                    if cancel.load(Ordering::Relaxed) {
                         return Err(PushError::Cancelled);
                     }
                     tokio::time::sleep(Duration::from_millis(250)).await;
