@@ -6,11 +6,15 @@
 //! - [`push`]: the pipeline that turns store paths into signed cache entries.
 //! - [`restore`]: the next job's start: what the last jobs used, fetched into a local mirror.
 //! - [`serve`]: the cache as an HTTP substituter on loopback, with uploads during the build.
+//! - [`setup`]: before the build: Nix pointed at the cache, the restore, the store recorded.
 //! - [`state`]: what `setup` hands to `push` across CI steps.
+//! - [`verify`], [`resign`]: checking that a cache is whole; signing what it holds anew.
 //! - [`gc`]: garbage collection of a cache, by age of use or size, closures kept whole.
 //! - [`ci`]: glue for CI systems (the GitHub Action's inputs, step files, OIDC, reports).
-//! - [`command`]: one module per subcommand.
+//! - [`command`]: one module per subcommand: arguments resolved into a library job.
+//! - [`atomic_file`], [`signal`]: whole-file writes, and the signals of a cancelled step.
 
+pub mod atomic_file;
 pub mod cache;
 pub mod ci;
 pub mod cli;
@@ -18,7 +22,11 @@ pub mod command;
 pub mod gc;
 pub mod nix;
 pub mod push;
+pub mod resign;
 pub mod restore;
 pub mod serve;
+pub mod setup;
+pub mod signal;
 pub mod state;
 pub mod store;
+pub mod verify;

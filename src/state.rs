@@ -95,18 +95,14 @@ impl State {
             path: path.into(),
             source,
         };
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(err)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
-        // Buffered: serde_json writes token by token, which is ~200,000 syscalls for 50,000 paths.
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut tmp);
-        serde_json::to_writer(&mut out, self).map_err(|e| err(e.into()))?;
-        std::io::Write::flush(&mut out).map_err(err)?;
-        drop(out);
-        tmp.persist(path).map_err(|e| err(e.error))?;
+        crate::atomic_file::write_with(path, None, |file| {
+            // Buffered: serde_json writes token by token, which is ~200,000 syscalls for 50,000
+            // paths.
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+            serde_json::to_writer(&mut out, self)?;
+            std::io::Write::flush(&mut out)
+        })
+        .map_err(err)?;
         Ok(())
     }
 }

@@ -17,14 +17,15 @@ use anyhow::Context;
 use clap::ValueEnum;
 use regex::Regex;
 
+use super::CompressionArg;
 use crate::cache::{CacheError, CacheUrl, OpenOptions};
 use crate::ci::github::{
     self, AWS_AUDIENCE, GithubError, Inputs, Outcome, PullOnly, Secret, annotation,
 };
-use crate::command::push::{self as push_cmd, CompressionArg};
-use crate::command::setup;
-use crate::nix::{Compression, PublicKey, SecretKey};
+use crate::nix::{PublicKey, SecretKey};
+use crate::push::job::{Job, Upstream};
 use crate::push::{ProgressMode, PushError};
+use crate::setup;
 use crate::state;
 
 #[derive(clap::Args, Debug)]
@@ -162,36 +163,31 @@ async fn main_step() -> anyhow::Result<ExitCode> {
         open.credentials = Some(creds);
     }
 
-    let substituter = if keys.is_empty() {
+    let configure = !keys.is_empty();
+    if !configure {
         say(&annotation(
             "warning",
             "nixbucket: no public key for the cache (the input public-keys is empty and there is no signing key), so Nix is not set up to pull from it; add the cache's public key to public-keys",
         ));
-        None
-    } else {
-        Some(url.to_string())
-    };
+    }
 
     let state_file = state_path();
     let restore = inputs
         .restore
         .then(|| setup::Restore::default_for(&url, &state_file, open))
         .flatten();
-    let setup_result = {
-        let (url, keys, state_file) = (url.clone(), keys.clone(), state_file.clone());
-        tokio::task::spawn_blocking(move || {
-            setup::setup_job(
-                &url,
-                substituter.as_deref(),
-                &keys,
-                &state_file,
-                restore.as_ref(),
-            )
-        })
-        .await
-        .context("setup stopped unexpectedly")?
+    let job = setup::Job {
+        url: url.clone(),
+        keys,
+        state_path: state_file.clone(),
+        configure,
+        substituter: None,
+        serve: None,
+        restore,
     };
-    setup_result?;
+    tokio::task::spawn_blocking(move || job.run())
+        .await
+        .context("setup stopped unexpectedly")??;
 
     match &pull_only {
         Some(reason) => {
@@ -300,14 +296,9 @@ fn is_outage(err: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-struct PushSettings {
-    url: CacheUrl,
-    key: Arc<SecretKey>,
-    compression: Compression,
-    args: push_cmd::Args,
-}
-
-fn push_settings(inputs: &Inputs, state_file: Option<String>) -> anyhow::Result<PushSettings> {
+/// The push the post step runs, from the action's inputs: the key from the input, no paths
+/// (what the job added since the main step), plain progress for the log.
+fn push_job(inputs: &Inputs, state_file: Option<String>) -> anyhow::Result<Job> {
     let url: CacheUrl = inputs
         .cache
         .parse()
@@ -325,7 +316,7 @@ fn push_settings(inputs: &Inputs, state_file: Option<String>) -> anyhow::Result<
             })
         })
         .transpose()?;
-    let compression = push_cmd::resolve_compression(compression_arg, &url)?;
+    let compression = super::resolve_compression(compression_arg, &url)?;
     let regex = |name: &'static str, value: &Option<String>| {
         value
             .as_deref()
@@ -340,28 +331,21 @@ fn push_settings(inputs: &Inputs, state_file: Option<String>) -> anyhow::Result<
             .map_or(4, |n| n.get())
             .max(2)
     });
-    let args = push_cmd::Args {
-        cache: inputs.cache.clone(),
+    Ok(Job {
+        url,
+        open: OpenOptions::default(),
         paths: Vec::new(),
-        signing_key_file: None,
-        unsigned: false,
-        compression: compression_arg,
-        compression_level: None,
-        jobs,
-        dry_run: false,
-        progress: ProgressMode::Plain,
         state_file: Some(state_file.map_or_else(state_path, PathBuf::from)),
-        upstream_keys: Vec::new(),
-        include_upstream: false,
+        signing_key: Some(key),
+        compression,
+        level: None,
+        jobs,
+        progress: ProgressMode::Plain,
+        dry_run: false,
+        upstream: Upstream::TrustedByNix,
         include_derivations: false,
         include: regex("include", &inputs.include)?,
         exclude: regex("exclude", &inputs.exclude)?,
-    };
-    Ok(PushSettings {
-        url,
-        key,
-        compression,
-        args,
     })
 }
 
@@ -380,8 +364,9 @@ async fn post_step() -> anyhow::Result<ExitCode> {
                 _ => "the action's main step did not finish, so there is no record of what the job added".into(),
             };
             // A pull-only job restored too: its mirror goes as a pushing job's does.
-            let state_file = env(&format!("STATE_{STATE_FILE}")).map(PathBuf::from);
-            if let Some(line) = push_cmd::finish_mirror(state_file, false) {
+            let state_file =
+                env(&format!("STATE_{STATE_FILE}")).map_or_else(state_path, PathBuf::from);
+            if let Some(line) = crate::push::job::finish_mirror(&state_file, false) {
                 say(&line);
             }
             if other.is_none() {
@@ -408,24 +393,16 @@ async fn post_step() -> anyhow::Result<ExitCode> {
 /// Pushes, then writes the summary (and check run). Returns the exit code, paths pushed and
 /// bytes uploaded.
 async fn push_and_report(inputs: &Inputs) -> anyhow::Result<(ExitCode, usize, u64)> {
-    let settings = push_settings(inputs, env(&format!("STATE_{STATE_FILE}")))?;
-    let mut open = OpenOptions::default();
+    let mut job = push_job(inputs, env(&format!("STATE_{STATE_FILE}")))?;
     let result = async {
         if let Some(role_arn) = &inputs.aws_role_arn {
             // A fresh token: the one from `main` may have expired during a long build.
-            open.credentials = Some(oidc_credentials(inputs, role_arn).await?);
+            job.open.credentials = Some(oidc_credentials(inputs, role_arn).await?);
         }
-        push_cmd::push_job(
-            &settings.args,
-            &settings.url,
-            settings.compression.clone(),
-            Some(settings.key.clone()),
-            open,
-        )
-        .await
+        job.run().await
     }
     .await;
-    let cache = settings.url.to_string();
+    let cache = job.url.to_string();
     match result {
         Err(err) => {
             let outage = is_outage(err.as_ref());
@@ -459,7 +436,7 @@ async fn push_and_report(inputs: &Inputs) -> anyhow::Result<(ExitCode, usize, u6
                 cache: &cache,
                 report: &push_report,
                 skipped: &skipped,
-                compression: &settings.compression,
+                compression: &job.compression,
             };
             say(&outcome.title());
             report(inputs, &outcome).await?;

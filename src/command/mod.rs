@@ -1,4 +1,6 @@
-//! One module per subcommand, each with a clap `Args` struct and a `run` function.
+//! One module per subcommand, each with a clap `Args` struct and a `run` function that
+//! resolves the arguments into a library job and runs it. No subcommand uses another: what
+//! several share (the cache and signing-key flags, the compression choice) is here.
 
 pub mod gc;
 pub mod github_action;
@@ -8,12 +10,17 @@ pub mod push;
 pub mod serve;
 pub mod setup;
 pub mod sign;
-mod signing_key;
 pub mod verify;
 
-use anyhow::Context;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use zeroize::Zeroizing;
 
 use crate::cache::{Cache, CacheUrl, OpenOptions};
+use crate::nix::{Compression, SecretKey};
 
 /// The `--cache` argument as a cache URL; the error quotes what the user typed.
 pub(crate) fn parse_cache_url(text: &str) -> anyhow::Result<CacheUrl> {
@@ -26,4 +33,99 @@ pub(crate) async fn open_cache(url: &CacheUrl, opts: OpenOptions) -> anyhow::Res
     Cache::open_with(url, opts)
         .await
         .with_context(|| format!("could not open the cache {url}"))
+}
+
+/// The variable that holds the signing key's text when no file is given.
+pub const SIGNING_KEY_ENV: &str = "NIXBUCKET_SIGNING_KEY";
+
+/// The signing key flag of every command that signs or derives a public key.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct KeyArgs {
+    /// File holding the secret key to sign with (as written by `nixbucket keygen` or
+    /// `nix-store --generate-binary-cache-key`). Without it, the key's text is read from
+    /// $NIXBUCKET_SIGNING_KEY.
+    #[arg(long, env = "NIXBUCKET_SIGNING_KEY_FILE", value_name = "FILE")]
+    pub signing_key_file: Option<PathBuf>,
+}
+
+impl KeyArgs {
+    /// The key from the file (preferred) or the environment; `None` when neither is given.
+    /// Errors say where the key came from, never what it holds.
+    pub fn load(&self) -> anyhow::Result<Option<Arc<SecretKey>>> {
+        if let Some(path) = &self.signing_key_file {
+            return load_key_file(path).map(|key| Some(Arc::new(key)));
+        }
+        match std::env::var(SIGNING_KEY_ENV) {
+            Ok(text) if !text.trim().is_empty() => {
+                let text = Zeroizing::new(text);
+                let key = SecretKey::parse(&text).with_context(|| {
+                    format!("${SIGNING_KEY_ENV} does not hold a Nix secret key")
+                })?;
+                Ok(Some(Arc::new(key)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The key, or an error that says how to give one, ending in `hint`.
+    pub fn require(&self, hint: &str) -> anyhow::Result<Arc<SecretKey>> {
+        match self.load()? {
+            Some(key) => Ok(key),
+            None => bail!(
+                "no signing key: pass --signing-key-file FILE or set ${SIGNING_KEY_ENV}{hint}"
+            ),
+        }
+    }
+}
+
+fn load_key_file(path: &Path) -> anyhow::Result<SecretKey> {
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path)
+            .with_context(|| format!("could not read the signing key file {}", path.display()))?,
+    );
+    let key = SecretKey::parse(&text).with_context(|| {
+        format!(
+            "the signing key file {} is not a Nix secret key",
+            path.display()
+        )
+    })?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o077 != 0 {
+            eprintln!(
+                "warning: the signing key file {} can be read by other users (mode {:o}); `chmod 600` it",
+                path.display(),
+                meta.permissions().mode() & 0o777
+            );
+        }
+    }
+    Ok(key)
+}
+
+/// How NARs are compressed, as a flag or an Action input names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompressionArg {
+    Zstd,
+    Xz,
+    None,
+}
+
+/// The flag if given, else the cache URL's `compression` parameter, else zstd.
+pub fn resolve_compression(
+    flag: Option<CompressionArg>,
+    url: &CacheUrl,
+) -> anyhow::Result<Compression> {
+    match flag {
+        Some(CompressionArg::Zstd) => return Ok(Compression::Zstd),
+        Some(CompressionArg::Xz) => return Ok(Compression::Xz),
+        Some(CompressionArg::None) => return Ok(Compression::None),
+        None => {}
+    }
+    match url.param("compression") {
+        None | Some("zstd") => Ok(Compression::Zstd),
+        Some("xz") => Ok(Compression::Xz),
+        Some("none") => Ok(Compression::None),
+        Some(other) => {
+            bail!("the cache URL asks for compression={other}; nixbucket writes zstd, xz or none")
+        }
+    }
 }

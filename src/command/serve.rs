@@ -1,23 +1,21 @@
-//! `nixbucket serve`: the cache as an HTTP substituter on loopback; and the glue that lets
-//! `setup --serve` start it in the background and `push` collect its counters and stop it.
+//! `nixbucket serve`: the cache as an HTTP substituter on loopback. `setup --serve` starts it
+//! in the background and `push` stops it ([`crate::serve::background`]).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
+use super::{CompressionArg, KeyArgs};
 use crate::cache::OpenOptions;
-use crate::command::push::{CompressionArg, resolve_compression};
-use crate::command::signing_key;
+use crate::push::job::{Upstream, upstream_keys};
 use crate::push::select::Filters;
 use crate::push::{ProgressMode, PushOptions};
-use crate::serve::{self, Server, StatsSnapshot, UploadConfig, Uploader, Uploads, client};
-use crate::state::{ServeState, State};
-use crate::store::NixEnv;
+use crate::serve::{self, Server, UploadConfig, Uploader, Uploads};
 
 /// Attempts per request to the bucket while serving Nix.
 const SERVE_ATTEMPTS: u32 = 3;
@@ -35,12 +33,12 @@ pub struct Args {
     /// Once listening, write the server's URL (`http://127.0.0.1:PORT`) to this file.
     #[arg(long, value_name = "FILE")]
     pub ready_file: Option<PathBuf>,
-    /// Key to sign the paths `nixbucket hook` hands over during the build (else the key's text
-    /// from $NIXBUCKET_SIGNING_KEY). Hand-overs also need the token in $NIXBUCKET_SERVE_TOKEN,
-    /// which `setup --serve` gives the server and the hook. Without a key or a token the server
-    /// uploads nothing and `push` uploads everything at the end.
-    #[arg(long, env = "NIXBUCKET_SIGNING_KEY_FILE", value_name = "FILE")]
-    pub signing_key_file: Option<PathBuf>,
+    /// The key signs the paths `nixbucket hook` hands over during the build. Hand-overs also
+    /// need the token in $NIXBUCKET_SERVE_TOKEN, which `setup --serve` gives the server and the
+    /// hook. Without a key or a token the server uploads nothing and `push` uploads everything
+    /// at the end.
+    #[command(flatten)]
+    pub key: KeyArgs,
     /// How NARs uploaded during the build are compressed [default: the URL's `compression`
     /// parameter, else zstd].
     #[arg(long, env = "NIXBUCKET_COMPRESSION", value_enum)]
@@ -52,8 +50,8 @@ pub struct Args {
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let url = super::parse_cache_url(&args.cache)?;
-    let compression = resolve_compression(args.compression, &url)?;
-    let signing_key = signing_key::load(args.signing_key_file.as_deref())?;
+    let compression = super::resolve_compression(args.compression, &url)?;
+    let signing_key = args.key.load()?;
     // Nix waits on every answer and falls back to building, so a failing bucket should be
     // reported in seconds rather than retried for a minute.
     let open = OpenOptions {
@@ -75,12 +73,18 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         (Some(_), None) => Some("no hand-over token in $NIXBUCKET_SERVE_TOKEN"),
         _ => None,
     };
-    let uploads = match (signing_key, token) {
-        (Some(key), Some(token)) => {
+    let filters = match &signing_key {
+        Some(key) if token.is_some() => {
             let our_name = key.name().to_owned();
-            let filters = tokio::task::spawn_blocking(move || upstream_filters(&our_name))
+            tokio::task::spawn_blocking(move || upstream_filters(&our_name))
                 .await
-                .context("the Nix query stopped unexpectedly")?;
+                .context("the Nix query stopped unexpectedly")?
+        }
+        _ => None,
+    };
+    let read_only = read_only.or(filters.is_none().then_some("Nix's trusted keys unknown"));
+    let uploads = match (signing_key, token, filters) {
+        (Some(key), Some(token), Some(filters)) => {
             let options = PushOptions {
                 compression,
                 level: None,
@@ -100,7 +104,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     let served = format!("http://{addr}");
     if let Some(file) = &args.ready_file {
-        write_atomically(file, &served)
+        crate::atomic_file::write(file, None, served.as_bytes())
             .with_context(|| format!("could not write {}", file.display()))?;
     }
     println!(
@@ -111,294 +115,27 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     );
 
-    let stop = shutdown_signal()?;
+    let stop = crate::signal::interrupted().context("could not watch for SIGINT and SIGTERM")?;
     serve::run(listener, server.clone(), stop).await;
     eprintln!("nixbucket serve: stopping");
     server.shutdown(Duration::from_secs(10)).await;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Keys whose signature means another cache serves a path: every key Nix trusts but ours.
-/// If Nix cannot be asked, nothing counts as upstream (pushing too much beats losing paths).
-fn upstream_filters(our_name: &str) -> Filters {
-    let upstream_keys = match NixEnv::detect() {
-        Ok(env) => env
-            .trusted_public_keys
-            .iter()
-            .filter_map(|k| k.split_once(':').map(|(name, _)| name.to_owned()))
-            .filter(|name| name != our_name)
-            .collect(),
+/// What counts as served upstream for hand-overs, decided as `push` decides it. If Nix cannot
+/// be asked, the server uploads nothing during the build: `push` decides at the job's end.
+fn upstream_filters(our_name: &str) -> Option<Filters> {
+    match upstream_keys(&Upstream::TrustedByNix, Some(our_name)) {
+        Ok(upstream_keys) => Some(Filters {
+            upstream_keys,
+            ..Default::default()
+        }),
         Err(err) => {
             eprintln!(
-                "nixbucket serve: warning: could not read Nix's trusted keys ({err}); uploading upstream paths too"
-            );
-            Vec::new()
-        }
-    };
-    Filters {
-        upstream_keys,
-        ..Default::default()
-    }
-}
-
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut int = signal(SignalKind::interrupt()).context("could not watch for SIGINT")?;
-    let mut term = signal(SignalKind::terminate()).context("could not watch for SIGTERM")?;
-    Ok(async move {
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
-    })
-}
-
-fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    std::io::Write::write_all(&mut tmp, text.as_bytes())?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
-}
-
-/// How long `setup` waits for the background server to answer.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Files of the background server, next to the state file.
-fn sibling(state_path: &Path, name: &str) -> PathBuf {
-    state_path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .join(name)
-}
-
-/// A server `setup` started: what goes in the state, and the token only the hook gets.
-pub(crate) struct Background {
-    pub state: ServeState,
-    token: zeroize::Zeroizing<String>,
-}
-
-/// Starts `nixbucket serve` for `cache` as a detached process that outlives `setup`: its own
-/// process group (a CI step's end or Ctrl-C does not reach it), output to a log file next to
-/// the state file. Returns once it answers.
-pub(crate) fn start_background(
-    cache: &str,
-    state_path: &Path,
-    signing_key_file: Option<&Path>,
-) -> anyhow::Result<Background> {
-    use std::os::unix::process::CommandExt;
-    let exe = std::env::current_exe().context("could not find the nixbucket binary")?;
-    let log_path = sibling(state_path, "nixbucket-serve.log");
-    let ready = sibling(state_path, "nixbucket-serve.addr");
-    if let Some(dir) = log_path.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("could not create {}", dir.display()))?;
-    }
-    let _ = std::fs::remove_file(&ready);
-    let log = std::fs::File::create(&log_path)
-        .with_context(|| format!("could not create {}", log_path.display()))?;
-    let log2 = log.try_clone().context("could not share the log file")?;
-    let mut random = [0u8; 24];
-    getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("no random bytes: {e}"))?;
-    let token = zeroize::Zeroizing::new(random.iter().map(|b| format!("{b:02x}")).collect());
-    let mut cmd = Command::new(&exe);
-    cmd.env(serve::TOKEN_ENV, &*token);
-    cmd.args(["serve", "--cache", cache, "--ready-file"])
-        .arg(&ready)
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2)
-        .process_group(0);
-    if let Some(file) = signing_key_file {
-        cmd.arg("--signing-key-file").arg(file);
-    }
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("could not start {} serve", exe.display()))?;
-    let pid = child.id();
-    let log_tail = || {
-        std::fs::read_to_string(&log_path)
-            .unwrap_or_default()
-            .trim()
-            .to_owned()
-    };
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            bail!(
-                "nixbucket serve exited at start ({status}); its log ({}):\n{}",
-                log_path.display(),
-                log_tail()
-            );
-        }
-        if let Ok(url) = std::fs::read_to_string(&ready) {
-            let addr = client::parse_addr(url.trim())?;
-            if client::stats(addr, Duration::from_secs(2)).is_ok() {
-                return Ok(Background {
-                    state: ServeState {
-                        pid,
-                        port: addr.port(),
-                    },
-                    token,
-                });
-            }
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!(
-                "nixbucket serve did not answer within {}s; its log ({}):\n{}",
-                START_TIMEOUT.as_secs(),
-                log_path.display(),
-                log_tail()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Writes the post-build-hook script Nix runs after each build. It hands the outputs to the
-/// server and exits 0 whatever happens: a missing binary, a dead server or a bad answer must
-/// never fail the build (the job-end push uploads whatever the hook did not). It holds the
-/// hand-over token, so only its owner (and root, who runs it for the daemon) may read it.
-pub(crate) fn install_hook_script(
-    state_path: &Path,
-    served: &Background,
-) -> anyhow::Result<PathBuf> {
-    let port = served.state.port;
-    use std::os::unix::fs::PermissionsExt;
-    let exe = std::env::current_exe().context("could not find the nixbucket binary")?;
-    let exe = exe
-        .to_str()
-        .context("the nixbucket binary's path is not UTF-8")?;
-    let script = sibling(state_path, "nixbucket-post-build-hook");
-    // Nix 2.8's nix-build does not show a hook's output, so it goes to a log of its own.
-    let log = sibling(state_path, "nixbucket-hook.log");
-    let log = log
-        .to_str()
-        .context("the state directory's path is not UTF-8")?;
-    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
-    let text = format!(
-        "#!/bin/sh\n# Written by `nixbucket setup --push-during-build`: hands what Nix built to \
-         `nixbucket serve`.\n# It never fails the build; `nixbucket push` uploads what it missed.\n\
-         {}={} {} hook --server http://127.0.0.1:{port} 2>>{} || true\nexit 0\n",
-        serve::TOKEN_ENV,
-        &*served.token,
-        quote(exe),
-        quote(log),
-    );
-    let text = zeroize::Zeroizing::new(text);
-    // NamedTempFile creates the file 0600, so the token is never readable by others.
-    write_atomically(&script, &text)
-        .with_context(|| format!("could not write {}", script.display()))?;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("could not make {} executable", script.display()))?;
-    Ok(script)
-}
-
-/// Whether `pid` is still a `nixbucket serve` process (and not a process that got its pid
-/// after it ended). A zombie counts as gone.
-fn is_our_server(pid: u32) -> bool {
-    let proc = PathBuf::from(format!("/proc/{pid}"));
-    let zombie = std::fs::read_to_string(proc.join("stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(true);
-    if zombie {
-        return false;
-    }
-    let cmdline = std::fs::read(proc.join("cmdline")).unwrap_or_default();
-    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    args.first()
-        .is_some_and(|a| a.ends_with(b"nixbucket") || a.ends_with(b"nixbucket (deleted)"))
-        && args.get(1).is_some_and(|a| *a == b"serve")
-}
-
-/// Stops the server `setup` started: SIGTERM to the recorded pid only, if it still is ours.
-pub(crate) fn stop(pid: u32) -> anyhow::Result<()> {
-    if !is_our_server(pid) {
-        return Ok(());
-    }
-    let status = crate::store::child_command("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .context("could not run `kill`")?;
-    if !status.success() && is_our_server(pid) {
-        bail!("`kill {pid}` failed ({status})");
-    }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while is_our_server(pid) {
-        if Instant::now() > deadline {
-            bail!("nixbucket serve (pid {pid}) did not stop within 15s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
-
-/// How long `push` waits for uploads the hook queued before it diffs the store itself.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(3600);
-
-/// For `push`: if `setup --serve` started a server, wait until its upload queue is empty, read
-/// its counters and (unless `keep_running`) stop it. Problems are warnings: the push itself
-/// does not depend on the server.
-pub(crate) fn finish(state_file: Option<&Path>, keep_running: bool) -> Option<StatsSnapshot> {
-    let path = state_file
-        .map(Path::to_path_buf)
-        .unwrap_or_else(crate::state::default_path);
-    let served = State::load(&path).ok()?.serve?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], served.port));
-    let stats = if keep_running {
-        client::stats(addr, Duration::from_secs(5)).map_err(anyhow::Error::from)
-    } else {
-        drain(addr)
-    };
-    let stats = match stats {
-        Ok(s) => Some(s),
-        Err(err) => {
-            eprintln!(
-                "warning: no counters from nixbucket serve ({err:#}); pushing everything the job added"
+                "nixbucket serve: warning: could not read Nix's trusted keys ({err}); uploading \
+                 nothing during the build, `nixbucket push` will"
             );
             None
         }
-    };
-    if !keep_running {
-        if let Err(err) = stop(served.pid) {
-            eprintln!("warning: could not stop nixbucket serve: {err:#}");
-        }
-    }
-    stats
-}
-
-fn drain(addr: SocketAddr) -> anyhow::Result<StatsSnapshot> {
-    let started = Instant::now();
-    let mut said = Instant::now();
-    loop {
-        let stats = client::stats(addr, Duration::from_secs(10))?;
-        if stats.upload.pending == 0 {
-            return Ok(stats);
-        }
-        if started.elapsed() > DRAIN_TIMEOUT {
-            bail!(
-                "{} hand-overs still queued after {}s",
-                stats.upload.pending,
-                DRAIN_TIMEOUT.as_secs()
-            );
-        }
-        if said.elapsed() > Duration::from_secs(10) {
-            eprintln!(
-                "waiting for nixbucket serve to finish uploading ({} builds' outputs queued)",
-                stats.upload.pending
-            );
-            said = Instant::now();
-        }
-        std::thread::sleep(Duration::from_millis(100));
     }
 }

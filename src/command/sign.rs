@@ -6,15 +6,14 @@
 //! still being the one read (S3 If-Match), so a narinfo that a `gc` running alongside deleted
 //! is not written back to name a NAR that gc may delete next.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use futures::StreamExt;
 
-use crate::cache::{Cache, OpenOptions};
-use crate::command::signing_key;
-use crate::nix::{NarInfo, SecretKey};
+use super::KeyArgs;
+use crate::cache::OpenOptions;
+use crate::resign::{Signed, sign_one};
 use crate::push::narinfo_key;
 use crate::store;
 
@@ -23,9 +22,8 @@ pub struct Args {
     /// The binary cache, in Nix's URL syntax.
     #[arg(long, env = "NIXBUCKET_CACHE", value_name = "URL")]
     pub cache: String,
-    /// File holding the secret key to sign with; without it, $NIXBUCKET_SIGNING_KEY.
-    #[arg(long, env = "NIXBUCKET_SIGNING_KEY_FILE", value_name = "FILE")]
-    pub signing_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub key: KeyArgs,
     /// Sign every narinfo in the cache.
     #[arg(long, conflicts_with = "paths")]
     pub all: bool,
@@ -42,12 +40,7 @@ pub struct Args {
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let url = super::parse_cache_url(&args.cache)?;
-    let Some(key) = signing_key::load(args.signing_key_file.as_deref())? else {
-        bail!(
-            "no signing key: pass --signing-key-file FILE or set ${}",
-            signing_key::ENV
-        );
-    };
+    let key = args.key.require("")?;
     let cache = super::open_cache(&url, OpenOptions::default()).await?;
     let keys: Vec<String> = if args.all {
         cache
@@ -105,53 +98,4 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         bail!("{failed} narinfos could not be signed");
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// What became of one narinfo.
-#[derive(Debug, PartialEq, Eq)]
-enum Signed {
-    Rewritten,
-    AlreadyWas,
-    /// Deleted after the listing or the first read (a gc running alongside): not written back.
-    Gone,
-}
-
-/// Rewrites one narinfo if its signatures change (`listed`: the key came from the listing,
-/// not from the user). The write is conditional on the narinfo being the one read: when
-/// another writer changed it meanwhile, it is read and signed again, and when it vanished
-/// (gc deleted it) it stays deleted, since writing it back would name a NAR that gc may
-/// delete next.
-async fn sign_one(
-    cache: &Cache,
-    key_name: &str,
-    key: &SecretKey,
-    remove: &[String],
-    listed: bool,
-) -> anyhow::Result<Signed> {
-    for attempt in 0..3 {
-        let Some((bytes, version)) = cache.get_versioned(key_name).await? else {
-            if attempt == 0 && !listed {
-                bail!("not in the cache");
-            }
-            return Ok(Signed::Gone);
-        };
-        let text = std::str::from_utf8(&bytes).context("not UTF-8")?;
-        let mut info = NarInfo::parse(text).context("not a valid narinfo")?;
-        let before = info.signatures.clone();
-        for name in remove {
-            info.remove_signatures(name);
-        }
-        info.sign(key);
-        if info.signatures == before {
-            return Ok(Signed::AlreadyWas);
-        }
-        let body = info.to_string().into();
-        if cache
-            .put_if_version(key_name, body, "text/x-nix-narinfo", &version)
-            .await?
-        {
-            return Ok(Signed::Rewritten);
-        }
-    }
-    bail!("changed by another writer three times while being signed; run sign again")
 }

@@ -6,6 +6,7 @@
 //! and a narinfo is written only after its NAR and after the narinfos of all its references.
 
 mod encode;
+pub mod job;
 pub mod progress;
 pub mod select;
 pub mod usage;

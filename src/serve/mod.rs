@@ -9,6 +9,7 @@
 //! A failure reaches Nix only as a status code and a fixed text: the real error, which names
 //! buckets and keys, goes to the server's log, and no error text ever goes to the client.
 
+pub mod background;
 pub mod client;
 mod stats;
 mod upload;

@@ -1,6 +1,8 @@
-//! What the local Nix store knows: path metadata from `nix path-info`, and turning what a user
-//! typed (`./result`, a file inside a store path) into store paths.
+//! What the local Nix knows and how it is set up: path metadata from `nix path-info`, turning
+//! what a user typed (`./result`, a file inside a store path) into store paths, and pointing
+//! Nix at a substituter ([`configure`]).
 
+pub mod configure;
 mod nix_cli;
 mod nix_env;
 mod path_info;

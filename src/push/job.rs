@@ -1,0 +1,253 @@
+//! A whole push as `nixbucket push` and the GitHub Action's post step run it, once their
+//! arguments are resolved into a [`Job`]: finish what `setup` started (the background server,
+//! the restore mirror), pick the closure, record the job's usage for gc, ask the cache what it
+//! lacks and push that.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use regex::Regex;
+
+use super::select::{self, Filters, Skipped};
+use super::usage::UsageError;
+use super::{Plan, ProgressMode, PushOptions, PushReport};
+use crate::cache::{Cache, CacheUrl, OpenOptions};
+use crate::nix::{Compression, STORE_DIR, SecretKey, StorePath};
+use crate::state::{self, State};
+use crate::store::{self, NixEnv, PathInfo};
+
+/// Whose signature means another cache already serves a path, so that it is not pushed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Upstream {
+    /// Every key in Nix's trusted-public-keys except the one we sign with.
+    TrustedByNix,
+    /// These key names.
+    Keys(Vec<String>),
+    /// None: upstream paths are pushed too.
+    Nobody,
+}
+
+/// The one place that turns [`Upstream`] into key names, for `push` and for `serve`.
+pub fn upstream_keys(
+    upstream: &Upstream,
+    our_key: Option<&str>,
+) -> Result<Vec<String>, store::StoreError> {
+    Ok(match upstream {
+        Upstream::Nobody => Vec::new(),
+        Upstream::Keys(names) => names.clone(),
+        Upstream::TrustedByNix => NixEnv::detect()?
+            .trusted_public_keys
+            .iter()
+            .filter_map(|k| k.split_once(':').map(|(name, _)| name.to_owned()))
+            .filter(|name| Some(name.as_str()) != our_key)
+            .collect(),
+    })
+}
+
+/// A push with every choice made.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub url: CacheUrl,
+    /// How to open the cache (the Action's assumed-role credentials, for one).
+    pub open: OpenOptions,
+    /// Push these and their closure; none: what the store gained since `setup`.
+    pub paths: Vec<PathBuf>,
+    /// The state `setup` recorded [default: as for setup].
+    pub state_file: Option<PathBuf>,
+    pub signing_key: Option<Arc<SecretKey>>,
+    pub compression: Compression,
+    pub level: Option<i32>,
+    pub jobs: usize,
+    pub progress: ProgressMode,
+    /// Find out what would be pushed; change nothing, and leave setup's server and mirror.
+    pub dry_run: bool,
+    pub upstream: Upstream,
+    pub include_derivations: bool,
+    pub include: Option<Regex>,
+    pub exclude: Option<Regex>,
+}
+
+/// What a push found before it uploads anything.
+pub struct Prepared {
+    pub cache: Cache,
+    pub plan: Plan,
+    pub skipped: Skipped,
+    /// Why this job's usage record could not be written, if it could not (the push goes on).
+    pub usage_unrecorded: Option<UsageError>,
+}
+
+impl Job {
+    /// The state file this job reads.
+    fn state_path(&self) -> PathBuf {
+        self.state_file.clone().unwrap_or_else(state::default_path)
+    }
+
+    /// Pushes what the cache lacks. Paths that fail are in the report, not in the error: the
+    /// caller decides what they mean.
+    pub async fn run(&self) -> anyhow::Result<(PushReport, Skipped)> {
+        let prepared = self.prepare().await?;
+        let opts = PushOptions {
+            compression: self.compression.clone(),
+            level: self.level,
+            jobs: self.jobs,
+            signing_key: self.signing_key.clone(),
+            progress: self.progress,
+            cancel: Arc::new(AtomicBool::new(false)),
+        };
+        let signals = stop_on_signal(opts.cancel.clone())?;
+        let mut report = super::execute(&prepared.cache, prepared.plan, &opts).await?;
+        report.usage_unrecorded = prepared.usage_unrecorded;
+        signals.abort();
+        eprintln!("{}", report.summary(&self.compression));
+        Ok((report, prepared.skipped))
+    }
+
+    /// Selects the closure, opens the cache, records the job's usage for gc (unless a dry run)
+    /// and asks the cache what it lacks.
+    pub async fn prepare(&self) -> anyhow::Result<Prepared> {
+        let our_key = self.signing_key.as_ref().map(|k| k.name().to_owned());
+        let filters = Filters {
+            upstream_keys: upstream_keys(&self.upstream, our_key.as_deref())
+                .context("could not read Nix's trusted-public-keys")?,
+            include_derivations: self.include_derivations,
+            include: self.include.clone(),
+            exclude: self.exclude.clone(),
+        };
+        if self.paths.is_empty() {
+            self.finish_setup().await;
+        }
+        let (closure, skipped) = {
+            let (paths, state_path) = (self.paths.clone(), self.state_path());
+            tokio::task::spawn_blocking(move || select_closure(&paths, &state_path, &filters))
+                .await
+                .context("the store query stopped unexpectedly")??
+        };
+        let cache = Cache::open_with(&self.url, self.open.clone())
+            .await
+            .with_context(|| format!("could not open the cache {}", self.url))?;
+        // gc's usage record: before the existence checks, so a concurrent gc keeps these.
+        let mut usage_unrecorded = None;
+        if !self.dry_run {
+            let branch = crate::ci::Branches::detect().current;
+            let used = super::usage::record(
+                &cache,
+                std::time::SystemTime::now(),
+                closure.iter().map(|i| &i.path),
+                branch.as_deref(),
+            );
+            if let Err(e) = used.await {
+                eprintln!("error: could not record this job's paths for `nixbucket gc`: {e}");
+                usage_unrecorded = Some(e);
+            }
+        }
+        let plan = super::plan(&cache, closure).await?;
+        for (path, why) in &plan.unusable {
+            eprintln!("warning: {why}; pushing {path} again");
+        }
+        Ok(Prepared {
+            cache,
+            plan,
+            skipped,
+            usage_unrecorded,
+        })
+    }
+
+    /// After `setup --serve`: the server's uploads finish first, so the store diff finds them
+    /// in the cache; then its counters are read and it is stopped. After a restore: the mirror
+    /// is counted and removed. A dry run leaves both.
+    async fn finish_setup(&self) {
+        let (state_path, keep) = (self.state_path(), self.dry_run);
+        let served = tokio::task::spawn_blocking(move || {
+            crate::serve::background::finish(&state_path, keep)
+        })
+        .await
+        .ok()
+        .flatten();
+        if let Some(stats) = served {
+            eprintln!("{}", stats.summary());
+        }
+        let (state_path, keep) = (self.state_path(), self.dry_run);
+        let mirror = tokio::task::spawn_blocking(move || finish_mirror(&state_path, keep)).await;
+        if let Ok(Some(line)) = mirror {
+            eprintln!("{line}");
+        }
+    }
+}
+
+/// After a `setup` that restored into a mirror: how much of it the build used, and the mirror
+/// removed (unless `keep`). None when setup made no mirror.
+pub fn finish_mirror(state_path: &Path, keep: bool) -> Option<String> {
+    let state = State::load(state_path).ok()?;
+    let dir = state.mirror?;
+    let mirrored = crate::restore::mirrored(&dir);
+    let used = store::read_store_dir(Path::new(STORE_DIR)).map(|now| {
+        store::added_since(&state.store_paths, &now)
+            .iter()
+            .filter(|p| mirrored.contains(&p.hash_part()))
+            .count()
+    });
+    let mut line = match used {
+        Ok(used) => format!(
+            "restore: the build took {used} of the {} paths restored into {}",
+            mirrored.len(),
+            dir.display()
+        ),
+        Err(err) => format!(
+            "restore: {} paths were restored into {} (how many the build took is unknown: {err})",
+            mirrored.len(),
+            dir.display()
+        ),
+    };
+    if !keep {
+        match crate::restore::remove_mirror(&dir) {
+            Ok(true) => line.push_str(" (removed)"),
+            Ok(false) => {}
+            Err(e) => line.push_str(&format!(" (could not remove it: {e})")),
+        }
+    }
+    Some(line)
+}
+
+/// A cancelled CI job gets SIGINT or SIGTERM: stop cleanly, so what landed is whole and a
+/// re-run finishes the job.
+fn stop_on_signal(cancel: Arc<AtomicBool>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let stop = crate::signal::interrupted().context("could not watch for SIGINT and SIGTERM")?;
+    Ok(tokio::spawn(async move {
+        stop.await;
+        eprintln!("interrupted: starting no new paths and abandoning uploads in flight");
+        cancel.store(true, Ordering::Relaxed);
+    }))
+}
+
+/// The closure to push and what was left out and why. Named paths: their closure. No paths:
+/// what the store gained since `setup`, filtered, and then its closure.
+fn select_closure(
+    paths: &[PathBuf],
+    state_path: &Path,
+    filters: &Filters,
+) -> anyhow::Result<(Vec<PathInfo>, Skipped)> {
+    let mut skipped = Vec::new();
+    let roots: Vec<StorePath> = if paths.is_empty() {
+        let state = State::load(state_path)?;
+        let now = store::read_store_dir(Path::new(STORE_DIR))?;
+        let added = store::added_since(&state.store_paths, &now);
+        let (roots, skip) = select::split_roots(store::query_valid_path_info(&added)?, filters);
+        skipped.extend(skip);
+        roots.into_iter().map(|i| i.path).collect()
+    } else {
+        paths
+            .iter()
+            .map(|p| store::resolve_store_path(p))
+            .collect::<Result<_, _>>()?
+    };
+    if roots.is_empty() {
+        return Ok((Vec::new(), skipped));
+    }
+    let (closure, skip) = select::drop_upstream(store::query_path_info(&roots, true)?, filters);
+    skipped.extend(skip);
+    skipped.sort_by(|a, b| a.0.cmp(&b.0));
+    skipped.dedup_by(|a, b| a.0 == b.0);
+    Ok((closure, skipped))
+}

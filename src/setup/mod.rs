@@ -1,0 +1,289 @@
+//! Before the build: point Nix at the cache (directly, or through a `nixbucket serve` started
+//! in the background), restore what the last job used into a mirror ahead of it, and record the
+//! store so that `push` can tell what the job added. `nixbucket setup` and the GitHub Action's
+//! main step both resolve their arguments into a [`Job`] and run it.
+
+use std::path::{Path, PathBuf};
+
+use crate::cache::{CacheUrl, OpenOptions};
+use crate::nix::{PublicKey, STORE_DIR};
+use crate::serve::background::{self, Background};
+use crate::state::{ServeState, State};
+use crate::store::{self, configure};
+
+/// Requests in flight while restoring: S3 serves thousands a second per prefix, and with
+/// 600 small paths (1,200 requests) at 40 ms a round trip, 256 in flight finish in about 5
+/// round trips where 64 need 19.
+pub const RESTORE_JOBS: u16 = 256;
+
+/// What to restore into the mirror before the build, and where (see [`crate::restore`]).
+#[derive(Clone, Debug)]
+pub struct Restore {
+    pub mirror: PathBuf,
+    pub branches: Vec<String>,
+    pub max_size: u64,
+    pub jobs: usize,
+    /// How to open the cache: the Action's role credentials, where it assumed one.
+    pub open: OpenOptions,
+}
+
+/// The default budget: a runner's free disk holds this compressed and the store unpacked.
+pub const RESTORE_MAX_SIZE: u64 = 4 << 30;
+
+impl Restore {
+    /// Restoring with the default settings and the branches the CI system names, for a cache
+    /// where it pays: an S3 bucket (a `file://` cache is a local directory already).
+    pub fn default_for(url: &CacheUrl, state_path: &Path, open: OpenOptions) -> Option<Restore> {
+        let limits = (RESTORE_MAX_SIZE, RESTORE_JOBS.into());
+        let mut restore = Restore::for_cache(url, state_path, None, Vec::new(), limits)?;
+        restore.open = open;
+        Some(restore)
+    }
+
+    pub fn for_cache(
+        url: &CacheUrl,
+        state_path: &Path,
+        mirror: Option<PathBuf>,
+        branches: Vec<String>,
+        (max_size, jobs): (u64, usize),
+    ) -> Option<Restore> {
+        if matches!(url, CacheUrl::File { .. }) {
+            return None;
+        }
+        let branches = if branches.is_empty() {
+            crate::ci::Branches::detect().in_order()
+        } else {
+            branches
+        };
+        let mirror = mirror.unwrap_or_else(|| {
+            let mut rnd = [0u8; 6];
+            let _ = getrandom::fill(&mut rnd);
+            let suffix: String = rnd.iter().map(|b| format!("{b:02x}")).collect();
+            // A fresh name per job: Nix's narinfo disk cache, keyed by the substituter's URL,
+            // never answers for an older mirror.
+            state_path.with_file_name(format!("nixbucket-mirror-{suffix}"))
+        });
+        // An absolute path: nix.conf's file:// URL is read by a daemon whose working directory
+        // is not ours, and push removes the mirror from a later step's.
+        let mirror = match std::path::absolute(&mirror) {
+            Ok(path) => path,
+            Err(e) => {
+                eprintln!("restore: skipped: the mirror {}: {e}", mirror.display());
+                return None;
+            }
+        };
+        // The path goes into a space-separated list of URLs.
+        let text = mirror.to_string_lossy();
+        if text.contains(|c: char| c.is_whitespace() || "?#%".contains(c)) {
+            eprintln!(
+                "restore: skipped: the mirror {text:?} would not read back as a file:// \
+                 substituter (it has a space, '?', '#' or '%'); give --mirror another directory"
+            );
+            return None;
+        }
+        Some(Restore {
+            mirror,
+            branches,
+            max_size,
+            jobs,
+            open: OpenOptions::default(),
+        })
+    }
+}
+
+/// A setup with every choice made.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub url: CacheUrl,
+    /// The keys Nix is told to trust for the cache.
+    pub keys: Vec<PublicKey>,
+    pub state_path: PathBuf,
+    /// Point Nix at the cache; without it, only the store is recorded.
+    pub configure: bool,
+    /// The URL Nix reads the cache from, where it is not `url` (and no server runs).
+    pub substituter: Option<String>,
+    /// Start `nixbucket serve` in the background and make Nix read the cache through it.
+    pub serve: Option<Serve>,
+    pub restore: Option<Restore>,
+}
+
+/// The background server of a [`Job`].
+#[derive(Clone, Debug)]
+pub struct Serve {
+    /// The key the server signs hand-overs with (else $NIXBUCKET_SIGNING_KEY).
+    pub signing_key_file: Option<PathBuf>,
+    /// Install a post-build hook that hands each build's outputs to the server.
+    pub push_during_build: bool,
+}
+
+impl Job {
+    /// Points Nix at the cache (or at the server, started first), restores into a mirror
+    /// ahead of it when Nix will read one, then records the store for `push`.
+    pub fn run(&self) -> anyhow::Result<()> {
+        prepare_cache(&self.url);
+        let served = match &self.serve {
+            Some(serve) => Some(background::start(
+                &self.url.to_string(),
+                &self.state_path,
+                serve.signing_key_file.as_deref(),
+            )?),
+            None => None,
+        };
+        let mut restore = self.restore.as_ref().filter(|_| self.configure);
+        if self.configure {
+            match self.configure_nix(served.as_ref(), restore) {
+                Ok(mirrored) => restore = restore.filter(|_| mirrored),
+                Err(err) => {
+                    if let Some(served) = &served {
+                        let _ = background::stop(served.state.pid);
+                    }
+                    return Err(err);
+                }
+            }
+        }
+        let store_paths = store::read_store_dir(Path::new(STORE_DIR))?;
+        let mirror = restore.map(|r| run_restore(&self.url, r, &store_paths));
+        record_store(self, store_paths, served.map(|s| s.state), mirror)
+    }
+
+    /// Nix reads the cache, or with a server the server, which it falls back from to building
+    /// when it is gone (`fallback`); with --push-during-build Nix runs the hook after each build.
+    /// True if Nix reads the mirror too.
+    fn configure_nix(
+        &self,
+        served: Option<&Background>,
+        restore: Option<&Restore>,
+    ) -> anyhow::Result<bool> {
+        let mirror = restore.map(|r| r.mirror.as_path());
+        let Some(served) = served else {
+            let substituter = self
+                .substituter
+                .clone()
+                .unwrap_or_else(|| self.url.to_string());
+            return configure::configure(&substituter, mirror, &self.keys, Vec::new());
+        };
+        let mut extra = vec![("fallback", vec!["true".to_owned()])];
+        if self.serve.as_ref().is_some_and(|s| s.push_during_build) {
+            let hook = background::install_hook_script(&self.state_path, served)?;
+            extra.push(("post-build-hook", vec![hook.display().to_string()]));
+        }
+        let substituter = format!("http://127.0.0.1:{}", served.state.port);
+        configure::configure(&substituter, mirror, &self.keys, extra)
+    }
+}
+
+/// Fills the mirror `configure` listed (see [`crate::restore`]) and returns it. A restore that
+/// fails is a warning: the cache itself is still a substituter, only a slower one.
+fn run_restore(url: &CacheUrl, restore: &Restore, store_paths: &[String]) -> PathBuf {
+    let have = store_paths
+        .iter()
+        .filter_map(|name| name.get(..32).map(str::to_owned))
+        .collect();
+    let opts = crate::restore::Options {
+        mirror: restore.mirror.clone(),
+        branches: restore.branches.clone(),
+        max_size: restore.max_size,
+        jobs: restore.jobs,
+        have,
+        progress: Some(std::time::Duration::from_secs(5)),
+    };
+    // On a thread of its own: setup runs inside the CLI's runtime and the Action's blocking
+    // pool, where a runtime cannot be entered again.
+    let restored = std::thread::scope(|s| {
+        s.spawn(|| -> anyhow::Result<crate::restore::Report> {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async {
+                let cache = crate::cache::Cache::open_with(url, restore.open.clone()).await?;
+                Ok(crate::restore::restore(&cache, &opts).await?)
+            })
+        })
+        .join()
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the restore stopped unexpectedly")))
+    });
+    match restored {
+        Ok(report) => eprintln!("{}", report.summary()),
+        Err(err) => eprintln!(
+            "warning: could not restore into {}: {err:#}; Nix substitutes from {url} directly",
+            restore.mirror.display()
+        ),
+    }
+    restore.mirror.clone()
+}
+
+/// A `file://` cache is laid out now, by the job's user: a root nix-daemon substituting from
+/// it would otherwise create its folders as root and the job's `push` could not write there.
+/// A job that cannot write there (one that only pulls) is warned, not stopped.
+fn prepare_cache(url: &CacheUrl) {
+    if let CacheUrl::File { root, .. } = url {
+        if let Err(err) = crate::cache::file::prepare_layout(root) {
+            eprintln!(
+                "warning: could not lay out the cache {url} ({err}); a nix-daemon that substitutes \
+                 from it may create its folders as root, and `push` could not write there"
+            );
+        }
+    }
+}
+
+/// Records the store as it is before the build, for `push` to diff against.
+fn record_store(
+    job: &Job,
+    paths: Vec<String>,
+    served: Option<ServeState>,
+    mirror: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let count = paths.len();
+    let mut state = State::new(
+        job.url.to_string(),
+        paths,
+        job.keys.iter().map(ToString::to_string).collect(),
+    );
+    state.serve = served;
+    state.mirror = mirror;
+    state.save(&job.state_path)?;
+    eprintln!(
+        "recorded {count} store paths in {} ({} ms)",
+        job.state_path.display(),
+        started.elapsed().as_millis()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mirror_is_an_absolute_path_that_reads_back_as_a_url() {
+        let s3: CacheUrl = "s3://b?region=x".parse().unwrap();
+        let limits = (1, 1);
+        let at = |dir: &str| {
+            Restore::for_cache(
+                &s3,
+                Path::new("/s/state.json"),
+                Some(dir.into()),
+                vec![],
+                limits,
+            )
+        };
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(at("m").unwrap().mirror, cwd.join("m"));
+        assert_eq!(at("/x/m").unwrap().mirror, Path::new("/x/m"));
+        for bad in ["/x/a b", "/x/a?b", "/x/a%20", "/x/a#b"] {
+            assert!(at(bad).is_none(), "{bad}");
+        }
+        let default = Restore::for_cache(&s3, Path::new("/s/state.json"), None, vec![], limits);
+        let default = default.unwrap().mirror;
+        assert!(
+            default
+                .to_string_lossy()
+                .starts_with("/s/nixbucket-mirror-"),
+            "{default:?}"
+        );
+        let file: CacheUrl = "file:///c".parse().unwrap();
+        assert!(
+            Restore::default_for(&file, Path::new("/s/state.json"), OpenOptions::default())
+                .is_none()
+        );
+    }
+}
