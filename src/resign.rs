@@ -6,7 +6,8 @@
 use anyhow::{Context, bail};
 
 use crate::cache::Cache;
-use crate::nix::{NarInfo, SecretKey};
+use crate::nix::SecretKey;
+use crate::nix::layout::{self, HashPart};
 
 /// What became of one narinfo.
 #[derive(Debug, PartialEq, Eq)]
@@ -36,8 +37,8 @@ pub async fn sign_one(
             }
             return Ok(Signed::Gone);
         };
-        let text = std::str::from_utf8(&bytes).context("not UTF-8")?;
-        let mut info = NarInfo::parse(text).context("not a valid narinfo")?;
+        let mut info = layout::read_narinfo(&bytes, HashPart::of_narinfo_key(key_name))
+            .context("not a valid narinfo")?;
         let before = info.signatures.clone();
         for name in remove {
             info.remove_signatures(name);
@@ -48,7 +49,7 @@ pub async fn sign_one(
         }
         let body = info.to_string().into();
         if cache
-            .put_if_version(key_name, body, "text/x-nix-narinfo", &version)
+            .put_if_version(key_name, body, layout::NARINFO_TYPE, &version)
             .await?
         {
             return Ok(Signed::Rewritten);

@@ -438,14 +438,16 @@ async fn list_level_over_store_prefixes_finds_narinfos_and_nars(#[case] kind: Ki
     want.sort();
     let got: Vec<String> = env
         .cache
-        .list_level(&nixbucket::cache::store_prefixes(), 8)
+        .list_level(&nixbucket::nix::layout::store_prefixes(), 8)
         .await
         .unwrap()
         .into_iter()
         .map(|o| o.key)
         .collect();
     assert_eq!(got, want);
-    let narinfos = got.iter().filter(|k| nixbucket::cache::is_narinfo_key(k));
+    let narinfos = got
+        .iter()
+        .filter(|k| nixbucket::nix::layout::is_narinfo_key(k));
     assert_eq!(
         narinfos.count(),
         want.iter().filter(|k| k.ends_with(".narinfo")).count()

@@ -14,6 +14,7 @@ use common::s3::S3Server;
 use common::store::{S3Kind, S3Store};
 use common::{assert_fails, assert_ok, keygen, list_files, nixbucket, run, stderr, stdout};
 use nixbucket::cache::{Cache, CacheUrl, OpenOptions};
+use nixbucket::nix::HashPart;
 use nixbucket::nix::StorePath;
 use nixbucket::push::usage::{self, Usage};
 
@@ -359,8 +360,14 @@ fn recently_used_closure_survives(target: &Target, tmp: &Path) {
     let records = target.usage_records();
     assert_eq!(records.len(), 1, "{records:?}");
     let merged = &records[0].1;
-    assert_eq!(merged.last_used(hash_part(&app)), Some(t0 + 9 * DAY));
-    assert_eq!(merged.last_used(hash_part(&old_app)), None);
+    assert_eq!(
+        merged.last_used(&HashPart::parse(hash_part(&app)).unwrap()),
+        Some(t0 + 9 * DAY)
+    );
+    assert_eq!(
+        merged.last_used(&HashPart::parse(hash_part(&old_app)).unwrap()),
+        None
+    );
 
     assert_ok(&target.verify(&public));
     assert!(substitutes(target, &public, &tmp.join("fresh"), &app));
@@ -440,7 +447,7 @@ fn push_records_paths_it_uploads_and_paths_it_finds_present() {
         assert_eq!(u.len(), 3, "{key}");
         for p in &closure {
             let t = u
-                .last_used(hash_part(p))
+                .last_used(&HashPart::parse(hash_part(p)).unwrap())
                 .unwrap_or_else(|| panic!("{p} not in {key}"));
             assert!(t >= start && t <= now_secs(), "{key}: {t}");
         }

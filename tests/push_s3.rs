@@ -279,7 +279,7 @@ async fn a_narinfo_another_job_wrote_since_the_plan_is_kept(#[case] kind: S3Kind
         .arg(&secret)
         .arg(&path));
     assert_ok(&other);
-    let key = push::narinfo_key(&sp);
+    let key = nixbucket::nix::layout::narinfo_key(&sp);
     let theirs = cache.get(&key).await.unwrap().unwrap();
 
     let signing_key = SecretKey::parse(&std::fs::read_to_string(&secret).unwrap()).unwrap();

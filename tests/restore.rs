@@ -84,6 +84,7 @@ fn narinfo_key(store_path: &str) -> String {
 fn mirrored(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = nixbucket::restore::mirrored(&dir.join("mirror"))
         .into_iter()
+        .map(|h| h.to_string())
         .collect();
     v.sort();
     v

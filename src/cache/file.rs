@@ -3,6 +3,7 @@
 //! is renamed (or hard-linked, for put-if-absent) into place, so a reader sees either nothing or
 //! the whole object, and a crash leaves at most an unlisted temp file.
 
+use crate::nix::layout;
 use std::fs::File;
 use std::io::{BufWriter, ErrorKind, Write};
 use std::path::{Path, PathBuf};
@@ -28,8 +29,8 @@ const LAYOUT_DIRS: [&str; 3] = ["nar", "log", "realisations"];
 /// does not create them as root, which would leave the job's own `push` unable to write.
 pub fn prepare_layout(root: &Path) -> Result<(), CacheError> {
     create_layout_dirs(root)?;
-    let info = root.join("nix-cache-info");
-    let tmp = write_temp(&info, crate::nix::CACHE_INFO.as_bytes())?;
+    let info = root.join(layout::CACHE_INFO_KEY);
+    let tmp = write_temp(&info, layout::CACHE_INFO.as_bytes())?;
     link_into_place(&tmp, &info)?;
     Ok(())
 }

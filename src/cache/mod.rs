@@ -29,36 +29,6 @@ pub(crate) const TEMP_PREFIX: &str = ".tmp-";
 /// Default size of one multipart part (S3 wants at least 5 MiB for all but the last).
 pub const DEFAULT_PART_SIZE: usize = 8 * 1024 * 1024;
 
-/// Whether `key` names a narinfo as Nix asks for one: `<32 nixbase32 characters>.narinfo` at
-/// the top of the cache.
-pub fn is_narinfo_key(key: &str) -> bool {
-    key.strip_suffix(".narinfo").is_some_and(|hash| {
-        hash.len() == 32
-            && hash
-                .bytes()
-                .all(|c| crate::nix::base32::ALPHABET.contains(&c))
-    })
-}
-
-/// Prefixes that together list every narinfo ([`is_narinfo_key`]), one per leading hash
-/// character. Hashes are uniform, so the shards are even, and [`Cache::list_level`] lists them
-/// side by side.
-pub fn narinfo_prefixes() -> Vec<String> {
-    let chars = crate::nix::base32::ALPHABET.iter().map(|&c| char::from(c));
-    chars.map(String::from).collect()
-}
-
-/// [`narinfo_prefixes`] and the same 32 under `nar/`, for every NAR stored as
-/// `nar/<nixbase32>…` (the layout Nix and nixbucket write).
-pub fn store_prefixes() -> Vec<String> {
-    let narinfos = narinfo_prefixes();
-    let nars = narinfos
-        .iter()
-        .map(|c| format!("nar/{c}"))
-        .collect::<Vec<_>>();
-    narinfos.into_iter().chain(nars).collect()
-}
-
 /// One object in a cache.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectInfo {
@@ -556,33 +526,6 @@ impl ObjectWriter {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn narinfo_keys_are_nixbase32_hashes_at_the_top() {
-        let hash = "0123456789abcdfghijklmnpqrsvwxy";
-        assert!(super::is_narinfo_key(&format!("{hash}z.narinfo")));
-        for bad in [
-            format!("{hash}.narinfo"),
-            format!("{hash}zz.narinfo"),
-            format!("{hash}e.narinfo"),
-            format!("{hash}Z.narinfo"),
-            format!("{hash}z.narinfo.tmp"),
-            format!("nar/{hash}z.narinfo"),
-        ] {
-            assert!(!super::is_narinfo_key(&bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn store_prefixes_cover_each_leading_character_once() {
-        let p = super::store_prefixes();
-        assert_eq!(p.len(), 64);
-        let key = "s4a9d3a2vz2mzwbfa4jr3xplrbksmxvn.narinfo";
-        assert_eq!(p.iter().filter(|x| key.starts_with(x.as_str())).count(), 1);
-        let nar = "nar/1w1fff338fvdw53sqgamddn1b2xgds473pv6y13gizdbqjv4i5p3.nar.xz";
-        let matches: Vec<_> = p.iter().filter(|x| nar.starts_with(x.as_str())).collect();
-        assert_eq!(matches, ["n", "nar/1"]);
-    }
-
     use super::*;
     use rstest::rstest;
 

@@ -13,8 +13,8 @@ use futures::StreamExt;
 
 use super::KeyArgs;
 use crate::cache::OpenOptions;
+use crate::nix::layout;
 use crate::resign::{Signed, sign_one};
-use crate::push::narinfo_key;
 use crate::store;
 
 #[derive(clap::Args, Debug)]
@@ -44,16 +44,19 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let cache = super::open_cache(&url, OpenOptions::default()).await?;
     let keys: Vec<String> = if args.all {
         cache
-            .list_level(&crate::cache::narinfo_prefixes(), args.jobs)
+            .list_level(&layout::narinfo_prefixes(), args.jobs)
             .await?
             .into_iter()
             .map(|o| o.key)
-            .filter(|k| crate::cache::is_narinfo_key(k))
+            .filter(|k| layout::is_narinfo_key(k))
             .collect()
     } else {
         args.paths
             .iter()
-            .map(|p| store::resolve_store_path(std::path::Path::new(p)).map(|sp| narinfo_key(&sp)))
+            .map(|p| {
+                store::resolve_store_path(std::path::Path::new(p))
+                    .map(|sp| layout::narinfo_key(&sp))
+            })
             .collect::<Result<_, _>>()?
     };
     // A listed narinfo that is gone by the time it is read was deleted meanwhile (a gc); a

@@ -27,13 +27,15 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use futures::StreamExt;
 
-use crate::cache::{self, Cache, CacheError, ObjectInfo};
-use crate::nix::{NarInfo, StorePath};
+use crate::cache::{Cache, CacheError, ObjectInfo};
+use crate::nix::StorePath;
+use crate::nix::layout::{self, HashPart};
 use crate::push::usage::{self, Usage, UsageError};
+use plan::{Entry, Plan};
 
+mod plan;
 pub mod units;
 
 /// What decides which roots are kept.
@@ -118,41 +120,81 @@ impl Clock {
     }
 }
 
-/// One narinfo as listed and read.
-struct Entry {
-    key: String,
-    hash: String,
-    modified: Option<SystemTime>,
-    size: u64,
-    text: Bytes,
-    info: Option<NarInfo>,
-}
-
-impl Entry {
-    /// The NAR this narinfo names. For one we cannot parse, the text of its `URL:` line: we
-    /// keep such a narinfo, and must not delete what it may still point at.
-    fn nar_url(&self) -> Option<&str> {
-        match &self.info {
-            Some(info) => Some(info.url.as_str()),
-            None => std::str::from_utf8(&self.text)
-                .ok()?
-                .lines()
-                .find_map(|l| l.strip_prefix("URL:"))
-                .map(str::trim),
-        }
-    }
-}
-
-/// Lists the cache, plans, and (unless a dry run) deletes. See the module docs for the order.
 /// Branches whose newest usage record compaction leaves whole (the most recently active).
 const BRANCH_RECORDS_KEPT: usize = 64;
 
+/// The cache as gc first finds it.
+struct Snapshot {
+    listing: Vec<ObjectInfo>,
+    listed: HashMap<String, ObjectInfo>,
+    usage_keys: Vec<String>,
+    usage: Usage,
+    entries: Vec<Entry>,
+    nar_sizes: HashMap<String, u64>,
+}
+
+/// Lists the cache, plans, and (unless a dry run) deletes. See the module docs for the order.
 pub async fn collect(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcError> {
     let jobs = opts.jobs.max(1);
     let mut clock = Clock(std::time::Instant::now());
     let mut report = GcReport::default();
+    let mut snap = read_snapshot(cache, jobs, &mut clock, &mut report).await?;
+    let mut plan = plan::plan(&snap.entries, &snap.usage, &snap.nar_sizes, opts);
+    report.young += plan.young;
+    // A last look at jobs that started after the listing: what they use stays. (Their keys
+    // are listed again below, after the deletions, and merged then.)
+    if !opts.dry_run {
+        let (_, fresh) = new_usage(cache, &snap.listed, jobs).await?;
+        plan.keep_used(&fresh);
+        snap.usage.merge(&fresh);
+    }
+    summarize(&mut report, &snap, &plan);
+    if opts.dry_run {
+        dry_run_nars(&mut report, &snap, &plan, opts);
+        clock.lap(&mut report, "plan");
+        return Ok(report);
+    }
+    clock.lap(&mut report, "plan");
+
+    // 1. narinfos.
+    let doomed = plan.doomed();
+    let doomed_keys: Vec<String> = doomed
+        .iter()
+        .map(|&i| snap.entries[i].key.clone())
+        .collect();
+    delete_all(cache, &doomed_keys, jobs).await?;
+    report.meta_bytes_freed += doomed.iter().map(|&i| snap.entries[i].size).sum::<u64>();
+    // 2. A second listing: repair what a concurrent push built on a deleted path.
+    let repaired = repair(cache, &mut snap, &plan, jobs, &mut report).await?;
+    clock.lap(&mut report, "delete narinfos, list again");
+    // 3. NARs that nothing names any more.
+    let stale = delete_orphan_nars(cache, &snap, &repaired, opts, &mut report).await?;
+    clock.lap(&mut report, "delete NARs");
+    // 4. A push may have reused a NAR in the moment between gc's last look at it and its
+    //    deletion: its narinfo now names a NAR that is gone. Such narinfos, and any that
+    //    reference their paths, go too, so what stays is whole; the next push puts them back.
+    let known: HashMap<&str, Option<SystemTime>> = repaired
+        .listing
+        .iter()
+        .map(|o| (o.key.as_str(), o.last_modified))
+        .collect();
+    report.unlinked = unlink_broken(cache, &stale, &known, repaired.live(&snap), jobs).await?;
+    clock.lap(&mut report, "list again, unlink");
+    // 5. Compaction: one record with what is still relevant replaces the ones read.
+    compact_usage(cache, &snap, &repaired, jobs, &mut report).await?;
+    clock.lap(&mut report, "merge usage");
+    Ok(report)
+}
+
+/// The listing, the usage records and every narinfo, read.
+async fn read_snapshot(
+    cache: &Cache,
+    jobs: usize,
+    clock: &mut Clock,
+    report: &mut GcReport,
+) -> Result<Snapshot, GcError> {
     let listing = list_cache(cache, true, jobs).await?;
-    clock.lap(&mut report, "list");
+    clock.lap(report, "list");
     let listed: HashMap<String, ObjectInfo> =
         listing.iter().map(|o| (o.key.clone(), o.clone())).collect();
     let usage_keys: Vec<String> = listing
@@ -160,119 +202,56 @@ pub async fn collect(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcErro
         .filter(|o| usage::is_record_key(&o.key))
         .map(|o| o.key.clone())
         .collect();
-    let mut usage = read_usage(cache, &usage_keys, jobs).await?;
-
+    let usage = read_usage(cache, &usage_keys, jobs).await?;
     let narinfo_objects: Vec<&ObjectInfo> = listing
         .iter()
-        .filter(|o| cache::is_narinfo_key(&o.key))
+        .filter(|o| layout::is_narinfo_key(&o.key))
         .collect();
     let entries = read_narinfos(cache, &narinfo_objects, jobs).await?;
-    clock.lap(&mut report, "read");
+    clock.lap(report, "read");
     report.narinfos = entries.len();
     for e in &entries {
         if e.info.is_none() {
-            let why = match std::str::from_utf8(&e.text) {
-                Err(_) => "not UTF-8".to_owned(),
-                Ok(t) => NarInfo::parse(t).err().map_or_else(
-                    || "describes another path".to_owned(),
-                    |err| err.to_string(),
-                ),
+            let why = match layout::read_narinfo(&e.text, Some(e.hash)) {
+                Err(layout::ReadError::OtherPath(_)) | Ok(_) => "describes another path".to_owned(),
+                Err(err) => err.to_string(),
             };
             report.unreadable.push((e.key.clone(), why));
         }
     }
-    let nar_sizes: HashMap<&str, u64> = listing
+    let nar_sizes = listing
         .iter()
-        .filter(|o| o.key.starts_with("nar/"))
-        .map(|o| (o.key.as_str(), o.size))
+        .filter(|o| layout::is_nar_key(&o.key))
+        .map(|o| (o.key.clone(), o.size))
         .collect();
-    let graph = Graph::new(&entries);
+    Ok(Snapshot {
+        listing,
+        listed,
+        usage_keys,
+        usage,
+        entries,
+        nar_sizes,
+    })
+}
 
-    // Roots that no policy may drop.
-    let young_before = opts
-        .now
-        .checked_sub(opts.grace)
-        .unwrap_or(SystemTime::UNIX_EPOCH);
-    let is_young = |t: Option<SystemTime>| t.is_none_or(|t| t > young_before);
-    let keep_hashes: HashSet<String> = opts.keep.iter().map(StorePath::hash_part).collect();
-    let mut kept = vec![false; entries.len()];
-    let mut must = Vec::new();
-    for (i, e) in entries.iter().enumerate() {
-        let young = is_young(e.modified);
-        if young {
-            report.young += 1;
-        }
-        if young || e.info.is_none() || keep_hashes.contains(&e.hash) {
-            must.push(i);
-        }
-    }
-    graph.close(&must, &mut kept);
-
-    let last_used = |e: &Entry| -> u64 {
-        let modified = e.modified.map_or(u64::MAX, usage::unix_secs);
-        usage.last_used(&e.hash).unwrap_or(0).max(modified)
-    };
+/// What the plan keeps and deletes, in the report.
+fn summarize(report: &mut GcReport, snap: &Snapshot, plan: &Plan) {
+    let entries = &snap.entries;
     let nar_size_of = |e: &Entry| -> u64 {
         e.nar_url()
-            .and_then(|u| nar_sizes.get(u).copied())
+            .and_then(|u| snap.nar_sizes.get(u).copied())
             .unwrap_or(0)
     };
-    match opts.policy {
-        Policy::OlderThan(age) => {
-            let cutoff = usage::unix_secs(opts.now).saturating_sub(age.as_secs());
-            let recent: Vec<usize> = (0..entries.len())
-                .filter(|&i| last_used(&entries[i]) >= cutoff)
-                .collect();
-            graph.close(&recent, &mut kept);
-        }
-        Policy::MaxSize(budget) => {
-            let mut total: u64 = (0..entries.len())
-                .filter(|&i| kept[i])
-                .map(|i| nar_size_of(&entries[i]))
-                .sum();
-            let mut order: Vec<usize> = (0..entries.len()).filter(|&i| !kept[i]).collect();
-            order.sort_by_key(|&i| std::cmp::Reverse(last_used(&entries[i])));
-            for i in order {
-                if kept[i] {
-                    continue;
-                }
-                let adds = graph.missing_closure(i, &kept);
-                let extra: u64 = adds.iter().map(|&j| nar_size_of(&entries[j])).sum();
-                if total + extra > budget {
-                    // Least recently used from here on: everything older goes.
-                    break;
-                }
-                total += extra;
-                for j in adds {
-                    kept[j] = true;
-                }
-            }
-        }
-    }
-
-    // A last look at jobs that started after the listing: what they use stays. (Their keys
-    // are listed again below, after the deletions, and merged then.)
-    if !opts.dry_run {
-        let fresh = new_usage(cache, &listed, jobs).await?;
-        let used: Vec<usize> = fresh
-            .1
-            .hash_parts()
-            .filter_map(|h| graph.index.get(h).copied())
-            .collect();
-        graph.close(&used, &mut kept);
-        usage.merge(&fresh.1);
-    }
-
-    report.kept = kept.iter().filter(|k| **k).count();
+    report.kept = plan.kept.iter().filter(|k| **k).count();
     report.nar_bytes_kept = {
         let named: HashSet<&str> = (0..entries.len())
-            .filter(|&i| kept[i])
+            .filter(|&i| plan.kept[i])
             .filter_map(|i| entries[i].nar_url())
             .collect();
-        named.iter().filter_map(|u| nar_sizes.get(u)).sum()
+        named.iter().filter_map(|u| snap.nar_sizes.get(*u)).sum()
     };
-    let doomed: Vec<usize> = (0..entries.len()).filter(|&i| !kept[i]).collect();
-    report.deleted = doomed
+    report.deleted = plan
+        .doomed()
         .iter()
         .filter_map(|&i| {
             let e = &entries[i];
@@ -283,75 +262,88 @@ pub async fn collect(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcErro
         })
         .collect();
     report.deleted.sort_by(|a, b| a.path.cmp(&b.path));
+}
 
-    if opts.dry_run {
-        // What NARs would go: those only doomed narinfos name, plus old orphans.
-        let named_by_kept: HashSet<&str> = (0..entries.len())
-            .filter(|&i| kept[i])
-            .filter_map(|i| entries[i].nar_url())
-            .collect();
-        for o in listing.iter().filter(|o| o.key.starts_with("nar/")) {
-            if !named_by_kept.contains(o.key.as_str()) && !is_young(o.last_modified) {
-                report.nars_deleted += 1;
-                report.nar_bytes_freed += o.size;
-            }
+/// A dry run's count of the NARs that would go: those only doomed narinfos name, plus old
+/// orphans.
+fn dry_run_nars(report: &mut GcReport, snap: &Snapshot, plan: &Plan, opts: &GcOptions) {
+    let young_before = plan::young_before(opts);
+    let named_by_kept: HashSet<&str> = (0..snap.entries.len())
+        .filter(|&i| plan.kept[i])
+        .filter_map(|i| snap.entries[i].nar_url())
+        .collect();
+    for o in snap.listing.iter().filter(|o| layout::is_nar_key(&o.key)) {
+        let young = o.last_modified.is_none_or(|t| t > young_before);
+        if !named_by_kept.contains(o.key.as_str()) && !young {
+            report.nars_deleted += 1;
+            report.nar_bytes_freed += o.size;
         }
-        report.meta_bytes_freed = doomed.iter().map(|&i| entries[i].size).sum();
-        clock.lap(&mut report, "plan");
-        return Ok(report);
     }
+    report.meta_bytes_freed = plan.doomed().iter().map(|&i| snap.entries[i].size).sum();
+}
 
-    clock.lap(&mut report, "plan");
-    // 1. narinfos.
-    let doomed_keys: Vec<String> = doomed.iter().map(|&i| entries[i].key.clone()).collect();
-    delete_all(cache, &doomed_keys, jobs).await?;
-    report.meta_bytes_freed += doomed.iter().map(|&i| entries[i].size).sum::<u64>();
+/// What the second listing found, and which entries are gone for good.
+struct Repaired {
+    listing: Vec<ObjectInfo>,
+    /// By entry index: deleted and not put back.
+    gone: Vec<bool>,
+    /// Narinfos written since the first listing.
+    fresh: Vec<Entry>,
+    /// Usage records written since the first listing.
+    late_usage_keys: Vec<String>,
+}
 
-    // 2. A second listing: repair what a concurrent push built on a deleted path.
-    let after = list_cache(cache, false, jobs).await?;
-    let mut gone = vec![false; entries.len()];
-    for &i in &doomed {
-        gone[i] = true;
+impl Repaired {
+    /// The narinfos in the cache now, as last read.
+    fn live<'a>(&'a self, snap: &'a Snapshot) -> impl Iterator<Item = &'a Entry> {
+        snap.entries
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.gone[*i])
+            .map(|(_, e)| e)
+            .chain(&self.fresh)
     }
-    let new_narinfos: Vec<&ObjectInfo> = after
+}
+
+/// Phase 2: lists narinfos and usage records again, and puts back the deleted narinfos that
+/// one written meanwhile needs, with their closures.
+async fn repair(
+    cache: &Cache,
+    snap: &mut Snapshot,
+    plan: &Plan,
+    jobs: usize,
+    report: &mut GcReport,
+) -> Result<Repaired, GcError> {
+    let entries = &snap.entries;
+    let listing = list_cache(cache, false, jobs).await?;
+    let mut gone = plan.kept.iter().map(|k| !k).collect::<Vec<bool>>();
+    let new_narinfos: Vec<&ObjectInfo> = listing
         .iter()
-        .filter(|o| cache::is_narinfo_key(&o.key))
+        .filter(|o| layout::is_narinfo_key(&o.key))
         .filter(|o| {
-            listed
+            snap.listed
                 .get(&o.key)
                 .is_none_or(|old| old.last_modified != o.last_modified)
         })
         .collect();
-    let fresh_entries = read_narinfos(cache, &new_narinfos, jobs).await?;
-    let mut needed: Vec<usize> = fresh_entries
+    let fresh = read_narinfos(cache, &new_narinfos, jobs).await?;
+    let referenced = fresh
         .iter()
         .filter_map(|e| e.info.as_ref())
-        .flat_map(|info| info.references.iter())
-        .filter_map(|r| graph.index.get(&r.hash_part()).copied())
-        .collect();
+        .flat_map(|info| info.references.iter().map(HashPart::of));
     // A narinfo rewritten under the same key (a re-push) is back too.
-    needed.extend(
-        fresh_entries
-            .iter()
-            .filter_map(|e| graph.index.get(&e.hash).copied()),
-    );
-    let late_usage = new_usage(cache, &listed, jobs).await?;
-    needed.extend(
-        late_usage
-            .1
-            .hash_parts()
-            .filter_map(|h| graph.index.get(h).copied()),
-    );
-    usage.merge(&late_usage.1);
-    let mut back = vec![false; entries.len()];
-    for (i, k) in kept.iter().enumerate() {
-        back[i] = *k;
-    }
-    graph.close(&needed, &mut back);
-    let to_restore: Vec<usize> = (0..entries.len())
-        .filter(|&i| back[i] && !kept[i])
+    let mut needed: Vec<usize> = plan
+        .graph
+        .indices(referenced.chain(fresh.iter().map(|e| e.hash)))
         .collect();
-    restore(cache, &entries, &to_restore, &fresh_entries).await?;
+    let (late_usage_keys, late_usage) = new_usage(cache, &snap.listed, jobs).await?;
+    needed.extend(plan.graph.indices(late_usage.hash_parts()));
+    let mut back = plan.kept.clone();
+    plan.graph.close(&needed, &mut back);
+    let to_restore: Vec<usize> = (0..entries.len())
+        .filter(|&i| back[i] && !plan.kept[i])
+        .collect();
+    restore(cache, entries, &to_restore, &fresh).await?;
     for &i in &to_restore {
         gone[i] = false;
         if let Some(info) = &entries[i].info {
@@ -362,62 +354,64 @@ pub async fn collect(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcErro
     report
         .deleted
         .retain(|d| !report.restored.contains(&d.path));
+    snap.usage.merge(&late_usage);
+    Ok(Repaired {
+        listing,
+        gone,
+        fresh,
+        late_usage_keys,
+    })
+}
 
-    clock.lap(&mut report, "delete narinfos, list again");
-    // 3. NARs that nothing names any more.
-    let mut named: HashSet<&str> = HashSet::new();
-    for (i, e) in entries.iter().enumerate() {
-        if !gone[i] {
-            named.extend(e.nar_url());
-        }
-    }
-    named.extend(fresh_entries.iter().filter_map(Entry::nar_url));
-    let mut nar_doomed = Vec::new();
-    // From the first listing: a NAR uploaded since is young, and each candidate is looked at
-    // again right before its deletion.
-    for o in listing.iter().filter(|o| o.key.starts_with("nar/")) {
+/// Phase 3: NARs from the first listing that no remaining narinfo names and that are older
+/// than the grace period, each looked at again right before its deletion (a NAR uploaded
+/// since the listing is young). Returns the keys deleted.
+async fn delete_orphan_nars(
+    cache: &Cache,
+    snap: &Snapshot,
+    repaired: &Repaired,
+    opts: &GcOptions,
+    report: &mut GcReport,
+) -> Result<HashSet<String>, GcError> {
+    let young_before = plan::young_before(opts);
+    let named: HashSet<&str> = repaired.live(snap).filter_map(Entry::nar_url).collect();
+    let mut doomed = Vec::new();
+    for o in snap.listing.iter().filter(|o| layout::is_nar_key(&o.key)) {
         if named.contains(o.key.as_str()) {
             continue;
         }
-        if is_young(o.last_modified) {
+        if o.last_modified.is_none_or(|t| t > young_before) {
             report.young += 1;
             continue;
         }
-        nar_doomed.push(o.key.clone());
+        doomed.push(o.key.clone());
     }
-    let stale = delete_stale(cache, &nar_doomed, young_before, jobs).await?;
+    let stale = delete_stale(cache, &doomed, young_before, opts.jobs.max(1)).await?;
     report.nars_deleted += stale.keys.len();
     report.nar_bytes_freed += stale.bytes;
     report.young += stale.touched;
-    clock.lap(&mut report, "delete NARs");
+    Ok(stale.keys)
+}
 
-    // 4. A push may have reused a NAR in the moment between gc's last look at it and its
-    //    deletion: its narinfo now names a NAR that is gone. Such narinfos, and any that
-    //    reference their paths, go too, so what stays is whole; the next push puts them back.
-    let known: HashMap<&str, Option<SystemTime>> = after
+/// Phase 5: the usage records read are merged into one that names only live paths; each
+/// branch's newest record stays as it is as well, since setup restores by it.
+async fn compact_usage(
+    cache: &Cache,
+    snap: &Snapshot,
+    repaired: &Repaired,
+    jobs: usize,
+    report: &mut GcReport,
+) -> Result<(), GcError> {
+    let read_keys: Vec<String> = snap
+        .usage_keys
         .iter()
-        .map(|o| (o.key.as_str(), o.last_modified))
+        .chain(&repaired.late_usage_keys)
+        .cloned()
         .collect();
-    let live = entries
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !gone[*i])
-        .map(|(_, e)| e)
-        .chain(&fresh_entries);
-    report.unlinked = unlink_broken(cache, &stale.keys, &known, live, jobs).await?;
-    clock.lap(&mut report, "list again, unlink");
-    // 5. Compaction: one record with what is still relevant replaces the ones read.
-    let read_keys: Vec<String> = usage_keys.iter().cloned().chain(late_usage.0).collect();
-    let live: HashSet<&str> = entries
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !gone[*i])
-        .map(|(_, e)| e.hash.as_str())
-        .chain(fresh_entries.iter().map(|e| e.hash.as_str()))
-        .collect();
+    let live: HashSet<HashPart> = repaired.live(snap).map(|e| e.hash).collect();
+    let mut usage = snap.usage.clone();
     let before = usage.len();
     usage.retain(|h| live.contains(h));
-    // Each branch's newest record stays as it is as well: setup restores by it.
     let kept = usage::newest_per_branch(&read_keys, BRANCH_RECORDS_KEPT);
     let merged: Vec<String> = read_keys
         .into_iter()
@@ -427,23 +421,22 @@ pub async fn collect(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcErro
         report.usage_record_written = usage::write(cache, &usage, None).await?;
         let meta: u64 = merged
             .iter()
-            .filter_map(|k| listed.get(k).map(|o| o.size))
+            .filter_map(|k| snap.listed.get(k).map(|o| o.size))
             .sum();
         delete_all(cache, &merged, jobs).await?;
         report.usage_records_merged = merged.len();
         report.meta_bytes_freed += meta;
     }
-    clock.lap(&mut report, "merge usage");
-    Ok(report)
+    Ok(())
 }
 
 /// Narinfos, usage records and (with `nars`) NARs: all gc reads or deletes, in 33 or 65
 /// listings side by side.
 async fn list_cache(cache: &Cache, nars: bool, jobs: usize) -> Result<Vec<ObjectInfo>, CacheError> {
     let mut prefixes = if nars {
-        cache::store_prefixes()
+        layout::store_prefixes()
     } else {
-        cache::narinfo_prefixes()
+        layout::narinfo_prefixes()
     };
     prefixes.push(usage::PREFIX.to_owned());
     cache.list_level(&prefixes, jobs).await
@@ -493,11 +486,10 @@ async fn read_narinfos(
                 // Deleted since the listing (another gc): nothing to decide about.
                 return Ok(None);
             };
-            let hash = o.key.trim_end_matches(".narinfo").to_owned();
-            let info = std::str::from_utf8(&text)
-                .ok()
-                .and_then(|t| NarInfo::parse(t).ok())
-                .filter(|i| i.store_path.hash_part() == hash);
+            let Some(hash) = HashPart::of_narinfo_key(&o.key) else {
+                return Ok(None);
+            };
+            let info = layout::read_narinfo(&text, Some(hash)).ok();
             Ok(Some(Entry {
                 key: o.key.clone(),
                 hash,
@@ -536,7 +528,7 @@ async fn unlink_broken<'a>(
     let now = list_cache(cache, false, jobs).await?;
     let new_objects: Vec<&ObjectInfo> = now
         .iter()
-        .filter(|o| cache::is_narinfo_key(&o.key))
+        .filter(|o| layout::is_narinfo_key(&o.key))
         .filter(|o| known.get(o.key.as_str()) != Some(&o.last_modified))
         .collect();
     let new_entries = read_narinfos(cache, &new_objects, jobs).await?;
@@ -548,26 +540,26 @@ async fn unlink_broken<'a>(
             all.push(e);
         }
     }
-    let mut broken: HashSet<&str> = new_entries
+    let mut broken: HashSet<HashPart> = new_entries
         .iter()
         .filter(|e| e.nar_url().is_some_and(|url| deleted.contains(url)))
-        .map(|e| e.hash.as_str())
+        .map(|e| e.hash)
         .collect();
     if broken.is_empty() {
         return Ok(Vec::new());
     }
     loop {
-        let referrers: Vec<&str> = all
+        let referrers: Vec<HashPart> = all
             .iter()
-            .filter(|e| !broken.contains(e.hash.as_str()))
+            .filter(|e| !broken.contains(&e.hash))
             .filter(|e| {
                 e.info.as_ref().is_some_and(|info| {
                     info.references
                         .iter()
-                        .any(|r| broken.contains(r.hash_part().as_str()))
+                        .any(|r| broken.contains(&HashPart::of(r)))
                 })
             })
-            .map(|e| e.hash.as_str())
+            .map(|e| e.hash)
             .collect();
         if referrers.is_empty() {
             break;
@@ -576,7 +568,7 @@ async fn unlink_broken<'a>(
     }
     let doomed: Vec<&Entry> = all
         .into_iter()
-        .filter(|e| broken.contains(e.hash.as_str()))
+        .filter(|e| broken.contains(&e.hash))
         .collect();
     let keys: Vec<String> = doomed.iter().map(|e| e.key.clone()).collect();
     delete_all(cache, &keys, jobs).await?;
@@ -602,16 +594,14 @@ async fn restore(
         .copied()
         .filter(|&i| !rewritten.contains(entries[i].key.as_str()))
         .collect();
-    let pending: HashSet<&str> = left.iter().map(|&i| entries[i].hash.as_str()).collect();
-    let mut done: HashSet<&str> = HashSet::new();
+    let pending: HashSet<HashPart> = left.iter().map(|&i| entries[i].hash).collect();
+    let mut done: HashSet<HashPart> = HashSet::new();
     while !left.is_empty() {
         let (ready, rest): (Vec<usize>, Vec<usize>) = left.iter().partition(|&&i| {
             entries[i].info.as_ref().is_none_or(|info| {
                 info.references.iter().all(|r| {
-                    let h = r.hash_part();
-                    h == entries[i].hash
-                        || !pending.contains(h.as_str())
-                        || done.contains(h.as_str())
+                    let h = HashPart::of(r);
+                    h == entries[i].hash || !pending.contains(&h) || done.contains(&h)
                 })
             })
         });
@@ -629,13 +619,13 @@ async fn restore(
         for &i in &ready {
             let e = &entries[i];
             cache
-                .put(&e.key, e.text.clone(), "text/x-nix-narinfo")
+                .put(&e.key, e.text.clone(), layout::NARINFO_TYPE)
                 .await
                 .map_err(|source| GcError::Restore {
                     key: e.key.clone(),
                     source,
                 })?;
-            done.insert(e.hash.as_str());
+            done.insert(e.hash);
         }
         left = rest;
     }
@@ -711,60 +701,4 @@ async fn delete_stale(
         });
     }
     Ok(sum)
-}
-
-/// The reference graph between the narinfos present, by index.
-struct Graph {
-    index: HashMap<String, usize>,
-    refs: Vec<Vec<usize>>,
-}
-
-impl Graph {
-    fn new(entries: &[Entry]) -> Graph {
-        let index: HashMap<String, usize> = entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.hash.clone(), i))
-            .collect();
-        let refs = entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| {
-                e.info.as_ref().map_or_else(Vec::new, |info| {
-                    info.references
-                        .iter()
-                        .filter_map(|r| index.get(&r.hash_part()).copied())
-                        .filter(|&j| j != i)
-                        .collect()
-                })
-            })
-            .collect();
-        Graph { index, refs }
-    }
-
-    /// Marks `roots` and everything they reference as kept.
-    fn close(&self, roots: &[usize], kept: &mut [bool]) {
-        let mut stack: Vec<usize> = roots.to_vec();
-        while let Some(i) = stack.pop() {
-            if !kept[i] {
-                kept[i] = true;
-                stack.extend(self.refs[i].iter().copied().filter(|&j| !kept[j]));
-            }
-        }
-    }
-
-    /// What keeping `root` would add to `kept`.
-    fn missing_closure(&self, root: usize, kept: &[bool]) -> Vec<usize> {
-        let mut seen = HashSet::new();
-        let mut stack = vec![root];
-        let mut out = Vec::new();
-        while let Some(i) = stack.pop() {
-            if kept[i] || !seen.insert(i) {
-                continue;
-            }
-            out.push(i);
-            stack.extend(self.refs[i].iter().copied());
-        }
-        out
-    }
 }

@@ -5,15 +5,14 @@
 pub mod base32;
 pub mod conf;
 pub mod hash;
+pub mod layout;
 pub mod nar;
 pub mod narinfo;
 pub mod signing;
 pub mod store_path;
 
 pub use hash::{AnyHash, Sha256};
+pub use layout::HashPart;
 pub use narinfo::{Compression, NarInfo, fingerprint};
 pub use signing::{PublicKey, SecretKey, Signature};
 pub use store_path::{STORE_DIR, StorePath};
-
-/// What `nix-cache-info` says for a cache we create.
-pub const CACHE_INFO: &str = "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n";

@@ -69,15 +69,6 @@ impl fmt::Display for Compression {
     }
 }
 
-/// The URL Nix gives a NAR, relative to the cache root: `nar/<FileHash in nixbase32><ext>`.
-pub fn nar_url(file_hash: &Sha256, compression: &Compression) -> String {
-    format!(
-        "nar/{}{}",
-        file_hash.to_nix_base32(),
-        compression.nar_extension()
-    )
-}
-
 #[derive(Debug, Error)]
 pub enum NarInfoError {
     #[error("line {line}: expected 'Key: value'")]
@@ -115,7 +106,7 @@ pub enum NarInfoError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NarInfo {
     pub store_path: StorePath,
-    /// Where the NAR is, relative to the cache root (see [`nar_url`]).
+    /// Where the NAR is, relative to the cache root (see [`crate::nix::layout`]).
     pub url: String,
     pub compression: Compression,
     /// SHA-256 of the file at `url` (the compressed NAR).
@@ -504,7 +495,10 @@ Sig: fmt-test-1:H1ooAZuz7kBtNoMsm9NLgbxhdltMs3IzeWsSEJhqrTXgHdE3GJx6Weecqx7hNuWF
         assert_eq!(info.to_string(), text);
         // Nix names the NAR after the hash of the file it stores.
         let file_hash = info.file_hash.unwrap();
-        assert_eq!(nar_url(&file_hash, &info.compression), info.url);
+        assert_eq!(
+            crate::nix::layout::nar_key(&file_hash, &info.compression),
+            info.url
+        );
     }
 
     #[rstest]

@@ -110,11 +110,6 @@ impl StorePath {
         base32::encode(&self.digest)
     }
 
-    /// `<hash_part>.narinfo`, the key of this path's narinfo in a binary cache.
-    pub fn narinfo_key(&self) -> String {
-        format!("{}.narinfo", self.hash_part())
-    }
-
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -214,7 +209,7 @@ mod tests {
         assert_eq!(path.to_string(), TOP);
         assert_eq!(format!("{path:?}"), TOP);
         assert_eq!(
-            path.narinfo_key(),
+            crate::nix::layout::narinfo_key(&path),
             "rsnpyhm63gcba6l9qgpn7v1x19raxwy0.narinfo"
         );
         // `nix hash to-base16 --type sha1 rsnpyhm63gcba6l9qgpn7v1x19raxwy0` on Nix 2.8.

@@ -185,7 +185,7 @@ pub fn finish_mirror(state_path: &Path, keep: bool) -> Option<String> {
     let used = store::read_store_dir(Path::new(STORE_DIR)).map(|now| {
         store::added_since(&state.store_paths, &now)
             .iter()
-            .filter(|p| mirrored.contains(&p.hash_part()))
+            .filter(|p| mirrored.contains(&crate::nix::HashPart::of(p)))
             .count()
     });
     let mut line = match used {

@@ -22,12 +22,11 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::cache::{Cache, CacheError, ObjectWriter};
 use crate::nix::hash::Sha256Writer;
+use crate::nix::layout::{self, HashPart};
 use crate::nix::{Compression, NarInfo, SecretKey, Sha256, StorePath};
 use crate::store::PathInfo;
 use encode::Encoder;
 pub use progress::{ProgressMode, count, human_bytes};
-
-pub use crate::nix::CACHE_INFO;
 
 /// How many existence checks (HEAD requests) run at once.
 const HEAD_CONCURRENCY: usize = 64;
@@ -159,18 +158,6 @@ impl PushReport {
     }
 }
 
-pub fn narinfo_key(path: &StorePath) -> String {
-    format!("{}.narinfo", path.hash_part())
-}
-
-pub fn nar_key(nar_hash: &Sha256, compression: &Compression) -> String {
-    format!(
-        "nar/{}{}",
-        nar_hash.to_nix_base32(),
-        compression.nar_extension()
-    )
-}
-
 /// Asks the cache which narinfos exist, many requests at once. A narinfo is read, not just
 /// checked for existence: one that Nix could not use (garbage, or another path's) must not
 /// keep its path from being pushed, or the cache would stay broken for that path forever.
@@ -179,15 +166,13 @@ pub async fn plan(cache: &Cache, closure: Vec<PathInfo>) -> Result<Plan, PushErr
     let checks = futures::stream::iter(closure.into_iter().map(|info| {
         let cache = cache.clone();
         async move {
-            let key = narinfo_key(&info.path);
+            let key = layout::narinfo_key(&info.path);
             let state = match cache.get(&key).await? {
                 None => Ok(false),
-                Some(bytes) => match std::str::from_utf8(&bytes)
-                    .map_err(|e| e.to_string())
-                    .and_then(|t| NarInfo::parse(t).map_err(|e| e.to_string()))
-                {
+                Some(bytes) => match layout::read_narinfo(&bytes, Some(HashPart::of(&info.path))) {
                     Ok(found) if found.store_path == info.path => Ok(true),
                     Ok(found) => Err(format!("{key} describes {}", found.store_path)),
+                    Err(layout::ReadError::OtherPath(p)) => Err(format!("{key} describes {p}")),
                     Err(e) => Err(format!("{key} is not a valid narinfo: {e}")),
                 },
             };
@@ -219,9 +204,13 @@ pub async fn plan(cache: &Cache, closure: Vec<PathInfo>) -> Result<Plan, PushErr
 
 /// Writes `nix-cache-info` unless the cache already has one.
 pub async fn ensure_cache_info(cache: &Cache) -> Result<(), PushError> {
-    if cache.head("nix-cache-info").await?.is_none() {
+    if cache.head(layout::CACHE_INFO_KEY).await?.is_none() {
         cache
-            .put_if_absent("nix-cache-info", CACHE_INFO.into(), "text/x-nix-cache-info")
+            .put_if_absent(
+                layout::CACHE_INFO_KEY,
+                layout::CACHE_INFO.into(),
+                layout::CACHE_INFO_TYPE,
+            )
             .await?;
     }
     Ok(())
@@ -381,7 +370,7 @@ async fn push_one(
     counters: &Arc<progress::Counters>,
 ) -> Result<Pushed, PushError> {
     let started = Instant::now();
-    let key = nar_key(&info.nar_hash, &opts.compression);
+    let key = layout::nar_key(&info.nar_hash, &opts.compression);
     let cancelled = || opts.cancel.load(Ordering::Relaxed);
     let (file_hash, file_size, reused_nar) = {
         let _slot = jobs
@@ -394,7 +383,7 @@ async fn push_one(
         match cache.head(&key).await? {
             // Content-keyed: an object under this name holds this NAR, whole. It may be an
             // orphan that gc is about to delete; touching it puts it inside gc's grace period.
-            Some(existing) if cache.touch(&key, NAR_CONTENT_TYPE, existing.size).await? => {
+            Some(existing) if cache.touch(&key, layout::NAR_TYPE, existing.size).await? => {
                 counters
                     .nar_bytes
                     .fetch_add(info.nar_size, Ordering::Relaxed);
@@ -452,8 +441,6 @@ async fn push_one(
     })
 }
 
-const NAR_CONTENT_TYPE: &str = "application/x-nix-nar";
-
 /// Signs and writes the narinfo. Unless told to `overwrite`, a narinfo found there (another
 /// pusher's, naming the same NAR) stays.
 async fn put_narinfo(
@@ -465,8 +452,11 @@ async fn put_narinfo(
     if let Some(key) = &opts.signing_key {
         narinfo.sign(key);
     }
-    let (key, body) = (narinfo_key(&narinfo.store_path), narinfo.to_string().into());
-    let content_type = "text/x-nix-narinfo";
+    let (key, body) = (
+        layout::narinfo_key(&narinfo.store_path),
+        narinfo.to_string().into(),
+    );
+    let content_type = layout::NARINFO_TYPE;
     if overwrite {
         cache.put(&key, body, content_type).await?;
     } else {
@@ -487,7 +477,7 @@ async fn upload_nar(
     opts: &PushOptions,
     counters: &Arc<progress::Counters>,
 ) -> Result<(Option<Sha256>, u64), PushError> {
-    let writer = cache.writer(key, NAR_CONTENT_TYPE);
+    let writer = cache.writer(key, layout::NAR_TYPE);
     let (info, opts, counters) = (info.clone(), opts.clone(), counters.clone());
     let (hash, landed) =
         tokio::task::spawn_blocking(move || stream_nar(&info, writer, &opts, &counters.nar_bytes))

@@ -34,14 +34,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::cache::{Cache, CacheError};
-use crate::nix::StorePath;
+use crate::nix::{HashPart, StorePath};
 
 /// Where usage records live in the cache.
 pub const PREFIX: &str = "usage/";
 
 const MAGIC: &str = "nixbucket-usage 1";
 const HASH_CHARS: usize = 32;
-const NIXBASE32: &[u8; 32] = b"0123456789abcdfghijklmnpqrsvwxyz";
 
 #[derive(Debug, thiserror::Error)]
 pub enum UsageError {
@@ -64,7 +63,7 @@ pub enum UsageError {
 /// When each path (by hash part) was last used, merged from any number of records.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
-    last_used: HashMap<String, u64>,
+    last_used: HashMap<HashPart, u64>,
 }
 
 impl Usage {
@@ -73,19 +72,19 @@ impl Usage {
     }
 
     /// Notes a use at `secs` (unix time); keeps the newest per path.
-    pub fn note(&mut self, hash_part: &str, secs: u64) {
-        let slot = self.last_used.entry(hash_part.to_owned()).or_insert(secs);
+    pub fn note(&mut self, hash_part: HashPart, secs: u64) {
+        let slot = self.last_used.entry(hash_part).or_insert(secs);
         *slot = (*slot).max(secs);
     }
 
     pub fn merge(&mut self, other: &Usage) {
         for (hash, secs) in &other.last_used {
-            self.note(hash, *secs);
+            self.note(*hash, *secs);
         }
     }
 
     /// Unix seconds of the last recorded use of the path with this hash part.
-    pub fn last_used(&self, hash_part: &str) -> Option<u64> {
+    pub fn last_used(&self, hash_part: &HashPart) -> Option<u64> {
         self.last_used.get(hash_part).copied()
     }
 
@@ -97,12 +96,12 @@ impl Usage {
         self.last_used.is_empty()
     }
 
-    pub fn hash_parts(&self) -> impl Iterator<Item = &str> {
-        self.last_used.keys().map(String::as_str)
+    pub fn hash_parts(&self) -> impl Iterator<Item = HashPart> + '_ {
+        self.last_used.keys().copied()
     }
 
     /// Only the paths `keep` says yes to (gc drops what it deleted before merging).
-    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+    pub fn retain(&mut self, mut keep: impl FnMut(&HashPart) -> bool) {
         self.last_used.retain(|hash, _| keep(hash));
     }
 
@@ -110,7 +109,7 @@ impl Usage {
     pub fn to_text(&self) -> String {
         let mut by_time: BTreeMap<u64, Vec<&str>> = BTreeMap::new();
         for (hash, secs) in &self.last_used {
-            by_time.entry(*secs).or_default().push(hash);
+            by_time.entry(*secs).or_default().push(hash.as_str());
         }
         let mut out = String::with_capacity(16 + self.last_used.len() * (HASH_CHARS + 1));
         out.push_str(MAGIC);
@@ -155,10 +154,10 @@ impl Usage {
             let Some(secs) = time else {
                 return Err(bad(line_no, "a hash part before any '@<time>' line"));
             };
-            if line.len() != HASH_CHARS || !line.bytes().all(|c| NIXBASE32.contains(&c)) {
+            let Some(hash) = HashPart::parse(line) else {
                 return Err(bad(line_no, "not a 32-character nixbase32 hash part"));
-            }
-            usage.note(line, secs);
+            };
+            usage.note(hash, secs);
         }
         Ok(usage)
     }
@@ -307,7 +306,7 @@ pub async fn record<'a>(
     let secs = unix_secs(at);
     let mut usage = Usage::new();
     for path in paths {
-        usage.note(&path.hash_part(), secs);
+        usage.note(HashPart::of(path), secs);
     }
     let mut attempt = 1;
     loop {
@@ -345,15 +344,19 @@ mod tests {
 
     use super::*;
 
+    fn h(text: &str) -> HashPart {
+        HashPart::parse(text).unwrap()
+    }
+
     const A: &str = "1d5i1r8ldqwbfsb2q3i52hbk3a4kbg9h";
     const B: &str = "5qn9lblnzjgza2vb23kwaclrcxnska2z";
 
     #[test]
     fn text_groups_by_time_and_round_trips() {
         let mut u = Usage::new();
-        u.note(B, 200);
-        u.note(A, 100);
-        u.note(A, 50); // older use of A is forgotten
+        u.note(h(B), 200);
+        u.note(h(A), 100);
+        u.note(h(A), 50); // older use of A is forgotten
         let text = u.to_text();
         assert_eq!(text, format!("nixbucket-usage 1\n@100\n{A}\n@200\n{B}\n"));
         assert_eq!(Usage::parse("k", &text).unwrap(), u);
@@ -365,8 +368,8 @@ mod tests {
     #[test]
     fn a_record_that_unpacks_past_the_limit_is_refused_before_it_unpacks() {
         let mut u = Usage::new();
-        u.note(A, 100);
-        u.note(B, 200);
+        u.note(h(A), 100);
+        u.note(h(B), 200);
         let bytes = u.encode().unwrap();
         let text_len = u.to_text().len() as u64;
         assert_eq!(Usage::decode_up_to("k", &bytes, text_len).unwrap(), u);
@@ -386,13 +389,13 @@ mod tests {
     #[test]
     fn merge_keeps_the_newest_use() {
         let mut a = Usage::new();
-        a.note(A, 10);
+        a.note(h(A), 10);
         let mut b = Usage::new();
-        b.note(A, 30);
-        b.note(B, 5);
+        b.note(h(A), 30);
+        b.note(h(B), 5);
         a.merge(&b);
-        assert_eq!(a.last_used(A), Some(30));
-        assert_eq!(a.last_used(B), Some(5));
+        assert_eq!(a.last_used(&h(A)), Some(30));
+        assert_eq!(a.last_used(&h(B)), Some(5));
     }
 
     #[test]

@@ -31,6 +31,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::cache::{Cache, CacheError};
 use crate::nix::NarInfo;
 use crate::nix::hash::Hasher;
+use crate::nix::layout::{self, HashPart};
 use crate::push::usage::{self, UsageError};
 
 /// The mirror's `nix-cache-info`: priority 10, ahead of the bucket (40) and cache.nixos.org (40).
@@ -76,7 +77,7 @@ pub struct Options {
     /// Requests in flight.
     pub jobs: usize,
     /// Hash parts of the paths the local store has already.
-    pub have: HashSet<String>,
+    pub have: HashSet<HashPart>,
     /// Print progress every this often (`None`: never).
     pub progress: Option<Duration>,
 }
@@ -170,7 +171,7 @@ pub fn prepare_mirror(dir: &Path) -> Result<(), RestoreError> {
     }
     std::fs::create_dir_all(dir.join("nar")).map_err(io)?;
     std::fs::write(dir.join(MARKER), b"").map_err(io)?;
-    std::fs::write(dir.join("nix-cache-info"), MIRROR_INFO).map_err(io)?;
+    std::fs::write(dir.join(layout::CACHE_INFO_KEY), MIRROR_INFO).map_err(io)?;
     Ok(())
 }
 
@@ -184,20 +185,20 @@ pub fn remove_mirror(dir: &Path) -> std::io::Result<bool> {
 }
 
 /// Hash parts of the narinfos in a mirror.
-pub fn mirrored(dir: &Path) -> HashSet<String> {
+pub fn mirrored(dir: &Path) -> HashSet<HashPart> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return HashSet::new();
     };
     entries
         .filter_map(|e| {
             let name = e.ok()?.file_name().into_string().ok()?;
-            Some(name.strip_suffix(".narinfo")?.to_owned())
+            HashPart::of_narinfo_key(&name)
         })
         .collect()
 }
 
 struct Wanted {
-    hash_part: String,
+    hash_part: HashPart,
     bytes: bytes::Bytes,
     info: NarInfo,
 }
@@ -229,44 +230,16 @@ pub async fn restore(cache: &Cache, opts: &Options) -> Result<Report, RestoreErr
     // A record gc compacted meanwhile is gone; its paths are in the merged one, next time.
     let used = usage::read(cache, key).await?.unwrap_or_default();
     let newest = used.newest().unwrap_or(0);
-    let mut todo: Vec<String> = used
+    let mut todo: Vec<HashPart> = used
         .hash_parts()
         .filter(|h| used.last_used(h).unwrap_or(0) >= newest.saturating_sub(RECENT))
-        .map(str::to_owned)
         .collect();
     todo.sort_unstable();
     report.wanted = todo.len();
     todo.retain(|h| !opts.have.contains(h));
     report.present = report.wanted - todo.len();
 
-    let fetched: Vec<(String, Result<Option<bytes::Bytes>, CacheError>)> =
-        futures::stream::iter(todo)
-            .map(|h| async move {
-                let got = cache.get(&format!("{h}.narinfo")).await;
-                (h, got)
-            })
-            .buffer_unordered(opts.jobs.max(1))
-            .collect()
-            .await;
-    let mut wanted = Vec::new();
-    for (hash_part, got) in fetched {
-        match got.map(|b| b.map(|b| (parse_narinfo(&hash_part, &b), b))) {
-            Ok(None) => report.gone += 1,
-            Ok(Some((Ok(info), bytes))) => wanted.push(Wanted {
-                hash_part,
-                bytes,
-                info,
-            }),
-            Ok(Some((Err(why), _))) => {
-                eprintln!("warning: restore: {hash_part}.narinfo: {why}; not restoring it");
-                report.failed += 1;
-            }
-            Err(e) => {
-                eprintln!("warning: restore: {hash_part}.narinfo: {e}");
-                report.failed += 1;
-            }
-        }
-    }
+    let wanted = fetch_narinfos(cache, todo, opts.jobs, &mut report).await;
     let sizes: Vec<u64> = wanted.iter().map(|w| nar_bytes(&w.info)).collect();
     let (keep, large, over_budget) = select(&sizes, opts.max_size);
     (report.large, report.over_budget) = (large, over_budget);
@@ -275,8 +248,53 @@ pub async fn restore(cache: &Cache, opts: &Options) -> Result<Report, RestoreErr
         .zip(keep)
         .filter_map(|(w, k)| k.then_some(w))
         .collect();
-    wanted.sort_by_key(|w| (nar_bytes(&w.info), w.hash_part.clone()));
+    wanted.sort_by_key(|w| (nar_bytes(&w.info), w.hash_part));
+    fetch_nars(cache, opts, wanted, &mut report).await;
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
 
+/// The narinfos of `todo` that are fit for the mirror; the rest are counted in `report`.
+async fn fetch_narinfos(
+    cache: &Cache,
+    todo: Vec<HashPart>,
+    jobs: usize,
+    report: &mut Report,
+) -> Vec<Wanted> {
+    let fetched: Vec<(HashPart, Result<Option<bytes::Bytes>, CacheError>)> =
+        futures::stream::iter(todo)
+            .map(|h| async move { (h, cache.get(&h.narinfo_key()).await) })
+            .buffer_unordered(jobs.max(1))
+            .collect()
+            .await;
+    let mut wanted = Vec::new();
+    for (hash_part, got) in fetched {
+        match got.map(|b| b.map(|b| (parse_narinfo(hash_part, &b), b))) {
+            Ok(None) => report.gone += 1,
+            Ok(Some((Ok(info), bytes))) => wanted.push(Wanted {
+                hash_part,
+                bytes,
+                info,
+            }),
+            Ok(Some((Err(why), _))) => {
+                eprintln!(
+                    "warning: restore: {}: {why}; not restoring it",
+                    hash_part.narinfo_key()
+                );
+                report.failed += 1;
+            }
+            Err(e) => {
+                eprintln!("warning: restore: {}: {e}", hash_part.narinfo_key());
+                report.failed += 1;
+            }
+        }
+    }
+    wanted
+}
+
+/// Fetches each NAR and then its narinfo into the mirror, `opts.jobs` at a time, smallest
+/// first, with progress every `opts.progress`; what fails is left to the cache.
+async fn fetch_nars(cache: &Cache, opts: &Options, wanted: Vec<Wanted>, report: &mut Report) {
     let total = wanted.len();
     let total_bytes: u64 = wanted.iter().map(|w| nar_bytes(&w.info)).sum();
     eprintln!(
@@ -301,7 +319,7 @@ pub async fn restore(cache: &Cache, opts: &Options) -> Result<Report, RestoreErr
             }
         })
     });
-    let results: Vec<(String, Result<u64, String>)> = futures::stream::iter(wanted)
+    let results: Vec<(HashPart, Result<u64, String>)> = futures::stream::iter(wanted)
         .map(|w| {
             let progress = progress.clone();
             async move {
@@ -331,8 +349,6 @@ pub async fn restore(cache: &Cache, opts: &Options) -> Result<Report, RestoreErr
             }
         }
     }
-    report.elapsed = started.elapsed();
-    Ok(report)
 }
 
 /// Which of the NARs of `sizes` to restore: none over [`LARGE_NAR`], and within `budget` the
@@ -362,13 +378,9 @@ fn nar_bytes(info: &NarInfo) -> u64 {
 
 /// A narinfo fit for the mirror: it parses, describes the path it is named for, and its NAR
 /// lies directly under `nar/` (never outside the mirror).
-fn parse_narinfo(hash_part: &str, bytes: &[u8]) -> Result<NarInfo, String> {
-    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_owned())?;
-    let info = NarInfo::parse(text).map_err(|e| e.to_string())?;
-    if info.store_path.hash_part() != hash_part {
-        return Err(format!("it describes {}", info.store_path));
-    }
-    let file = info.url.strip_prefix("nar/").unwrap_or("");
+fn parse_narinfo(hash_part: HashPart, bytes: &[u8]) -> Result<NarInfo, String> {
+    let info = layout::read_narinfo(bytes, Some(hash_part)).map_err(|e| e.to_string())?;
+    let file = info.url.strip_prefix(layout::NAR_DIR).unwrap_or("");
     if file.is_empty() || file.contains('/') || file.starts_with('.') || file.contains('\0') {
         return Err(format!("its URL {:?} is not a file under nar/", info.url));
     }
@@ -426,7 +438,7 @@ async fn fetch_path(cache: &Cache, mirror: &Path, w: &Wanted) -> Result<u64, Str
         n
     };
     let temp = temp_name(mirror);
-    let info_path = mirror.join(format!("{}.narinfo", w.hash_part));
+    let info_path = mirror.join(w.hash_part.narinfo_key());
     let placed = async {
         tokio::fs::write(&temp, &w.bytes).await?;
         tokio::fs::rename(&temp, &info_path).await
@@ -511,8 +523,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let mirror = tmp.path().join("m");
         prepare_mirror(&mirror).unwrap();
-        std::fs::write(mirror.join("abc.narinfo"), "x").unwrap();
-        assert_eq!(mirrored(&mirror), HashSet::from(["abc".to_owned()]));
+        let hash = "1d5i1r8ldqmbfsb2q3i52hbk3a4kbg9h";
+        std::fs::write(mirror.join(format!("{hash}.narinfo")), "x").unwrap();
+        assert_eq!(
+            mirrored(&mirror),
+            HashSet::from([HashPart::parse(hash).unwrap()])
+        );
         assert_eq!(
             std::fs::read_to_string(mirror.join("nix-cache-info")).unwrap(),
             MIRROR_INFO
@@ -542,9 +558,10 @@ mod tests {
                     NarHash: sha256:1ig8hwv1z7pbwg539a60k8wjx89j8p86kp9jv36i721h3a7mdbjk\n\
                     NarSize: 880\n\
                     References: \n";
-        let hash = "1d5i1r8ldqmbfsb2q3i52hbk3a4kbg9h";
+        let hash = HashPart::parse("1d5i1r8ldqmbfsb2q3i52hbk3a4kbg9h").unwrap();
         assert!(parse_narinfo(hash, text.as_bytes()).is_ok());
-        let other = parse_narinfo("5qn9lblnzjgza2vb23kwaclrcxnska2z", text.as_bytes());
+        let other = HashPart::parse("5qn9lblnzjgza2vb23kwaclrcxnska2z").unwrap();
+        let other = parse_narinfo(other, text.as_bytes());
         assert!(other.unwrap_err().contains("describes"));
         for url in [
             "../x.nar",

@@ -31,7 +31,7 @@ use tokio::net::TcpListener;
 
 use crate::cache::{Cache, CacheError};
 use crate::nix::StorePath;
-use crate::push::CACHE_INFO;
+use crate::nix::layout::{self, HashPart};
 
 pub use stats::{Stats, StatsSnapshot, UploadSnapshot};
 pub use upload::{EnqueueError, UploadConfig, Uploader};
@@ -84,7 +84,7 @@ pub struct Server {
     stats: Arc<Stats>,
     uploads: Option<Uploads>,
     /// Found narinfos by hash part. Misses are not kept: the uploader may add the path any time.
-    narinfos: std::sync::Mutex<std::collections::HashMap<String, Bytes>>,
+    narinfos: std::sync::Mutex<std::collections::HashMap<HashPart, Bytes>>,
 }
 
 /// Hand-overs from the hook, accepted only with the token: otherwise anyone on the machine
@@ -221,14 +221,11 @@ async fn handle(server: &Server, req: Request<Incoming>) -> Response<Body> {
     };
     let mut response = if path == STATS_PATH {
         json(&server.snapshot())
-    } else if path == "/nix-cache-info" {
+    } else if path.strip_prefix('/') == Some(layout::CACHE_INFO_KEY) {
         cache_info(server).await
-    } else if let Some(hash) = path
-        .strip_prefix('/')
-        .and_then(|p| p.strip_suffix(".narinfo"))
-    {
+    } else if let Some(hash) = path.strip_prefix('/').and_then(HashPart::of_narinfo_key) {
         narinfo(server, hash, head).await
-    } else if path.starts_with("/nar/") || path.starts_with("/log/") {
+    } else if path.strip_prefix('/').is_some_and(layout::is_nar_key) || path.starts_with("/log/") {
         object(server, &path[1..], head).await
     } else {
         not_found()
@@ -240,28 +237,25 @@ async fn handle(server: &Server, req: Request<Incoming>) -> Response<Body> {
 }
 
 async fn cache_info(server: &Server) -> Response<Body> {
-    match server.cache.get("nix-cache-info").await {
-        Ok(Some(bytes)) => small(bytes, "text/x-nix-cache-info"),
+    match server.cache.get(layout::CACHE_INFO_KEY).await {
+        Ok(Some(bytes)) => small(bytes, layout::CACHE_INFO_TYPE),
         // A cache nothing was pushed to yet: Nix still needs to hear where its store is, and
         // would otherwise try (and fail) to write the file itself.
         Ok(None) => small(
-            Bytes::from_static(CACHE_INFO.as_bytes()),
-            "text/x-nix-cache-info",
+            Bytes::from_static(layout::CACHE_INFO.as_bytes()),
+            layout::CACHE_INFO_TYPE,
         ),
-        Err(err) => failure(server, "nix-cache-info", &err),
+        Err(err) => failure(server, layout::CACHE_INFO_KEY, &err),
     }
 }
 
-async fn narinfo(server: &Server, hash: &str, head: bool) -> Response<Body> {
-    if !is_hash_part(hash) {
-        return not_found();
-    }
-    let key = format!("{hash}.narinfo");
+async fn narinfo(server: &Server, hash: HashPart, head: bool) -> Response<Body> {
+    let key = hash.narinfo_key();
     let remembered = server
         .narinfos
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .get(hash)
+        .get(&hash)
         .cloned();
     let found = if let Some(bytes) = remembered {
         Ok(Some((bytes.len() as u64, Some(bytes))))
@@ -280,20 +274,20 @@ async fn narinfo(server: &Server, hash: &str, head: bool) -> Response<Body> {
     };
     match found {
         Ok(Some((size, body))) => {
-            server.stats.lookup(hash, true);
+            server.stats.lookup(hash.as_str(), true);
             if let Some(bytes) = &body {
                 let mut kept = server.narinfos.lock().unwrap_or_else(|e| e.into_inner());
                 if kept.len() < NARINFO_MEMORY {
-                    kept.insert(hash.to_owned(), bytes.clone());
+                    kept.insert(hash, bytes.clone());
                 }
             }
-            let mut resp = small(body.unwrap_or_default(), "text/x-nix-narinfo");
+            let mut resp = small(body.unwrap_or_default(), layout::NARINFO_TYPE);
             resp.headers_mut()
                 .insert(CONTENT_LENGTH, HeaderValue::from(size));
             resp
         }
         Ok(None) => {
-            server.stats.lookup(hash, false);
+            server.stats.lookup(hash.as_str(), false);
             not_found()
         }
         Err(err) => failure(server, &key, &err),
@@ -302,9 +296,9 @@ async fn narinfo(server: &Server, hash: &str, head: bool) -> Response<Body> {
 
 /// NARs and logs, streamed: a NAR of any size passes through in chunks.
 async fn object(server: &Server, key: &str, head: bool) -> Response<Body> {
-    let is_nar = key.starts_with("nar/");
+    let is_nar = layout::is_nar_key(key);
     let content_type = if is_nar {
-        "application/x-nix-nar"
+        layout::NAR_TYPE
     } else {
         "text/plain; charset=utf-8"
     };
@@ -404,11 +398,6 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The 32 nixbase32 characters of a store path's hash part.
-fn is_hash_part(s: &str) -> bool {
-    s.len() == 32 && crate::nix::base32::decode(s).is_ok()
-}
-
 fn failure(server: &Server, key: &str, err: &CacheError) -> Response<Body> {
     if matches!(err, CacheError::InvalidKey { .. }) {
         return not_found();
@@ -457,6 +446,10 @@ fn json(snapshot: &StatsSnapshot) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn is_hash_part(s: &str) -> bool {
+        HashPart::parse(s).is_some()
+    }
 
     #[test]
     fn only_nixbase32_hash_parts_reach_the_cache() {

@@ -177,7 +177,7 @@ impl Job {
 fn run_restore(url: &CacheUrl, restore: &Restore, store_paths: &[String]) -> PathBuf {
     let have = store_paths
         .iter()
-        .filter_map(|name| name.get(..32).map(str::to_owned))
+        .filter_map(|name| name.get(..32).and_then(crate::nix::HashPart::parse))
         .collect();
     let opts = crate::restore::Options {
         mirror: restore.mirror.clone(),

@@ -3,7 +3,7 @@
 //! narinfo. Deep checks also download each NAR and compare its hash. Problems are collected,
 //! not fatal.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 
 use anyhow::{Context, bail};
@@ -11,6 +11,7 @@ use futures::StreamExt;
 
 use crate::cache::Cache;
 use crate::nix::hash::Hasher;
+use crate::nix::layout::{self, HashPart};
 use crate::nix::{Compression, NarInfo, PublicKey};
 
 #[derive(Debug, Default)]
@@ -26,61 +27,54 @@ pub async fn verify(
     deep: bool,
     jobs: usize,
 ) -> anyhow::Result<Report> {
-    let listing = cache
-        .list_level(&crate::cache::store_prefixes(), jobs)
-        .await?;
+    let listing = cache.list_level(&layout::store_prefixes(), jobs).await?;
     let mut nars = HashMap::new();
-    let mut narinfo_keys = Vec::new();
+    let mut narinfos = Vec::new();
     for object in listing {
-        if crate::cache::is_narinfo_key(&object.key) {
-            narinfo_keys.push(object.key.clone());
+        if let Some(hash) = HashPart::of_narinfo_key(&object.key) {
+            narinfos.push(hash);
         }
-        if object.key.starts_with("nar/") {
+        if layout::is_nar_key(&object.key) {
             nars.insert(object.key.clone(), object.size);
         }
     }
-    let hashes: std::collections::HashSet<String> = narinfo_keys
-        .iter()
-        .map(|k| k.trim_end_matches(".narinfo").to_owned())
-        .collect();
+    let hashes: HashSet<HashPart> = narinfos.iter().copied().collect();
     let (nars, hashes) = (&nars, &hashes);
     let checks = futures::stream::iter(
-        narinfo_keys
+        narinfos
             .iter()
-            .map(|key| async move { check_one(cache, key, keys, nars, hashes, deep).await }),
+            .map(|&hash| async move { check_one(cache, hash, keys, nars, hashes, deep).await }),
     )
     .buffer_unordered(jobs);
     let mut problems: Vec<String> = checks.flat_map(futures::stream::iter).collect().await;
     problems.sort();
     Ok(Report {
-        narinfos: narinfo_keys.len(),
+        narinfos: narinfos.len(),
         problems,
     })
 }
 
 async fn check_one(
     cache: &Cache,
-    key: &str,
+    hash: HashPart,
     keys: &[PublicKey],
     nars: &HashMap<String, u64>,
-    hashes: &std::collections::HashSet<String>,
+    hashes: &HashSet<HashPart>,
     deep: bool,
 ) -> Vec<String> {
     let mut problems = Vec::new();
-    let text = match cache.get(key).await {
+    let key = hash.narinfo_key();
+    let text = match cache.get(&key).await {
         Ok(Some(bytes)) => bytes,
         Ok(None) => return vec![format!("{key}: listed but gone (deleted while checking?)")],
         Err(e) => return vec![format!("{key}: could not read: {e}")],
     };
-    let info = match std::str::from_utf8(&text)
-        .map_err(|e| e.to_string())
-        .and_then(|t| NarInfo::parse(t).map_err(|e| e.to_string()))
-    {
+    let info = match layout::read_narinfo(&text, None) {
         Ok(info) => info,
         Err(e) => return vec![format!("{key}: not a valid narinfo: {e}")],
     };
     let path = info.store_path.to_absolute();
-    if format!("{}.narinfo", info.store_path.hash_part()) != key {
+    if HashPart::of(&info.store_path) != hash {
         problems.push(format!(
             "{key}: describes {path}, whose narinfo would have another name"
         ));
@@ -129,7 +123,7 @@ async fn check_one(
         Ok(Some(_)) => {}
     }
     for reference in &info.references {
-        if reference != &info.store_path && !hashes.contains(&reference.hash_part()) {
+        if reference != &info.store_path && !hashes.contains(&HashPart::of(reference)) {
             problems.push(format!("{path}: its reference {reference} has no narinfo"));
         }
     }
