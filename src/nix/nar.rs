@@ -491,27 +491,9 @@ fn dump_file<W: Write>(node: Node<'_, W>, path: &Path) -> Result<(), NarError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nix::hash::{Sha256, Sha256Writer};
     use rstest::rstest;
-    use std::ffi::OsStr;
     use std::os::unix::fs::symlink;
     use std::process::Command;
-
-    const NIX_CONFIG: &str = "substituters =\nexperimental-features = nix-command";
-
-    fn nix(program: &str, args: &[&OsStr]) -> Vec<u8> {
-        let output = Command::new(program)
-            .args(args)
-            .env("NIX_CONFIG", NIX_CONFIG)
-            .output()
-            .unwrap_or_else(|err| panic!("cannot run {program}: {err}"));
-        assert!(
-            output.status.success(),
-            "{program} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        output.stdout
-    }
 
     fn write(path: &Path, contents: &[u8], mode: u32) {
         fs::write(path, contents).unwrap();
@@ -528,104 +510,6 @@ mod tests {
                 x as u8
             })
             .collect()
-    }
-
-    /// Builds a tree under `root` (which does not exist yet) and returns the path to archive.
-    type Build = fn(&Path) -> PathBuf;
-
-    #[rstest]
-    #[case::regular_file(|root: &Path| { write(root, b"hello\n", 0o644); root.into() })]
-    #[case::empty_file(|root: &Path| { write(root, b"", 0o644); root.into() })]
-    #[case::executable_file(|root: &Path| { write(root, b"#!/bin/sh\n", 0o755); root.into() })]
-    #[case::only_group_execute_is_not_executable(|root: &Path| { write(root, b"x", 0o654); root.into() })]
-    #[case::padding_lengths(|root: &Path| {
-        fs::create_dir(root).unwrap();
-        for len in [1usize, 7, 8, 9, 15, 16, 17] {
-            write(&root.join(format!("len{len:02}")), &pseudo_random(len, len as u64), 0o644);
-        }
-        root.into()
-    })]
-    #[case::symlink_root(|root: &Path| { symlink("some/where", root).unwrap(); root.into() })]
-    #[case::symlinks_relative_absolute_dangling(|root: &Path| {
-        fs::create_dir(root).unwrap();
-        write(&root.join("target"), b"t", 0o644);
-        symlink("target", root.join("rel")).unwrap();
-        symlink("/nix/store/rsnpyhm63gcba6l9qgpn7v1x19raxwy0-fmt-top", root.join("abs")).unwrap();
-        symlink("../nowhere/at/all", root.join("dangling")).unwrap();
-        symlink("d", root.join("to-dir")).unwrap();
-        fs::create_dir(root.join("d")).unwrap();
-        root.into()
-    })]
-    #[case::nested_and_empty_dirs(|root: &Path| {
-        fs::create_dir_all(root.join("a/b/c/d")).unwrap();
-        fs::create_dir_all(root.join("empty")).unwrap();
-        write(&root.join("a/b/file"), b"deep\n", 0o644);
-        write(&root.join("a/b/c/d/run"), b"exec", 0o755);
-        write(&root.join("top"), b"top", 0o444);
-        root.into()
-    })]
-    #[case::non_utf8_name(|root: &Path| {
-        use std::os::unix::ffi::OsStrExt;
-        fs::create_dir(root).unwrap();
-        write(&root.join(OsStr::from_bytes(b"caf\xe9")), b"latin-1", 0o644);
-        write(&root.join(OsStr::from_bytes(b"\xff\xfe")), b"", 0o644);
-        write(&root.join("cafe"), b"ascii", 0o644);
-        root.into()
-    })]
-    #[case::bytewise_order(|root: &Path| {
-        fs::create_dir(root).unwrap();
-        for name in ["a", "B", "_", "Z", "a.b", "a-b", "ab", "A", "é", "z", "~", "0", "a b"] {
-            write(&root.join(name), name.as_bytes(), 0o644);
-        }
-        fs::create_dir(root.join("aa")).unwrap();
-        write(&root.join("aa/x"), b"", 0o644);
-        root.into()
-    })]
-    #[case::file_larger_than_buffer(|root: &Path| {
-        fs::create_dir(root).unwrap();
-        write(&root.join("big"), &pseudo_random(3 * BUFFER_SIZE + 12_345, 7), 0o755);
-        write(&root.join("small"), b"after the big one", 0o644);
-        root.into()
-    })]
-    #[case::many_small_files(|root: &Path| {
-        fs::create_dir(root).unwrap();
-        for i in 0..3000 {
-            write(&root.join(format!("f{i}")), &pseudo_random(i % 200, i as u64), 0o644);
-        }
-        root.into()
-    })]
-    fn matches_nix_store_dump(#[case] build: Build) {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = build(&tmp.path().join("root"));
-
-        let mut ours = Vec::new();
-        let len = dump_path(&path, &mut ours).unwrap();
-        let theirs = nix("nix-store", &[OsStr::new("--dump"), path.as_os_str()]);
-        assert_eq!(len, ours.len() as u64);
-        assert!(
-            ours == theirs,
-            "NAR of {} differs from nix-store --dump",
-            path.display()
-        );
-
-        let mut hashing = Sha256Writer::new(io::sink());
-        let hashed_len = dump_path(&path, &mut hashing).unwrap();
-        let (_, hash, counted) = hashing.finish();
-        assert_eq!((hashed_len, counted), (len, len));
-        let nix_hash = nix(
-            "nix-hash",
-            &[
-                OsStr::new("--type"),
-                OsStr::new("sha256"),
-                OsStr::new("--base32"),
-                path.as_os_str(),
-            ],
-        );
-        assert_eq!(
-            hash.to_nix_base32(),
-            String::from_utf8(nix_hash).unwrap().trim()
-        );
-        assert_eq!(hash, Sha256::digest(&theirs));
     }
 
     #[test]
