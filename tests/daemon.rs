@@ -28,6 +28,28 @@ struct Job {
 }
 
 impl Job {
+    /// `nixbucket serve` processes of this job still running (`ps` lines; empty if none),
+    /// known by the address file in this job's home on their command line: a server another
+    /// test left behind does not count here.
+    fn servers(&self) -> String {
+        let ready = self.home.join("nixbucket-serve.addr");
+        let found =
+            run(Command::new("pgrep").args(["-f", &format!("serve .*{}", ready.display())]));
+        let pids = stdout(&found)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(",");
+        if pids.is_empty() {
+            return String::new();
+        }
+        stdout(&run(Command::new("ps").args([
+            "-o",
+            "pid,user,etime,args",
+            "-p",
+            &pids,
+        ])))
+    }
+
     fn new(daemon_conf: &str) -> Job {
         let tmp = tempfile::tempdir().unwrap();
         set_mode(tmp.path(), 0o755);
@@ -173,6 +195,13 @@ fn two_jobs(job: &Job, setup: &[&str], cache: &str, from: &str) {
     };
 
     assert_ok(&job.nixbucket(&setup));
+    if setup.contains(&"--serve") {
+        assert_ne!(
+            job.servers(),
+            "",
+            "the probe finds the server setup started"
+        );
+    }
     let expr = two_paths(job);
     let built = job.build(&expr);
     assert_ok(&built);
@@ -190,6 +219,7 @@ fn two_jobs(job: &Job, setup: &[&str], cache: &str, from: &str) {
     );
     assert!(!log.contains("building '"), "built instead:\n{log}");
     push_reports(0);
+    assert_eq!(job.servers(), "", "push left a server of this job running");
 }
 
 #[test]
@@ -297,8 +327,7 @@ fn an_untrusted_job_is_told_why_for_s3_too_and_leaves_no_server_running() {
         Err(_) => serde_json::Value::Null,
     };
     assert!(state["serve"].is_null(), "a server was recorded: {state}");
-    let servers = run(Command::new("pgrep").args(["-u", "nobody", "-f", "nixbucket serve"]));
-    assert!(!servers.status.success(), "{}", stdout(&servers));
+    assert_eq!(job.servers(), "", "a server of this job is still running");
 }
 
 #[test]

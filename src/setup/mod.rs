@@ -135,7 +135,12 @@ impl Job {
                 Ok(mirrored) => restore = restore.filter(|_| mirrored),
                 Err(err) => {
                     if let Some(served) = &served {
-                        let _ = background::stop(served.state.pid);
+                        let pid = served.state.pid;
+                        if let Err(stop) = background::stop(pid) {
+                            eprintln!(
+                                "warning: could not stop nixbucket serve (pid {pid}): {stop:#}"
+                            );
+                        }
                     }
                     return Err(err);
                 }
