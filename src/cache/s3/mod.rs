@@ -155,27 +155,30 @@ impl Ctx {
         }
         // The store cannot create-if-absent; check first (racy, but never loses a present object
         // to a single writer).
-        if ctx.head_size(key).await?.is_some() {
+        if ctx.head(key).await?.is_some() {
             return Ok(false);
         }
         ctx.put(key, body, content_type).await?;
         Ok(true)
     }
 
-    /// The size of an object, `None` if absent.
-    async fn head_size(&self, key: &str) -> Result<Option<u64>, CacheError> {
-        let ctx = self;
-        match ctx
+    /// HeadObject: the object's size and time, `None` if absent.
+    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, CacheError> {
+        match self
             .client
             .head_object()
-            .bucket(&ctx.bucket)
+            .bucket(&self.bucket)
             .key(key)
             .send()
             .await
         {
-            Ok(out) => Ok(Some(to_size(out.content_length()))),
+            Ok(out) => Ok(Some(ObjectInfo {
+                key: key.to_owned(),
+                size: to_size(out.content_length()),
+                last_modified: to_system_time(out.last_modified()),
+            })),
             Err(e) if is_status(&e, 404) => Ok(None),
-            Err(e) => Err(ctx.error("HeadObject", key, e)),
+            Err(e) => Err(self.error("HeadObject", key, e)),
         }
     }
 
@@ -357,23 +360,7 @@ impl S3Cache {
     }
 
     pub(crate) async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, CacheError> {
-        let ctx = &self.ctx;
-        match ctx
-            .client
-            .head_object()
-            .bucket(&ctx.bucket)
-            .key(key)
-            .send()
-            .await
-        {
-            Ok(out) => Ok(Some(ObjectInfo {
-                key: key.to_owned(),
-                size: to_size(out.content_length()),
-                last_modified: to_system_time(out.last_modified()),
-            })),
-            Err(e) if is_status(&e, 404) => Ok(None),
-            Err(e) => Err(ctx.error("HeadObject", key, e)),
-        }
+        self.ctx.head(key).await
     }
 
     /// CopyObject onto itself, which S3 allows only when something changes: the metadata is
@@ -386,7 +373,7 @@ impl S3Cache {
     ) -> Result<bool, CacheError> {
         let ctx = &self.ctx;
         if size > self.copy_max {
-            return Ok(ctx.head_size(key).await?.is_some());
+            return Ok(ctx.head(key).await?.is_some());
         }
         match ctx
             .client

@@ -187,7 +187,7 @@ impl Upload {
                 .send()
         };
         let res = loop {
-            if if_absent && !conditional && ctx.head_size(&self.key).await?.is_some() {
+            if if_absent && !conditional && ctx.head(&self.key).await?.is_some() {
                 // The store cannot complete-if-absent; the HEAD is racy but never replaces an
                 // object that was there before.
                 return Ok(false);
@@ -238,7 +238,7 @@ impl Upload {
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(5));
             }
-            match ctx.head_size(&self.key).await? {
+            match ctx.head(&self.key).await?.map(|o| o.size) {
                 Some(found) if found == size => return Ok(true),
                 Some(_) if if_absent => return Ok(false),
                 _ => {}
