@@ -81,6 +81,13 @@ pub fn narinfo_key(path: &StorePath) -> String {
     HashPart::of(path).narinfo_key()
 }
 
+/// What a request for `key` asks for, if a narinfo: `Some(Some(hash))` for one named as Nix
+/// names them, `Some(None)` for any other name ending in `.narinfo` (never one to serve).
+pub fn narinfo_request(key: &str) -> Option<Option<HashPart>> {
+    key.ends_with(NARINFO_SUFFIX)
+        .then(|| HashPart::of_narinfo_key(key))
+}
+
 /// Whether `key` names a narinfo as Nix asks for one.
 pub fn is_narinfo_key(key: &str) -> bool {
     HashPart::of_narinfo_key(key).is_some()

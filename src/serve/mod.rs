@@ -223,8 +223,11 @@ async fn handle(server: &Server, req: Request<Incoming>) -> Response<Body> {
         json(&server.snapshot())
     } else if path.strip_prefix('/') == Some(layout::CACHE_INFO_KEY) {
         cache_info(server).await
-    } else if let Some(hash) = path.strip_prefix('/').and_then(HashPart::of_narinfo_key) {
-        narinfo(server, hash, head).await
+    } else if let Some(wanted) = path.strip_prefix('/').and_then(layout::narinfo_request) {
+        match wanted {
+            Some(hash) => narinfo(server, hash, head).await,
+            None => not_found(),
+        }
     } else if path.strip_prefix('/').is_some_and(layout::is_nar_key) || path.starts_with("/log/") {
         object(server, &path[1..], head).await
     } else {
@@ -447,8 +450,11 @@ fn json(snapshot: &StatsSnapshot) -> Response<Body> {
 mod tests {
     use super::*;
 
+    /// Whether a request for `/<s>.narinfo` reaches the cache.
     fn is_hash_part(s: &str) -> bool {
-        HashPart::parse(s).is_some()
+        layout::narinfo_request(&format!("{s}.narinfo"))
+            .flatten()
+            .is_some()
     }
 
     #[test]
@@ -461,5 +467,9 @@ mod tests {
         assert!(!is_hash_part("1d5i1r8ldqmbfsb2q3i52hbk3a4kbg9e"), "no e");
         assert!(!is_hash_part("../../etc/passwd"));
         assert!(!is_hash_part("1d5i1r8ldqmbfsb2q3i52hbk3a4kbg9"));
+        // A narinfo name anywhere else is never streamed as an object.
+        assert_eq!(layout::narinfo_request("nar/x.narinfo"), Some(None));
+        assert_eq!(layout::narinfo_request("log/x.narinfo"), Some(None));
+        assert_eq!(layout::narinfo_request("nar/x.nar.zst"), None);
     }
 }

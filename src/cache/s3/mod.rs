@@ -55,6 +55,7 @@ mod retry;
 mod upload;
 
 use error::{credential_source, feature_refused, is_status, root_cause};
+pub use retry::ATTEMPT_TIMEOUT_ENV;
 use retry::{INITIAL_BACKOFF, fault_tolerance, open_retries};
 pub(crate) use upload::S3Writer;
 
