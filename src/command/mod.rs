@@ -109,16 +109,23 @@ pub enum CompressionArg {
     None,
 }
 
+impl From<CompressionArg> for Compression {
+    fn from(c: CompressionArg) -> Self {
+        match c {
+            CompressionArg::Zstd => Compression::Zstd,
+            CompressionArg::Xz => Compression::Xz,
+            CompressionArg::None => Compression::None,
+        }
+    }
+}
+
 /// The flag if given, else the cache URL's `compression` parameter, else zstd.
 pub fn resolve_compression(
     flag: Option<CompressionArg>,
     url: &CacheUrl,
 ) -> anyhow::Result<Compression> {
-    match flag {
-        Some(CompressionArg::Zstd) => return Ok(Compression::Zstd),
-        Some(CompressionArg::Xz) => return Ok(Compression::Xz),
-        Some(CompressionArg::None) => return Ok(Compression::None),
-        None => {}
+    if let Some(c) = flag {
+        return Ok(c.into());
     }
     match url.param("compression") {
         None | Some("zstd") => Ok(Compression::Zstd),

@@ -21,6 +21,12 @@ use crate::serve::{self, Server, UploadConfig, Uploader, Uploads};
 const SERVE_ATTEMPTS: u32 = 3;
 
 #[derive(clap::Args, Debug)]
+#[command(mut_arg("signing_key_file", |a| a.help(
+    "Key to sign the paths `nixbucket hook` hands over during the build (else the key's text \
+     from $NIXBUCKET_SIGNING_KEY). Hand-overs also need the token in $NIXBUCKET_SERVE_TOKEN, \
+     which `setup --serve` gives the server and the hook. Without a key or a token the server \
+     uploads nothing and `push` uploads everything at the end"
+)))]
 pub struct Args {
     /// The binary cache to serve, in Nix's URL syntax: `s3://BUCKET?region=…` or
     /// `file:///some/dir`. It is read with this process's credentials.
@@ -33,10 +39,6 @@ pub struct Args {
     /// Once listening, write the server's URL (`http://127.0.0.1:PORT`) to this file.
     #[arg(long, value_name = "FILE")]
     pub ready_file: Option<PathBuf>,
-    /// The key signs the paths `nixbucket hook` hands over during the build. Hand-overs also
-    /// need the token in $NIXBUCKET_SERVE_TOKEN, which `setup --serve` gives the server and the
-    /// hook. Without a key or a token the server uploads nothing and `push` uploads everything
-    /// at the end.
     #[command(flatten)]
     pub key: KeyArgs,
     /// How NARs uploaded during the build are compressed [default: the URL's `compression`
@@ -68,39 +70,37 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .ok()
         .filter(|t| !t.is_empty())
         .map(zeroize::Zeroizing::new);
-    let read_only = match (&signing_key, &token) {
-        (None, _) => Some("no signing key"),
-        (Some(_), None) => Some("no hand-over token in $NIXBUCKET_SERVE_TOKEN"),
-        _ => None,
-    };
-    let filters = match &signing_key {
-        Some(key) if token.is_some() => {
+    // Hand-overs are taken only with a key, a token and Nix's trusted keys; else why not.
+    let uploads = match (signing_key, token) {
+        (None, _) => Err("no signing key"),
+        (Some(_), None) => Err("no hand-over token in $NIXBUCKET_SERVE_TOKEN"),
+        (Some(key), Some(token)) => {
             let our_name = key.name().to_owned();
-            tokio::task::spawn_blocking(move || upstream_filters(&our_name))
+            let filters = tokio::task::spawn_blocking(move || upstream_filters(&our_name))
                 .await
-                .context("the Nix query stopped unexpectedly")?
+                .context("the Nix query stopped unexpectedly")?;
+            match filters {
+                None => Err("Nix's trusted keys unknown"),
+                Some(filters) => {
+                    let options = PushOptions {
+                        compression,
+                        level: None,
+                        jobs: args.jobs.max(1),
+                        signing_key: Some(key),
+                        progress: ProgressMode::None,
+                        cancel: Arc::new(AtomicBool::new(false)),
+                    };
+                    let config = UploadConfig { options, filters };
+                    Ok(Uploads {
+                        uploader: Uploader::start(cache.clone(), config),
+                        token,
+                    })
+                }
+            }
         }
-        _ => None,
     };
-    let read_only = read_only.or(filters.is_none().then_some("Nix's trusted keys unknown"));
-    let uploads = match (signing_key, token, filters) {
-        (Some(key), Some(token), Some(filters)) => {
-            let options = PushOptions {
-                compression,
-                level: None,
-                jobs: args.jobs.max(1),
-                signing_key: Some(key),
-                progress: ProgressMode::None,
-                cancel: Arc::new(AtomicBool::new(false)),
-            };
-            Some(Uploads {
-                uploader: Uploader::start(cache.clone(), UploadConfig { options, filters }),
-                token,
-            })
-        }
-        _ => None,
-    };
-    let server = Arc::new(Server::new(cache, uploads));
+    let read_only = uploads.as_ref().err().copied();
+    let server = Arc::new(Server::new(cache, uploads.ok()));
 
     let served = format!("http://{addr}");
     if let Some(file) = &args.ready_file {

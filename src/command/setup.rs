@@ -12,6 +12,10 @@ use crate::setup::{Job, RESTORE_JOBS, Restore, Serve};
 use crate::state;
 
 #[derive(clap::Args, Debug)]
+#[command(mut_arg("signing_key_file", |a| a.help(
+    "Secret key file to derive the public key from, when no --public-key is given (with \
+     --serve, the server also signs with it what the post-build hook hands over)"
+)))]
 pub struct Args {
     /// The binary cache, in Nix's URL syntax: `s3://BUCKET?region=…` or `file:///some/dir`.
     #[arg(long, env = "NIXBUCKET_CACHE", value_name = "URL")]
@@ -25,8 +29,6 @@ pub struct Args {
         value_name = "KEY"
     )]
     pub public_keys: Vec<String>,
-    /// The signing key derives the public key when no --public-key is given; with --serve,
-    /// the server signs what the post-build hook hands it.
     #[command(flatten)]
     pub key: KeyArgs,
     /// The URL Nix should read the cache from, when it differs from --cache (a public HTTPS

@@ -237,11 +237,6 @@ async fn read_snapshot(
 /// What the plan keeps and deletes, in the report.
 fn summarize(report: &mut GcReport, snap: &Snapshot, plan: &Plan) {
     let entries = &snap.entries;
-    let nar_size_of = |e: &Entry| -> u64 {
-        e.nar_url()
-            .and_then(|u| snap.nar_sizes.get(u).copied())
-            .unwrap_or(0)
-    };
     report.kept = plan.kept.iter().filter(|k| **k).count();
     report.nar_bytes_kept = {
         let named: HashSet<&str> = (0..entries.len())
@@ -257,7 +252,7 @@ fn summarize(report: &mut GcReport, snap: &Snapshot, plan: &Plan) {
             let e = &entries[i];
             e.info.as_ref().map(|info| Deleted {
                 path: info.store_path.clone(),
-                nar_bytes: nar_size_of(e),
+                nar_bytes: e.nar_size(&snap.nar_sizes),
             })
         })
         .collect();

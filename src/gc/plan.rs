@@ -35,6 +35,13 @@ impl Entry {
                 .map(str::trim),
         }
     }
+
+    /// Bytes of the NAR this narinfo names, as listed (0 if not listed).
+    pub fn nar_size(&self, nar_sizes: &HashMap<String, u64>) -> u64 {
+        self.nar_url()
+            .and_then(|u| nar_sizes.get(u).copied())
+            .unwrap_or(0)
+    }
 }
 
 /// Objects modified after this are young: a push may be writing them.
@@ -93,11 +100,7 @@ pub(super) fn plan(
         let modified = e.modified.map_or(u64::MAX, usage::unix_secs);
         usage.last_used(&e.hash).unwrap_or(0).max(modified)
     };
-    let nar_size_of = |e: &Entry| -> u64 {
-        e.nar_url()
-            .and_then(|u| nar_sizes.get(u).copied())
-            .unwrap_or(0)
-    };
+    let nar_size_of = |e: &Entry| e.nar_size(nar_sizes);
     match opts.policy {
         Policy::OlderThan(age) => {
             let cutoff = usage::unix_secs(opts.now).saturating_sub(age.as_secs());

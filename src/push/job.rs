@@ -115,14 +115,17 @@ impl Job {
             include: self.include.clone(),
             exclude: self.exclude.clone(),
         };
-        if self.paths.is_empty() {
-            self.finish_setup().await;
-        }
         let (closure, skipped) = {
-            let (paths, state_path) = (self.paths.clone(), self.state_path());
-            tokio::task::spawn_blocking(move || select_closure(&paths, &state_path, &filters))
-                .await
-                .context("the store query stopped unexpectedly")??
+            let (paths, state_path, keep) = (self.paths.clone(), self.state_path(), self.dry_run);
+            tokio::task::spawn_blocking(move || {
+                if paths.is_empty() {
+                    since_setup(&state_path, keep, &filters)
+                } else {
+                    named_closure(&paths, &filters)
+                }
+            })
+            .await
+            .context("the store query stopped unexpectedly")??
         };
         let cache = Cache::open_with(&self.url, self.open.clone())
             .await
@@ -153,47 +156,38 @@ impl Job {
             usage_unrecorded,
         })
     }
-
-    /// After `setup --serve`: the server's uploads finish first, so the store diff finds them
-    /// in the cache; then its counters are read and it is stopped. After a restore: the mirror
-    /// is counted and removed. A dry run leaves both.
-    async fn finish_setup(&self) {
-        let (state_path, keep) = (self.state_path(), self.dry_run);
-        let served = tokio::task::spawn_blocking(move || {
-            crate::serve::background::finish(&state_path, keep)
-        })
-        .await
-        .ok()
-        .flatten();
-        if let Some(stats) = served {
-            eprintln!("{}", stats.summary());
-        }
-        let (state_path, keep) = (self.state_path(), self.dry_run);
-        let mirror = tokio::task::spawn_blocking(move || finish_mirror(&state_path, keep)).await;
-        if let Ok(Some(line)) = mirror {
-            eprintln!("{line}");
-        }
-    }
 }
 
 /// After a `setup` that restored into a mirror: how much of it the build used, and the mirror
-/// removed (unless `keep`). None when setup made no mirror.
+/// removed (unless `keep`). None when setup made no mirror. For a job that does not push.
 pub fn finish_mirror(state_path: &Path, keep: bool) -> Option<String> {
     let state = State::load(state_path).ok()?;
-    let dir = state.mirror?;
-    let mirrored = crate::restore::mirrored(&dir);
-    let used = store::read_store_dir(Path::new(STORE_DIR)).map(|now| {
-        store::added_since(&state.store_paths, &now)
-            .iter()
-            .filter(|p| mirrored.contains(&crate::nix::HashPart::of(p)))
-            .count()
-    });
-    let mut line = match used {
-        Ok(used) => format!(
-            "restore: the build took {used} of the {} paths restored into {}",
-            mirrored.len(),
-            dir.display()
-        ),
+    let dir = state.mirror.as_deref()?;
+    let added = store::read_store_dir(Path::new(STORE_DIR))
+        .map(|now| store::added_since(&state.store_paths, &now));
+    Some(mirror_report(
+        dir,
+        added.as_deref().map_err(ToString::to_string),
+        keep,
+    ))
+}
+
+/// The line [`finish_mirror`] prints, from what the store gained since setup (or why that is
+/// unknown), with the mirror removed unless `keep`.
+fn mirror_report(dir: &Path, added: Result<&[StorePath], String>, keep: bool) -> String {
+    let mirrored = crate::restore::mirrored(dir);
+    let mut line = match added {
+        Ok(added) => {
+            let used = added
+                .iter()
+                .filter(|p| mirrored.contains(&crate::nix::HashPart::of(p)))
+                .count();
+            format!(
+                "restore: the build took {used} of the {} paths restored into {}",
+                mirrored.len(),
+                dir.display()
+            )
+        }
         Err(err) => format!(
             "restore: {} paths were restored into {} (how many the build took is unknown: {err})",
             mirrored.len(),
@@ -201,13 +195,13 @@ pub fn finish_mirror(state_path: &Path, keep: bool) -> Option<String> {
         ),
     };
     if !keep {
-        match crate::restore::remove_mirror(&dir) {
+        match crate::restore::remove_mirror(dir) {
             Ok(true) => line.push_str(" (removed)"),
             Ok(false) => {}
             Err(e) => line.push_str(&format!(" (could not remove it: {e})")),
         }
     }
-    Some(line)
+    line
 }
 
 /// A cancelled CI job gets SIGINT or SIGTERM: stop cleanly, so what landed is whole and a
@@ -221,27 +215,50 @@ fn stop_on_signal(cancel: Arc<AtomicBool>) -> anyhow::Result<tokio::task::JoinHa
     }))
 }
 
-/// The closure to push and what was left out and why. Named paths: their closure. No paths:
-/// what the store gained since `setup`, filtered, and then its closure.
-fn select_closure(
-    paths: &[PathBuf],
+/// What the store gained since `setup`, filtered, and its closure. First, what setup started is
+/// finished: the server's uploads, so that the diff finds them in the cache, then its counters
+/// and the server itself; the restore mirror, counted and removed. A dry run (`keep`) leaves
+/// both. The state file and the store directory are each read once.
+fn since_setup(
     state_path: &Path,
+    keep: bool,
     filters: &Filters,
 ) -> anyhow::Result<(Vec<PathInfo>, Skipped)> {
-    let mut skipped = Vec::new();
-    let roots: Vec<StorePath> = if paths.is_empty() {
-        let state = State::load(state_path)?;
-        let now = store::read_store_dir(Path::new(STORE_DIR))?;
-        let added = store::added_since(&state.store_paths, &now);
-        let (roots, skip) = select::split_roots(store::query_valid_path_info(&added)?, filters);
-        skipped.extend(skip);
-        roots.into_iter().map(|i| i.path).collect()
-    } else {
-        paths
-            .iter()
-            .map(|p| store::resolve_store_path(p))
-            .collect::<Result<_, _>>()?
-    };
+    let state = State::load(state_path)?;
+    if let Some(served) = &state.serve {
+        if let Some(stats) = crate::serve::background::finish(served, keep) {
+            eprintln!("{}", stats.summary());
+        }
+    }
+    let added = store::read_store_dir(Path::new(STORE_DIR))
+        .map(|now| store::added_since(&state.store_paths, &now));
+    if let Some(dir) = &state.mirror {
+        let added = added.as_deref().map_err(ToString::to_string);
+        eprintln!("{}", mirror_report(dir, added, keep));
+    }
+    let (roots, skipped) = select::split_roots(store::query_valid_path_info(&added?)?, filters);
+    closure_of(
+        roots.into_iter().map(|i| i.path).collect(),
+        skipped,
+        filters,
+    )
+}
+
+/// The closure of the paths a user named (`./result` works too).
+fn named_closure(paths: &[PathBuf], filters: &Filters) -> anyhow::Result<(Vec<PathInfo>, Skipped)> {
+    let roots = paths
+        .iter()
+        .map(|p| store::resolve_store_path(p))
+        .collect::<Result<_, _>>()?;
+    closure_of(roots, Vec::new(), filters)
+}
+
+/// The closure of `roots` without what is served upstream, and everything left out and why.
+fn closure_of(
+    roots: Vec<StorePath>,
+    mut skipped: Skipped,
+    filters: &Filters,
+) -> anyhow::Result<(Vec<PathInfo>, Skipped)> {
     if roots.is_empty() {
         return Ok((Vec::new(), skipped));
     }

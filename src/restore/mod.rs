@@ -67,6 +67,7 @@ pub enum RestoreError {
     NotAMirror { path: PathBuf },
 }
 
+#[derive(Clone, Debug)]
 pub struct Options {
     /// The mirror directory; made if missing.
     pub mirror: PathBuf,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use super::{StatsSnapshot, TOKEN_ENV, client};
-use crate::state::{ServeState, State};
+use crate::state::ServeState;
 
 /// How long `setup` waits for the background server to answer.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -188,11 +188,10 @@ pub fn stop(pid: u32) -> anyhow::Result<()> {
 /// How long `push` waits for uploads the hook queued before it diffs the store itself.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// For `push`: if `setup --serve` started a server, wait until its upload queue is empty, read
-/// its counters and (unless `keep_running`) stop it. Problems are warnings: the push itself
-/// does not depend on the server.
-pub fn finish(state_path: &Path, keep_running: bool) -> Option<StatsSnapshot> {
-    let served = State::load(state_path).ok()?.serve?;
+/// For `push`, the server `setup --serve` started (`served`): wait until its upload queue is
+/// empty, read its counters and (unless `keep_running`) stop it. Problems are warnings: the
+/// push itself does not depend on the server.
+pub fn finish(served: &ServeState, keep_running: bool) -> Option<StatsSnapshot> {
     let addr = SocketAddr::from(([127, 0, 0, 1], served.port));
     let stats = if keep_running {
         client::stats(addr, Duration::from_secs(5)).map_err(anyhow::Error::from)

@@ -19,10 +19,8 @@ pub const RESTORE_JOBS: u16 = 256;
 /// What to restore into the mirror before the build, and where (see [`crate::restore`]).
 #[derive(Clone, Debug)]
 pub struct Restore {
-    pub mirror: PathBuf,
-    pub branches: Vec<String>,
-    pub max_size: u64,
-    pub jobs: usize,
+    /// The restore's settings; what the store has already is filled in when it runs.
+    pub options: crate::restore::Options,
     /// How to open the cache: the Action's role credentials, where it assumed one.
     pub open: OpenOptions,
 }
@@ -82,10 +80,14 @@ impl Restore {
             return None;
         }
         Some(Restore {
-            mirror,
-            branches,
-            max_size,
-            jobs,
+            options: crate::restore::Options {
+                mirror,
+                branches,
+                max_size,
+                jobs,
+                have: Default::default(),
+                progress: Some(std::time::Duration::from_secs(5)),
+            },
             open: OpenOptions::default(),
         })
     }
@@ -159,7 +161,7 @@ impl Job {
         served: Option<&Background>,
         restore: Option<&Restore>,
     ) -> anyhow::Result<bool> {
-        let mirror = restore.map(|r| r.mirror.as_path());
+        let mirror = restore.map(|r| r.options.mirror.as_path());
         let Some(served) = served else {
             let substituter = self
                 .substituter
@@ -180,18 +182,11 @@ impl Job {
 /// Fills the mirror `configure` listed (see [`crate::restore`]) and returns it. A restore that
 /// fails is a warning: the cache itself is still a substituter, only a slower one.
 fn run_restore(url: &CacheUrl, restore: &Restore, store_paths: &[String]) -> PathBuf {
-    let have = store_paths
+    let mut opts = restore.options.clone();
+    opts.have = store_paths
         .iter()
         .filter_map(|name| name.get(..32).and_then(crate::nix::HashPart::parse))
         .collect();
-    let opts = crate::restore::Options {
-        mirror: restore.mirror.clone(),
-        branches: restore.branches.clone(),
-        max_size: restore.max_size,
-        jobs: restore.jobs,
-        have,
-        progress: Some(std::time::Duration::from_secs(5)),
-    };
     // On a thread of its own: setup runs inside the CLI's runtime and the Action's blocking
     // pool, where a runtime cannot be entered again.
     let restored = std::thread::scope(|s| {
@@ -209,10 +204,10 @@ fn run_restore(url: &CacheUrl, restore: &Restore, store_paths: &[String]) -> Pat
         Ok(report) => eprintln!("{}", report.summary()),
         Err(err) => eprintln!(
             "warning: could not restore into {}: {err:#}; Nix substitutes from {url} directly",
-            restore.mirror.display()
+            opts.mirror.display()
         ),
     }
-    restore.mirror.clone()
+    opts.mirror
 }
 
 /// A `file://` cache is laid out now, by the job's user: a root nix-daemon substituting from
@@ -272,13 +267,13 @@ mod tests {
             )
         };
         let cwd = std::env::current_dir().unwrap();
-        assert_eq!(at("m").unwrap().mirror, cwd.join("m"));
-        assert_eq!(at("/x/m").unwrap().mirror, Path::new("/x/m"));
+        assert_eq!(at("m").unwrap().options.mirror, cwd.join("m"));
+        assert_eq!(at("/x/m").unwrap().options.mirror, Path::new("/x/m"));
         for bad in ["/x/a b", "/x/a?b", "/x/a%20", "/x/a#b"] {
             assert!(at(bad).is_none(), "{bad}");
         }
         let default = Restore::for_cache(&s3, Path::new("/s/state.json"), None, vec![], limits);
-        let default = default.unwrap().mirror;
+        let default = default.unwrap().options.mirror;
         assert!(
             default
                 .to_string_lossy()

@@ -3,6 +3,7 @@
 //! non-interactive sudo), the daemon restarted when it must be, and the result read back
 //! through Nix.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -155,21 +156,9 @@ fn s3_substituter_risk(env: &NixEnv, version: &store::NixVersion) -> Option<Stri
 }
 
 fn write_conf(path: &Path, text: &str, env: &NixEnv) -> anyhow::Result<()> {
-    let direct = (|| -> std::io::Result<()> {
-        let dir = path.parent().unwrap_or(Path::new("/"));
-        std::fs::create_dir_all(dir)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-        std::io::Write::write_all(&mut tmp, text.as_bytes())?;
-        if let Ok(meta) = std::fs::metadata(path) {
-            tmp.as_file().set_permissions(meta.permissions())?;
-        } else {
-            use std::os::unix::fs::PermissionsExt;
-            tmp.as_file()
-                .set_permissions(std::fs::Permissions::from_mode(0o644))?;
-        }
-        tmp.persist(path).map_err(|e| e.error)?;
-        Ok(())
-    })();
+    // The file keeps its mode; a new one is world-readable, as Nix reads it as any user.
+    let mode = std::fs::metadata(path).map_or(0o644, |meta| meta.permissions().mode() & 0o7777);
+    let direct = crate::atomic_file::write(path, Some(mode), text.as_bytes());
     match direct {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && !env.is_root => {
