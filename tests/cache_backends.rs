@@ -117,15 +117,7 @@ impl Env {
 
 /// Deterministic bytes that differ at every offset, so a lost or reordered part shows.
 fn pattern(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    common::pseudo_random(len, 0x9e37_79b9_7f4a_7c15)
 }
 
 /// Streams `data` through a writer on a blocking thread, in odd-sized writes, and commits.

@@ -3,6 +3,8 @@
 //! the narinfos we sign against `nix store verify` and the signatures Nix makes itself. The
 //! unit tests of `nixbucket::nix` run without Nix; these keep Nix as the judge.
 
+mod common;
+
 use std::ffi::OsStr;
 use std::fs;
 use std::io;
@@ -10,42 +12,23 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::nix::{build, derivation, nix_command};
+use common::{assert_ok, pseudo_random, register_secret, run, stderr};
 use nixbucket::nix::hash::{Sha256, Sha256Writer};
 use nixbucket::nix::nar::{BUFFER_SIZE, dump_path};
 use nixbucket::nix::{NarInfo, SecretKey};
 use rstest::rstest;
 
-const NIX_CONFIG: &str = "substituters =\nexperimental-features = nix-command";
-
-fn nix(program: &str, args: &[&OsStr]) -> Vec<u8> {
-    let output = Command::new(program)
-        .args(args)
-        .env("NIX_CONFIG", NIX_CONFIG)
-        .output()
-        .unwrap_or_else(|err| panic!("cannot run {program}: {err}"));
-    assert!(
-        output.status.success(),
-        "{program} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output.stdout
+/// The output of a Nix command that must succeed.
+fn nix_ok(cmd: &mut Command) -> Vec<u8> {
+    let out = run(cmd);
+    assert_ok(&out);
+    out.stdout
 }
 
 fn write(path: &Path, contents: &[u8], mode: u32) {
     fs::write(path, contents).unwrap();
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
-}
-
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// Builds a tree under `root` (which does not exist yet) and returns the path to archive.
@@ -118,7 +101,7 @@ fn matches_nix_store_dump(#[case] build: Build) {
 
     let mut ours = Vec::new();
     let len = dump_path(&path, &mut ours).unwrap();
-    let theirs = nix("nix-store", &[OsStr::new("--dump"), path.as_os_str()]);
+    let theirs = nix_ok(nix_command("nix-store").arg("--dump").arg(&path));
     assert_eq!(len, ours.len() as u64);
     assert!(
         ours == theirs,
@@ -130,14 +113,10 @@ fn matches_nix_store_dump(#[case] build: Build) {
     let hashed_len = dump_path(&path, &mut hashing).unwrap();
     let (_, hash, counted) = hashing.finish();
     assert_eq!((hashed_len, counted), (len, len));
-    let nix_hash = nix(
-        "nix-hash",
-        &[
-            OsStr::new("--type"),
-            OsStr::new("sha256"),
-            OsStr::new("--base32"),
-            path.as_os_str(),
-        ],
+    let nix_hash = nix_ok(
+        nix_command("nix-hash")
+            .args(["--type", "sha256", "--base32"])
+            .arg(&path),
     );
     assert_eq!(
         hash.to_nix_base32(),
@@ -146,35 +125,18 @@ fn matches_nix_store_dump(#[case] build: Build) {
     assert_eq!(hash, Sha256::digest(&theirs));
 }
 
-fn nix_cmd(args: &[&str]) -> std::process::Output {
-    Command::new(args[0])
-        .args(&args[1..])
-        .env("NIX_CONFIG", NIX_CONFIG)
-        .output()
-        .unwrap_or_else(|err| panic!("cannot run {}: {err}", args[0]))
-}
-
-fn nix_ok(args: &[&str]) -> String {
-    let output = nix_cmd(args);
-    assert!(
-        output.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
-
 /// Builds a two-path closure (an output that references another) and returns the top path.
-fn build_closure(tag: &str) -> String {
-    let expr = format!(
-        r#"let dep = builtins.derivation {{ name = "nixbucket-{tag}-dep"; system = builtins.currentSystem;
-             builder = "/bin/sh"; PATH = "/usr/bin:/bin"; args = ["-c" "echo dep > $out"]; }};
-           in builtins.derivation {{ name = "nixbucket-{tag}-top"; system = builtins.currentSystem;
-             builder = "/bin/sh"; PATH = "/usr/bin:/bin"; args = ["-c" "echo ${{dep}} > $out"]; }}"#
-    );
-    nix_ok(&["nix-build", "--no-out-link", "-E", &expr])
-        .trim()
-        .to_owned()
+fn build_two_paths(dir: &Path, tag: &str) -> String {
+    let dep = derivation(&format!("nixbucket-{tag}-dep"), "echo dep > $out");
+    let top = derivation(&format!("nixbucket-{tag}-top"), "echo ${dep} > $out");
+    build(dir, &format!("let dep = {dep}; in {top}"))
+}
+
+/// A fresh signing key, registered so that the suite's secrets check looks for it.
+fn generate_key(name: &str) -> SecretKey {
+    let key = SecretKey::generate(name).unwrap();
+    register_secret(key.to_nix_string().as_str());
+    key
 }
 
 fn narinfo_files(cache: &Path) -> Vec<std::path::PathBuf> {
@@ -189,19 +151,13 @@ fn narinfo_files(cache: &Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn nix_trusts_narinfos_we_sign_with_a_generated_key() {
-    let top = build_closure("sign-ours");
     let tmp = tempfile::tempdir().unwrap();
+    let top = build_two_paths(tmp.path(), "sign-ours");
     let cache = tmp.path().join("cache");
     let url = format!("file://{}", cache.display());
-    nix_ok(&[
-        "nix",
-        "copy",
-        "--to",
-        &format!("{url}?compression=none"),
-        &top,
-    ]);
+    nix_ok(nix_command("nix").args(["copy", "--to", &format!("{url}?compression=none"), &top]));
 
-    let key = SecretKey::generate("nixbucket-test-1").unwrap();
+    let key = generate_key("nixbucket-test-1");
     let files = narinfo_files(&cache);
     assert_eq!(files.len(), 2);
     for file in &files {
@@ -212,8 +168,7 @@ fn nix_trusts_narinfos_we_sign_with_a_generated_key() {
     }
     let public = key.to_public().to_string();
     let verify = |trusted: &str| {
-        nix_cmd(&[
-            "nix",
+        run(nix_command("nix").args([
             "store",
             "verify",
             "--store",
@@ -221,28 +176,21 @@ fn nix_trusts_narinfos_we_sign_with_a_generated_key() {
             "--trusted-public-keys",
             trusted,
             "--all",
-        ])
+        ]))
     };
     let accepted = verify(&public);
-    assert!(
-        accepted.status.success(),
-        "{}",
-        String::from_utf8_lossy(&accepted.stderr)
-    );
-    let other = SecretKey::generate("nixbucket-test-1")
-        .unwrap()
-        .to_public()
-        .to_string();
+    assert_ok(&accepted);
+    let other = generate_key("nixbucket-test-1").to_public().to_string();
     let rejected = verify(&other);
     assert!(!rejected.status.success());
-    assert!(String::from_utf8_lossy(&rejected.stderr).contains("is untrusted"));
+    assert!(stderr(&rejected).contains("is untrusted"));
 }
 
 #[test]
 fn nix_signs_with_a_generated_secret_key_file() {
-    let top = build_closure("sign-nix");
     let tmp = tempfile::tempdir().unwrap();
-    let key = SecretKey::generate("nixbucket-test-2").unwrap();
+    let top = build_two_paths(tmp.path(), "sign-nix");
+    let key = generate_key("nixbucket-test-2");
     let key_file = tmp.path().join("sk");
     std::fs::write(&key_file, format!("{}\n", key.to_nix_string().as_str())).unwrap();
     let cache = tmp.path().join("cache");
@@ -251,7 +199,7 @@ fn nix_signs_with_a_generated_secret_key_file() {
         cache.display(),
         key_file.display()
     );
-    nix_ok(&["nix", "copy", "--to", &to, &top]);
+    nix_ok(nix_command("nix").args(["copy", "--to", &to, &top]));
 
     let public = [key.to_public()];
     let files = narinfo_files(&cache);

@@ -43,6 +43,20 @@ pub fn verify_s3(server: &dyn store::S3Store, public: &str, deep: bool) -> Outpu
     run(&mut cmd)
 }
 
+/// Deterministic bytes (xorshift) that differ at every offset: a lost, reordered or misplaced
+/// byte shows. Each `seed` gives another sequence.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// Runs a command, returning its output; panics only if it could not be started.
 pub fn run(cmd: &mut Command) -> Output {
     let out = cmd
