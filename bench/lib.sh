@@ -92,6 +92,49 @@ stop_s3() {
     fi
 }
 
+# Processes the helpers below started (s3s-fs without keys, latency proxies); stop_helpers
+# ends them by their ids.
+HELPER_PIDS=()
+
+# start_anon_s3 ROOT: a second s3s-fs over ROOT that takes unsigned requests (a public bucket,
+# or a client that does not sign); sets ANON_PORT.
+start_anon_s3() {
+    local i
+    ANON_PORT=$(free_port)
+    s3s-fs --host 127.0.0.1 --port "$ANON_PORT" "$1" >"$BENCH_DIR/s3s-fs-anon.log" 2>&1 &
+    HELPER_PIDS+=($!)
+    for i in $(seq 100); do
+        (echo >"/dev/tcp/127.0.0.1/$ANON_PORT") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    die "s3s-fs (anonymous) did not listen on 127.0.0.1:$ANON_PORT"
+}
+
+# start_proxy TARGET_PORT NAME: bench/latency-proxy.py in front of TARGET_PORT, adding RTT_MS
+# of round trip; sets PROXY_PORT. With RTT_MS=0 there is no proxy: PROXY_PORT=TARGET_PORT.
+start_proxy() {
+    local i file=$BENCH_DIR/proxy-$2.port
+    if ((${RTT_MS:-0} == 0)); then
+        PROXY_PORT=$1
+        return
+    fi
+    rm -f "$file"
+    python3 "$BENCH_SRC/latency-proxy.py" 0 "$1" $((RTT_MS / 2)) "$file" \
+        >"$BENCH_DIR/proxy-$2.log" 2>&1 &
+    HELPER_PIDS+=($!)
+    for i in $(seq 100); do [[ -s $file ]] && break; sleep 0.05; done
+    [[ -s $file ]] || die "the latency proxy did not start: $(cat "$BENCH_DIR/proxy-$2.log")"
+    PROXY_PORT=$(cat "$file")
+}
+
+stop_helpers() {
+    local pid
+    for pid in "${HELPER_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${HELPER_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    HELPER_PIDS=()
+    stop_s3
+}
+
 # NAR bytes of the closure of a path (sum of narSize).
 closure_nar_bytes() {
     nix path-info -r --json "$1" | python3 -c 'import json, sys; print(sum(p["narSize"] for p in json.load(sys.stdin)))'

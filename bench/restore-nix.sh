@@ -37,28 +37,7 @@ elif [[ -n $BIG ]]; then
     drv "restore-bench-big-$tag" "head -c $BIG /dev/urandom > \$out" >"$tmp/closure.nix"
     what="1 path of $BIG random bytes"
 else
-    # $LAYERS layers of paths (about 8 KiB each); each path names up to three of the layer
-    # before, and the top names the last layer: a closure with depth, as real ones have. Nix
-    # substitutes a path only after its references, so depth costs it round trips.
-    per=$(( (PATHS - 1 + LAYERS - 1) / LAYERS ))
-    {
-        echo "let"
-        n=0
-        for layer in $(seq 1 "$LAYERS"); do
-            for j in $(seq 1 "$per"); do
-                ((n < PATHS - 1)) || break
-                n=$((n + 1))
-                refs=""
-                if ((layer > 1)); then
-                    for k in 0 1 2; do refs+="p$(( (layer - 2) * per + (j + k - 1) % per + 1 )) "; done
-                fi
-                echo "  p$n = $(drv "restore-bench-$tag-$n" "echo \$refs > \$out; head -c 6144 /dev/urandom | base64 >> \$out" "refs = [ $refs];");"
-            done
-        done
-        last=""
-        for i in $(seq $(( (LAYERS - 1) * per + 1 )) "$n"); do last+="p$i "; done
-        echo "in $(drv "restore-bench-$tag-top" "echo \$refs > \$out" "refs = [ $last];")"
-    } >"$tmp/closure.nix"
+    "$(dirname "${BASH_SOURCE[0]}")/small-closure.sh" "$PATHS" "$LAYERS" "restore-$tag" >"$tmp/closure.nix"
     what="$PATHS small paths in $LAYERS layers"
 fi
 top=$(nix-build --no-out-link "$tmp/closure.nix" 2>"$tmp/build.log") || fail "build failed: $(tail "$tmp/build.log")"

@@ -27,37 +27,18 @@ rm -rf "$work"
 mkdir -p "$work"
 bin=$(nixbucket_bin)
 
-pids=()
-cleanup() {
-    local pid
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    stop_s3
-}
-trap cleanup EXIT
+trap stop_helpers EXIT
 
 # The bucket, signed (what nixbucket and Nix's s3:// store use) and anonymous over the same
 # directory (a public bucket, what Nix's http:// store reads); each behind its own proxy.
 start_s3 "$work/s3"
 mkdir -p "$work/s3/bench"
-anon_port=$(free_port)
-s3s-fs --host 127.0.0.1 --port "$anon_port" "$work/s3" >"$work/anon.log" 2>&1 &
-pids+=($!)
-proxy() { # proxy TARGET_PORT NAME: a latency proxy, its port in $PROXY_PORT
-    python3 "$BENCH_SRC/latency-proxy.py" 0 "$1" $((RTT_MS / 2)) "$work/$2.port" \
-        >"$work/$2.log" 2>&1 &
-    pids+=($!)
-    local i
-    for i in $(seq 100); do [[ -s $work/$2.port ]] && break; sleep 0.05; done
-    [[ -s $work/$2.port ]] || die "the latency proxy did not start: $(cat "$work/$2.log")"
-    PROXY_PORT=$(cat "$work/$2.port")
-}
-proxy "$S3_PORT" signed
+start_anon_s3 "$work/s3"
+start_proxy "$S3_PORT" signed
 SIGNED_PROXY=$PROXY_PORT
-proxy "$anon_port" anon
+start_proxy "$ANON_PORT" anon
 ANON_PROXY=$PROXY_PORT
-export SIGNED_PORT=$S3_PORT ANON_PORT=$anon_port SIGNED_PROXY ANON_PROXY
-for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$anon_port") 2>/dev/null && break; sleep 0.1; done
+export SIGNED_PORT=$S3_PORT ANON_PORT SIGNED_PROXY ANON_PROXY
 export NIXBUCKET_BIN=$bin WORK=$work REPS=$reps AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
 
 if [[ ${FIXTURE:-} == closure ]]; then
