@@ -764,6 +764,48 @@ fn sixteen_concurrent_pushers_of_overlapping_closures() {
     }
 }
 
+/// Small paths go up many requests at once whatever `--jobs` is (which bounds the large paths
+/// read and compressed at once): at a distant bucket their cost is round trips, not CPU. The
+/// proxy holds every NAR request 200 ms, so requests sent one after another never overlap.
+#[test]
+fn small_paths_go_up_many_requests_at_once_whatever_jobs_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tag = nonce();
+    let leaves: Vec<String> = (0..40)
+        .map(|i| derivation(&format!("leaf-{tag}-{i}"), &format!("echo {i} > $out")))
+        .collect();
+    let top = build(
+        tmp.path(),
+        &derivation_with_inputs(&format!("top-{tag}"), &leaves),
+    );
+    let (secret, public) = keygen(tmp.path(), "test-cache-1");
+    let server = S3Server::start();
+    let config = FaultConfig {
+        share: 1.0,
+        faults: vec![Fault::Delay],
+        delay: Duration::from_millis(200),
+        only_target: Some("/nar/"),
+        ..FaultConfig::mixed(0.0, 1)
+    };
+    let proxy = FaultProxy::start(&server.endpoint(), config);
+    let out = run(push_cmd(
+        &server,
+        &s3_url(server.bucket(), &proxy.endpoint()),
+        &secret,
+        &[&top],
+    )
+    .args(["--jobs", "1"]));
+    assert_ok(&out);
+    let stats = proxy.stats();
+    assert!(
+        stats.faults_of(Fault::Delay) >= 41,
+        "every NAR PUT is held: {stats:?}"
+    );
+    assert!(stats.peak_delayed >= 10, "NAR requests in flight at once: {stats:?}");
+    assert_eq!(narinfo_count(&server, server.bucket()), 41);
+    assert_verifies(&server, server.bucket(), &public, true, "after the push");
+}
+
 /// Every answer is `503 SlowDown` with `Retry-After: 2`: the client waits what the server asks
 /// (not its own sub-second backoff) and gives up after AWS_MAX_ATTEMPTS with S3's word for it.
 #[test]

@@ -28,8 +28,20 @@ use crate::store::PathInfo;
 use encode::Encoder;
 pub use progress::{ProgressMode, count, human_bytes};
 
-/// How many existence checks (HEAD requests) run at once.
-const HEAD_CONCURRENCY: usize = 64;
+/// How many narinfo reads the plan keeps in flight. A no-op push is nothing but these, so
+/// they set its time at a distant bucket: 600 paths at 40 ms are three round trips.
+const PLAN_CONCURRENCY: usize = 256;
+
+/// Requests in flight for small paths (their NAR PUTs and every narinfo PUT), whatever
+/// `--jobs` is: at a distant bucket a small path costs round trips, not CPU.
+const REQUESTS_IN_FLIGHT: usize = 64;
+
+/// A NAR up to this size is compressed into memory and sent in one request outside the
+/// `--jobs` bound (which is for reading, compressing and streaming large paths).
+const ONE_REQUEST_NAR_MAX: u64 = 1 << 20;
+
+/// Compressed small NARs held in memory at once, in KiB: bounds memory whatever the count.
+const SMALL_BYTES_IN_FLIGHT_KIB: u32 = 64 << 10;
 
 #[derive(Clone, Debug)]
 pub struct PushOptions {
@@ -179,7 +191,7 @@ pub async fn plan(cache: &Cache, closure: Vec<PathInfo>) -> Result<Plan, PushErr
             Ok::<_, CacheError>((info, state))
         }
     }))
-    .buffer_unordered(HEAD_CONCURRENCY);
+    .buffer_unordered(PLAN_CONCURRENCY);
     let results: Vec<_> = checks.collect().await;
     let mut plan = Plan::default();
     for result in results {
@@ -247,7 +259,7 @@ pub async fn execute(
         senders.insert(info.path.clone(), tx);
         receivers.insert(info.path.clone(), rx);
     }
-    let jobs = Arc::new(Semaphore::new(opts.jobs.max(1)));
+    let limits = Arc::new(Limits::new(opts.jobs));
     let mut tasks = tokio::task::JoinSet::new();
     let unusable: HashSet<StorePath> = plan.unusable.into_iter().map(|(p, _)| p).collect();
     for info in plan.missing {
@@ -259,8 +271,12 @@ pub async fn execute(
             .filter(|r| **r != info.path)
             .filter_map(|r| receivers.get(r).map(|rx| (r.clone(), rx.clone())))
             .collect();
-        let (cache, opts, jobs, counters) =
-            (cache.clone(), opts.clone(), jobs.clone(), counters.clone());
+        let (cache, opts, limits, counters) = (
+            cache.clone(),
+            opts.clone(),
+            limits.clone(),
+            counters.clone(),
+        );
         tasks.spawn(async move {
             let path = info.path.clone();
             let result = through_outages(&path, &opts.cancel, || {
@@ -270,7 +286,7 @@ pub async fn execute(
                     waits.clone(),
                     overwrite,
                     &opts,
-                    &jobs,
+                    &limits,
                     &counters,
                 )
             })
@@ -360,23 +376,44 @@ where
     }
 }
 
+/// What bounds a push's work in flight: paths read and compressed as streams (`--jobs`),
+/// requests for small paths and narinfos, and the bytes of small NARs held in memory.
+struct Limits {
+    streams: Semaphore,
+    requests: Semaphore,
+    small_bytes: Semaphore,
+}
+
+impl Limits {
+    fn new(jobs: usize) -> Self {
+        Limits {
+            streams: Semaphore::new(jobs.max(1)),
+            requests: Semaphore::new(REQUESTS_IN_FLIGHT),
+            small_bytes: Semaphore::new(SMALL_BYTES_IN_FLIGHT_KIB as usize),
+        }
+    }
+}
+
+fn closed(e: tokio::sync::AcquireError) -> PushError {
+    PushError::Worker(e.to_string())
+}
+
 async fn push_one(
     cache: &Cache,
     info: PathInfo,
     waits: Vec<(StorePath, watch::Receiver<Landed>)>,
     overwrite: bool,
     opts: &PushOptions,
-    jobs: &Semaphore,
+    limits: &Limits,
     counters: &Arc<progress::Counters>,
 ) -> Result<Pushed, PushError> {
     let started = Instant::now();
     let key = layout::nar_key(&info.nar_hash, &opts.compression);
     let cancelled = || opts.cancel.load(Ordering::Relaxed);
-    let (file_hash, file_size, reused_nar) = {
-        let _slot = jobs
-            .acquire()
-            .await
-            .map_err(|e| PushError::Worker(e.to_string()))?;
+    let (file_hash, file_size, reused_nar) = if info.nar_size <= ONE_REQUEST_NAR_MAX {
+        put_small_nar(cache, &key, &info, opts, limits, counters).await?
+    } else {
+        let _slot = limits.streams.acquire().await.map_err(closed)?;
         if cancelled() {
             return Err(PushError::Cancelled);
         }
@@ -421,13 +458,17 @@ async fn push_one(
         signatures: info.signatures.clone(),
         ca: info.ca.clone(),
     };
-    put_narinfo(cache, &mut narinfo, overwrite, opts).await?;
+    {
+        let _request = limits.requests.acquire().await.map_err(closed)?;
+        put_narinfo(cache, &mut narinfo, overwrite, opts).await?;
+    }
     // A gc that listed before the touch may still have deleted the reused NAR; then it goes
     // up again, and the narinfo is rewritten with its hash and size (another compression
     // level gives other bytes under the same name). Whoever's narinfo is there, it names this
     // NAR; and a narinfo that reads as another's may be ours, its first answer lost.
     let mut file_size = file_size;
     if reused_nar && cache.head(&narinfo.url).await?.is_none() {
+        let _slot = limits.streams.acquire().await.map_err(closed)?;
         let (hash, size) = upload_nar(cache, &narinfo.url, &info, opts, counters).await?;
         (narinfo.file_hash, narinfo.file_size, file_size) = (hash, Some(size), size);
         put_narinfo(cache, &mut narinfo, true, opts).await?;
@@ -439,6 +480,54 @@ async fn push_one(
         reused_nar,
         elapsed: started.elapsed(),
     })
+}
+
+/// A small path's NAR: compressed into memory, then one request that writes it only if no
+/// object is under `key` yet, without asking first. Where one is (an earlier push that was
+/// interrupted, or another pusher), it is kept and touched as a large NAR would be. Returns
+/// the file hash (`None` when another's object stayed), the object's size and whether it was
+/// reused.
+async fn put_small_nar(
+    cache: &Cache,
+    key: &str,
+    info: &PathInfo,
+    opts: &PushOptions,
+    limits: &Limits,
+    counters: &Arc<progress::Counters>,
+) -> Result<(Option<Sha256>, u64, bool), PushError> {
+    let kib = info.nar_size.div_ceil(1024).max(1) as u32;
+    let _bytes = limits.small_bytes.acquire_many(kib).await.map_err(closed)?;
+    if opts.cancel.load(Ordering::Relaxed) {
+        return Err(PushError::Cancelled);
+    }
+    let (owned, opts_owned, counters_owned) = (info.clone(), opts.clone(), counters.clone());
+    let (body, hash) = tokio::task::spawn_blocking(move || {
+        encode_nar(&owned, Vec::new(), &opts_owned, &counters_owned.nar_bytes)
+    })
+    .await
+    .map_err(|e| PushError::Worker(e.to_string()))??;
+    let body = bytes::Bytes::from(body);
+    let size = body.len() as u64;
+    let _request = limits.requests.acquire().await.map_err(closed)?;
+    // Twice at most: a NAR found there may be deleted by gc before it is touched.
+    for _ in 0..2 {
+        if cache
+            .put_if_absent(key, body.clone(), layout::NAR_TYPE)
+            .await?
+        {
+            return Ok((Some(hash), size, false));
+        }
+        if let Some(existing) = cache.head(key).await?
+            && cache.touch(key, layout::NAR_TYPE, existing.size).await?
+        {
+            return Ok((None, existing.size, true));
+        }
+    }
+    Err(CacheError::UploadInterrupted {
+        key: key.to_owned(),
+        detail: "another push's NAR was there when this one was written, and is gone now".into(),
+    }
+    .into())
 }
 
 /// Signs and writes the narinfo. Unless told to `overwrite`, a narinfo found there (another
@@ -520,6 +609,25 @@ impl<W: Write> Write for Counting<'_, W> {
     }
 }
 
+/// Where an encoded NAR goes: an upload, which must be aborted when the NAR turns out bad
+/// or the push is interrupted, or memory.
+trait Sink: Write {
+    fn discard(self);
+}
+
+impl Sink for ObjectWriter {
+    /// Waits until the upload is gone: an interrupted push exits right after, and a merely
+    /// dropped writer would leave the abort (and, on S3, an open multipart upload) to a
+    /// runtime that is shutting down.
+    fn discard(self) {
+        self.abort();
+    }
+}
+
+impl Sink for Vec<u8> {
+    fn discard(self) {}
+}
+
 /// Runs on a blocking thread: store path → NAR → SHA-256 → compress → SHA-256 → upload.
 /// The object is committed only if the NAR matches what the store recorded.
 fn stream_nar(
@@ -528,12 +636,26 @@ fn stream_nar(
     opts: &PushOptions,
     counter: &AtomicU64,
 ) -> Result<(Sha256, Option<u64>), PushError> {
+    let (writer, file_hash) = encode_nar(info, writer, opts, counter)?;
+    let size = writer.commit_if_absent()?;
+    Ok((file_hash, size))
+}
+
+/// Runs on a blocking thread: store path → NAR → SHA-256 → compress → SHA-256 → `sink`.
+/// Returns the sink and the hash of what it holds, only if the NAR matches what the store
+/// recorded; otherwise the sink is discarded.
+fn encode_nar<S: Sink>(
+    info: &PathInfo,
+    sink: S,
+    opts: &PushOptions,
+    counter: &AtomicU64,
+) -> Result<(S, Sha256), PushError> {
     let path = &info.path;
     let compress_err = |source| PushError::Compress {
         path: path.clone(),
         source,
     };
-    let file_hasher = Sha256Writer::new(writer);
+    let file_hasher = Sha256Writer::new(sink);
     let encoder = Encoder::new(&opts.compression, opts.level, info.nar_size, file_hasher)
         .map_err(compress_err)?;
     let mut nar = Sha256Writer::new(Counting {
@@ -541,11 +663,14 @@ fn stream_nar(
         counter,
         cancel: &opts.cancel,
     });
-    // On an error below, `abandon` or dropping the writer aborts the upload.
+    // On an error below, the sink is discarded (dropping an upload aborts it too).
     let dumped = crate::nix::nar::dump_path(std::path::Path::new(&path.to_absolute()), &mut nar);
     let cancelled = opts.cancel.load(Ordering::Relaxed);
     if cancelled || dumped.is_err() {
-        abandon(nar);
+        let (counting, _, _) = nar.finish();
+        if let Ok(file_hasher) = counting.inner.finish() {
+            file_hasher.finish().0.discard();
+        }
         return Err(match dumped {
             _ if cancelled => PushError::Cancelled,
             Err(source) => PushError::Nar {
@@ -557,9 +682,9 @@ fn stream_nar(
     }
     let (counting, nar_hash, nar_size) = nar.finish();
     let file_hasher = counting.inner.finish().map_err(compress_err)?;
-    let (writer, file_hash, _) = file_hasher.finish();
+    let (sink, file_hash, _) = file_hasher.finish();
     if nar_hash != info.nar_hash || nar_size != info.nar_size {
-        writer.abort();
+        sink.discard();
         return Err(PushError::Corrupt(Box::new(Corruption {
             path: path.clone(),
             expected_hash: info.nar_hash,
@@ -568,16 +693,5 @@ fn stream_nar(
             actual_size: nar_size,
         })));
     }
-    let size = writer.commit_if_absent()?;
-    Ok((file_hash, size))
-}
-
-/// Aborts the upload under a NAR stream and waits until it is gone: an interrupted push exits
-/// right after, and a merely dropped writer would leave the abort (and, on S3, an open
-/// multipart upload) to a runtime that is shutting down.
-fn abandon(nar: Sha256Writer<Counting<'_, Encoder<Sha256Writer<ObjectWriter>>>>) {
-    let (counting, _, _) = nar.finish();
-    if let Ok(file_hasher) = counting.inner.finish() {
-        file_hasher.finish().0.abort();
-    }
+    Ok((sink, file_hash))
 }

@@ -135,6 +135,9 @@ pub struct Stats {
     pub faults: BTreeMap<(Fault, String), u64>,
     /// When each request arrived (read whole), with its operation, in order.
     pub arrivals: Vec<(Instant, String)>,
+    /// The most requests held by [`Fault::Delay`] at once: how many of the requests it picks
+    /// the client has in flight together.
+    pub peak_delayed: usize,
 }
 
 impl Stats {
@@ -173,6 +176,9 @@ struct Shared {
     stats: Mutex<Stats>,
     stop: AtomicBool,
     active: AtomicUsize,
+    /// Requests being held by [`Fault::Delay`] now, and the most at once.
+    delayed: AtomicUsize,
+    peak_delayed: AtomicUsize,
     /// Requests a fault was decided for so far.
     decided: AtomicU64,
     /// Entries of [`FaultConfig::sequence`] that have met their request.
@@ -207,6 +213,8 @@ impl FaultProxy {
             stats: Mutex::new(Stats::default()),
             stop: AtomicBool::new(false),
             active: AtomicUsize::new(0),
+            delayed: AtomicUsize::new(0),
+            peak_delayed: AtomicUsize::new(0),
             decided: AtomicU64::new(0),
             sequenced: AtomicUsize::new(0),
             outage_began: Mutex::new(None),
@@ -226,7 +234,9 @@ impl FaultProxy {
     }
 
     pub fn stats(&self) -> Stats {
-        self.shared.stats.lock().unwrap().clone()
+        let mut stats = self.shared.stats.lock().unwrap().clone();
+        stats.peak_delayed = self.shared.peak_delayed.load(Ordering::SeqCst);
+        stats
     }
 
     /// Changes the share of failing requests from now on (0.0 turns faults off).
@@ -604,7 +614,10 @@ fn serve(mut client: TcpStream, shared: &Shared) -> std::io::Result<()> {
             return Ok(());
         }
         Some(Fault::Delay) => {
+            let held = shared.delayed.fetch_add(1, Ordering::SeqCst) + 1;
+            shared.peak_delayed.fetch_max(held, Ordering::SeqCst);
             pause(shared, shared.config.delay);
+            shared.delayed.fetch_sub(1, Ordering::SeqCst);
             forward(shared, &req)?
         }
         Some(Fault::Truncate) => {
