@@ -16,7 +16,7 @@ use super::{Plan, ProgressMode, PushOptions, PushReport};
 use crate::cache::{Cache, CacheUrl, OpenOptions};
 use crate::nix::{Compression, STORE_DIR, SecretKey, StorePath};
 use crate::state::{self, State};
-use crate::store::{self, NixEnv, PathInfo};
+use crate::store::{self, PathInfo};
 
 /// Whose signature means another cache already serves a path, so that it is not pushed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,8 +37,7 @@ pub fn upstream_keys(
     Ok(match upstream {
         Upstream::Nobody => Vec::new(),
         Upstream::Keys(names) => names.clone(),
-        Upstream::TrustedByNix => NixEnv::detect()?
-            .trusted_public_keys
+        Upstream::TrustedByNix => store::trusted_public_keys()?
             .iter()
             .filter_map(|k| k.split_once(':').map(|(name, _)| name.to_owned()))
             .filter(|name| Some(name.as_str()) != our_key)
@@ -108,28 +107,36 @@ impl Job {
     /// and asks the cache what it lacks.
     pub async fn prepare(&self) -> anyhow::Result<Prepared> {
         let our_key = self.signing_key.as_ref().map(|k| k.name().to_owned());
-        let filters = Filters {
-            upstream_keys: upstream_keys(&self.upstream, our_key.as_deref())
-                .context("could not read Nix's trusted-public-keys")?,
-            include_derivations: self.include_derivations,
-            include: self.include.clone(),
-            exclude: self.exclude.clone(),
-        };
-        let (closure, skipped) = {
-            let (paths, state_path, keep) = (self.paths.clone(), self.state_path(), self.dry_run);
-            tokio::task::spawn_blocking(move || {
+        let (upstream, include_derivations) = (self.upstream.clone(), self.include_derivations);
+        let (include, exclude) = (self.include.clone(), self.exclude.clone());
+        let (paths, state_path, keep) = (self.paths.clone(), self.state_path(), self.dry_run);
+        // Nix's answers come from local processes and the cache's from the network: asked at
+        // once, the bucket's first round trip costs nothing.
+        let query = tokio::task::spawn_blocking(move || {
+            // Nix's configuration (for the upstream keys) is read beside the store queries
+            // that do not need it.
+            std::thread::scope(|scope| {
+                let keys = scope.spawn(|| upstream_keys(&upstream, our_key.as_deref()));
+                let filters = || -> anyhow::Result<Filters> {
+                    let keys = keys.join().expect("the key query does not panic");
+                    Ok(Filters {
+                        upstream_keys: keys.context("could not read Nix's trusted-public-keys")?,
+                        include_derivations,
+                        include,
+                        exclude,
+                    })
+                };
                 if paths.is_empty() {
-                    since_setup(&state_path, keep, &filters)
+                    since_setup(&state_path, keep, filters)
                 } else {
-                    named_closure(&paths, &filters)
+                    named_closure(&paths, filters)
                 }
             })
-            .await
-            .context("the store query stopped unexpectedly")??
-        };
-        let cache = Cache::open_with(&self.url, self.open.clone())
-            .await
-            .with_context(|| format!("could not open the cache {}", self.url))?;
+        });
+        let open = Cache::open_with(&self.url, self.open.clone());
+        let (query, cache) = tokio::join!(query, open);
+        let (closure, skipped) = query.context("the store query stopped unexpectedly")??;
+        let cache = cache.with_context(|| format!("could not open the cache {}", self.url))?;
         // gc's usage record: before the existence checks, so a concurrent gc keeps these.
         let mut usage_unrecorded = None;
         if !self.dry_run {
@@ -218,11 +225,12 @@ fn stop_on_signal(cancel: Arc<AtomicBool>) -> anyhow::Result<tokio::task::JoinHa
 /// What the store gained since `setup`, filtered, and its closure. First, what setup started is
 /// finished: the server's uploads, so that the diff finds them in the cache, then its counters
 /// and the server itself; the restore mirror, counted and removed. A dry run (`keep`) leaves
-/// both. The state file and the store directory are each read once.
+/// both. The state file and the store directory are each read once. `filters` is asked for
+/// only when the paths are known.
 fn since_setup(
     state_path: &Path,
     keep: bool,
-    filters: &Filters,
+    filters: impl FnOnce() -> anyhow::Result<Filters>,
 ) -> anyhow::Result<(Vec<PathInfo>, Skipped)> {
     let state = State::load(state_path)?;
     if let Some(served) = &state.serve {
@@ -236,33 +244,40 @@ fn since_setup(
         let added = added.as_deref().map_err(ToString::to_string);
         eprintln!("{}", mirror_report(dir, added, keep));
     }
-    let (roots, skipped) = select::split_roots(store::query_valid_path_info(&added?)?, filters);
-    closure_of(
-        roots.into_iter().map(|i| i.path).collect(),
-        skipped,
-        filters,
-    )
-}
-
-/// The closure of the paths a user named (`./result` works too).
-fn named_closure(paths: &[PathBuf], filters: &Filters) -> anyhow::Result<(Vec<PathInfo>, Skipped)> {
-    let roots = paths
-        .iter()
-        .map(|p| store::resolve_store_path(p))
-        .collect::<Result<_, _>>()?;
-    closure_of(roots, Vec::new(), filters)
-}
-
-/// The closure of `roots` without what is served upstream, and everything left out and why.
-fn closure_of(
-    roots: Vec<StorePath>,
-    mut skipped: Skipped,
-    filters: &Filters,
-) -> anyhow::Result<(Vec<PathInfo>, Skipped)> {
+    let added = store::query_valid_path_info(&added?)?;
+    let filters = filters()?;
+    let (roots, skipped) = select::split_roots(added, &filters);
     if roots.is_empty() {
         return Ok((Vec::new(), skipped));
     }
-    let (closure, skip) = select::drop_upstream(store::query_path_info(&roots, true)?, filters);
+    let roots: Vec<_> = roots.into_iter().map(|i| i.path).collect();
+    without_upstream(store::query_path_info(&roots, true)?, skipped, &filters)
+}
+
+/// The closure of the paths a user named (`./result` works too).
+fn named_closure(
+    paths: &[PathBuf],
+    filters: impl FnOnce() -> anyhow::Result<Filters>,
+) -> anyhow::Result<(Vec<PathInfo>, Skipped)> {
+    let roots: Vec<StorePath> = paths
+        .iter()
+        .map(|p| store::resolve_store_path(p))
+        .collect::<Result<_, _>>()?;
+    let closure = if roots.is_empty() {
+        Vec::new()
+    } else {
+        store::query_path_info(&roots, true)?
+    };
+    without_upstream(closure, Vec::new(), &filters()?)
+}
+
+/// `closure` without what is served upstream, and everything left out and why.
+fn without_upstream(
+    closure: Vec<PathInfo>,
+    mut skipped: Skipped,
+    filters: &Filters,
+) -> anyhow::Result<(Vec<PathInfo>, Skipped)> {
+    let (closure, skip) = select::drop_upstream(closure, filters);
     skipped.extend(skip);
     skipped.sort_by(|a, b| a.0.cmp(&b.0));
     skipped.dedup_by(|a, b| a.0 == b.0);

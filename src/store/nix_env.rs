@@ -23,9 +23,7 @@ impl NixEnv {
     /// system (`id`).
     pub fn detect() -> Result<NixEnv, StoreError> {
         let version = nix_cli::nix_version()?;
-        let config = nix_output(version.config_show_args())?.stdout;
-        let config: serde_json::Value =
-            serde_json::from_str(&config).map_err(|e| StoreError::BadJson(e.to_string()))?;
+        let config = config_json()?;
         let store = StoreInfo::parse(&nix_output(version.store_info_args())?);
         let user = id(&["-un"]).unwrap_or_default();
         let groups: Vec<String> = id(&["-Gn"])
@@ -61,6 +59,17 @@ impl NixEnv {
             trusted_public_keys: setting(&config, "trusted-public-keys"),
         })
     }
+}
+
+/// Nix's `trusted-public-keys`, from its configuration alone: what `push` needs, without the
+/// store and user queries of [`NixEnv::detect`].
+pub fn trusted_public_keys() -> Result<Vec<String>, StoreError> {
+    Ok(setting(&config_json()?, "trusted-public-keys"))
+}
+
+fn config_json() -> Result<serde_json::Value, StoreError> {
+    let config = nix_output(nix_cli::nix_version()?.config_show_args())?.stdout;
+    serde_json::from_str(&config).map_err(|e| StoreError::BadJson(e.to_string()))
 }
 
 /// What the store says of itself: `nix store info --json` (`{"url", "trusted"}`, trusted a
