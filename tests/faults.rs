@@ -801,7 +801,10 @@ fn small_paths_go_up_many_requests_at_once_whatever_jobs_is() {
         stats.faults_of(Fault::Delay) >= 41,
         "every NAR PUT is held: {stats:?}"
     );
-    assert!(stats.peak_delayed >= 10, "NAR requests in flight at once: {stats:?}");
+    assert!(
+        stats.peak_delayed >= 10,
+        "NAR requests in flight at once: {stats:?}"
+    );
     assert_eq!(narinfo_count(&server, server.bucket()), 41);
     assert_verifies(&server, server.bucket(), &public, true, "after the push");
 }

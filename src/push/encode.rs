@@ -105,6 +105,21 @@ impl<W: Write> Encoder<W> {
     }
 }
 
+/// Compresses a small NAR held whole in memory, in one call where the codec has one: zstd then
+/// sizes its tables to the input, where a stream would set up for a window of megabytes.
+pub fn compress_whole(
+    compression: &Compression,
+    level: Option<i32>,
+    data: &[u8],
+) -> io::Result<Vec<u8>> {
+    if let Compression::Zstd = compression {
+        return zstd::bulk::compress(data, level.unwrap_or(3));
+    }
+    let mut enc = Encoder::new(compression, level, data.len() as u64, Vec::new())?;
+    enc.write_all(data)?;
+    enc.finish()
+}
+
 impl<W: Write> Write for Encoder<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match &mut self.codec {
@@ -143,19 +158,25 @@ mod tests {
         let mut enc = Encoder::new(&compression, None, nar_size, Vec::new()).unwrap();
         enc.write_all(&data).unwrap();
         let packed = enc.finish().unwrap();
-        let unpacked = match compression {
-            Compression::Zstd => zstd::decode_all(&packed[..]).unwrap(),
+        let unpacked = unpack(&compression, &packed);
+        assert_eq!(unpacked, data);
+        let whole = compress_whole(&compression, None, &data).unwrap();
+        assert_eq!(unpack(&compression, &whole), data);
+        unpacked
+    }
+
+    fn unpack(compression: &Compression, packed: &[u8]) -> Vec<u8> {
+        match compression {
+            Compression::Zstd => zstd::decode_all(packed).unwrap(),
             Compression::Xz => {
                 let mut out = Vec::new();
-                liblzma::read::XzDecoder::new(&packed[..])
+                liblzma::read::XzDecoder::new(packed)
                     .read_to_end(&mut out)
                     .unwrap();
                 out
             }
-            _ => packed,
-        };
-        assert_eq!(unpacked, data);
-        unpacked
+            _ => packed.to_vec(),
+        }
     }
 
     #[test]

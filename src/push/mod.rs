@@ -41,7 +41,7 @@ const REQUESTS_IN_FLIGHT: usize = 64;
 const ONE_REQUEST_NAR_MAX: u64 = 1 << 20;
 
 /// Compressed small NARs held in memory at once, in KiB: bounds memory whatever the count.
-const SMALL_BYTES_IN_FLIGHT_KIB: u32 = 64 << 10;
+const SMALL_BYTES_IN_FLIGHT_KIB: u32 = 32 << 10;
 
 #[derive(Clone, Debug)]
 pub struct PushOptions {
@@ -380,14 +380,19 @@ where
 /// requests for small paths and narinfos, and the bytes of small NARs held in memory.
 struct Limits {
     streams: Semaphore,
+    /// Small NARs being compressed: CPU work, and each compressor holds tables of up to a few
+    /// MiB, so one per core.
+    small_encoders: Semaphore,
     requests: Semaphore,
     small_bytes: Semaphore,
 }
 
 impl Limits {
     fn new(jobs: usize) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Limits {
             streams: Semaphore::new(jobs.max(1)),
+            small_encoders: Semaphore::new(cores),
             requests: Semaphore::new(REQUESTS_IN_FLIGHT),
             small_bytes: Semaphore::new(SMALL_BYTES_IN_FLIGHT_KIB as usize),
         }
@@ -501,11 +506,13 @@ async fn put_small_nar(
         return Err(PushError::Cancelled);
     }
     let (owned, opts_owned, counters_owned) = (info.clone(), opts.clone(), counters.clone());
+    let encoder = limits.small_encoders.acquire().await.map_err(closed)?;
     let (body, hash) = tokio::task::spawn_blocking(move || {
-        encode_nar(&owned, Vec::new(), &opts_owned, &counters_owned.nar_bytes)
+        encode_small(&owned, &opts_owned, &counters_owned.nar_bytes)
     })
     .await
     .map_err(|e| PushError::Worker(e.to_string()))??;
+    drop(encoder);
     let body = bytes::Bytes::from(body);
     let size = body.len() as u64;
     let _request = limits.requests.acquire().await.map_err(closed)?;
@@ -609,25 +616,6 @@ impl<W: Write> Write for Counting<'_, W> {
     }
 }
 
-/// Where an encoded NAR goes: an upload, which must be aborted when the NAR turns out bad
-/// or the push is interrupted, or memory.
-trait Sink: Write {
-    fn discard(self);
-}
-
-impl Sink for ObjectWriter {
-    /// Waits until the upload is gone: an interrupted push exits right after, and a merely
-    /// dropped writer would leave the abort (and, on S3, an open multipart upload) to a
-    /// runtime that is shutting down.
-    fn discard(self) {
-        self.abort();
-    }
-}
-
-impl Sink for Vec<u8> {
-    fn discard(self) {}
-}
-
 /// Runs on a blocking thread: store path → NAR → SHA-256 → compress → SHA-256 → upload.
 /// The object is committed only if the NAR matches what the store recorded.
 fn stream_nar(
@@ -641,21 +629,23 @@ fn stream_nar(
     Ok((file_hash, size))
 }
 
-/// Runs on a blocking thread: store path → NAR → SHA-256 → compress → SHA-256 → `sink`.
-/// Returns the sink and the hash of what it holds, only if the NAR matches what the store
-/// recorded; otherwise the sink is discarded.
-fn encode_nar<S: Sink>(
+/// Runs on a blocking thread: store path → NAR → SHA-256 → compress → SHA-256 → `writer`.
+/// Returns the writer and the hash of what it was given, only if the NAR matches what the
+/// store recorded; otherwise the upload is aborted, and waited for: an interrupted push exits
+/// right after, and a merely dropped writer would leave the abort (and, on S3, an open
+/// multipart upload) to a runtime that is shutting down.
+fn encode_nar(
     info: &PathInfo,
-    sink: S,
+    writer: ObjectWriter,
     opts: &PushOptions,
     counter: &AtomicU64,
-) -> Result<(S, Sha256), PushError> {
+) -> Result<(ObjectWriter, Sha256), PushError> {
     let path = &info.path;
     let compress_err = |source| PushError::Compress {
         path: path.clone(),
         source,
     };
-    let file_hasher = Sha256Writer::new(sink);
+    let file_hasher = Sha256Writer::new(writer);
     let encoder = Encoder::new(&opts.compression, opts.level, info.nar_size, file_hasher)
         .map_err(compress_err)?;
     let mut nar = Sha256Writer::new(Counting {
@@ -663,35 +653,79 @@ fn encode_nar<S: Sink>(
         counter,
         cancel: &opts.cancel,
     });
-    // On an error below, the sink is discarded (dropping an upload aborts it too).
     let dumped = crate::nix::nar::dump_path(std::path::Path::new(&path.to_absolute()), &mut nar);
-    let cancelled = opts.cancel.load(Ordering::Relaxed);
-    if cancelled || dumped.is_err() {
+    if let Some(err) = dump_failed(path, dumped, &opts.cancel) {
         let (counting, _, _) = nar.finish();
         if let Ok(file_hasher) = counting.inner.finish() {
-            file_hasher.finish().0.discard();
+            file_hasher.finish().0.abort();
         }
-        return Err(match dumped {
-            _ if cancelled => PushError::Cancelled,
-            Err(source) => PushError::Nar {
-                path: path.clone(),
-                source,
-            },
-            Ok(_) => PushError::Cancelled,
-        });
+        return Err(err);
     }
     let (counting, nar_hash, nar_size) = nar.finish();
     let file_hasher = counting.inner.finish().map_err(compress_err)?;
-    let (sink, file_hash, _) = file_hasher.finish();
-    if nar_hash != info.nar_hash || nar_size != info.nar_size {
-        sink.discard();
-        return Err(PushError::Corrupt(Box::new(Corruption {
-            path: path.clone(),
-            expected_hash: info.nar_hash,
-            expected_size: info.nar_size,
-            actual_hash: nar_hash,
-            actual_size: nar_size,
-        })));
+    let (writer, file_hash, _) = file_hasher.finish();
+    if let Err(err) = check_recorded(info, nar_hash, nar_size) {
+        writer.abort();
+        return Err(err);
     }
-    Ok((sink, file_hash))
+    Ok((writer, file_hash))
+}
+
+/// Runs on a blocking thread: a small path's NAR into memory, checked against what the store
+/// recorded, then compressed in one call. Returns the compressed bytes and their hash.
+fn encode_small(
+    info: &PathInfo,
+    opts: &PushOptions,
+    counter: &AtomicU64,
+) -> Result<(Vec<u8>, Sha256), PushError> {
+    let path = &info.path;
+    let mut nar = Sha256Writer::new(Counting {
+        inner: Vec::with_capacity(info.nar_size as usize),
+        counter,
+        cancel: &opts.cancel,
+    });
+    let dumped = crate::nix::nar::dump_path(std::path::Path::new(&path.to_absolute()), &mut nar);
+    if let Some(err) = dump_failed(path, dumped, &opts.cancel) {
+        return Err(err);
+    }
+    let (counting, nar_hash, nar_size) = nar.finish();
+    check_recorded(info, nar_hash, nar_size)?;
+    let body = encode::compress_whole(&opts.compression, opts.level, &counting.inner).map_err(
+        |source| PushError::Compress {
+            path: path.clone(),
+            source,
+        },
+    )?;
+    let mut file_hash = crate::nix::hash::Hasher::new();
+    file_hash.update(&body);
+    Ok((body, file_hash.finish()))
+}
+
+/// Why reading a path's NAR stopped early, if it did: an interruption or a read error.
+fn dump_failed(
+    path: &StorePath,
+    dumped: Result<u64, crate::nix::nar::NarError>,
+    cancel: &AtomicBool,
+) -> Option<PushError> {
+    if cancel.load(Ordering::Relaxed) {
+        return Some(PushError::Cancelled);
+    }
+    dumped.err().map(|source| PushError::Nar {
+        path: path.clone(),
+        source,
+    })
+}
+
+/// The NAR read must be the one the store recorded, or the store path is corrupt.
+fn check_recorded(info: &PathInfo, nar_hash: Sha256, nar_size: u64) -> Result<(), PushError> {
+    if nar_hash == info.nar_hash && nar_size == info.nar_size {
+        return Ok(());
+    }
+    Err(PushError::Corrupt(Box::new(Corruption {
+        path: info.path.clone(),
+        expected_hash: info.nar_hash,
+        expected_size: info.nar_size,
+        actual_hash: nar_hash,
+        actual_size: nar_size,
+    })))
 }
