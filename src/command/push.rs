@@ -33,7 +33,8 @@ pub struct Args {
     /// Compression level (zstd 1–19, default 3; xz 0–9, default 6).
     #[arg(long, value_name = "N")]
     pub compression_level: Option<i32>,
-    /// How many paths are read, compressed and uploaded at once.
+    /// How many paths over 1 MiB of NAR are read, compressed and uploaded at once (smaller
+    /// ones go up 64 requests at once whatever this is).
     #[arg(
         long,
         short = 'j',
