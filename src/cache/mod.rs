@@ -347,6 +347,15 @@ impl Cache {
         }
     }
 
+    /// Whether [`Cache::put_if_absent`] is one request (S3's `If-None-Match`, `link(2)`), as
+    /// far as is known yet; false for a store that refused it, where it is a HEAD and a PUT.
+    pub fn writes_if_absent(&self) -> bool {
+        match &self.backend {
+            Backend::File(_) => true,
+            Backend::S3(c) => c.writes_if_absent(),
+        }
+    }
+
     /// Writes an object only if none exists under `key`. `true`: this call wrote it.
     pub async fn put_if_absent(
         &self,

@@ -437,6 +437,19 @@ async fn push_one(
             }
         }
     };
+    // Where "only if absent" costs a HEAD before the PUT, the HEAD goes now, while the
+    // references land, so that each layer of the closure waits for one round trip, not two.
+    let theirs_there = if !overwrite && !cache.writes_if_absent() {
+        let _request = limits.requests.acquire().await.map_err(closed)?;
+        Some(
+            cache
+                .head(&layout::narinfo_key(&info.path))
+                .await?
+                .is_some(),
+        )
+    } else {
+        None
+    };
     for (reference, mut rx) in waits {
         let state = *rx
             .wait_for(|s| *s != Landed::Pending)
@@ -463,9 +476,15 @@ async fn push_one(
         signatures: info.signatures.clone(),
         ca: info.ca.clone(),
     };
-    {
+    if theirs_there != Some(true) {
         let _request = limits.requests.acquire().await.map_err(closed)?;
-        put_narinfo(cache, &mut narinfo, overwrite, opts).await?;
+        put_narinfo(
+            cache,
+            &mut narinfo,
+            overwrite || theirs_there.is_some(),
+            opts,
+        )
+        .await?;
     }
     // A gc that listed before the touch may still have deleted the reused NAR; then it goes
     // up again, and the narinfo is rewritten with its hash and size (another compression

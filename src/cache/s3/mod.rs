@@ -666,6 +666,12 @@ impl S3Cache {
         Ok(Some((size, Box::pin(out.body.into_async_read()))))
     }
 
+    /// False once the store has refused a conditional write: then "only if absent" is a HEAD
+    /// and a PUT.
+    pub(crate) fn writes_if_absent(&self) -> bool {
+        self.ctx.features.conditional_writes.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn writer(&self, key: &str, content_type: &str) -> S3Writer {
         S3Writer::start(
             self.ctx.clone(),
