@@ -263,11 +263,7 @@ fn named_closure(
         .iter()
         .map(|p| store::resolve_store_path(p))
         .collect::<Result<_, _>>()?;
-    let closure = if roots.is_empty() {
-        Vec::new()
-    } else {
-        store::query_path_info(&roots, true)?
-    };
+    let closure = store::query_path_info(&roots, true)?;
     without_upstream(closure, Vec::new(), &filters()?)
 }
 

@@ -40,7 +40,8 @@ const REQUESTS_IN_FLIGHT: usize = 64;
 /// `--jobs` bound (which is for reading, compressing and streaming large paths).
 const ONE_REQUEST_NAR_MAX: u64 = 1 << 20;
 
-/// Compressed small NARs held in memory at once, in KiB: bounds memory whatever the count.
+/// NAR bytes of small paths in flight at once (read, compressed or being sent), in KiB: bounds
+/// their memory whatever their count.
 const SMALL_BYTES_IN_FLIGHT_KIB: u32 = 32 << 10;
 
 #[derive(Clone, Debug)]
@@ -636,29 +637,16 @@ impl<W: Write> Write for Counting<'_, W> {
 }
 
 /// Runs on a blocking thread: store path → NAR → SHA-256 → compress → SHA-256 → upload.
-/// The object is committed only if the NAR matches what the store recorded.
+/// The object is committed only if the NAR matches what the store recorded; otherwise the
+/// upload is aborted, and waited for: an interrupted push exits right after, and a merely
+/// dropped writer would leave the abort (and, on S3, an open multipart upload) to a runtime
+/// that is shutting down.
 fn stream_nar(
     info: &PathInfo,
     writer: ObjectWriter,
     opts: &PushOptions,
     counter: &AtomicU64,
 ) -> Result<(Sha256, Option<u64>), PushError> {
-    let (writer, file_hash) = encode_nar(info, writer, opts, counter)?;
-    let size = writer.commit_if_absent()?;
-    Ok((file_hash, size))
-}
-
-/// Runs on a blocking thread: store path → NAR → SHA-256 → compress → SHA-256 → `writer`.
-/// Returns the writer and the hash of what it was given, only if the NAR matches what the
-/// store recorded; otherwise the upload is aborted, and waited for: an interrupted push exits
-/// right after, and a merely dropped writer would leave the abort (and, on S3, an open
-/// multipart upload) to a runtime that is shutting down.
-fn encode_nar(
-    info: &PathInfo,
-    writer: ObjectWriter,
-    opts: &PushOptions,
-    counter: &AtomicU64,
-) -> Result<(ObjectWriter, Sha256), PushError> {
     let path = &info.path;
     let compress_err = |source| PushError::Compress {
         path: path.clone(),
@@ -687,7 +675,8 @@ fn encode_nar(
         writer.abort();
         return Err(err);
     }
-    Ok((writer, file_hash))
+    let size = writer.commit_if_absent()?;
+    Ok((file_hash, size))
 }
 
 /// Runs on a blocking thread: a small path's NAR into memory, checked against what the store
@@ -715,9 +704,8 @@ fn encode_small(
             source,
         },
     )?;
-    let mut file_hash = crate::nix::hash::Hasher::new();
-    file_hash.update(&body);
-    Ok((body, file_hash.finish()))
+    let file_hash = Sha256::digest(&body);
+    Ok((body, file_hash))
 }
 
 /// Why reading a path's NAR stopped early, if it did: an interruption or a read error.
