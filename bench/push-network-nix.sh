@@ -34,7 +34,6 @@ else
 fi
 mapfile -t closure < <(nix-store -qR "$top")
 count=${#closure[@]}
-nar_bytes=0
 for p in "${closure[@]}"; do nix-store --dump "$p"; done >"$tmp/nars"
 nar_bytes=$(stat -c %s "$tmp/nars")
 
@@ -51,7 +50,7 @@ timed() {
     times[$name]+="$wall "
     cpus[$name]+="$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }') "
 }
-# cached NAME DIR...: the closure's narinfos must all be in DIR, or the contender did not
+# check_pushed NAME DIR: the closure's narinfos must all be in DIR, or the contender did not
 # push it all.
 check_pushed() {
     local n
