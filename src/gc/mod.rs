@@ -251,7 +251,7 @@ fn summarize(report: &mut GcReport, snap: &Snapshot, plan: &Plan) {
         .filter_map(|&i| {
             let e = &entries[i];
             e.info.as_ref().map(|info| Deleted {
-                path: info.store_path.clone(),
+                path: info.path.clone(),
                 nar_bytes: e.nar_size(&snap.nar_sizes),
             })
         })
@@ -342,7 +342,7 @@ async fn repair(
     for &i in &to_restore {
         gone[i] = false;
         if let Some(info) = &entries[i].info {
-            report.restored.push(info.store_path.clone());
+            report.restored.push(info.path.clone());
         }
     }
     report.restored.sort();
@@ -569,7 +569,7 @@ async fn unlink_broken<'a>(
     delete_all(cache, &keys, jobs).await?;
     let mut paths: Vec<StorePath> = doomed
         .iter()
-        .filter_map(|e| e.info.as_ref().map(|i| i.store_path.clone()))
+        .filter_map(|e| e.info.as_ref().map(|i| i.path.clone()))
         .collect();
     paths.sort();
     Ok(paths)

@@ -202,7 +202,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::nix::{Compression, Sha256, StorePath};
+    use crate::nix::{Compression, PathInfo, Sha256, StorePath};
 
     const DAY: u64 = 86_400;
     /// "Now" in these tests: day 100.
@@ -222,17 +222,19 @@ mod tests {
     fn entry(name: &str, refs: &[&str], day: u64) -> Entry {
         let store_path = path(name);
         let info = NarInfo {
-            store_path: store_path.clone(),
+            info: PathInfo {
+                path: store_path.clone(),
+                nar_hash: Sha256::digest(name.as_bytes()),
+                nar_size: 1,
+                references: refs.iter().map(|r| path(r)).collect(),
+                deriver: None,
+                signatures: Vec::new(),
+                ca: None,
+            },
             url: format!("nar/{name}.nar"),
             compression: Compression::None,
             file_hash: None,
             file_size: None,
-            nar_hash: Sha256::digest(name.as_bytes()),
-            nar_size: 1,
-            references: refs.iter().map(|r| path(r)).collect(),
-            deriver: None,
-            signatures: Vec::new(),
-            ca: None,
         };
         Entry {
             key: crate::nix::layout::narinfo_key(&store_path),
@@ -265,15 +267,7 @@ mod tests {
     fn kept_names(entries: &[Entry], plan: &Plan) -> Vec<String> {
         let mut names: Vec<String> = (0..entries.len())
             .filter(|&i| plan.kept[i])
-            .map(|i| {
-                entries[i]
-                    .info
-                    .as_ref()
-                    .unwrap()
-                    .store_path
-                    .name()
-                    .to_owned()
-            })
+            .map(|i| entries[i].info.as_ref().unwrap().path.name().to_owned())
             .collect();
         names.sort();
         names

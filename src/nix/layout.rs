@@ -144,8 +144,8 @@ pub enum ReadError {
 pub fn read_narinfo(bytes: &[u8], named: Option<HashPart>) -> Result<NarInfo, ReadError> {
     let text = std::str::from_utf8(bytes).map_err(|_| ReadError::NotUtf8)?;
     let info = NarInfo::parse(text)?;
-    if named.is_some_and(|hash| hash != HashPart::of(&info.store_path)) {
-        return Err(ReadError::OtherPath(Box::new(info.store_path)));
+    if named.is_some_and(|hash| hash != HashPart::of(&info.path)) {
+        return Err(ReadError::OtherPath(Box::new(info.info.path)));
     }
     Ok(info)
 }

@@ -8,11 +8,13 @@ pub mod hash;
 pub mod layout;
 pub mod nar;
 pub mod narinfo;
+pub mod path_info;
 pub mod signing;
 pub mod store_path;
 
 pub use hash::{AnyHash, Sha256};
 pub use layout::HashPart;
-pub use narinfo::{Compression, NarInfo, fingerprint};
+pub use narinfo::{Compression, NarInfo};
+pub use path_info::PathInfo;
 pub use signing::{PublicKey, SecretKey, Signature};
 pub use store_path::{STORE_DIR, StorePath};

@@ -8,11 +8,13 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::ops::{Deref, DerefMut};
 
 use thiserror::Error;
 
 use super::hash::{HashError, Sha256};
-use super::signing::{KeyError, PublicKey, SecretKey, Signature};
+use super::path_info::PathInfo;
+use super::signing::{KeyError, Signature};
 use super::store_path::{StorePath, StorePathError};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,36 +105,32 @@ pub enum NarInfoError {
     ZeroNarSize,
 }
 
+/// A narinfo: a valid path's [`PathInfo`] and where its NAR lies in the cache. It reads as its
+/// `PathInfo` (`narinfo.nar_hash`, `narinfo.sign(key)`), as Nix's `NarInfo` extends
+/// `ValidPathInfo`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NarInfo {
-    pub store_path: StorePath,
+    pub info: PathInfo,
     /// Where the NAR is, relative to the cache root (see [`crate::nix::layout`]).
     pub url: String,
     pub compression: Compression,
     /// SHA-256 of the file at `url` (the compressed NAR).
     pub file_hash: Option<Sha256>,
     pub file_size: Option<u64>,
-    /// SHA-256 of the uncompressed NAR; Nix checks it on every download.
-    pub nar_hash: Sha256,
-    pub nar_size: u64,
-    pub references: Vec<StorePath>,
-    pub deriver: Option<StorePath>,
-    pub signatures: Vec<Signature>,
-    /// Content address (`fixed:r:sha256:…`, `text:sha256:…`), kept verbatim.
-    pub ca: Option<String>,
 }
 
-/// The text a narinfo signature signs:
-/// `1;<store path>;<NarHash>;<NarSize>;<references, sorted, comma-separated>`.
-pub fn fingerprint(
-    path: &StorePath,
-    nar_hash: &Sha256,
-    nar_size: u64,
-    references: &[StorePath],
-) -> String {
-    let references: BTreeSet<&StorePath> = references.iter().collect();
-    let references: Vec<String> = references.iter().map(|r| r.to_absolute()).collect();
-    format!("1;{path};{nar_hash};{nar_size};{}", references.join(","))
+impl Deref for NarInfo {
+    type Target = PathInfo;
+
+    fn deref(&self) -> &PathInfo {
+        &self.info
+    }
+}
+
+impl DerefMut for NarInfo {
+    fn deref_mut(&mut self) -> &mut PathInfo {
+        &mut self.info
+    }
 }
 
 impl NarInfo {
@@ -156,41 +154,11 @@ impl NarInfo {
         }
         fields.finish()
     }
-
-    pub fn fingerprint(&self) -> String {
-        fingerprint(
-            &self.store_path,
-            &self.nar_hash,
-            self.nar_size,
-            &self.references,
-        )
-    }
-
-    /// Signs with `key`, replacing any signature by a key of the same name.
-    pub fn sign(&mut self, key: &SecretKey) {
-        let signature = key.sign(&self.fingerprint());
-        self.remove_signatures(key.name());
-        self.signatures.push(signature);
-    }
-
-    pub fn remove_signatures(&mut self, key_name: &str) {
-        self.signatures.retain(|sig| sig.key_name != key_name);
-    }
-
-    /// True if some signature verifies with the key in `keys` that has its name, which is how
-    /// Nix decides whether to trust a path.
-    pub fn verify(&self, keys: &[PublicKey]) -> bool {
-        let fingerprint = self.fingerprint();
-        self.signatures.iter().any(|sig| {
-            keys.iter()
-                .any(|key| key.name() == sig.key_name && key.verify(&fingerprint, sig))
-        })
-    }
 }
 
 impl fmt::Display for NarInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "StorePath: {}", self.store_path)?;
+        writeln!(f, "StorePath: {}", self.path)?;
         writeln!(f, "URL: {}", self.url)?;
         writeln!(f, "Compression: {}", self.compression)?;
         if let Some(file_hash) = &self.file_hash {
@@ -357,17 +325,19 @@ impl Fields {
             return Err(NarInfoError::ZeroNarSize);
         }
         Ok(NarInfo {
-            store_path,
+            info: PathInfo {
+                path: store_path,
+                nar_hash,
+                nar_size,
+                references: self.references.unwrap_or_default(),
+                deriver: self.deriver.flatten(),
+                signatures: self.signatures,
+                ca: self.ca.filter(|ca| !ca.is_empty()),
+            },
             url,
             compression: self.compression.unwrap_or(Compression::Bzip2),
             file_hash: self.file_hash,
             file_size: self.file_size,
-            nar_hash,
-            nar_size,
-            references: self.references.unwrap_or_default(),
-            deriver: self.deriver.flatten(),
-            signatures: self.signatures,
-            ca: self.ca.filter(|ca| !ca.is_empty()),
         })
     }
 }
@@ -376,6 +346,8 @@ impl Fields {
 mod tests {
     use super::*;
     use rstest::rstest;
+
+    use crate::nix::{PublicKey, SecretKey};
 
     // Written by Nix 2.8 with `nix copy --to file:///tmp/…` for two derivations built from
     // `builtins.derivation` (fmt-top's output names fmt-dep's, so it references it).
@@ -523,7 +495,7 @@ Sig: fmt-test-1:H1ooAZuz7kBtNoMsm9NLgbxhdltMs3IzeWsSEJhqrTXgHdE3GJx6Weecqx7hNuWF
     #[test]
     fn parsed_fields() {
         let info = NarInfo::parse(TOP_SIGNED).unwrap();
-        assert_eq!(info.store_path.name(), "fmt-top");
+        assert_eq!(info.path.name(), "fmt-top");
         assert_eq!(info.compression, Compression::None);
         assert_eq!(info.file_size, Some(528));
         assert_eq!(info.nar_size, 528);
@@ -553,36 +525,14 @@ Sig: fmt-test-1:H1ooAZuz7kBtNoMsm9NLgbxhdltMs3IzeWsSEJhqrTXgHdE3GJx6Weecqx7hNuWF
     }
 
     #[test]
-    fn fingerprint_sorts_references_like_nix() {
-        let path = StorePath::from_base_name("rsnpyhm63gcba6l9qgpn7v1x19raxwy0-fmt-top").unwrap();
-        let refs: Vec<StorePath> = [
-            "rsnpyhm63gcba6l9qgpn7v1x19raxwy0-fmt-top",
-            "g8cds6b443g4n1ihyfs7b53l2mrpb72v-fmt-dep",
-            "2lwd6mnnxpk6z4rpl70mqcrfvkg8rj6m-fmt-ca-dir",
-        ]
-        .iter()
-        .map(|b| StorePath::from_base_name(b).unwrap())
-        .collect();
-        let hash = Sha256::digest(b"");
-        assert_eq!(
-            fingerprint(&path, &hash, 8, &refs),
-            format!(
-                "1;/nix/store/rsnpyhm63gcba6l9qgpn7v1x19raxwy0-fmt-top;{hash};8;\
-                 /nix/store/2lwd6mnnxpk6z4rpl70mqcrfvkg8rj6m-fmt-ca-dir,\
-                 /nix/store/g8cds6b443g4n1ihyfs7b53l2mrpb72v-fmt-dep,\
-                 /nix/store/rsnpyhm63gcba6l9qgpn7v1x19raxwy0-fmt-top"
-            )
-        );
-    }
-
-    #[test]
     fn display_sorts_and_omits_like_nix() {
         let mut info = NarInfo::parse(SELF_REFERENCE).unwrap();
         info.references.insert(
             0,
             StorePath::from_base_name("g8cds6b443g4n1ihyfs7b53l2mrpb72v-fmt-dep").unwrap(),
         );
-        info.references.push(info.references[0].clone());
+        let first = info.references[0].clone();
+        info.references.push(first);
         info.sign(&SecretKey::parse(SECRET).unwrap());
         let extra = SecretKey::generate("another-1").unwrap();
         info.sign(&extra);

@@ -183,8 +183,8 @@ pub async fn plan(cache: &Cache, closure: Vec<PathInfo>) -> Result<Plan, PushErr
             let state = match cache.get(&key).await? {
                 None => Ok(false),
                 Some(bytes) => match layout::read_narinfo(&bytes, Some(HashPart::of(&info.path))) {
-                    Ok(found) if found.store_path == info.path => Ok(true),
-                    Ok(found) => Err(format!("{key} describes {}", found.store_path)),
+                    Ok(found) if found.path == info.path => Ok(true),
+                    Ok(found) => Err(format!("{key} describes {}", found.path)),
                     Err(layout::ReadError::OtherPath(p)) => Err(format!("{key} describes {p}")),
                     Err(e) => Err(format!("{key} is not a valid narinfo: {e}")),
                 },
@@ -465,17 +465,11 @@ async fn push_one(
     }
 
     let mut narinfo = NarInfo {
-        store_path: info.path.clone(),
+        info: info.clone(),
         url: key,
         compression: opts.compression.clone(),
         file_hash,
         file_size: Some(file_size),
-        nar_hash: info.nar_hash,
-        nar_size: info.nar_size,
-        references: info.references.clone(),
-        deriver: info.deriver.clone(),
-        signatures: info.signatures.clone(),
-        ca: info.ca.clone(),
     };
     if theirs_there != Some(true) {
         let _request = limits.requests.acquire().await.map_err(closed)?;
@@ -569,7 +563,7 @@ async fn put_narinfo(
         narinfo.sign(key);
     }
     let (key, body) = (
-        layout::narinfo_key(&narinfo.store_path),
+        layout::narinfo_key(&narinfo.path),
         narinfo.to_string().into(),
     );
     let content_type = layout::NARINFO_TYPE;

@@ -6,23 +6,12 @@ use std::collections::HashSet;
 use serde_json::Value;
 
 use super::nix_cli;
+pub use crate::nix::PathInfo;
 use crate::nix::store_path::StorePathError;
-use crate::nix::{AnyHash, Sha256, Signature, StorePath};
+use crate::nix::{AnyHash, Signature, StorePath};
 
 /// How many paths go on one `nix path-info` command line (far below ARG_MAX).
 const BATCH: usize = 4000;
-
-/// What the local store records about one valid path.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PathInfo {
-    pub path: StorePath,
-    pub nar_hash: Sha256,
-    pub nar_size: u64,
-    pub references: Vec<StorePath>,
-    pub deriver: Option<StorePath>,
-    pub signatures: Vec<Signature>,
-    pub ca: Option<String>,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -275,7 +264,7 @@ fn not_valid_path(stderr: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nix::{NarInfo, PublicKey, fingerprint};
+    use crate::nix::{NarInfo, PublicKey, Sha256};
 
     /// What one Nix version printed, captured by scripts/capture-nix-fixtures.sh.
     struct Captured {
@@ -392,7 +381,7 @@ mod tests {
                     let narinfo = NarInfo::parse(narinfo).unwrap();
                     let info = infos
                         .iter()
-                        .find(|i| i.path == narinfo.store_path)
+                        .find(|i| i.path == narinfo.path)
                         .expect("the narinfo's path is in the closure");
                     let what = format!("Nix {} shape {i}: {}", captured.version, info.path);
                     assert_eq!(info.nar_hash, narinfo.nar_hash, "{what}");
@@ -406,7 +395,7 @@ mod tests {
                     .iter()
                     .find(|i| i.path.name() == "nixbucket-fixture-top")
                     .unwrap();
-                let fp = fingerprint(&top.path, &top.nar_hash, top.nar_size, &top.references);
+                let fp = top.fingerprint();
                 assert_eq!(top.signatures.len(), 1, "Nix {}", captured.version);
                 assert!(
                     key.verify(&fp, &top.signatures[0]),

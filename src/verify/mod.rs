@@ -73,8 +73,8 @@ async fn check_one(
         Ok(info) => info,
         Err(e) => return vec![format!("{key}: not a valid narinfo: {e}")],
     };
-    let path = info.store_path.to_absolute();
-    if HashPart::of(&info.store_path) != hash {
+    let path = info.path.to_absolute();
+    if HashPart::of(&info.path) != hash {
         problems.push(format!(
             "{key}: describes {path}, whose narinfo would have another name"
         ));
@@ -123,7 +123,7 @@ async fn check_one(
         Ok(Some(_)) => {}
     }
     for reference in &info.references {
-        if reference != &info.store_path && !hashes.contains(&HashPart::of(reference)) {
+        if reference != &info.path && !hashes.contains(&HashPart::of(reference)) {
             problems.push(format!("{path}: its reference {reference} has no narinfo"));
         }
     }
