@@ -161,7 +161,11 @@ impl Job {
         served: Option<&Background>,
         restore: Option<&Restore>,
     ) -> anyhow::Result<bool> {
-        let mirror = restore.map(|r| r.options.mirror.as_path());
+        let prepare = |dir: &Path| crate::restore::prepare_mirror(dir).map_err(Into::into);
+        let mirror = restore.map(|r| configure::Mirror {
+            dir: r.options.mirror.as_path(),
+            prepare: &prepare,
+        });
         let Some(served) = served else {
             let substituter = self
                 .substituter

@@ -44,11 +44,17 @@ fn choose_target(
     }
 }
 
+/// A directory Nix reads before the cache, and what lays it out once Nix is known to read it.
+pub struct Mirror<'a> {
+    pub dir: &'a Path,
+    pub prepare: &'a dyn Fn(&Path) -> anyhow::Result<()>,
+}
+
 /// Points Nix at `substituter`, behind the `mirror` directory if there is one and the Nix
 /// that builds will read it (the mirror is laid out then); true if it will.
 pub fn configure(
     substituter: &str,
-    mirror: Option<&Path>,
+    mirror: Option<Mirror<'_>>,
     keys: &[PublicKey],
     extra: Vec<(&str, Vec<String>)>,
 ) -> anyhow::Result<bool> {
@@ -65,7 +71,7 @@ pub fn configure(
     let mut substituters = vec![substituter.to_owned()];
     let user_conf = store::user_conf_path();
     let mut mirrored = false;
-    if let Some(dir) = mirror {
+    if let Some(Mirror { dir, prepare }) = mirror {
         let mirror = format!("file://{}", dir.display());
         let with_mirror = [mirror.clone(), substituter.to_owned()];
         // A daemon that takes the cache from this user's nix.conf but would ignore a mirror it
@@ -79,8 +85,8 @@ pub fn configure(
                  or give a fixed --mirror DIR and list file://DIR there",
                 env.user
             );
-        } else if let Err(err) = crate::restore::prepare_mirror(dir) {
-            eprintln!("restore: skipped: {err}");
+        } else if let Err(err) = prepare(dir) {
+            eprintln!("restore: skipped: {err:#}");
         } else {
             substituters.insert(0, mirror);
             mirrored = true;
