@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::hash_part;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -13,10 +15,6 @@ use common::store::S3Store;
 use common::{
     assert_ok, assert_refused_unsigned, keygen, nixbucket, register_secret, run, stderr, stdout,
 };
-
-fn hash_part(store_path: &str) -> &str {
-    &store_path["/nix/store/".len().."/nix/store/".len() + 32]
-}
 
 fn push(server: &S3Server, url: &str, key: Option<&Path>, paths: &[&str]) -> Command {
     let mut cmd = nixbucket();

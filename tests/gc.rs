@@ -5,272 +5,21 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::moto::MotoServer;
+use common::cache::{Backend, TestCache};
 use common::nix::{build, build_closure, copy_into_fresh_store, derivation, nonce};
-use common::s3::S3Server;
-use common::store::{S3Kind, S3Store};
-use common::{assert_fails, assert_ok, keygen, list_files, nixbucket, run, stderr, stdout};
-use nixbucket::cache::{Cache, CacheUrl, OpenOptions};
+use common::store::S3Kind;
+use common::{assert_fails, assert_ok, hash_part, keygen, run, stderr, stdout};
 use nixbucket::nix::HashPart;
-use nixbucket::nix::StorePath;
-use nixbucket::push::usage::{self, Usage};
+use nixbucket::push::usage;
+use rstest::rstest;
 
 const DAY: u64 = 86_400;
 
-/// A cache under test: a directory, or a bucket on a local S3 server (s3s-fs or moto).
-struct Target {
-    url: String,
-    /// Where Nix substitutes from (the anonymous HTTP face of the bucket, or the directory).
-    nix_url: String,
-    /// The directory whose files are the cache's objects, key = relative path: a file://
-    /// cache's, or s3s-fs's bucket. moto keeps objects in memory: `None`.
-    dir: Option<PathBuf>,
-    server: Option<Box<dyn S3Store>>,
-}
-
-impl Target {
-    fn file(tmp: &Path) -> Target {
-        let dir = tmp.join("cache");
-        let url = format!("file://{}", dir.display());
-        Target {
-            nix_url: url.clone(),
-            url,
-            dir: Some(dir),
-            server: None,
-        }
-    }
-
-    fn s3() -> Target {
-        let server = S3Server::start();
-        Target {
-            url: server.cache_url(),
-            nix_url: server.anon_http_url(),
-            dir: Some(server.root().join(server.bucket())),
-            server: Some(Box::new(server)),
-        }
-    }
-
-    fn moto() -> Target {
-        let server = MotoServer::start();
-        Target {
-            url: server.cache_url(),
-            nix_url: server.anon_http_url(),
-            dir: None,
-            server: Some(Box::new(server)),
-        }
-    }
-
-    fn of(kind: S3Kind) -> Target {
-        match kind {
-            S3Kind::S3sFs => Target::s3(),
-            S3Kind::Moto => Target::moto(),
-        }
-    }
-
-    /// The directory of the objects, for the tests that change files behind the cache's back.
-    fn objects(&self) -> &Path {
-        self.dir
-            .as_deref()
-            .expect("a test that changes objects behind the cache's back needs a directory")
-    }
-
-    fn cmd(&self) -> Command {
-        let mut cmd = nixbucket();
-        if let Some(s) = &self.server {
-            cmd.envs(s.env());
-        }
-        cmd
-    }
-
-    fn push(&self, secret: &Path, path: &str) -> Output {
-        let out = run(self
-            .cmd()
-            .args(["push", "--cache", &self.url, "--signing-key-file"])
-            .arg(secret)
-            .arg(path));
-        assert_ok(&out);
-        out
-    }
-
-    fn gc(&self, args: &[&str]) -> Output {
-        run(self.cmd().args(["gc", "--cache", &self.url]).args(args))
-    }
-
-    fn verify(&self, public: &str) -> Output {
-        run(self
-            .cmd()
-            .args(["verify", "--cache", &self.url, "--public-key", public]))
-    }
-
-    /// Object keys, sorted (s3s-fs keeps its own bookkeeping outside the bucket directory).
-    fn keys(&self) -> Vec<String> {
-        match (&self.dir, &self.server) {
-            (Some(dir), _) => list_files(dir),
-            (None, Some(s)) => s.admin().keys(s.bucket(), ""),
-            (None, None) => unreachable!(),
-        }
-    }
-
-    fn read(&self, key: &str) -> Option<Vec<u8>> {
-        match (&self.dir, &self.server) {
-            (Some(dir), _) => std::fs::read(dir.join(key)).ok(),
-            (None, Some(s)) => s.admin().get(s.bucket(), key),
-            (None, None) => unreachable!(),
-        }
-    }
-
-    fn remove(&self, key: &str) {
-        match (&self.dir, &self.server) {
-            (Some(dir), _) => std::fs::remove_file(dir.join(key)).unwrap(),
-            (None, Some(s)) => s.admin().delete(s.bucket(), key),
-            (None, None) => unreachable!(),
-        }
-    }
-
-    /// When an object was last written, as the cache reports it (a file's mtime on both
-    /// directory backends, LastModified on moto).
-    fn modified(&self, key: &str) -> SystemTime {
-        match (&self.dir, &self.server) {
-            (Some(dir), _) => std::fs::metadata(dir.join(key))
-                .unwrap()
-                .modified()
-                .unwrap(),
-            (None, Some(s)) => {
-                let head = s.admin().head(s.bucket(), key).expect(key);
-                head.last_modified.expect("LastModified")
-            }
-            (None, None) => unreachable!(),
-        }
-    }
-
-    fn has_narinfo(&self, store_path: &str) -> bool {
-        self.read(&format!("{}.narinfo", hash_part(store_path)))
-            .is_some()
-    }
-
-    /// The NAR object a path's narinfo names.
-    fn nar_of(&self, store_path: &str) -> String {
-        let text = self
-            .read(&format!("{}.narinfo", hash_part(store_path)))
-            .unwrap();
-        String::from_utf8(text)
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("URL: "))
-            .unwrap()
-            .to_owned()
-    }
-
-    async fn open(&self) -> Cache {
-        let url: CacheUrl = self.url.parse().unwrap();
-        let opts = match &self.server {
-            Some(s) => OpenOptions::default().static_credentials(s.access_key(), s.secret_key()),
-            None => OpenOptions::default(),
-        };
-        Cache::open_with(&url, opts).await.unwrap()
-    }
-
-    /// Writes a usage record, as a job would, saying `paths` were used at `secs`.
-    fn record_use(&self, secs: u64, paths: &[&str]) {
-        self.record_use_on(secs, paths, None);
-    }
-
-    /// [`Target::record_use`] by a job on `branch`.
-    fn record_use_on(&self, secs: u64, paths: &[&str], branch: Option<&str>) {
-        let paths: Vec<StorePath> = paths
-            .iter()
-            .map(|p| StorePath::from_absolute(p).unwrap())
-            .collect();
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            let cache = self.open().await;
-            usage::record(
-                &cache,
-                UNIX_EPOCH + Duration::from_secs(secs),
-                &paths,
-                branch,
-            )
-            .await
-            .unwrap()
-            .expect("a record was written");
-        });
-    }
-
-    fn usage_records(&self) -> Vec<(String, Usage)> {
-        self.keys()
-            .into_iter()
-            .filter(|k| usage::is_record_key(k))
-            .map(|k| {
-                let bytes = self.read(&k).unwrap();
-                let u = Usage::decode(&k, &bytes).unwrap();
-                (k, u)
-            })
-            .collect()
-    }
-
-    /// `gc --older-than 1d` on `url`, started and left running, its output piped.
-    fn spawn_gc(&self, url: &str) -> std::process::Child {
-        self.cmd()
-            .args(["gc", "--older-than", "1d", "--cache", url])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    }
-
-    /// Removes the usage records, so that only age and references decide.
-    fn forget_usage(&self) {
-        for (key, _) in self.usage_records() {
-            self.remove(&key);
-        }
-    }
-
-    /// A fault proxy in front of the S3 server that meets every `op` request with `fault`
-    /// (a [`Fault::Delay`] lasts 5 s), and the cache URL through it.
-    fn proxy(
-        &self,
-        op: &'static str,
-        fault: common::fault_proxy::Fault,
-    ) -> (common::fault_proxy::FaultProxy, String) {
-        use common::fault_proxy::{FaultConfig, FaultProxy};
-        let server = self.server.as_ref().expect("an S3 target");
-        let proxy = FaultProxy::start(
-            &server.endpoint(),
-            FaultConfig {
-                faults: vec![fault],
-                ..FaultConfig::hold(op, 5)
-            },
-        );
-        let url = self.url.replace(&server.endpoint(), &proxy.endpoint());
-        (proxy, url)
-    }
-
-    /// Makes objects look `secs` old (both backends report a file's mtime as LastModified).
-    fn age(&self, keys: &[String], secs: u64) {
-        let when = SystemTime::now() - Duration::from_secs(secs);
-        for key in keys {
-            let f = std::fs::File::options()
-                .write(true)
-                .open(self.objects().join(key))
-                .unwrap();
-            f.set_modified(when).unwrap();
-        }
-    }
-
-    /// Key → (bytes, last written) of every object: to prove that nothing changed.
-    fn snapshot(&self) -> Vec<(String, Vec<u8>, SystemTime)> {
-        self.keys()
-            .into_iter()
-            .map(|k| (k.clone(), self.read(&k).unwrap(), self.modified(&k)))
-            .collect()
-    }
-}
-
 /// A new small path, built and pushed: (secret key file, public key, store path).
-fn push_small(target: &Target, dir: &Path, name: &str) -> (PathBuf, String, String) {
+fn push_small(target: &TestCache, dir: &Path, name: &str) -> (PathBuf, String, String) {
     let (secret, public) = keygen(dir, "gc-test-1");
     let tag = nonce();
     let path = build(
@@ -281,10 +30,6 @@ fn push_small(target: &Target, dir: &Path, name: &str) -> (PathBuf, String, Stri
     (secret, public, path)
 }
 
-fn hash_part(store_path: &str) -> &str {
-    &store_path["/nix/store/".len().."/nix/store/".len() + 32]
-}
-
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -292,7 +37,7 @@ fn now_secs() -> u64 {
         .as_secs()
 }
 
-fn substitutes(target: &Target, public: &str, store: &Path, path: &str) -> bool {
+fn substitutes(target: &TestCache, public: &str, store: &Path, path: &str) -> bool {
     copy_into_fresh_store(&target.nix_url, public, store, path)
         .status
         .success()
@@ -301,7 +46,7 @@ fn substitutes(target: &Target, public: &str, store: &Path, path: &str) -> bool 
 /// Two unrelated closures are pushed "today"; ten days later one app was used yesterday by a
 /// job. gc --older-than 7d must keep that app's whole closure (its lib and data were never
 /// recorded themselves) and delete the other closure, narinfos and NARs.
-fn recently_used_closure_survives(target: &Target, tmp: &Path) {
+fn recently_used_closure_survives(target: &TestCache, tmp: &Path) {
     let [old_app, old_lib, old_data] = build_closure(tmp, &nonce());
     let [app, lib, data] = build_closure(tmp, &nonce());
     let (secret, public) = keygen(tmp, "gc-test-1");
@@ -381,23 +126,14 @@ fn recently_used_closure_survives(target: &Target, tmp: &Path) {
     );
 }
 
-#[test]
-fn s3_gc_keeps_recently_used_closures_and_deletes_the_rest() {
+/// On moto, narinfos and usage records go in DeleteObjects as the SDK sends it to AWS.
+#[rstest]
+#[case::file(Backend::File)]
+#[case::s3(Backend::S3sFs)]
+#[case::moto(Backend::Moto)]
+fn gc_keeps_recently_used_closures_and_deletes_the_rest(#[case] backend: Backend) {
     let tmp = tempfile::tempdir().unwrap();
-    recently_used_closure_survives(&Target::s3(), tmp.path());
-}
-
-/// On AWS's behaviour: narinfos and usage records go in DeleteObjects as the SDK sends it.
-#[test]
-fn moto_gc_keeps_recently_used_closures_and_deletes_the_rest() {
-    let tmp = tempfile::tempdir().unwrap();
-    recently_used_closure_survives(&Target::moto(), tmp.path());
-}
-
-#[test]
-fn file_gc_keeps_recently_used_closures_and_deletes_the_rest() {
-    let tmp = tempfile::tempdir().unwrap();
-    recently_used_closure_survives(&Target::file(tmp.path()), tmp.path());
+    recently_used_closure_survives(&TestCache::new(backend, tmp.path()), tmp.path());
 }
 
 /// Compaction merges every record, and leaves the newest of each branch whole as well: setup
@@ -405,7 +141,7 @@ fn file_gc_keeps_recently_used_closures_and_deletes_the_rest() {
 #[test]
 fn compaction_leaves_the_newest_record_of_each_branch() {
     let tmp = tempfile::tempdir().unwrap();
-    let target = Target::file(tmp.path());
+    let target = TestCache::file(tmp.path());
     let (_, _, app) = push_small(&target, tmp.path(), "branches");
     let t0 = now_secs();
     target.record_use_on(t0 - 3 * DAY, &[&app], Some("dev"));
@@ -430,7 +166,7 @@ fn compaction_leaves_the_newest_record_of_each_branch() {
 #[test]
 fn push_records_paths_it_uploads_and_paths_it_finds_present() {
     let tmp = tempfile::tempdir().unwrap();
-    let target = Target::s3();
+    let target = TestCache::s3();
     let closure = build_closure(tmp.path(), &nonce());
     let (secret, public) = keygen(tmp.path(), "gc-test-1");
     let start = now_secs();
@@ -464,7 +200,7 @@ fn push_records_paths_it_uploads_and_paths_it_finds_present() {
 #[test]
 fn max_size_deletes_least_recently_used_closures_first() {
     let tmp = tempfile::tempdir().unwrap();
-    let target = Target::file(tmp.path());
+    let target = TestCache::file(tmp.path());
     let (secret, public) = keygen(tmp.path(), "gc-test-1");
     let a = build_closure(tmp.path(), &nonce());
     let b = build_closure(tmp.path(), &nonce());
@@ -520,7 +256,7 @@ fn max_size_deletes_least_recently_used_closures_first() {
 #[test]
 fn keep_and_grace_protect_paths_whatever_their_use() {
     let tmp = tempfile::tempdir().unwrap();
-    let target = Target::file(tmp.path());
+    let target = TestCache::file(tmp.path());
     let (secret, public) = keygen(tmp.path(), "gc-test-1");
     let kept = build_closure(tmp.path(), &nonce());
     let young = build_closure(tmp.path(), &nonce());
@@ -578,7 +314,7 @@ fn keep_and_grace_protect_paths_whatever_their_use() {
 #[test]
 fn a_push_running_alongside_gc_lands_whole() {
     let tmp = tempfile::tempdir().unwrap();
-    let target = Target::s3();
+    let target = TestCache::s3();
     let (secret, public) = keygen(tmp.path(), "gc-test-1");
     let old = build_closure(tmp.path(), &nonce());
     target.push(&secret, &old[0]);
@@ -648,7 +384,7 @@ fn a_push_running_alongside_gc_lands_whole() {
 #[test]
 fn gc_errors_are_explained() {
     let tmp = tempfile::tempdir().unwrap();
-    let target = Target::file(tmp.path());
+    let target = TestCache::file(tmp.path());
     let err = assert_fails(&target.gc(&[]));
     assert!(
         err.contains("--older-than") && err.contains("--max-size"),
@@ -673,7 +409,7 @@ fn gc_errors_are_explained() {
 #[test]
 fn a_narinfo_gc_cannot_read_is_kept_with_its_nar() {
     let tmp = tempfile::tempdir().unwrap();
-    let target = Target::file(tmp.path());
+    let target = TestCache::file(tmp.path());
     let (secret, _) = keygen(tmp.path(), "gc-test-1");
     let closure = build_closure(tmp.path(), &nonce());
     target.push(&secret, &closure[0]);
@@ -707,16 +443,13 @@ fn a_narinfo_gc_cannot_read_is_kept_with_its_nar() {
 /// deleted only the narinfo so far) touches the NAR, so that gc's grace period covers it.
 /// Where the test can, the NAR is made to look a month old first; on moto, whose objects
 /// cannot be aged, the push comes a second later instead.
-#[rstest::rstest]
-#[case::file(None)]
-#[case::s3(Some(S3Kind::S3sFs))]
-#[case::moto(Some(S3Kind::Moto))]
-fn a_push_reusing_a_nar_touches_it(#[case] s3: Option<S3Kind>) {
+#[rstest]
+#[case::file(Backend::File)]
+#[case::s3(Backend::S3sFs)]
+#[case::moto(Backend::Moto)]
+fn a_push_reusing_a_nar_touches_it(#[case] backend: Backend) {
     let tmp = tempfile::tempdir().unwrap();
-    let target = match s3 {
-        Some(kind) => Target::of(kind),
-        None => Target::file(tmp.path()),
-    };
+    let target = TestCache::new(backend, tmp.path());
     let (secret, _) = keygen(tmp.path(), "gc-test-1");
     let tag = nonce();
     let path = build(
@@ -751,7 +484,7 @@ fn a_push_reusing_a_nar_touches_it(#[case] s3: Option<S3Kind>) {
 /// between gc's plan and its deletion every time.
 struct OrphanRace {
     _tmp: tempfile::TempDir,
-    target: Target,
+    target: TestCache,
     secret: PathBuf,
     public: String,
     path: String,
@@ -762,7 +495,7 @@ struct OrphanRace {
 
 fn orphan_race(op: &'static str, count: u64) -> OrphanRace {
     let tmp = tempfile::tempdir().unwrap();
-    let target = Target::s3();
+    let target = TestCache::s3();
     let (secret, public, path) = push_small(&target, tmp.path(), "orphan");
     let nar = target.nar_of(&path);
     std::fs::remove_file(
@@ -863,13 +596,13 @@ fn a_narinfo_written_for_a_nar_gc_was_deleting_is_unlinked() {
 /// gc deletes narinfos and usage records a thousand to a request, in a DeleteObjects as the
 /// SDK sends it: both servers take that, so nothing of theirs goes one at a time (NARs always
 /// do, each looked at right before). A month later rather than aged objects: moto's cannot be.
-#[rstest::rstest]
+#[rstest]
 #[case::s3s_fs(S3Kind::S3sFs)]
 #[case::moto(S3Kind::Moto)]
 fn gc_deletes_narinfos_with_delete_objects(#[case] kind: S3Kind) {
     use common::fault_proxy::{FaultConfig, FaultProxy};
     let tmp = tempfile::tempdir().unwrap();
-    let target = Target::of(kind);
+    let target = TestCache::of(kind);
     let (secret, public) = keygen(tmp.path(), "gc-test-1");
     let closure = build_closure(tmp.path(), &nonce());
     target.push(&secret, &closure[0]);
@@ -911,12 +644,12 @@ fn gc_deletes_narinfos_with_delete_objects(#[case] kind: S3Kind) {
 /// gc deletes narinfos a thousand to a request (DeleteObjects); a store that does not have
 /// that call gets one DeleteObject per key instead, and the result is the same. So does a
 /// key that DeleteObjects answered with an error of its own.
-#[rstest::rstest]
+#[rstest]
 #[case::refused(common::fault_proxy::Fault::NotImplemented)]
 #[case::key_errors(common::fault_proxy::Fault::KeyErrors)]
 fn gc_deletes_one_by_one_where_delete_objects_does_not(#[case] fault: common::fault_proxy::Fault) {
     let tmp = tempfile::tempdir().unwrap();
-    let target = Target::s3();
+    let target = TestCache::s3();
     let (_, public, path) = push_small(&target, tmp.path(), "old");
     target.forget_usage();
     target.age(&target.keys(), 30 * DAY);
@@ -952,7 +685,7 @@ fn gc_deletes_one_by_one_where_delete_objects_does_not(#[case] fault: common::fa
 fn gc_puts_back_a_path_that_a_push_built_on_during_gc() {
     use common::fault_proxy::Fault;
     let tmp = tempfile::tempdir().unwrap();
-    let target = Target::s3();
+    let target = TestCache::s3();
     let (secret, public) = keygen(tmp.path(), "gc-test-1");
     let tag = nonce();
     let dep = derivation(&format!("dep-{tag}"), &format!("echo {tag} > $out"));

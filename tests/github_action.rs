@@ -15,6 +15,8 @@
 
 mod common;
 
+use common::hash_part;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -409,10 +411,6 @@ fn slowest_paths(summary: &str) -> Vec<String> {
                 .map(|(rest, _)| format!("/nix/store/{rest}"))
         })
         .collect()
-}
-
-fn hash_part(store_path: &str) -> &str {
-    &store_path["/nix/store/".len()..][..32]
 }
 
 /// Whether a nix.conf makes Nix substitute from the test bucket (setup writes the URL with its

@@ -1,92 +1,23 @@
-//! `nixbucket push` to an S3 bucket, judged by the real Nix reading the bucket over anonymous
-//! HTTP, as a public or proxied cache would be read. Each test runs on both S3 servers of the
-//! suite (see `common/store.rs`): s3s-fs, and moto with AWS's own answers.
+//! What only an S3 push does: parts, credentials, jobs racing on one bucket. Judged by the real
+//! Nix reading the bucket over anonymous HTTP, as a public or proxied cache would be read. Each
+//! test runs on both S3 servers of the suite (see `common/store.rs`): s3s-fs, and moto with
+//! AWS's own answers. What every backend does is in `push.rs`.
 
 mod common;
+
+use common::hash_part;
 
 use common::moto::MotoServer;
 use common::nix::{build, build_closure, copy_into_fresh_store, derivation, nonce};
 use common::s3::S3Server;
 use common::store::{S3Kind, S3Store};
-use common::{
-    assert_fails, assert_ok, assert_refused_unsigned, keygen, nixbucket, run, stderr, stdout,
-};
+use common::{assert_fails, assert_ok, keygen, nixbucket, run, stdout};
 use rstest::rstest;
 
 fn push_cmd(s3: &dyn S3Store) -> std::process::Command {
     let mut cmd = nixbucket();
     cmd.envs(s3.env());
     cmd
-}
-
-fn hash_part(store_path: &str) -> &str {
-    &store_path["/nix/store/".len().."/nix/store/".len() + 32]
-}
-
-#[rstest]
-#[case::s3s_fs(S3Kind::S3sFs)]
-#[case::moto(S3Kind::Moto)]
-fn a_closure_pushed_to_s3_is_substituted_by_nix_and_verifies_deeply(#[case] kind: S3Kind) {
-    let s3 = kind.start();
-    let s3 = s3.as_ref();
-    let tmp = tempfile::tempdir().unwrap();
-    let [app, lib, data] = build_closure(tmp.path(), &nonce());
-    let (secret, public) = keygen(tmp.path(), "s3-cache-1");
-    let url = s3.cache_url();
-
-    let out = run(push_cmd(s3)
-        .args(["push", "--cache", &url, "--signing-key-file"])
-        .arg(&secret)
-        .arg(&app));
-    assert_ok(&out);
-    assert!(stderr(&out).contains("pushed 3 paths"), "{}", stderr(&out));
-    for path in [&app, &lib, &data] {
-        let key = format!("{}.narinfo", hash_part(path));
-        assert!(
-            s3.admin().head(s3.bucket(), &key).is_some(),
-            "no {key} in the bucket"
-        );
-    }
-    assert!(
-        s3.pending_uploads().is_empty(),
-        "multipart uploads left open: {:?}",
-        s3.pending_uploads()
-    );
-
-    let verify = common::verify_s3(s3, &public, true);
-    assert_ok(&verify);
-    assert!(
-        stderr(&verify).contains("checked 3 narinfos and their NARs: 0 problems"),
-        "{}",
-        stderr(&verify)
-    );
-
-    assert_ok(&copy_into_fresh_store(
-        &s3.anon_http_url(),
-        &public,
-        &tmp.path().join("fresh"),
-        &app,
-    ));
-    let (_, other) = keygen(tmp.path(), "other-1");
-    let refused = copy_into_fresh_store(
-        &s3.anon_http_url(),
-        &other,
-        &tmp.path().join("fresh2"),
-        &app,
-    );
-    assert_refused_unsigned(&refused);
-
-    let again = run(push_cmd(s3)
-        .args(["push", "--cache", &url, "--signing-key-file"])
-        .arg(&secret)
-        .arg(&app));
-    assert_ok(&again);
-    assert!(
-        stderr(&again).contains("pushed 0 paths")
-            && stderr(&again).contains("3 already in the cache"),
-        "{}",
-        stderr(&again)
-    );
 }
 
 #[rstest]

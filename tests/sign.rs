@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::hash_part;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -12,10 +14,6 @@ use common::store::S3Store;
 use common::{
     assert_fails, assert_ok, assert_refused_unsigned, keygen, list_files, nixbucket, run, stderr,
 };
-
-fn hash_part(store_path: &str) -> &str {
-    &store_path["/nix/store/".len().."/nix/store/".len() + 32]
-}
 
 fn sig_names(narinfo: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(narinfo).unwrap();

@@ -1,6 +1,7 @@
 //! Test environment helpers: the real Nix, the real nixbucket binary, a throwaway directory.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod cache;
 pub mod fault_proxy;
 pub mod moto;
 pub mod nix;
@@ -41,6 +42,11 @@ pub fn verify_s3(server: &dyn store::S3Store, public: &str, deep: bool) -> Outpu
         cmd.arg("--deep");
     }
     run(&mut cmd)
+}
+
+/// The 32-character hash part of an absolute store path: its narinfo is `<hash part>.narinfo`.
+pub fn hash_part(store_path: &str) -> &str {
+    &store_path["/nix/store/".len().."/nix/store/".len() + 32]
 }
 
 /// Deterministic bytes (xorshift) that differ at every offset: a lost, reordered or misplaced
