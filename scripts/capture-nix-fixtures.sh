@@ -2,9 +2,9 @@
 # Captures what each Nix the tests run on prints, for the unit tests that read it without Nix:
 # `nix path-info --json` in every format the version knows, `nix store ping`/`info` alone and
 # through a daemon (trusted and not), the settings `nix show-config`/`config show` reports, the
-# post-build hook's environment, and the narinfos `nix copy` writes. Run as root on the host,
-# after scripts/nix-roots.sh; writes tests/fixtures/nix/<version>/. The closure is the same
-# expression everywhere, so every version describes the same store paths.
+# post-build hook's environment, the narinfos `nix copy` writes, and golden NARs. Run as root
+# on the host, after scripts/nix-roots.sh; writes tests/fixtures/nix/<version>/. The closure is
+# the same expression everywhere, so every version describes the same store paths.
 #
 #   scripts/capture-nix-fixtures.sh [SUITE...]     (default: the host's Nix, trixie, sid)
 set -euo pipefail
@@ -141,6 +141,26 @@ NIX_CONFIG="$conf"$'\n'"post-build-hook = $tmp/hook.sh" nix-build --no-out-link 
 nix copy --to "file://$tmp/cache" "$top"
 mkdir -p "$dir/cache"
 cp "$tmp"/cache/*.narinfo "$tmp/cache/nix-cache-info" "$dir/cache/"
+
+# Golden NARs, as `nix-store --dump` writes them: a tree with every kind of entry (an
+# executable, an empty file, sizes on and off the 8-byte padding, a symlink and a dangling one,
+# an empty directory, a name with spaces and UTF-8, an upper-case name that sorts first), and a
+# lone file and a lone symlink. src/nix/nar.rs makes the same tree and must write these bytes.
+nar_tree=$tmp/nar-tree
+mkdir -p "$nar_tree/sub/deep"
+printf 'upper\n' >"$nar_tree/B"
+chmod 755 "$nar_tree/B"
+printf 'lower' >"$nar_tree/a"
+: >"$nar_tree/empty"
+ln -s a "$nar_tree/link"
+ln -s ../nowhere "$nar_tree/dangling"
+printf 'eight by' >"$nar_tree/sub/eight"
+printf 'thirteen byte' >"$nar_tree/sub/odd"
+printf '\303\251\n' >"$nar_tree/name with spaces "$'\303\251'
+chmod 644 "$nar_tree/a" "$nar_tree/empty" "$nar_tree/sub/eight" "$nar_tree/sub/odd" "$nar_tree"/name*
+nix-store --dump "$nar_tree" >"$dir/tree.nar"
+nix-store --dump "$nar_tree/B" >"$dir/file.nar"
+nix-store --dump "$nar_tree/link" >"$dir/symlink.nar"
 
 # Through a nix-daemon: as root (trusted) and as `nobody` (not in trusted-users).
 mkdir -p "$tmp/daemon-conf" "$tmp/home"

@@ -500,18 +500,6 @@ mod tests {
         fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
     }
 
-    fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
-
     #[test]
     fn small_file_bytes_are_exact() {
         // The NAR of a file holding "hi\n", spelled out token by token.
@@ -536,6 +524,49 @@ mod tests {
         assert_eq!(dump_path(&path, &mut nar).unwrap(), expected.len() as u64);
         assert_eq!(nar, expected);
         assert_eq!(nar.len(), 120); // NarSize of a "hi\n" file in the narinfo Nix wrote
+    }
+
+    /// Makes the tree scripts/capture-nix-fixtures.sh dumps with `nix-store --dump`.
+    fn golden_tree(root: &Path) {
+        fs::create_dir_all(root.join("sub/deep")).unwrap();
+        write(&root.join("B"), b"upper\n", 0o755);
+        write(&root.join("a"), b"lower", 0o644);
+        write(&root.join("empty"), b"", 0o644);
+        symlink("a", root.join("link")).unwrap();
+        symlink("../nowhere", root.join("dangling")).unwrap();
+        write(&root.join("sub/eight"), b"eight by", 0o644);
+        write(&root.join("sub/odd"), b"thirteen byte", 0o644);
+        write(
+            &root.join("name with spaces \u{e9}"),
+            "\u{e9}\n".as_bytes(),
+            0o644,
+        );
+    }
+
+    macro_rules! golden {
+        ($version:literal, $file:literal) => {
+            include_bytes!(concat!("../../tests/fixtures/nix/", $version, "/", $file)).as_slice()
+        };
+    }
+
+    /// What `nix-store --dump` of each Nix wrote for the tree, a lone executable and a lone
+    /// symlink.
+    #[rstest]
+    #[case::tree_2_8(golden!("2.8.0", "tree.nar"), "")]
+    #[case::tree_2_26(golden!("2.26.3", "tree.nar"), "")]
+    #[case::tree_2_34(golden!("2.34.8", "tree.nar"), "")]
+    #[case::file_2_8(golden!("2.8.0", "file.nar"), "B")]
+    #[case::file_2_34(golden!("2.34.8", "file.nar"), "B")]
+    #[case::symlink_2_8(golden!("2.8.0", "symlink.nar"), "link")]
+    #[case::symlink_2_34(golden!("2.34.8", "symlink.nar"), "link")]
+    fn dump_path_writes_the_bytes_nix_writes(#[case] golden: &[u8], #[case] entry: &str) {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("tree");
+        golden_tree(&root);
+        let mut nar = Vec::new();
+        let size = dump_path(&root.join(entry), &mut nar).unwrap();
+        assert_eq!(size, golden.len() as u64);
+        assert!(nar == golden, "the NAR of {entry:?} differs from Nix's");
     }
 
     #[test]
@@ -591,7 +622,7 @@ mod tests {
         }
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("f");
-        write(&path, &pseudo_random(BUFFER_SIZE * 2, 3), 0o644);
+        write(&path, &vec![b'x'; BUFFER_SIZE * 2], 0o644);
         let err = dump_path(&path, &mut Full).unwrap_err();
         assert_eq!(err.to_string(), "cannot write the NAR stream: disk full");
     }
