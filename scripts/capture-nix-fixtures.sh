@@ -142,6 +142,13 @@ nix copy --to "file://$tmp/cache" "$top"
 mkdir -p "$dir/cache"
 cp "$tmp"/cache/*.narinfo "$tmp/cache/nix-cache-info" "$dir/cache/"
 
+# Derivations as this Nix writes them (src/nix/derivation.rs reads their outputs), one plain
+# and one fixed-output, and where this Nix keeps the build log of the one it built.
+cp "$drv" "$dir/top.drv"
+cp "$(nix-store --query --references "$drv" | grep 'fixture-recursive\.drv$')" "$dir/fixed.drv"
+drv_base=${drv##*/}
+(cd /nix/var/log/nix && find . -path "*/${drv_base:2}*" | sed 's|^\./||') >"$dir/build-log-path.txt"
+
 # Golden NARs, as `nix-store --dump` writes them: a tree with every kind of entry (an
 # executable, an empty file, sizes on and off the 8-byte padding, a symlink and a dangling one,
 # an empty directory, a name with spaces and UTF-8, an upper-case name that sorts first), and a

@@ -4,6 +4,7 @@
 
 pub mod base32;
 pub mod conf;
+pub mod derivation;
 pub mod hash;
 pub mod layout;
 pub mod nar;
