@@ -114,6 +114,7 @@ impl Job {
             "exclude",
             "skip-push",
             "restore",
+            "build-logs",
             "aws-role-arn",
             "aws-region",
             "github-token",

@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use common::cache::{Backend, TestCache};
-use common::nix::{build_closure, nix_command, nonce};
+use common::nix::{build_closure, derivation, nix_command, nonce};
 use common::{
     assert_fails, assert_ok, assert_refused_unsigned, hash_part, keygen, list_files, nixbucket,
-    run, stderr,
+    run, stderr, stdout,
 };
 use rstest::rstest;
 
@@ -133,6 +133,57 @@ fn a_pushed_closure_verifies_is_substituted_under_its_key_only_and_goes_up_once(
         "{}",
         stderr(&again)
     );
+}
+
+/// A pushed path's build log is read back by `nix log --store` from every backend (S3 over
+/// anonymous HTTP, as a public or proxied cache is read), found through its narinfo's
+/// Deriver; `--no-build-logs` pushes the path without it.
+#[rstest]
+#[case::file(Backend::File)]
+#[case::s3s_fs(Backend::S3sFs)]
+#[case::moto(Backend::Moto)]
+fn a_pushed_paths_build_log_is_read_by_nix_log(#[case] backend: Backend) {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = TestCache::new(backend, tmp.path());
+    let (secret, _) = keygen(tmp.path(), "logs-1");
+    let build = |what: &str| {
+        let tag = nonce();
+        let expr = derivation(
+            &format!("{what}-{tag}"),
+            &format!("echo {what}-{tag}-says-hello; echo {tag} > $out"),
+        );
+        (
+            common::nix::build(tmp.path(), &expr),
+            format!("{what}-{tag}-says-hello"),
+        )
+    };
+    let nix_log =
+        |path: &str| run(nix_command("nix").args(["log", "--store", &target.nix_url, path]));
+
+    let (logged, said) = build("logged");
+    let out = target.push(&secret, &logged);
+    assert!(stderr(&out).contains("1 build logs"), "{}", stderr(&out));
+    let log = nix_log(&logged);
+    assert_ok(&log);
+    assert!(stdout(&log).contains(&said), "{}", stdout(&log));
+
+    let (quiet, _) = build("quiet");
+    let out = run(target
+        .cmd()
+        .args([
+            "push",
+            "--no-build-logs",
+            "--cache",
+            &target.url,
+            "--signing-key-file",
+        ])
+        .arg(&secret)
+        .arg(&quiet));
+    assert_ok(&out);
+    assert!(!stderr(&out).contains("build logs"), "{}", stderr(&out));
+    assert_fails(&nix_log(&quiet));
+    let logs = target.keys().into_iter().filter(|k| k.starts_with("log/"));
+    assert_eq!(logs.count(), 1);
 }
 
 #[test]

@@ -321,3 +321,88 @@ fn an_untrusted_user_gets_told_why_and_what_to_add() {
         BASE_CONF
     );
 }
+
+/// The logs of the job's builds land in the cache, failed builds' too, where `nix log --store`
+/// reads them: by the output of a build that succeeded (through its narinfo's Deriver), and by
+/// the derivation of one that failed. `--no-build-logs` uploads none.
+#[test]
+fn build_logs_are_read_back_by_nix_log_for_outputs_and_failed_derivations() {
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = NixConfig::new(tmp.path(), BASE_CONF);
+    let (secret, _) = keygen(tmp.path(), "ours-1");
+    let cache = tmp.path().join("cache");
+    let url = format!("file://{}", cache.display());
+    let state = tmp.path().join("state.json");
+    let cycle = |extra: &[&str]| {
+        assert_ok(&run(conf
+            .nixbucket()
+            .args(["setup", "--cache", &url, "--signing-key-file"])
+            .arg(&secret)
+            .arg("--state-file")
+            .arg(&state)));
+        let tag = nonce();
+        let built = common::nix::build(
+            tmp.path(),
+            &derivation(
+                &format!("logged-{tag}"),
+                &format!("echo built-{tag}-fine; echo {tag} > $out"),
+            ),
+        );
+        let failing = write_expr(
+            tmp.path(),
+            &derivation(
+                &format!("failing-{tag}"),
+                &format!("echo failed-{tag}-because >&2; exit 1"),
+            ),
+        );
+        let drv = stdout(&run(
+            common::nix::nix_command("nix-instantiate").arg(&failing)
+        ))
+        .trim()
+        .to_owned();
+        assert_fails(&run(common::nix::nix_command("nix-build")
+            .arg("--no-out-link")
+            .arg(&failing)));
+        let push = run(conf
+            .nixbucket()
+            .args(["push", "--cache", &url, "--signing-key-file"])
+            .arg(&secret)
+            .arg("--state-file")
+            .arg(&state)
+            .args(extra));
+        assert_ok(&push);
+        (tag, built, drv, stderr(&push))
+    };
+    let nix_log =
+        |path: &str| run(common::nix::nix_command("nix").args(["log", "--store", &url, path]));
+
+    let (tag, built, drv, pushed) = cycle(&[]);
+    assert!(pushed.contains("2 build logs"), "{pushed}");
+    assert!(
+        pushed.contains(&format!(
+            "build failed: {drv}; read its log with nix log --store '{url}' {drv}"
+        )),
+        "{pushed}"
+    );
+    let by_output = nix_log(&built);
+    assert_ok(&by_output);
+    assert!(
+        stdout(&by_output).contains(&format!("built-{tag}-fine")),
+        "{}",
+        stdout(&by_output)
+    );
+    let by_drv = nix_log(&drv);
+    assert_ok(&by_drv);
+    assert!(
+        stdout(&by_drv).contains(&format!("failed-{tag}-because")),
+        "{}",
+        stdout(&by_drv)
+    );
+    let base = &drv["/nix/store/".len()..];
+    assert!(cache.join("log").join(base).is_file());
+
+    let (_, _, drv, pushed) = cycle(&["--no-build-logs"]);
+    assert!(!pushed.contains("build logs"), "{pushed}");
+    assert!(!pushed.contains("build failed"), "{pushed}");
+    assert!(!cache.join("log").join(&drv["/nix/store/".len()..]).exists());
+}

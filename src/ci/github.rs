@@ -98,6 +98,8 @@ pub struct Inputs {
     pub skip_push: bool,
     /// Restore what the last jobs used into a local mirror before the build (default true).
     pub restore: bool,
+    /// Push the build logs of what the job built (default true).
+    pub build_logs: bool,
     pub aws_role_arn: Option<String>,
     pub aws_region: Option<String>,
     pub github_token: Secret,
@@ -139,6 +141,7 @@ impl Inputs {
         };
         let skip_push = boolean("skip-push", false)?;
         let restore = boolean("restore", true)?;
+        let build_logs = boolean("build-logs", true)?;
         Ok(Inputs {
             cache,
             signing_key: Secret::new(text("signing-key").unwrap_or_default()),
@@ -151,6 +154,7 @@ impl Inputs {
             exclude: text("exclude"),
             skip_push,
             restore,
+            build_logs,
             aws_role_arn: text("aws-role-arn"),
             aws_region: text("aws-region"),
             github_token: Secret::new(text("github-token").unwrap_or_default()),
@@ -457,6 +461,7 @@ impl Outcome<'_> {
                      | failed | {} |\n\
                      | bytes before compression (NAR) | {} ({} bytes) |\n\
                      | bytes uploaded ({}) | {} ({} bytes) |\n\
+                     | build logs uploaded | {} |\n\
                      | time | {} |\n",
                     report.pushed.len(),
                     report.already_present,
@@ -467,6 +472,10 @@ impl Outcome<'_> {
                     compression.as_str(),
                     human_bytes(report.file_bytes()),
                     report.file_bytes(),
+                    report
+                        .logs
+                        .as_ref()
+                        .map_or_else(|| "off".to_owned(), |l| l.uploaded.to_string()),
                     seconds(report.elapsed),
                 );
                 if !report.pushed.is_empty() {
@@ -491,6 +500,17 @@ impl Outcome<'_> {
                     rows(
                         &mut md,
                         report.failed.iter().map(|(p, e)| (p, e.to_string())),
+                    );
+                }
+                if let Some(logs) = report.logs.as_ref().filter(|l| !l.failed_builds.is_empty()) {
+                    md.push_str(
+                        "\n#### Failed builds\n\n| derivation | its log |\n| --- | --- |\n",
+                    );
+                    rows(
+                        &mut md,
+                        logs.failed_builds
+                            .iter()
+                            .map(|drv| (drv, format!("`nix log --store '{cache}' {drv}`"))),
                     );
                 }
                 if !skipped.is_empty() {

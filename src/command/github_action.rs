@@ -48,6 +48,8 @@ const STATE_FILE: &str = "nixbucket-state-file";
 
 const MODE_PUSH: &str = "push";
 const MODE_PULL_ONLY: &str = "pull-only";
+/// How much of each build log the Action uploads: the last 10 MiB, as `push` does by default.
+const BUILD_LOG_MAX_SIZE: u64 = 10 << 20;
 
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
@@ -346,6 +348,7 @@ fn push_job(inputs: &Inputs, state_file: Option<String>) -> anyhow::Result<Job> 
         include_derivations: false,
         include: regex("include", &inputs.include)?,
         exclude: regex("exclude", &inputs.exclude)?,
+        build_logs: inputs.build_logs.then_some(BUILD_LOG_MAX_SIZE),
     })
 }
 

@@ -68,6 +68,17 @@ pub struct Args {
     /// Do not push new paths whose name (after the hash) matches this regular expression.
     #[arg(long, env = "NIXBUCKET_EXCLUDE", value_name = "REGEX")]
     pub exclude: Option<Regex>,
+    /// Do not upload build logs. By default the logs of the builds this job ran, failed ones
+    /// too, go to `log/` in the cache, where `nix log --store CACHE PATH` reads them.
+    #[arg(long, env = "NIXBUCKET_NO_BUILD_LOGS")]
+    pub no_build_logs: bool,
+    /// Upload at most the last this much of each build log: `10MiB`, `500KiB`.
+    #[arg(long, value_name = "SIZE", default_value = "10MiB", value_parser = parse_size)]
+    pub build_log_max_size: u64,
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    crate::gc::units::parse_size(text).map_err(|e| e.to_string())
 }
 
 impl Args {
@@ -106,6 +117,7 @@ impl Args {
             include_derivations: self.include_derivations,
             include: self.include,
             exclude: self.exclude,
+            build_logs: (!self.no_build_logs).then_some(self.build_log_max_size),
         })
     }
 }

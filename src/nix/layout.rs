@@ -7,6 +7,8 @@
 //! - `nar/<hash><ext>` holds a NAR. Nix names it after the compressed file's hash; nixbucket
 //!   names it after the NarHash, which is known before compressing (see `push`). Either way
 //!   the narinfo's `URL:` says where it is.
+//! - `log/<derivation base name>` holds the build log of that derivation, uncompressed, as
+//!   `nix log --store` reads it (for an output path, via its narinfo's `Deriver:`).
 
 use std::fmt;
 
@@ -24,6 +26,9 @@ pub const NARINFO_TYPE: &str = "text/x-nix-narinfo";
 pub const NAR_TYPE: &str = "application/x-nix-nar";
 /// Where NARs live.
 pub const NAR_DIR: &str = "nar/";
+/// Where build logs live.
+pub const LOG_DIR: &str = "log/";
+pub const LOG_TYPE: &str = "text/plain; charset=utf-8";
 const NARINFO_SUFFIX: &str = ".narinfo";
 
 /// A store path's hash part, checked: exactly 32 nixbase32 characters. It names the path's
@@ -46,6 +51,11 @@ impl HashPart {
         let mut bytes = [0u8; 32];
         bytes.copy_from_slice(text.as_bytes());
         HashPart(bytes)
+    }
+
+    /// The hash part a build log's key names: the derivation's.
+    pub fn of_log_key(key: &str) -> Option<HashPart> {
+        HashPart::parse(key.strip_prefix(LOG_DIR)?.get(..32)?)
     }
 
     /// The hash part a narinfo key names: `<hash part>.narinfo` at the top of the cache.
@@ -79,6 +89,11 @@ impl fmt::Debug for HashPart {
 /// The key of `path`'s narinfo.
 pub fn narinfo_key(path: &StorePath) -> String {
     HashPart::of(path).narinfo_key()
+}
+
+/// The object that holds `drv`'s build log.
+pub fn log_key(drv: &StorePath) -> String {
+    format!("{LOG_DIR}{}", drv.base_name())
 }
 
 /// What a request for `key` asks for, if a narinfo: `Some(Some(hash))` for one named as Nix

@@ -3,6 +3,7 @@
 //! the restore mirror), pick the closure, record the job's usage for gc, ask the cache what it
 //! lacks and push that.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 use regex::Regex;
 
+use super::logs;
 use super::select::{self, Filters, Skipped};
 use super::usage::UsageError;
 use super::{Plan, ProgressMode, PushOptions, PushReport};
@@ -66,6 +68,8 @@ pub struct Job {
     pub include_derivations: bool,
     pub include: Option<Regex>,
     pub exclude: Option<Regex>,
+    /// Upload the build logs of what this job built, each cut to this many bytes; none: no logs.
+    pub build_logs: Option<u64>,
 }
 
 /// What a push found before it uploads anything.
@@ -75,6 +79,9 @@ pub struct Prepared {
     pub skipped: Skipped,
     /// Why this job's usage record could not be written, if it could not (the push goes on).
     pub usage_unrecorded: Option<UsageError>,
+    /// The build logs to upload (of the derivations new since setup, and of the closure's
+    /// derivers), and the builds that failed; none when logs are off.
+    pub logs: Option<logs::Found>,
 }
 
 impl Job {
@@ -96,10 +103,30 @@ impl Job {
             cancel: Arc::new(AtomicBool::new(false)),
         };
         let signals = stop_on_signal(opts.cancel.clone())?;
-        let mut report = super::execute(&prepared.cache, prepared.plan, &opts).await?;
+        let logs = async {
+            match (self.build_logs, prepared.logs) {
+                (Some(max), Some(found)) => Some(logs::push(&prepared.cache, found, max).await),
+                _ => None,
+            }
+        };
+        let (report, logs) =
+            tokio::join!(super::execute(&prepared.cache, prepared.plan, &opts), logs);
+        let mut report = report?;
         report.usage_unrecorded = prepared.usage_unrecorded;
+        report.logs = logs;
         signals.abort();
         eprintln!("{}", report.summary(&self.compression));
+        if let Some(logs) = &report.logs {
+            for (drv, why) in &logs.errors {
+                eprintln!("warning: the build log of {drv} was not uploaded: {why}");
+            }
+            for drv in &logs.failed_builds {
+                eprintln!(
+                    "build failed: {drv}; read its log with {}",
+                    logs::read_command(&self.url, drv)
+                );
+            }
+        }
         Ok((report, prepared.skipped))
     }
 
@@ -110,12 +137,13 @@ impl Job {
         let (upstream, include_derivations) = (self.upstream.clone(), self.include_derivations);
         let (include, exclude) = (self.include.clone(), self.exclude.clone());
         let (paths, state_path, keep) = (self.paths.clone(), self.state_path(), self.dry_run);
+        let want_logs = self.build_logs.is_some() && !self.dry_run;
         // Nix's answers come from local processes and the cache's from the network: asked at
         // once, the bucket's first round trip costs nothing.
         let query = tokio::task::spawn_blocking(move || {
             // Nix's configuration (for the upstream keys) is read beside the store queries
             // that do not need it.
-            std::thread::scope(|scope| {
+            let (closure, skipped, new_derivations) = std::thread::scope(|scope| {
                 let keys = scope.spawn(|| upstream_keys(&upstream, our_key.as_deref()));
                 let filters = || -> anyhow::Result<Filters> {
                     let keys = keys.join().expect("the key query does not panic");
@@ -129,13 +157,19 @@ impl Job {
                 if paths.is_empty() {
                     since_setup(&state_path, keep, filters)
                 } else {
-                    named_closure(&paths, filters)
+                    let (closure, skipped) = named_closure(&paths, filters)?;
+                    Ok::<_, anyhow::Error>((closure, skipped, Vec::new()))
                 }
-            })
+            })?;
+            if !want_logs {
+                return Ok((closure, skipped, None));
+            }
+            let (closure, logs) = with_failed_derivations(closure, new_derivations);
+            anyhow::Ok((closure, skipped, logs))
         });
         let open = Cache::open_with(&self.url, self.open.clone());
         let (query, cache) = tokio::join!(query, open);
-        let (closure, skipped) = query.context("the store query stopped unexpectedly")??;
+        let (closure, skipped, logs) = query.context("the store query stopped unexpectedly")??;
         let cache = cache.with_context(|| format!("could not open the cache {}", self.url))?;
         // gc's usage record: before the existence checks, so a concurrent gc keeps these.
         let mut usage_unrecorded = None;
@@ -161,8 +195,42 @@ impl Job {
             plan,
             skipped,
             usage_unrecorded,
+            logs,
         })
     }
+}
+
+/// The build logs of the derivations new since setup and of the closure's derivers, and the
+/// closure with each failed build's derivation added, with its own closure (input derivations
+/// and sources, all small): Nix 2.8 reads a derivation's log from a cache only when the cache
+/// has the derivation, and a failed build is worth inspecting anywhere. Logs that cannot be
+/// found are a warning, not a failed push.
+fn with_failed_derivations(
+    mut closure: Vec<PathInfo>,
+    new_derivations: Vec<StorePath>,
+) -> (Vec<PathInfo>, Option<logs::Found>) {
+    let derivations = closure
+        .iter()
+        .filter_map(|info| info.deriver.clone())
+        .chain(new_derivations)
+        .collect();
+    let found = match logs::find(derivations) {
+        Ok(found) => found,
+        Err(err) => {
+            eprintln!("warning: no build logs are pushed: {err}");
+            return (closure, None);
+        }
+    };
+    if !found.failed.is_empty() {
+        match store::query_path_info(&found.failed, true) {
+            Ok(extra) => {
+                let have: BTreeSet<StorePath> = closure.iter().map(|i| i.path.clone()).collect();
+                closure.extend(extra.into_iter().filter(|i| !have.contains(&i.path)));
+            }
+            Err(err) => eprintln!("warning: the failed builds' derivations are not pushed: {err}"),
+        }
+    }
+    (closure, Some(found))
 }
 
 /// After a `setup` that restored into a mirror: how much of it the build used, and the mirror
@@ -222,7 +290,8 @@ fn stop_on_signal(cancel: Arc<AtomicBool>) -> anyhow::Result<tokio::task::JoinHa
     }))
 }
 
-/// What the store gained since `setup`, filtered, and its closure. First, what setup started is
+/// What the store gained since `setup`, filtered, its closure, and the derivations among the
+/// gains (whose builds may have failed). First, what setup started is
 /// finished: the server's uploads, so that the diff finds them in the cache, then its counters
 /// and the server itself; the restore mirror, counted and removed. A dry run (`keep`) leaves
 /// both. The state file and the store directory are each read once. `filters` is asked for
@@ -231,7 +300,7 @@ fn since_setup(
     state_path: &Path,
     keep: bool,
     filters: impl FnOnce() -> anyhow::Result<Filters>,
-) -> anyhow::Result<(Vec<PathInfo>, Skipped)> {
+) -> anyhow::Result<(Vec<PathInfo>, Skipped, Vec<StorePath>)> {
     let state = State::load(state_path)?;
     if let Some(served) = &state.serve {
         if let Some(stats) = crate::serve::background::finish(served, keep) {
@@ -244,14 +313,22 @@ fn since_setup(
         let added = added.as_deref().map_err(ToString::to_string);
         eprintln!("{}", mirror_report(dir, added, keep));
     }
-    let added = store::query_valid_path_info(&added?)?;
+    let added = added?;
+    let derivations = added
+        .iter()
+        .filter(|p| p.is_derivation())
+        .cloned()
+        .collect();
+    let added = store::query_valid_path_info(&added)?;
     let filters = filters()?;
     let (roots, skipped) = select::split_roots(added, &filters);
     if roots.is_empty() {
-        return Ok((Vec::new(), skipped));
+        return Ok((Vec::new(), skipped, derivations));
     }
     let roots: Vec<_> = roots.into_iter().map(|i| i.path).collect();
-    without_upstream(store::query_path_info(&roots, true)?, skipped, &filters)
+    let (closure, skipped) =
+        without_upstream(store::query_path_info(&roots, true)?, skipped, &filters)?;
+    Ok((closure, skipped, derivations))
 }
 
 /// The closure of the paths a user named (`./result` works too).

@@ -7,6 +7,7 @@
 
 mod encode;
 pub mod job;
+pub mod logs;
 pub mod progress;
 pub mod select;
 pub mod usage;
@@ -129,6 +130,8 @@ pub struct PushReport {
     /// Why this job's usage record could not be written, if it could not: gc may then count
     /// the job's paths as unused.
     pub usage_unrecorded: Option<usage::UsageError>,
+    /// The build logs, when they were pushed.
+    pub logs: Option<logs::LogReport>,
 }
 
 impl PushReport {
@@ -158,6 +161,10 @@ impl PushReport {
         }
         if self.usage_unrecorded.is_some() {
             line.push_str("; usage record NOT written");
+        }
+        if let Some(logs) = &self.logs {
+            line.push_str("; ");
+            line.push_str(&logs.summary());
         }
         line
     }
