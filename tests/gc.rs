@@ -56,6 +56,14 @@ fn recently_used_closure_survives(target: &TestCache, tmp: &Path) {
         .iter()
         .map(|p| target.nar_of(p))
         .collect();
+    let old_logs: Vec<String> = [&old_app, &old_lib, &old_data]
+        .iter()
+        .map(|p| target.log_of(p))
+        .collect();
+    let logs: Vec<String> = [&app, &lib, &data]
+        .iter()
+        .map(|p| target.log_of(p))
+        .collect();
     let t0 = now_secs();
     target.record_use(t0 + 9 * DAY, &[&app]);
     let later = (t0 + 10 * DAY).to_string();
@@ -75,7 +83,7 @@ fn recently_used_closure_survives(target: &TestCache, tmp: &Path) {
         assert!(!stdout(&dry).contains(p.as_str()), "{}", stdout(&dry));
     }
     assert!(
-        stderr(&dry).contains("would delete 3 of 6 paths and 3 NARs"),
+        stderr(&dry).contains("would delete 3 of 6 paths and 3 NARs (and 3 build logs)"),
         "{}",
         stderr(&dry)
     );
@@ -84,11 +92,18 @@ fn recently_used_closure_survives(target: &TestCache, tmp: &Path) {
     let out = target.gc(&["--older-than", "7d", "--now", &later]);
     assert_ok(&out);
     assert!(
-        stderr(&out).contains("deleted 3 of 6 paths and 3 NARs"),
+        stderr(&out).contains("deleted 3 of 6 paths and 3 NARs (and 3 build logs)"),
         "{}",
         stderr(&out)
     );
     let keys = target.keys();
+    // Build logs go with the paths their derivations built, and stay with the kept ones.
+    for log in &old_logs {
+        assert!(!keys.contains(log), "{log} survived: {keys:?}");
+    }
+    for log in &logs {
+        assert!(keys.contains(log), "{log} was deleted: {keys:?}");
+    }
     for p in [&old_app, &old_lib, &old_data] {
         assert!(!target.has_narinfo(p), "{p} survived");
     }
@@ -593,9 +608,10 @@ fn a_narinfo_written_for_a_nar_gc_was_deleting_is_unlinked() {
     assert_ok(&target.verify(&race.public));
 }
 
-/// gc deletes narinfos and usage records a thousand to a request, in a DeleteObjects as the
-/// SDK sends it: both servers take that, so nothing of theirs goes one at a time (NARs always
-/// do, each looked at right before). A month later rather than aged objects: moto's cannot be.
+/// gc deletes narinfos, usage records and build logs a thousand to a request, in a
+/// DeleteObjects as the SDK sends it: both servers take that, so nothing of theirs goes one at
+/// a time (NARs always do, each looked at right before). The logs of the deleted paths go with
+/// them. A month later rather than aged objects: moto's cannot be.
 #[rstest]
 #[case::s3s_fs(S3Kind::S3sFs)]
 #[case::moto(S3Kind::Moto)]
@@ -621,13 +637,14 @@ fn gc_deletes_narinfos_with_delete_objects(#[case] kind: S3Kind) {
     ]));
     assert_ok(&out);
     assert!(
-        stderr(&out).contains("deleted 3 of 3 paths and 3 NARs"),
+        stderr(&out).contains("deleted 3 of 3 paths and 3 NARs (and 3 build logs)"),
         "{}",
         stderr(&out)
     );
     let requests = proxy.stats().requests;
     eprintln!("{requests:?}");
-    assert_eq!(requests.get("DeleteObjects"), Some(&2), "{requests:?}");
+    // narinfos, usage records, logs.
+    assert_eq!(requests.get("DeleteObjects"), Some(&3), "{requests:?}");
     assert_eq!(requests.get("DeleteObject"), Some(&3), "{requests:?}");
     for p in &closure {
         assert!(!target.has_narinfo(p), "{p} survived");
@@ -635,7 +652,7 @@ fn gc_deletes_narinfos_with_delete_objects(#[case] kind: S3Kind) {
     let keys = target.keys();
     assert!(
         keys.iter()
-            .all(|k| !k.starts_with("nar/") && !k.ends_with(".narinfo")),
+            .all(|k| !k.starts_with("nar/") && !k.starts_with("log/") && !k.ends_with(".narinfo")),
         "{keys:?}"
     );
     assert_ok(&target.verify(&public));
@@ -652,6 +669,10 @@ fn gc_deletes_one_by_one_where_delete_objects_does_not(#[case] fault: common::fa
     let target = TestCache::s3();
     let (_, public, path) = push_small(&target, tmp.path(), "old");
     target.forget_usage();
+    // Only the narinfo is to go in a DeleteObjects (its build log would be a second one).
+    for log in target.keys().iter().filter(|k| k.starts_with("log/")) {
+        target.remove(log);
+    }
     target.age(&target.keys(), 30 * DAY);
     let (proxy, via_proxy) = target.proxy("DeleteObjects", fault);
     let out = run(target
@@ -670,7 +691,10 @@ fn gc_deletes_one_by_one_where_delete_objects_does_not(#[case] fault: common::fa
     );
     assert!(!target.has_narinfo(&path));
     assert!(
-        target.keys().iter().all(|k| !k.starts_with("nar/")),
+        target
+            .keys()
+            .iter()
+            .all(|k| !k.starts_with("nar/") && !k.starts_with("log/")),
         "{:?}",
         target.keys()
     );

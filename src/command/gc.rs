@@ -92,10 +92,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("warning: kept {key}, which cannot be read as a narinfo: {why}");
     }
     eprintln!(
-        "{verb} {} of {} paths and {} NARs, freeing {} ({} NAR); kept {} paths ({} NAR){}{}",
+        "{verb} {} of {} paths and {} NARs{}, freeing {} ({} NAR); kept {} paths ({} NAR){}{}",
         report.deleted.len(),
         report.narinfos,
         report.nars_deleted,
+        match report.logs_deleted {
+            0 => String::new(),
+            n => format!(" (and {n} build logs)"),
+        },
         human_bytes(report.nar_bytes_freed + report.meta_bytes_freed),
         human_bytes(report.nar_bytes_freed),
         report.kept,

@@ -12,7 +12,9 @@
 //!    text read in the plan, with its closure;
 //! 3. NARs that no remaining narinfo names, and that are older than the grace period, go,
 //!    each looked at (HEAD) right before its deletion: a push that reuses such a NAR touches
-//!    it first (see [`crate::push`]), and then it stays;
+//!    it first (see [`crate::push`]), and then it stays; build logs (`log/<derivation>`) go
+//!    with the last narinfo their derivation built, or, if it built none that stays (a
+//!    failed build), once they are as old as an unused path may be;
 //! 4. when NARs were deleted, narinfos are listed a third time: one that a push wrote for a
 //!    NAR gc deleted in the moment between its look and the deletion goes again, with every
 //!    narinfo that references its path, so no narinfo is left without its NAR;
@@ -94,6 +96,8 @@ pub struct GcReport {
     pub meta_bytes_freed: u64,
     /// NAR bytes the kept paths occupy.
     pub nar_bytes_kept: u64,
+    /// Build logs deleted: of no path that stays, and old (see `plan::orphan_logs_before`).
+    pub logs_deleted: usize,
     /// Narinfos put back because a concurrent push needs them.
     pub restored: Vec<StorePath>,
     /// Narinfos a concurrent push wrote for a NAR gc deleted at that moment, removed with
@@ -169,7 +173,8 @@ pub async fn collect(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcErro
     clock.lap(&mut report, "delete narinfos, list again");
     // 3. NARs that nothing names any more.
     let stale = delete_orphan_nars(cache, &snap, &repaired, opts, &mut report).await?;
-    clock.lap(&mut report, "delete NARs");
+    delete_orphan_logs(cache, &snap, &repaired, opts, &mut report).await?;
+    clock.lap(&mut report, "delete NARs and logs");
     // 4. A push may have reused a NAR in the moment between gc's last look at it and its
     //    deletion: its narinfo now names a NAR that is gone. Such narinfos, and any that
     //    reference their paths, go too, so what stays is whole; the next push puts them back.
@@ -275,6 +280,15 @@ fn dry_run_nars(report: &mut GcReport, snap: &Snapshot, plan: &Plan, opts: &GcOp
         }
     }
     report.meta_bytes_freed = plan.doomed().iter().map(|&i| snap.entries[i].size).sum();
+    let kept = (0..snap.entries.len())
+        .filter(|&i| plan.kept[i])
+        .map(|i| &snap.entries[i]);
+    let logs = plan::doomed_logs(log_objects(snap), &derivers(kept), opts);
+    report.logs_deleted = logs.len();
+    report.meta_bytes_freed += logs
+        .iter()
+        .filter_map(|k| snap.listed.get(k).map(|o| o.size))
+        .sum::<u64>();
 }
 
 /// What the second listing found, and which entries are gone for good.
@@ -388,6 +402,48 @@ async fn delete_orphan_nars(
     Ok(stale.keys)
 }
 
+/// Phase 3, for build logs: a log goes with the last narinfo its derivation built, or, built
+/// by none (a failed build), once it is old.
+async fn delete_orphan_logs(
+    cache: &Cache,
+    snap: &Snapshot,
+    repaired: &Repaired,
+    opts: &GcOptions,
+    report: &mut GcReport,
+) -> Result<(), GcError> {
+    let derivers = derivers(repaired.live(snap));
+    let doomed = plan::doomed_logs(log_objects(snap), &derivers, opts);
+    let bytes: u64 = doomed
+        .iter()
+        .filter_map(|k| snap.listed.get(k).map(|o| o.size))
+        .sum();
+    delete_all(cache, &doomed, opts.jobs.max(1)).await?;
+    report.logs_deleted = doomed.len();
+    report.meta_bytes_freed += bytes;
+    Ok(())
+}
+
+/// The derivations whose logs stay with `entries`: those that built them, and those among
+/// them (a failed build's derivation is pushed with its log), by hash part.
+fn derivers<'a>(entries: impl Iterator<Item = &'a Entry>) -> HashSet<HashPart> {
+    entries
+        .filter_map(|e| e.info.as_ref())
+        .flat_map(|info| {
+            let own = info.path.is_derivation().then_some(&info.path);
+            info.deriver.as_ref().into_iter().chain(own)
+        })
+        .map(HashPart::of)
+        .collect()
+}
+
+/// The build logs listed, with when each was last written.
+fn log_objects(snap: &Snapshot) -> impl Iterator<Item = (&str, Option<SystemTime>)> {
+    snap.listing
+        .iter()
+        .filter(|o| o.key.starts_with(layout::LOG_DIR))
+        .map(|o| (o.key.as_str(), o.last_modified))
+}
+
 /// Phase 5: the usage records read are merged into one that names only live paths; each
 /// branch's newest record stays as it is as well, since setup restores by it.
 async fn compact_usage(
@@ -425,11 +481,13 @@ async fn compact_usage(
     Ok(())
 }
 
-/// Narinfos, usage records and (with `nars`) NARs: all gc reads or deletes, in 33 or 65
-/// listings side by side.
+/// Narinfos, usage records and (with `nars`) NARs and build logs: all gc reads or deletes, in
+/// 33 or 66 listings side by side.
 async fn list_cache(cache: &Cache, nars: bool, jobs: usize) -> Result<Vec<ObjectInfo>, CacheError> {
     let mut prefixes = if nars {
-        layout::store_prefixes()
+        let mut prefixes = layout::store_prefixes();
+        prefixes.push(layout::LOG_DIR.to_owned());
+        prefixes
     } else {
         layout::narinfo_prefixes()
     };

@@ -51,6 +51,38 @@ pub(super) fn young_before(opts: &GcOptions) -> SystemTime {
         .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
+/// A build log whose derivation built no narinfo still in the cache (a failed build, or a
+/// path gc deleted) goes once it was last written before this: under `--older-than`, as a
+/// path unused that long would; under `--max-size`, once the grace period is over.
+pub(super) fn orphan_logs_before(opts: &GcOptions) -> SystemTime {
+    match opts.policy {
+        Policy::OlderThan(age) => opts
+            .now
+            .checked_sub(age)
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+            .min(young_before(opts)),
+        Policy::MaxSize(_) => young_before(opts),
+    }
+}
+
+/// The build logs (`log/<derivation>`) that go: those of no derivation in `derivers` (the
+/// `Deriver:` of every narinfo that stays, and the derivations that stay) and older than
+/// [`orphan_logs_before`].
+pub(super) fn doomed_logs<'a>(
+    logs: impl Iterator<Item = (&'a str, Option<SystemTime>)>,
+    derivers: &HashSet<HashPart>,
+    opts: &GcOptions,
+) -> Vec<String> {
+    let before = orphan_logs_before(opts);
+    logs.filter(|(key, modified)| {
+        let built_a_kept_path =
+            HashPart::of_log_key(key).is_some_and(|drv| derivers.contains(&drv));
+        !built_a_kept_path && modified.is_some_and(|t| t < before)
+    })
+    .map(|(key, _)| key.to_owned())
+    .collect()
+}
+
 /// Which of the entries stay, and why some stay whatever the policy says.
 pub(super) struct Plan {
     /// Kept, by entry index.
@@ -347,5 +379,38 @@ mod tests {
         assert_eq!(plan.doomed(), [0, 1]);
         plan.keep_used(&used(&[("app", 100)]));
         assert!(plan.doomed().is_empty(), "app and its reference stay");
+    }
+
+    /// A log stays with a path its derivation built that stays; one of no such path (a failed
+    /// build, a deleted path) goes once it is as old as an unused path may be, and under a
+    /// size budget once the grace period is over.
+    #[test]
+    fn a_build_log_goes_with_its_path_or_when_old() {
+        let log = |drv: &str| crate::nix::layout::log_key(&path(drv));
+        let kept_drv = HashPart::of(&path("app.drv"));
+        let derivers: HashSet<HashPart> = [kept_drv].into();
+        let logs = [
+            (log("app.drv"), Some(at(10 * DAY))),
+            (log("failed-old.drv"), Some(at(NOW - 31 * DAY))),
+            (log("failed-recent.drv"), Some(at(NOW - 5 * DAY))),
+            (log("failed-today.drv"), Some(at(NOW - 3600))),
+            (log("unknown-age.drv"), None),
+            ("log/not-a-derivation".to_owned(), Some(at(0))),
+        ];
+        let listed = || logs.iter().map(|(k, t)| (k.as_str(), *t));
+        let month = opts(Policy::OlderThan(Duration::from_secs(30 * DAY)));
+        assert_eq!(
+            doomed_logs(listed(), &derivers, &month),
+            [log("failed-old.drv"), "log/not-a-derivation".to_owned()]
+        );
+        let budget = opts(Policy::MaxSize(1 << 30));
+        assert_eq!(
+            doomed_logs(listed(), &derivers, &budget),
+            [
+                log("failed-old.drv"),
+                log("failed-recent.drv"),
+                "log/not-a-derivation".to_owned()
+            ]
+        );
     }
 }

@@ -194,6 +194,19 @@ impl TestCache {
             .is_some()
     }
 
+    /// The build log object of the derivation a path's narinfo names as its `Deriver:`.
+    pub fn log_of(&self, store_path: &str) -> String {
+        let text = self
+            .read(&format!("{}.narinfo", hash_part(store_path)))
+            .unwrap();
+        let deriver = String::from_utf8(text)
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("Deriver: ").map(str::to_owned))
+            .expect("a Deriver line");
+        format!("log/{deriver}")
+    }
+
     /// The NAR object a path's narinfo names.
     pub fn nar_of(&self, store_path: &str) -> String {
         let text = self
