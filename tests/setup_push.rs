@@ -33,30 +33,62 @@ fn pushed_store_paths(cache: &Path) -> Vec<String> {
     paths
 }
 
+/// One CI job's view: a Nix configuration of its own, a key, a `file://` cache and the state
+/// file that `setup` writes and `push` reads.
+struct Job {
+    tmp: tempfile::TempDir,
+    conf: NixConfig,
+    secret: PathBuf,
+    cache: PathBuf,
+    url: String,
+    state: PathBuf,
+}
+
+impl Job {
+    fn new() -> Job {
+        let tmp = tempfile::tempdir().unwrap();
+        let conf = NixConfig::new(tmp.path(), BASE_CONF);
+        let (secret, _) = keygen(tmp.path(), "ours-1");
+        let cache = tmp.path().join("cache");
+        let url = format!("file://{}", cache.display());
+        let state = tmp.path().join("state.json");
+        Job {
+            tmp,
+            conf,
+            secret,
+            cache,
+            url,
+            state,
+        }
+    }
+
+    /// `nixbucket ACTION --cache URL --signing-key-file KEY --state-file STATE EXTRA…`.
+    fn run(&self, action: &str, extra: &[&str]) -> std::process::Output {
+        run(self
+            .conf
+            .nixbucket()
+            .args([action, "--cache", &self.url, "--signing-key-file"])
+            .arg(&self.secret)
+            .arg("--state-file")
+            .arg(&self.state)
+            .args(extra))
+    }
+
+    fn setup(&self) -> std::process::Output {
+        self.run("setup", &[])
+    }
+
+    fn push(&self, extra: &[&str]) -> std::process::Output {
+        self.run("push", extra)
+    }
+}
+
 #[test]
 fn pushes_exactly_what_the_build_made_and_nothing_on_a_second_cycle() {
-    let tmp = tempfile::tempdir().unwrap();
-    let conf = NixConfig::new(tmp.path(), BASE_CONF);
-    let (secret, _) = keygen(tmp.path(), "ours-1");
-    let cache = tmp.path().join("cache");
-    let url = format!("file://{}", cache.display());
-    let state = tmp.path().join("state.json");
-    let setup = || {
-        run(conf
-            .nixbucket()
-            .args(["setup", "--cache", &url, "--signing-key-file"])
-            .arg(&secret)
-            .arg("--state-file")
-            .arg(&state))
-    };
-    let push = || {
-        run(conf
-            .nixbucket()
-            .args(["push", "--cache", &url, "--signing-key-file"])
-            .arg(&secret)
-            .arg("--state-file")
-            .arg(&state))
-    };
+    let job = Job::new();
+    let (tmp, cache) = (&job.tmp, &job.cache);
+    let setup = || job.setup();
+    let push = || job.push(&[]);
 
     assert_ok(&setup());
     let [app, lib, data] = build_closure(tmp.path(), &nonce());
@@ -64,7 +96,7 @@ fn pushes_exactly_what_the_build_made_and_nothing_on_a_second_cycle() {
     assert_ok(&out);
     let mut expected = vec![app.clone(), lib, data];
     expected.sort();
-    assert_eq!(pushed_store_paths(&cache), expected, "{}", stderr(&out));
+    assert_eq!(pushed_store_paths(cache), expected, "{}", stderr(&out));
 
     assert_ok(&setup());
     let again = push();
@@ -74,7 +106,7 @@ fn pushes_exactly_what_the_build_made_and_nothing_on_a_second_cycle() {
         "{}",
         stderr(&again)
     );
-    assert_eq!(pushed_store_paths(&cache).len(), 3);
+    assert_eq!(pushed_store_paths(cache).len(), 3);
 }
 
 #[test]
@@ -327,19 +359,10 @@ fn an_untrusted_user_gets_told_why_and_what_to_add() {
 /// the derivation of one that failed. `--no-build-logs` uploads none.
 #[test]
 fn build_logs_are_read_back_by_nix_log_for_outputs_and_failed_derivations() {
-    let tmp = tempfile::tempdir().unwrap();
-    let conf = NixConfig::new(tmp.path(), BASE_CONF);
-    let (secret, _) = keygen(tmp.path(), "ours-1");
-    let cache = tmp.path().join("cache");
-    let url = format!("file://{}", cache.display());
-    let state = tmp.path().join("state.json");
+    let job = Job::new();
+    let (tmp, cache, url) = (&job.tmp, &job.cache, &job.url);
     let cycle = |extra: &[&str]| {
-        assert_ok(&run(conf
-            .nixbucket()
-            .args(["setup", "--cache", &url, "--signing-key-file"])
-            .arg(&secret)
-            .arg("--state-file")
-            .arg(&state)));
+        assert_ok(&job.setup());
         let tag = nonce();
         let built = common::nix::build(
             tmp.path(),
@@ -363,18 +386,12 @@ fn build_logs_are_read_back_by_nix_log_for_outputs_and_failed_derivations() {
         assert_fails(&run(common::nix::nix_command("nix-build")
             .arg("--no-out-link")
             .arg(&failing)));
-        let push = run(conf
-            .nixbucket()
-            .args(["push", "--cache", &url, "--signing-key-file"])
-            .arg(&secret)
-            .arg("--state-file")
-            .arg(&state)
-            .args(extra));
+        let push = job.push(extra);
         assert_ok(&push);
         (tag, built, drv, stderr(&push))
     };
     let nix_log =
-        |path: &str| run(common::nix::nix_command("nix").args(["log", "--store", &url, path]));
+        |path: &str| run(common::nix::nix_command("nix").args(["log", "--store", url, path]));
 
     let (tag, built, drv, pushed) = cycle(&[]);
     assert!(pushed.contains("2 build logs"), "{pushed}");
