@@ -1,5 +1,6 @@
 //! Command-line entry point: parse arguments, run one subcommand, report errors.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -12,6 +13,18 @@ use crate::command;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Price the bucket requests of the run with this table: `aws` (S3 Standard, us-east-1),
+    /// `r2`, `b2`, or a JSON file of your own [default: by the store's endpoint].
+    #[arg(long, global = true, env = "NIXBUCKET_PRICING", value_name = "TABLE")]
+    pub pricing: Option<String>,
+    /// Also write the run's bucket requests, bytes and estimated cost to this file, as JSON.
+    #[arg(
+        long,
+        global = true,
+        env = "NIXBUCKET_REPORT_JSON",
+        value_name = "FILE"
+    )]
+    pub report_json: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -39,6 +52,16 @@ pub enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(choice) = &cli.pricing {
+        match crate::cost::Pricing::load(choice) {
+            Ok(pricing) => crate::cost::choose(pricing),
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let report_json = cli.report_json.clone();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -62,11 +85,35 @@ pub fn main() -> ExitCode {
             Command::Hook(args) => Ok(command::hook::run(args)),
         }
     });
-    match result {
+    let code = match result {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
+    };
+    match report_requests(report_json.as_deref()) {
+        Ok(()) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
     }
+}
+
+/// The run's bucket requests and their estimated cost: a line at the end, and the JSON file
+/// if one was asked for (written even when no request was sent, so dashboards see a zero).
+fn report_requests(json: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let report = crate::cost::so_far();
+    if let Some(report) = &report {
+        eprintln!("{}", report.summary());
+    }
+    if let Some(path) = json {
+        let report = report
+            .unwrap_or_else(|| crate::cost::Report::new(crate::cache::meter::requests(), None));
+        let text = serde_json::to_string_pretty(&report)? + "\n";
+        crate::atomic_file::write(path, None, text.as_bytes())
+            .map_err(|e| anyhow::anyhow!("could not write {}: {e}", path.display()))?;
+    }
+    Ok(())
 }

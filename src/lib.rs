@@ -19,6 +19,7 @@ pub mod cache;
 pub mod ci;
 pub mod cli;
 pub mod command;
+pub mod cost;
 pub mod gc;
 pub mod nix;
 pub mod push;

@@ -474,8 +474,9 @@ fn slow_down_answers_are_waited_out(#[case] kind: S3Kind) {
     assert_ok(&out);
     assert!(stderr(&out).contains("pushed 4 paths"), "{}", stderr(&out));
     assert_eq!(stats.faults_of(Fault::SlowDown), 3, "{stats:?}");
-    // 4 narinfos, 4 NARs, nix-cache-info and a usage record, and the 3 asked again.
-    assert_eq!(stats.requests["PutObject"], 10 + 3, "{stats:?}");
+    // 4 narinfos, 4 NARs, 4 build logs, nix-cache-info and a usage record, and the 3 asked
+    // again.
+    assert_eq!(stats.requests["PutObject"], 14 + 3, "{stats:?}");
     // Each answer asked for a second's pause (Retry-After: 1).
     assert!(took >= Duration::from_secs(1), "took {took:?}");
     assert_verifies(server, server.bucket(), &f.public, true, "after SlowDown");

@@ -310,3 +310,95 @@ fn a_nar_another_push_landed_first_stays_and_the_narinfo_describes_it(#[case] ki
     );
     assert_ok(&common::verify_s3(server, &public, true));
 }
+
+/// The request report of a push, a dry-run gc and a verify agrees with what the S3 server
+/// received, operation by operation (the proxy sees a CopyObject as the PUT it is, and names
+/// every HEAD alike), and it prices them: by the table given, or none for a store it cannot
+/// tell. A table that does not exist is one clear error, before anything is sent.
+#[rstest]
+#[case::s3s_fs(S3Kind::S3sFs)]
+#[case::moto(S3Kind::Moto)]
+fn the_request_report_matches_what_the_server_received(#[case] kind: S3Kind) {
+    use common::fault_proxy::{FaultConfig, FaultProxy};
+    let s3 = kind.start();
+    let s3 = s3.as_ref();
+    let tmp = tempfile::tempdir().unwrap();
+    let [app, ..] = build_closure(tmp.path(), &nonce());
+    let (secret, public) = keygen(tmp.path(), "cost-1");
+    let json = tmp.path().join("report.json");
+    let commands: [(&[&str], Option<&str>); 3] = [
+        (
+            &["push", "--signing-key-file", secret.to_str().unwrap(), &app],
+            Some("aws"),
+        ),
+        (&["gc", "--older-than", "1d", "--dry-run"], None),
+        (&["verify", "--public-key", &public], Some("r2")),
+    ];
+    for (args, pricing) in commands {
+        let proxy = FaultProxy::start(&s3.endpoint(), FaultConfig::mixed(0.0, 1));
+        let url = s3.cache_url_via(&proxy.endpoint(), s3.bucket());
+        let mut cmd = push_cmd(s3);
+        cmd.args(args)
+            .args(["--cache", &url, "--report-json"])
+            .arg(&json);
+        if let Some(table) = pricing {
+            cmd.args(["--pricing", table]);
+        }
+        let out = run(&mut cmd);
+        assert_ok(&out);
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        let mut ours = std::collections::BTreeMap::<String, u64>::new();
+        for (op, n) in report["requests"]["operations"].as_object().unwrap() {
+            let seen_as = match op.as_str() {
+                "HeadObject" | "HeadBucket" => "Head",
+                "CopyObject" => "PutObject",
+                other => other,
+            };
+            *ours.entry(seen_as.to_owned()).or_default() += n.as_u64().unwrap();
+        }
+        let theirs = proxy.stats().requests;
+        assert_eq!(ours, theirs, "{args:?}\n{report:#}");
+        assert_eq!(
+            report["total_requests"].as_u64(),
+            Some(theirs.values().sum::<u64>())
+        );
+        let err = common::stderr(&out);
+        match pricing {
+            Some(_) => {
+                let cost = report["estimated_cost_usd"].as_f64().unwrap();
+                assert!(cost > 0.0, "{report:#}");
+                assert!(err.contains("requests: "), "{err}");
+            }
+            // A loopback endpoint is no store with a known price list.
+            None => {
+                assert!(report["estimated_cost_usd"].is_null(), "{report:#}");
+                assert!(err.contains("no price table for this store"), "{err}");
+                assert!(err.contains("storage: "), "{err}");
+            }
+        }
+        if args[0] == "push" {
+            // Every object in the bucket went up once, in this push.
+            let admin = s3.admin();
+            let stored: u64 = admin
+                .keys(s3.bucket(), "")
+                .iter()
+                .map(|k| admin.head(s3.bucket(), k).unwrap().size)
+                .sum();
+            assert_eq!(report["requests"]["bytes_up"].as_u64(), Some(stored));
+        }
+    }
+
+    let out = run(push_cmd(s3).args([
+        "verify",
+        "--cache",
+        &s3.cache_url(),
+        "--public-key",
+        &public,
+        "--pricing",
+        "azure",
+    ]));
+    let err = assert_fails(&out);
+    assert!(err.contains("neither aws, r2 nor b2"), "{err}");
+    assert!(!err.contains("checked"), "{err}");
+}

@@ -6,6 +6,7 @@
 //! an interrupted push cannot leave a corrupt cache behind.
 
 pub mod file;
+pub mod meter;
 pub mod s3;
 pub mod url;
 

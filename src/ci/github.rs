@@ -399,6 +399,8 @@ pub enum Outcome<'a> {
         report: &'a PushReport,
         skipped: &'a Skipped,
         compression: &'a Compression,
+        /// The step's bucket requests and their estimated cost, if it sent any.
+        requests: Option<&'a crate::cost::Report>,
     },
     /// The push could not start or stopped as a whole.
     Failed { cache: &'a str, error: String },
@@ -450,6 +452,7 @@ impl Outcome<'_> {
                 report,
                 skipped,
                 compression,
+                requests,
             } => {
                 let _ = write!(
                     md,
@@ -478,6 +481,21 @@ impl Outcome<'_> {
                         .map_or_else(|| "off".to_owned(), |l| l.uploaded.to_string()),
                     seconds(report.elapsed),
                 );
+                if let Some(requests) = requests {
+                    let _ = writeln!(
+                        md,
+                        "| bucket requests | {} ({}) |",
+                        requests.total_requests,
+                        cell(&crate::cost::by_kind(&requests.requests))
+                    );
+                    let cost = match (&requests.pricing, requests.estimated_cost_usd) {
+                        (Some(name), Some(usd)) => {
+                            format!("{} ({name})", crate::cost::dollars(usd))
+                        }
+                        _ => "no price table for this store".to_owned(),
+                    };
+                    let _ = writeln!(md, "| estimated request cost | {} |", cell(&cost));
+                }
                 if !report.pushed.is_empty() {
                     let mut slowest: Vec<_> = report.pushed.iter().collect();
                     slowest.sort_by(|a, b| b.elapsed.cmp(&a.elapsed).then(a.path.cmp(&b.path)));

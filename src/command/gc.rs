@@ -121,6 +121,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             String::new()
         },
     );
+    if args.dry_run {
+        // What the bucket holds that gc weighs: NARs, and the narinfos, logs and records it
+        // would delete (the kept narinfos are small beside their NARs).
+        let after = report.nar_bytes_kept;
+        let before = after + report.nar_bytes_freed + report.meta_bytes_freed;
+        let pricing = crate::cost::pricing_for(&url);
+        eprintln!(
+            "{}",
+            crate::cost::storage_line(before, after, pricing.as_ref())
+        );
+    }
     let phases: Vec<String> = report
         .phases
         .iter()

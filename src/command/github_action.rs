@@ -435,11 +435,13 @@ async fn push_and_report(inputs: &Inputs) -> anyhow::Result<(ExitCode, usize, u6
             }
         }
         Ok((push_report, skipped)) => {
+            let requests = crate::cost::so_far();
             let outcome = Outcome::Pushed {
                 cache: &cache,
                 report: &push_report,
                 skipped: &skipped,
                 compression: &job.compression,
+                requests: requests.as_ref(),
             };
             say(&outcome.title());
             report(inputs, &outcome).await?;

@@ -289,7 +289,8 @@ impl S3Cache {
                 format!("AWS S3 (region {r})")
             }
         };
-        conf = fault_tolerance(conf, opts.max_attempts);
+        conf = fault_tolerance(conf, opts.max_attempts).interceptor(super::meter::Counter);
+        super::meter::opened(url);
         let ctx = Ctx {
             client: Client::from_conf(conf.build()),
             bucket: bucket.clone(),
