@@ -115,6 +115,7 @@ impl Job {
             "skip-push",
             "restore",
             "build-logs",
+            "extra-caches",
             "aws-role-arn",
             "aws-region",
             "github-token",

@@ -423,3 +423,63 @@ fn build_logs_are_read_back_by_nix_log_for_outputs_and_failed_derivations() {
     assert!(!pushed.contains("build failed"), "{pushed}");
     assert!(!cache.join("log").join(&drv["/nix/store/".len()..]).exists());
 }
+
+/// Another team's cache given to setup with `--extra-cache URL KEY`: Nix substitutes from it
+/// after ours (directly, or through the background server, which fronts it), and push leaves
+/// out what it served.
+#[rstest::rstest]
+#[case::direct(false)]
+#[case::served(true)]
+fn another_teams_cache_is_read_after_ours_and_not_pushed_to(#[case] serve: bool) {
+    let job = Job::new();
+    let tmp = job.tmp.path();
+    let tag = nonce();
+    let (team_secret, team_public) = keygen(tmp, "team-1");
+    let team = format!("file://{}", tmp.join("team").display());
+    let base_expr = derivation(&format!("team-base-{tag}"), &format!("echo {tag} > $out"));
+    let base = common::nix::build(tmp, &base_expr);
+    assert_ok(&run(nixbucket()
+        .args(["push", "--cache", &team, "--signing-key-file"])
+        .arg(&team_secret)
+        .arg(&base)));
+    assert_ok(&run(
+        common::nix::nix_command("nix-store").args(["--delete", &base])
+    ));
+
+    let extra = format!("{team} {team_public}");
+    let mut setup = vec!["--extra-cache", &extra];
+    if serve {
+        setup.push("--serve");
+    }
+    assert_ok(&job.run("setup", &setup));
+    let conf = std::fs::read_to_string(job.conf.user_conf()).unwrap_or_default()
+        + &std::fs::read_to_string(job.conf.system_conf_dir().join("nix.conf")).unwrap();
+    assert!(conf.contains(&team_public), "{conf}");
+    assert_eq!(conf.contains(&team), !serve, "{conf}");
+
+    let app_expr = format!(
+        "let base = {base_expr}; in {}",
+        derivation(&format!("team-app-{tag}"), "echo ${base} > $out")
+    );
+    let built = run(job
+        .conf
+        .nix("nix-build")
+        .arg("--no-out-link")
+        .arg(write_expr(tmp, &app_expr)));
+    assert_ok(&built);
+    assert!(
+        stderr(&built).contains(&format!("copying path '{base}' from")),
+        "{}",
+        stderr(&built)
+    );
+    let app = stdout(&built).trim().to_owned();
+
+    let out = job.push(&["--no-build-logs"]);
+    assert_ok(&out);
+    assert_eq!(
+        pushed_store_paths(&job.cache),
+        vec![app],
+        "{}",
+        stderr(&out)
+    );
+}

@@ -100,6 +100,8 @@ pub struct Inputs {
     pub restore: bool,
     /// Push the build logs of what the job built (default true).
     pub build_logs: bool,
+    /// Other teams' caches to pull from, read-only: `URL KEY`, one a line.
+    pub extra_caches: Vec<String>,
     pub aws_role_arn: Option<String>,
     pub aws_region: Option<String>,
     pub github_token: Secret,
@@ -155,6 +157,15 @@ impl Inputs {
             skip_push,
             restore,
             build_logs,
+            extra_caches: text("extra-caches")
+                .map(|v| {
+                    v.lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
             aws_role_arn: text("aws-role-arn"),
             aws_region: text("aws-region"),
             github_token: Secret::new(text("github-token").unwrap_or_default()),

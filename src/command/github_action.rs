@@ -178,6 +178,12 @@ async fn main_step() -> anyhow::Result<ExitCode> {
         .restore
         .then(|| setup::Restore::default_for(&url, &state_file, open))
         .flatten();
+    let extra_caches = inputs
+        .extra_caches
+        .iter()
+        .map(|line| setup::ExtraCache::parse(line))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|why| anyhow::anyhow!("the input extra-caches: {why}"))?;
     let job = setup::Job {
         url: url.clone(),
         keys,
@@ -186,6 +192,7 @@ async fn main_step() -> anyhow::Result<ExitCode> {
         substituter: None,
         serve: None,
         restore,
+        extra_caches,
     };
     tokio::task::spawn_blocking(move || job.run())
         .await

@@ -48,6 +48,10 @@ pub struct Args {
     /// How many paths upload at once during the build (the build needs the CPU too).
     #[arg(long, default_value_t = 2, value_name = "N")]
     pub jobs: usize,
+    /// A read-only cache (`s3://…` or `file://…`) to serve what the cache lacks from, after it
+    /// (repeatable; asked in the order given).
+    #[arg(long = "extra-cache", value_name = "URL")]
+    pub extra_caches: Vec<String>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -60,7 +64,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         max_attempts: Some(SERVE_ATTEMPTS),
         ..OpenOptions::default()
     };
-    let cache = super::open_cache(&url, open).await?;
+    let cache = super::open_cache(&url, open.clone()).await?;
+    let mut extra = Vec::new();
+    for text in &args.extra_caches {
+        let extra_url = super::parse_cache_url(text).context("--extra-cache")?;
+        extra.push(super::open_cache(&extra_url, open.clone()).await?);
+    }
     let listener = serve::bind(args.listen).await?;
     let addr = listener
         .local_addr()
@@ -100,7 +109,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     let read_only = uploads.as_ref().err().copied();
-    let server = Arc::new(Server::new(cache, uploads.ok()));
+    let server = Arc::new(Server::new(cache, uploads.ok()).with_extra(extra));
 
     let served = format!("http://{addr}");
     if let Some(file) = &args.ready_file {
@@ -108,7 +117,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("could not write {}", file.display()))?;
     }
     println!(
-        "nixbucket serve: serving {url} at {served} ({})",
+        "nixbucket serve: serving {url}{} at {served} ({})",
+        args.extra_caches
+            .iter()
+            .map(|u| format!(", then {u}"))
+            .collect::<String>(),
         match read_only {
             None => "uploading paths handed over by `nixbucket hook`".to_owned(),
             Some(why) => format!("read-only: {why}"),

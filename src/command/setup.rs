@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 
 use super::{KeyArgs, SIGNING_KEY_ENV};
 use crate::nix::PublicKey;
-use crate::setup::{Job, RESTORE_JOBS, Restore, Serve};
+use crate::setup::{ExtraCache, Job, RESTORE_JOBS, Restore, Serve};
 use crate::state;
 
 #[derive(clap::Args, Debug)]
@@ -31,6 +31,18 @@ pub struct Args {
     pub public_keys: Vec<String>,
     #[command(flatten)]
     pub key: KeyArgs,
+    /// Another team's cache to substitute from after ours, read-only: `URL KEY`, its URL in
+    /// Nix's syntax and its public key (repeatable; `$NIXBUCKET_EXTRA_CACHES`, one a line).
+    /// Paths it serves carry its signature, so `push` leaves them out. With --serve, the
+    /// server fronts the `s3://` and `file://` ones.
+    #[arg(
+        long = "extra-cache",
+        env = "NIXBUCKET_EXTRA_CACHES",
+        value_delimiter = '\n',
+        value_name = "URL KEY",
+        value_parser = ExtraCache::parse
+    )]
+    pub extra_caches: Vec<ExtraCache>,
     /// The URL Nix should read the cache from, when it differs from --cache (a public HTTPS
     /// endpoint or CDN in front of the bucket, say).
     #[arg(long, value_name = "URL")]
@@ -106,6 +118,7 @@ impl Args {
             substituter: self.substituter,
             serve,
             restore,
+            extra_caches: self.extra_caches,
         })
     }
 }

@@ -30,11 +30,13 @@ pub struct Background {
     token: zeroize::Zeroizing<String>,
 }
 
-/// Starts `nixbucket serve` for `cache` as a detached process that outlives `setup`: its own
+/// Starts `nixbucket serve` for `cache` (and the read-only `extra_caches` after it) as a
+/// detached process that outlives `setup`: its own
 /// process group (a CI step's end or Ctrl-C does not reach it), output to a log file next to
 /// the state file. Returns once it answers.
 pub fn start(
     cache: &str,
+    extra_caches: &[String],
     state_path: &Path,
     signing_key_file: Option<&Path>,
 ) -> anyhow::Result<Background> {
@@ -63,6 +65,9 @@ pub fn start(
         .process_group(0);
     if let Some(file) = signing_key_file {
         cmd.arg("--signing-key-file").arg(file);
+    }
+    for extra in extra_caches {
+        cmd.args(["--extra-cache", extra]);
     }
     let mut child = cmd
         .spawn()

@@ -80,6 +80,8 @@ impl Default for Limits {
 /// What every connection shares.
 pub struct Server {
     cache: Cache,
+    /// Read-only caches served after ours, in this order: what ours lacks, they may have.
+    extra: Vec<Cache>,
     limits: Limits,
     stats: Arc<Stats>,
     uploads: Option<Uploads>,
@@ -101,11 +103,23 @@ impl Server {
     pub fn new(cache: Cache, uploads: Option<Uploads>) -> Server {
         Server {
             cache,
+            extra: Vec::new(),
             limits: Limits::default(),
             stats: Arc::default(),
             uploads,
             narinfos: Default::default(),
         }
+    }
+
+    /// Fronts `extra` too: a narinfo, NAR or log ours lacks is looked for in each, in order.
+    pub fn with_extra(mut self, extra: Vec<Cache>) -> Server {
+        self.extra = extra;
+        self
+    }
+
+    /// Ours, then the read-only ones.
+    fn caches(&self) -> impl Iterator<Item = &Cache> {
+        std::iter::once(&self.cache).chain(&self.extra)
     }
 
     pub fn with_limits(mut self, limits: Limits) -> Server {
@@ -260,20 +274,23 @@ async fn narinfo(server: &Server, hash: HashPart, head: bool) -> Response<Body> 
         .unwrap_or_else(|e| e.into_inner())
         .get(&hash)
         .cloned();
-    let found = if let Some(bytes) = remembered {
-        Ok(Some((bytes.len() as u64, Some(bytes))))
-    } else if head {
-        server
-            .cache
-            .head(&key)
+    let found = match remembered {
+        Some(bytes) => Ok(Some((bytes.len() as u64, Some(bytes)))),
+        None => {
+            first_found(server, |cache| {
+                let key = key.clone();
+                async move {
+                    if head {
+                        let found = cache.head(&key).await?;
+                        Ok(found.map(|info| (info.size, None)))
+                    } else {
+                        let found = cache.get(&key).await?;
+                        Ok(found.map(|b| (b.len() as u64, Some(b))))
+                    }
+                }
+            })
             .await
-            .map(|o| o.map(|info| (info.size, None)))
-    } else {
-        server
-            .cache
-            .get(&key)
-            .await
-            .map(|o| o.map(|b| (b.len() as u64, Some(b))))
+        }
     };
     match found {
         Ok(Some((size, body))) => {
@@ -297,6 +314,21 @@ async fn narinfo(server: &Server, hash: HashPart, head: bool) -> Response<Body> 
     }
 }
 
+/// What the first cache that has it answers, ours first; the first error stops the search,
+/// since a cache that could not answer may hold what a later one would answer differently.
+async fn first_found<'a, T, F, Fut>(server: &'a Server, ask: F) -> Result<Option<T>, CacheError>
+where
+    F: Fn(&'a Cache) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, CacheError>>,
+{
+    for cache in server.caches() {
+        if let Some(found) = ask(cache).await? {
+            return Ok(Some(found));
+        }
+    }
+    Ok(None)
+}
+
 /// NARs and logs, streamed: a NAR of any size passes through in chunks.
 async fn object(server: &Server, key: &str, head: bool) -> Response<Body> {
     let is_nar = layout::is_nar_key(key);
@@ -306,7 +338,7 @@ async fn object(server: &Server, key: &str, head: bool) -> Response<Body> {
         "text/plain; charset=utf-8"
     };
     if head {
-        return match server.cache.head(key).await {
+        return match first_found(server, |cache| cache.head(key)).await {
             Ok(Some(info)) => {
                 let mut resp = small(Bytes::new(), content_type);
                 resp.headers_mut()
@@ -317,7 +349,7 @@ async fn object(server: &Server, key: &str, head: bool) -> Response<Body> {
             Err(err) => failure(server, key, &err),
         };
     }
-    let (size, reader) = match server.cache.get_stream(key).await {
+    let (size, reader) = match first_found(server, |cache| cache.get_stream(key)).await {
         Ok(Some(found)) => found,
         Ok(None) => return not_found(),
         Err(err) => return failure(server, key, &err),

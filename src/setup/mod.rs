@@ -107,6 +107,43 @@ pub struct Job {
     /// Start `nixbucket serve` in the background and make Nix read the cache through it.
     pub serve: Option<Serve>,
     pub restore: Option<Restore>,
+    /// Read-only caches of other teams, after ours.
+    pub extra_caches: Vec<ExtraCache>,
+}
+
+/// A cache Nix also substitutes from, after ours, and never pushed to. The paths it serves
+/// carry its signature, which `push` counts as served upstream (its key is trusted).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExtraCache {
+    /// In Nix's URL syntax: `https://…`, `s3://…`, `file://…`.
+    pub url: String,
+    pub key: PublicKey,
+}
+
+impl ExtraCache {
+    /// `URL KEY`, as `--extra-cache` and the Action's `extra-caches` lines give it.
+    pub fn parse(text: &str) -> Result<ExtraCache, String> {
+        let mut words = text.split_whitespace();
+        let (Some(url), Some(key), None) = (words.next(), words.next(), words.next()) else {
+            return Err(format!(
+                "{text:?} is not `URL KEY` (a substituter's URL and its NAME:BASE64 public key)"
+            ));
+        };
+        let key = PublicKey::parse(key).map_err(|e| format!("{text:?}: {e}"))?;
+        if !url.contains("://") {
+            return Err(format!("{text:?}: {url:?} is not a cache URL"));
+        }
+        Ok(ExtraCache {
+            url: url.to_owned(),
+            key,
+        })
+    }
+
+    /// One `nixbucket serve` can read it itself (an S3 bucket or a directory), with the job's
+    /// credentials; any other Nix reads directly.
+    fn served_by_us(&self) -> bool {
+        self.url.parse::<CacheUrl>().is_ok()
+    }
 }
 
 /// The background server of a [`Job`].
@@ -126,6 +163,7 @@ impl Job {
         let served = match &self.serve {
             Some(serve) => Some(background::start(
                 &self.url.to_string(),
+                &self.fronted(),
                 &self.state_path,
                 serve.signing_key_file.as_deref(),
             )?),
@@ -166,12 +204,22 @@ impl Job {
             dir: r.options.mirror.as_path(),
             prepare: &prepare,
         });
+        let keys: Vec<PublicKey> = (self.keys.iter())
+            .chain(self.extra_caches.iter().map(|c| &c.key))
+            .cloned()
+            .collect();
         let Some(served) = served else {
             let substituter = self
                 .substituter
                 .clone()
                 .unwrap_or_else(|| self.url.to_string());
-            return configure::configure(&substituter, mirror, &self.keys, Vec::new());
+            let also: Vec<String> = self.extra_caches.iter().map(|c| c.url.clone()).collect();
+            let settings = configure::Settings {
+                also: &also,
+                keys: &keys,
+                extra: Vec::new(),
+            };
+            return configure::configure(&substituter, mirror, settings);
         };
         let mut extra = vec![("fallback", vec!["true".to_owned()])];
         if self.serve.as_ref().is_some_and(|s| s.push_during_build) {
@@ -179,7 +227,25 @@ impl Job {
             extra.push(("post-build-hook", vec![hook.display().to_string()]));
         }
         let substituter = format!("http://127.0.0.1:{}", served.state.port);
-        configure::configure(&substituter, mirror, &self.keys, extra)
+        // The server fronts the buckets and directories; Nix reads any other cache itself.
+        let also: Vec<String> = (self.extra_caches.iter())
+            .filter(|c| !c.served_by_us())
+            .map(|c| c.url.clone())
+            .collect();
+        let settings = configure::Settings {
+            also: &also,
+            keys: &keys,
+            extra,
+        };
+        configure::configure(&substituter, mirror, settings)
+    }
+
+    /// The extra caches the background server reads for Nix, in order.
+    fn fronted(&self) -> Vec<String> {
+        (self.extra_caches.iter())
+            .filter(|c| c.served_by_us())
+            .map(|c| c.url.clone())
+            .collect()
     }
 }
 
@@ -256,6 +322,28 @@ fn record_store(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_extra_cache_is_a_url_and_a_key() {
+        let key = "team-1:LJVaXbIWW8UbgWtbcxdrAQgF9yNR3ElNdnYwQ+l2xK0=";
+        let extra = ExtraCache::parse(&format!("  https://team.example  {key} ")).unwrap();
+        assert_eq!(extra.url, "https://team.example");
+        assert_eq!(extra.key.to_string(), key);
+        assert!(!extra.served_by_us());
+        assert!(
+            ExtraCache::parse(&format!("s3://team?region=eu-west-1 {key}"))
+                .unwrap()
+                .served_by_us()
+        );
+        for bad in [
+            "https://team.example".to_owned(),
+            format!("https://a {key} extra"),
+            "https://team.example not-a-key".to_owned(),
+            format!("team.example {key}"),
+        ] {
+            assert!(ExtraCache::parse(&bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn the_mirror_is_an_absolute_path_that_reads_back_as_a_url() {

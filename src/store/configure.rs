@@ -50,14 +50,24 @@ pub struct Mirror<'a> {
     pub prepare: &'a dyn Fn(&Path) -> anyhow::Result<()>,
 }
 
+/// What else goes into nix.conf beside the substituter.
+pub struct Settings<'a> {
+    /// Substituters after ours (other teams' caches), in order.
+    pub also: &'a [String],
+    /// Every key Nix is to trust for them all.
+    pub keys: &'a [PublicKey],
+    /// Other settings (`fallback`, `post-build-hook`).
+    pub extra: Vec<(&'a str, Vec<String>)>,
+}
+
 /// Points Nix at `substituter`, behind the `mirror` directory if there is one and the Nix
 /// that builds will read it (the mirror is laid out then); true if it will.
 pub fn configure(
     substituter: &str,
     mirror: Option<Mirror<'_>>,
-    keys: &[PublicKey],
-    extra: Vec<(&str, Vec<String>)>,
+    settings: Settings<'_>,
 ) -> anyhow::Result<bool> {
+    let Settings { also, keys, extra } = settings;
     let keys: Vec<String> = keys.iter().map(ToString::to_string).collect();
     let env = NixEnv::detect().context("could not ask Nix how it is set up")?;
     if substituter.starts_with("s3://") {
@@ -92,6 +102,7 @@ pub fn configure(
             mirrored = true;
         }
     }
+    substituters.extend(also.iter().cloned());
     let mut settings = vec![
         ("extra-substituters", substituters.clone()),
         ("extra-trusted-public-keys", keys.clone()),
