@@ -85,15 +85,10 @@ pub fn main() -> ExitCode {
             Command::Hook(args) => Ok(command::hook::run(args)),
         }
     });
-    let code = match result {
+    // The requests first, so that a failed run's error is its last line.
+    let reported = report_requests(report_json.as_deref());
+    match result.and_then(|code| reported.map(|()| code)) {
         Ok(code) => code,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            ExitCode::FAILURE
-        }
-    };
-    match report_requests(report_json.as_deref()) {
-        Ok(()) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE

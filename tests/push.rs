@@ -186,6 +186,101 @@ fn a_pushed_paths_build_log_is_read_by_nix_log(#[case] backend: Backend) {
     assert_eq!(logs.count(), 1);
 }
 
+/// Content-addressed derivations: push uploads the realisations of the outputs it pushed, and
+/// a fresh store that may not build (`max-jobs = 0`) substitutes the closure from the cache
+/// instead, as a `ca-derivations` user's next job would.
+#[rstest]
+#[case::file(Backend::File)]
+#[case::s3s_fs(Backend::S3sFs)]
+fn content_addressed_outputs_are_substituted_through_their_realisations(#[case] backend: Backend) {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = TestCache::new(backend, tmp.path());
+    let (secret, public) = keygen(tmp.path(), "ca-1");
+    let config = common::NIX_CONFIG.replace(
+        "experimental-features = nix-command",
+        "experimental-features = nix-command ca-derivations",
+    );
+    let tag = nonce();
+    let ca = |name: &str, script: &str| {
+        format!(
+            r#"builtins.derivation {{ name = "{name}-{tag}"; system = builtins.currentSystem; builder = "/bin/sh"; args = ["-c" ''{script}'']; __contentAddressed = true; outputHashMode = "recursive"; outputHashAlgo = "sha256"; }}"#
+        )
+    };
+    let expr = format!(
+        "let dep = {}; in {}",
+        ca("ca-dep", &format!("echo {tag} > $out")),
+        ca("ca-top", "echo ${dep} > $out")
+    );
+    let file = tmp.path().join("ca.nix");
+    std::fs::write(&file, expr).unwrap();
+    let built = run(nix_command("nix-build")
+        .env("NIX_CONFIG", &config)
+        .arg("--no-out-link")
+        .arg(&file));
+    assert_ok(&built);
+    let top = stdout(&built).trim().to_owned();
+
+    let out = run(target
+        .cmd()
+        .env("NIX_CONFIG", &config)
+        .args(["push", "--cache", &target.url, "--signing-key-file"])
+        .arg(&secret)
+        .arg(&top));
+    assert_ok(&out);
+    assert!(
+        stderr(&out).contains("; 2 realisations"),
+        "{}",
+        stderr(&out)
+    );
+    let realisations: Vec<String> = target
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with("realisations/sha256:") && k.ends_with("!out.doi"))
+        .collect();
+    assert_eq!(realisations.len(), 2, "{realisations:?}");
+
+    let fresh = tmp.path().join("fresh");
+    let substituted = run(nix_command("nix")
+        .env("NIX_CONFIG", &config)
+        .args(["build", "--no-link", "--max-jobs", "0", "--store"])
+        .arg(&fresh)
+        .args(["--option", "substituters", &target.nix_url])
+        .args(["--option", "trusted-public-keys", &public, "-f"])
+        .arg(&file));
+    assert_ok(&substituted);
+    assert!(
+        fresh.join(&top[1..]).exists(),
+        "{top} did not arrive:\n{}",
+        stderr(&substituted)
+    );
+
+    // verify reads them; gc deletes them with their paths, a month on.
+    let verify = target.verify(&public);
+    assert_ok(&verify);
+    assert!(
+        stderr(&verify).contains("checked 2 narinfos and 2 realisations: 0 problems"),
+        "{}",
+        stderr(&verify)
+    );
+    let month = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 30 * 86_400;
+    let gc = target.gc(&["--older-than", "7d", "--now", &month.to_string()]);
+    assert_ok(&gc);
+    assert!(
+        stderr(&gc).contains("deleted 2 of 2 paths and 2 NARs (and 2 build logs, 2 realisations)"),
+        "{}",
+        stderr(&gc)
+    );
+    assert!(
+        !target.keys().iter().any(|k| k.starts_with("realisations/")),
+        "{:?}",
+        target.keys()
+    );
+}
+
 #[test]
 fn narinfo_is_byte_identical_to_what_nix_copy_writes() {
     // Uncompressed, Nix names the NAR by its hash just as we do, so every line must match,

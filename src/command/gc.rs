@@ -96,9 +96,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         report.deleted.len(),
         report.narinfos,
         report.nars_deleted,
-        match report.logs_deleted {
-            0 => String::new(),
-            n => format!(" (and {n} build logs)"),
+        match (report.logs_deleted, report.realisations_deleted) {
+            (0, 0) => String::new(),
+            (logs, 0) => format!(" (and {logs} build logs)"),
+            (logs, realisations) => {
+                format!(" (and {logs} build logs, {realisations} realisations)")
+            }
         },
         human_bytes(report.nar_bytes_freed + report.meta_bytes_freed),
         human_bytes(report.nar_bytes_freed),

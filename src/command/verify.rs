@@ -43,9 +43,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("{problem}");
     }
     eprintln!(
-        "checked {} narinfos{}: {} problems",
+        "checked {} narinfos{}{}: {} problems",
         report.narinfos,
         if args.deep { " and their NARs" } else { "" },
+        match report.realisations {
+            0 => String::new(),
+            n => format!(" and {n} realisations"),
+        },
         report.problems.len()
     );
     if report.problems.is_empty() {

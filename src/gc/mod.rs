@@ -14,7 +14,8 @@
 //!    each looked at (HEAD) right before its deletion: a push that reuses such a NAR touches
 //!    it first (see [`crate::push`]), and then it stays; build logs (`log/<derivation>`) go
 //!    with the last narinfo their derivation built, or, if it built none that stays (a
-//!    failed build), once they are as old as an unused path may be;
+//!    failed build), once they are as old as an unused path may be; realisations go with the
+//!    narinfo of the path they name;
 //! 4. when NARs were deleted, narinfos are listed a third time: one that a push wrote for a
 //!    NAR gc deleted in the moment between its look and the deletion goes again, with every
 //!    narinfo that references its path, so no narinfo is left without its NAR;
@@ -98,6 +99,9 @@ pub struct GcReport {
     pub nar_bytes_kept: u64,
     /// Build logs deleted: of no path that stays, and old (see `plan::orphan_logs_before`).
     pub logs_deleted: usize,
+    /// Realisations deleted: their output's narinfo is gone, and they are past the grace
+    /// period.
+    pub realisations_deleted: usize,
     /// Narinfos put back because a concurrent push needs them.
     pub restored: Vec<StorePath>,
     /// Narinfos a concurrent push wrote for a NAR gc deleted at that moment, removed with
@@ -155,6 +159,12 @@ pub async fn collect(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcErro
     summarize(&mut report, &snap, &plan);
     if opts.dry_run {
         dry_run_nars(&mut report, &snap, &plan, opts);
+        let kept = (0..snap.entries.len())
+            .filter(|&i| plan.kept[i])
+            .map(|i| &snap.entries[i]);
+        let live: HashSet<HashPart> = kept.map(|e| e.hash).collect();
+        let realisations = read_realisations(cache, &snap, jobs).await;
+        report.realisations_deleted = doomed_realisations(&realisations, &live, opts).len();
         clock.lap(&mut report, "plan");
         return Ok(report);
     }
@@ -174,6 +184,11 @@ pub async fn collect(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcErro
     // 3. NARs that nothing names any more.
     let stale = delete_orphan_nars(cache, &snap, &repaired, opts, &mut report).await?;
     delete_orphan_logs(cache, &snap, &repaired, opts, &mut report).await?;
+    let live: HashSet<HashPart> = repaired.live(&snap).map(|e| e.hash).collect();
+    let realisations = read_realisations(cache, &snap, jobs).await;
+    let doomed = doomed_realisations(&realisations, &live, opts);
+    delete_all(cache, &doomed, jobs).await?;
+    report.realisations_deleted = doomed.len();
     clock.lap(&mut report, "delete NARs and logs");
     // 4. A push may have reused a NAR in the moment between gc's last look at it and its
     //    deletion: its narinfo now names a NAR that is gone. Such narinfos, and any that
@@ -423,6 +438,49 @@ async fn delete_orphan_logs(
     Ok(())
 }
 
+/// Each realisation listed: its key, when it was written, and the hash part of the path it
+/// names (none when it cannot be read: such a one is kept).
+async fn read_realisations(
+    cache: &Cache,
+    snap: &Snapshot,
+    jobs: usize,
+) -> Vec<(String, Option<SystemTime>, Option<HashPart>)> {
+    use crate::push::realisations;
+    let listed = snap
+        .listing
+        .iter()
+        .filter(|o| o.key.starts_with(realisations::DIR));
+    futures::stream::iter(listed.map(|o| async move {
+        let named = match cache.get(&o.key).await {
+            Ok(Some(bytes)) => realisations::read(&o.key, &bytes)
+                .ok()
+                .map(|r| HashPart::of(&r.out_path)),
+            _ => None,
+        };
+        (o.key.clone(), o.last_modified, named)
+    }))
+    .buffer_unordered(jobs)
+    .collect()
+    .await
+}
+
+/// The realisations that go: those naming a path whose narinfo does not stay, once past the
+/// grace period (a push writes the narinfo first, then the realisation).
+fn doomed_realisations(
+    realisations: &[(String, Option<SystemTime>, Option<HashPart>)],
+    live: &HashSet<HashPart>,
+    opts: &GcOptions,
+) -> Vec<String> {
+    let young_before = plan::young_before(opts);
+    realisations
+        .iter()
+        .filter(|(_, modified, named)| {
+            named.is_some_and(|h| !live.contains(&h)) && modified.is_some_and(|t| t < young_before)
+        })
+        .map(|(key, _, _)| key.clone())
+        .collect()
+}
+
 /// The derivations whose logs stay with `entries`: those that built them, and those among
 /// them (a failed build's derivation is pushed with its log), by hash part.
 fn derivers<'a>(entries: impl Iterator<Item = &'a Entry>) -> HashSet<HashPart> {
@@ -481,12 +539,13 @@ async fn compact_usage(
     Ok(())
 }
 
-/// Narinfos, usage records and (with `nars`) NARs and build logs: all gc reads or deletes, in
-/// 33 or 66 listings side by side.
+/// Narinfos, usage records and (with `nars`) NARs, build logs and realisations: all gc reads or
+/// deletes, in 33 or 67 listings side by side.
 async fn list_cache(cache: &Cache, nars: bool, jobs: usize) -> Result<Vec<ObjectInfo>, CacheError> {
     let mut prefixes = if nars {
         let mut prefixes = layout::store_prefixes();
         prefixes.push(layout::LOG_DIR.to_owned());
+        prefixes.push(crate::push::realisations::DIR.to_owned());
         prefixes
     } else {
         layout::narinfo_prefixes()

@@ -11,10 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 use regex::Regex;
 
-use super::logs;
 use super::select::{self, Filters, Skipped};
 use super::usage::UsageError;
 use super::{Plan, ProgressMode, PushOptions, PushReport};
+use super::{logs, realisations};
 use crate::cache::{Cache, CacheUrl, OpenOptions};
 use crate::nix::{Compression, STORE_DIR, SecretKey, StorePath};
 use crate::state::{self, State};
@@ -82,6 +82,8 @@ pub struct Prepared {
     /// The build logs to upload (of the derivations new since setup, and of the closure's
     /// derivers), and the builds that failed; none when logs are off.
     pub logs: Option<logs::Found>,
+    /// Realisations of the content-addressed outputs built, uploaded once their paths land.
+    pub realisations: Vec<realisations::Realisation>,
 }
 
 impl Job {
@@ -109,9 +111,28 @@ impl Job {
                 _ => None,
             }
         };
+        let present: BTreeSet<StorePath> = prepared
+            .plan
+            .present
+            .iter()
+            .map(|i| i.path.clone())
+            .collect();
         let (report, logs) =
             tokio::join!(super::execute(&prepared.cache, prepared.plan, &opts), logs);
         let mut report = report?;
+        // A realisation names its output's path: it goes up only once that path is there.
+        let landed: BTreeSet<StorePath> = report
+            .pushed
+            .iter()
+            .map(|p| p.path.clone())
+            .chain(present)
+            .collect();
+        let (realised, errors) =
+            realisations::push(&prepared.cache, prepared.realisations, &landed).await;
+        report.realisations = realised;
+        for (id, why) in errors {
+            eprintln!("warning: the realisation {id} was not uploaded: {why}");
+        }
         report.usage_unrecorded = prepared.usage_unrecorded;
         report.logs = logs;
         signals.abort();
@@ -161,15 +182,28 @@ impl Job {
                     Ok::<_, anyhow::Error>((closure, skipped, Vec::new()))
                 }
             })?;
-            if !want_logs {
-                return Ok((closure, skipped, None));
+            if keep {
+                return Ok((closure, skipped, None, Vec::new()));
             }
-            let (closure, logs) = with_failed_derivations(closure, new_derivations);
-            anyhow::Ok((closure, skipped, logs))
+            let derivations: BTreeSet<StorePath> = closure
+                .iter()
+                .filter_map(|info| info.deriver.clone())
+                .chain(new_derivations)
+                .collect();
+            let realisations = realisations::find(&derivations).unwrap_or_else(|err| {
+                eprintln!("warning: no realisations are pushed: {err}");
+                Vec::new()
+            });
+            if !want_logs {
+                return Ok((closure, skipped, None, realisations));
+            }
+            let (closure, logs) = with_failed_derivations(closure, derivations);
+            anyhow::Ok((closure, skipped, logs, realisations))
         });
         let open = Cache::open_with(&self.url, self.open.clone());
         let (query, cache) = tokio::join!(query, open);
-        let (closure, skipped, logs) = query.context("the store query stopped unexpectedly")??;
+        let (closure, skipped, logs, realisations) =
+            query.context("the store query stopped unexpectedly")??;
         let cache = cache.with_context(|| format!("could not open the cache {}", self.url))?;
         // gc's usage record: before the existence checks, so a concurrent gc keeps these.
         let mut usage_unrecorded = None;
@@ -196,24 +230,20 @@ impl Job {
             skipped,
             usage_unrecorded,
             logs,
+            realisations,
         })
     }
 }
 
-/// The build logs of the derivations new since setup and of the closure's derivers, and the
-/// closure with each failed build's derivation added, with its own closure (input derivations
+/// The build logs of `derivations` (those new since setup and the closure's derivers), and
+/// the closure with each failed build's derivation added, with its own closure (input derivations
 /// and sources, all small): Nix 2.8 reads a derivation's log from a cache only when the cache
 /// has the derivation, and a failed build is worth inspecting anywhere. Logs that cannot be
 /// found are a warning, not a failed push.
 fn with_failed_derivations(
     mut closure: Vec<PathInfo>,
-    new_derivations: Vec<StorePath>,
+    derivations: BTreeSet<StorePath>,
 ) -> (Vec<PathInfo>, Option<logs::Found>) {
-    let derivations = closure
-        .iter()
-        .filter_map(|info| info.deriver.clone())
-        .chain(new_derivations)
-        .collect();
     let found = match logs::find(derivations) {
         Ok(found) => found,
         Err(err) => {

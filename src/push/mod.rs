@@ -9,6 +9,7 @@ mod encode;
 pub mod job;
 pub mod logs;
 pub mod progress;
+pub mod realisations;
 pub mod select;
 pub mod usage;
 
@@ -132,6 +133,8 @@ pub struct PushReport {
     pub usage_unrecorded: Option<usage::UsageError>,
     /// The build logs, when they were pushed.
     pub logs: Option<logs::LogReport>,
+    /// Realisations of content-addressed outputs uploaded.
+    pub realisations: usize,
 }
 
 impl PushReport {
@@ -165,6 +168,9 @@ impl PushReport {
         if let Some(logs) = &self.logs {
             line.push_str("; ");
             line.push_str(&logs.summary());
+        }
+        if self.realisations > 0 {
+            line.push_str(&format!("; {} realisations", self.realisations));
         }
         line
     }

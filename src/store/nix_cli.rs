@@ -110,6 +110,21 @@ impl NixVersion {
         }
     }
 
+    /// The installable for one output of a derivation: `DRV^OUT` (Nix 2.13 on, and Lix);
+    /// before, the derivation itself, which means all its outputs (2.8's `nix` takes no
+    /// `DRV!OUT`).
+    pub fn output_installable(&self, drv: &str, output: &str) -> String {
+        let caret = match self.flavour {
+            Flavour::Lix => true,
+            _ => self.version >= (2, 13, 0),
+        };
+        if caret {
+            format!("{drv}^{output}")
+        } else {
+            drv.to_owned()
+        }
+    }
+
     /// `nix config show` (Nix 2.20 on, and Lix); before, `nix show-config`.
     pub fn config_show_args(&self) -> &'static [&'static str] {
         let new = match self.flavour {
@@ -183,6 +198,23 @@ mod tests {
         assert_eq!(lix.path_info_json_format(), None);
         assert_eq!(lix.store_info_args(), ["store", "ping"]);
         assert_eq!(lix.config_show_args(), ["config", "show", "--json"]);
+    }
+
+    #[test]
+    fn an_output_is_named_as_each_version_takes_it() {
+        let drv = "/nix/store/rqm0ccb4hz7pwkb0k688c9f9xzssq7v5-x.drv";
+        let of = |line: &str| {
+            NixVersion::parse(line)
+                .unwrap()
+                .output_installable(drv, "out")
+        };
+        assert_eq!(of("nix (Nix) 2.8.0"), drv);
+        assert_eq!(of("nix (Nix) 2.13.0"), format!("{drv}^out"));
+        assert_eq!(of("nix (Lix, like Nix) 2.93.0"), format!("{drv}^out"));
+        assert_eq!(
+            of("nix (Determinate Nix 3.22.2) 2.35.2"),
+            format!("{drv}^out")
+        );
     }
 
     #[test]

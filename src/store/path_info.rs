@@ -21,6 +21,8 @@ pub enum StoreError {
     Version(String),
     #[error("`nix path-info` failed: {stderr}")]
     Failed { stderr: String },
+    #[error("`nix realisation info` failed: {stderr}")]
+    Realisations { stderr: String },
     #[error(
         "{path} is not a valid path in the local Nix store (was it built or fetched on this machine?)"
     )]

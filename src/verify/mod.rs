@@ -17,6 +17,8 @@ use crate::nix::{Compression, NarInfo, PublicKey};
 #[derive(Debug, Default)]
 pub struct Report {
     pub narinfos: usize,
+    /// Realisations checked: each parses, is named by its id, and names a path the cache has.
+    pub realisations: usize,
     pub problems: Vec<String>,
 }
 
@@ -47,11 +49,43 @@ pub async fn verify(
     )
     .buffer_unordered(jobs);
     let mut problems: Vec<String> = checks.flat_map(futures::stream::iter).collect().await;
+    let (realisations, more) = check_realisations(cache, hashes, jobs).await?;
+    problems.extend(more);
     problems.sort();
     Ok(Report {
         narinfos: narinfos.len(),
+        realisations,
         problems,
     })
+}
+
+/// Every realisation: read, named by its id, and naming a path whose narinfo is here.
+async fn check_realisations(
+    cache: &Cache,
+    hashes: &HashSet<HashPart>,
+    jobs: usize,
+) -> anyhow::Result<(usize, Vec<String>)> {
+    use crate::push::realisations;
+    let listed = cache.list(realisations::DIR).await?;
+    let count = listed.len();
+    let checks = futures::stream::iter(listed.into_iter().map(|o| async move {
+        let bytes = match cache.get(&o.key).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Some(format!("{}: listed but gone", o.key)),
+            Err(e) => return Some(format!("{}: could not read: {e}", o.key)),
+        };
+        match realisations::read(&o.key, &bytes) {
+            Err(why) => Some(format!("{}: not a valid realisation: {why}", o.key)),
+            Ok(r) if !hashes.contains(&HashPart::of(&r.out_path)) => Some(format!(
+                "{}: names {}, which has no narinfo in the cache",
+                o.key, r.out_path
+            )),
+            Ok(_) => None,
+        }
+    }))
+    .buffer_unordered(jobs);
+    let problems: Vec<String> = checks.filter_map(|p| async move { p }).collect().await;
+    Ok((count, problems))
 }
 
 async fn check_one(
