@@ -436,16 +436,14 @@ async fn push_one(
         if cancelled() {
             return Err(PushError::Cancelled);
         }
-        match cache.head(&key).await? {
-            // Content-keyed: an object under this name holds this NAR, whole. It may be an
-            // orphan that gc is about to delete; touching it puts it inside gc's grace period.
-            Some(existing) if cache.touch(&key, layout::NAR_TYPE, existing.size).await? => {
+        match reuse_nar(cache, &key).await? {
+            Some(size) => {
                 counters
                     .nar_bytes
                     .fetch_add(info.nar_size, Ordering::Relaxed);
-                (None, existing.size, true)
+                (None, size, true)
             }
-            _ => {
+            None => {
                 let (hash, size) = upload_nar(cache, &key, &info, opts, counters).await?;
                 (hash, size, false)
             }
@@ -551,10 +549,8 @@ async fn put_small_nar(
         {
             return Ok((Some(hash), size, false));
         }
-        if let Some(existing) = cache.head(key).await?
-            && cache.touch(key, layout::NAR_TYPE, existing.size).await?
-        {
-            return Ok((None, existing.size, true));
+        if let Some(size) = reuse_nar(cache, key).await? {
+            return Ok((None, size, true));
         }
     }
     Err(CacheError::UploadInterrupted {
@@ -562,6 +558,18 @@ async fn put_small_nar(
         detail: "another push's NAR was there when this one was written, and is gone now".into(),
     }
     .into())
+}
+
+/// The size of the NAR object already under `key`, if there is one and it could be touched.
+/// Content-keyed: an object under this name holds this NAR, whole. It may be an orphan that
+/// gc is about to delete; touching it puts it inside gc's grace period.
+async fn reuse_nar(cache: &Cache, key: &str) -> Result<Option<u64>, CacheError> {
+    match cache.head(key).await? {
+        Some(existing) if cache.touch(key, layout::NAR_TYPE, existing.size).await? => {
+            Ok(Some(existing.size))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// Signs and writes the narinfo. Unless told to `overwrite`, a narinfo found there (another
