@@ -185,19 +185,14 @@ impl Job {
             if keep {
                 return Ok((closure, skipped, None, Vec::new()));
             }
-            let derivations: BTreeSet<StorePath> = closure
-                .iter()
-                .filter_map(|info| info.deriver.clone())
-                .chain(new_derivations)
-                .collect();
-            let realisations = realisations::find(&derivations).unwrap_or_else(|err| {
+            let realisations = realisations::find(&closure).unwrap_or_else(|err| {
                 eprintln!("warning: no realisations are pushed: {err}");
                 Vec::new()
             });
             if !want_logs {
                 return Ok((closure, skipped, None, realisations));
             }
-            let (closure, logs) = with_failed_derivations(closure, derivations);
+            let (closure, logs) = with_failed_derivations(closure, new_derivations);
             anyhow::Ok((closure, skipped, logs, realisations))
         });
         let open = Cache::open_with(&self.url, self.open.clone());
@@ -235,16 +230,22 @@ impl Job {
     }
 }
 
-/// The build logs of `derivations` (those new since setup and the closure's derivers), and
-/// the closure with each failed build's derivation added, with its own closure (input derivations
+/// The build logs of the derivations new since setup and the closure's derivers, and the
+/// closure with each failed build's derivation added, with its own closure (input derivations
 /// and sources, all small): Nix 2.8 reads a derivation's log from a cache only when the cache
 /// has the derivation, and a failed build is worth inspecting anywhere. Logs that cannot be
 /// found are a warning, not a failed push.
 fn with_failed_derivations(
     mut closure: Vec<PathInfo>,
-    derivations: BTreeSet<StorePath>,
+    new_derivations: Vec<StorePath>,
 ) -> (Vec<PathInfo>, Option<logs::Found>) {
-    let found = match logs::find(derivations) {
+    let derivations = closure
+        .iter()
+        .filter_map(|info| info.deriver.clone())
+        .chain(new_derivations)
+        .collect();
+    let valid: BTreeSet<StorePath> = closure.iter().map(|i| i.path.clone()).collect();
+    let found = match logs::find(derivations, &valid) {
         Ok(found) => found,
         Err(err) => {
             eprintln!("warning: no build logs are pushed: {err}");
@@ -253,10 +254,7 @@ fn with_failed_derivations(
     };
     if !found.failed.is_empty() {
         match store::query_path_info(&found.failed, true) {
-            Ok(extra) => {
-                let have: BTreeSet<StorePath> = closure.iter().map(|i| i.path.clone()).collect();
-                closure.extend(extra.into_iter().filter(|i| !have.contains(&i.path)));
-            }
+            Ok(extra) => closure.extend(extra.into_iter().filter(|i| !valid.contains(&i.path))),
             Err(err) => eprintln!("warning: the failed builds' derivations are not pushed: {err}"),
         }
     }

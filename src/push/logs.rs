@@ -110,26 +110,35 @@ pub fn read_log(path: &Path, bzip2: bool, max: u64) -> std::io::Result<(Vec<u8>,
 }
 
 /// Of `drvs`, those whose build failed: a build log, and an output the derivation fixes that
-/// is not valid. Outputs whose path is known only after the build (content-addressed) tell
-/// nothing; a derivation that cannot be read is not counted.
-fn failed(drvs: &[StorePath]) -> Result<Vec<StorePath>, store::StoreError> {
-    let mut outputs = Vec::new();
+/// is not valid. Outputs in `valid` are known to be; Nix is asked about the others only, so
+/// a push whose logs are all of paths it pushes asks nothing. Outputs whose path is known
+/// only after the build (content-addressed) tell nothing; a derivation that cannot be read
+/// is not counted.
+fn failed(
+    drvs: &[StorePath],
+    valid: &BTreeSet<StorePath>,
+) -> Result<Vec<StorePath>, store::StoreError> {
+    let mut unknown = Vec::new();
     for drv in drvs {
         let Ok(text) = std::fs::read_to_string(drv.to_absolute()) else {
             continue;
         };
         if let Ok(outs) = derivation::outputs(&text) {
-            outputs.extend(outs.into_iter().filter_map(|o| Some((drv, o.path?))));
+            let outs = outs.into_iter().filter_map(|o| o.path);
+            unknown.extend(outs.filter(|p| !valid.contains(p)).map(|p| (drv, p)));
         }
     }
-    let paths: Vec<StorePath> = outputs.iter().map(|(_, p)| p.clone()).collect();
-    let valid: BTreeSet<StorePath> = store::query_valid_path_info(&paths)?
+    if unknown.is_empty() {
+        return Ok(Vec::new());
+    }
+    let paths: Vec<StorePath> = unknown.iter().map(|(_, p)| p.clone()).collect();
+    let found_valid: BTreeSet<StorePath> = store::query_valid_path_info(&paths)?
         .into_iter()
         .map(|i| i.path)
         .collect();
-    let failed: BTreeSet<&StorePath> = outputs
+    let failed: BTreeSet<&StorePath> = unknown
         .iter()
-        .filter(|(_, out)| !valid.contains(out))
+        .filter(|(_, out)| !found_valid.contains(out))
         .map(|(drv, _)| *drv)
         .collect();
     Ok(failed.into_iter().cloned().collect())
@@ -143,9 +152,13 @@ pub struct Found {
     pub failed: Vec<StorePath>,
 }
 
-/// The logs Nix kept of `drvs`, and which of those builds failed. Blocks: it reads the
-/// derivations and asks Nix which outputs are valid.
-pub fn find(drvs: BTreeSet<StorePath>) -> Result<Found, store::StoreError> {
+/// The logs Nix kept of `drvs`, and which of those builds failed. `valid`: paths known to be
+/// valid (the closure being pushed). Blocks: it reads the derivations that have a log, and
+/// asks Nix about outputs not known to be valid.
+pub fn find(
+    drvs: BTreeSet<StorePath>,
+    valid: &BTreeSet<StorePath>,
+) -> Result<Found, store::StoreError> {
     let dir = log_dir();
     let logs: Vec<(StorePath, PathBuf, bool)> = drvs
         .into_iter()
@@ -155,7 +168,7 @@ pub fn find(drvs: BTreeSet<StorePath>) -> Result<Found, store::StoreError> {
         })
         .collect();
     let with_logs: Vec<StorePath> = logs.iter().map(|(d, _, _)| d.clone()).collect();
-    let failed = failed(&with_logs)?;
+    let failed = failed(&with_logs, valid)?;
     Ok(Found { logs, failed })
 }
 

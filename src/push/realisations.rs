@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::cache::Cache;
 use crate::nix::{StorePath, derivation};
-use crate::store::{self, StoreError};
+use crate::store::{self, PathInfo, StoreError};
 
 /// How many realisations go up at once.
 const CONCURRENT: usize = 16;
@@ -36,9 +36,15 @@ impl Realisation {
     }
 }
 
-/// The outputs of `drvs` whose path the derivation does not fix (content-addressed ones), as
-/// installables; derivations that cannot be read are left out.
-fn floating_outputs(drvs: &BTreeSet<StorePath>) -> Vec<(String, String)> {
+/// The outputs whose path their derivation does not fix (content-addressed ones) among the
+/// derivers of `closure`'s content-addressed paths, as (derivation, output name). Only those
+/// derivations are read: a path without a `CA` cannot be such an output.
+fn floating_outputs(closure: &[PathInfo]) -> Vec<(String, String)> {
+    let drvs: BTreeSet<&StorePath> = closure
+        .iter()
+        .filter(|info| info.ca.is_some())
+        .filter_map(|info| info.deriver.as_ref())
+        .collect();
     let mut found = Vec::new();
     for drv in drvs {
         let Ok(text) = std::fs::read_to_string(drv.to_absolute()) else {
@@ -54,10 +60,10 @@ fn floating_outputs(drvs: &BTreeSet<StorePath>) -> Vec<(String, String)> {
     found
 }
 
-/// The realisations of the content-addressed outputs of `drvs` that were built. Asks Nix only
-/// when there is such an output: a job without content-addressed derivations pays nothing.
-pub fn find(drvs: &BTreeSet<StorePath>) -> Result<Vec<Realisation>, StoreError> {
-    let outputs = floating_outputs(drvs);
+/// The realisations of the content-addressed outputs in `closure`. Asks Nix only when there
+/// is such an output: a job without content-addressed derivations pays nothing.
+pub fn find(closure: &[PathInfo]) -> Result<Vec<Realisation>, StoreError> {
+    let outputs = floating_outputs(closure);
     if outputs.is_empty() {
         return Ok(Vec::new());
     }
