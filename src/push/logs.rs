@@ -81,7 +81,9 @@ pub fn read_log(path: &Path, bzip2: bool, max: u64) -> std::io::Result<(Vec<u8>,
         Box::new(file)
     };
     let max = usize::try_from(max).unwrap_or(usize::MAX);
-    let (mut kept, mut total) = (Vec::new(), 0u64);
+    // The last `max` bytes, in a ring: memory stays at the cap and a chunk, however long the
+    // log, and each byte is moved once.
+    let (mut kept, mut total) = (std::collections::VecDeque::new(), 0u64);
     let mut chunk = vec![0; CHUNK];
     loop {
         let n = reader.read(&mut chunk)?;
@@ -89,23 +91,22 @@ pub fn read_log(path: &Path, bzip2: bool, max: u64) -> std::io::Result<(Vec<u8>,
             break;
         }
         total += n as u64;
-        kept.extend_from_slice(&chunk[..n]);
-        // Bounded memory for any log: at most twice the cap is held.
-        if kept.len() > max.saturating_mul(2).max(CHUNK) {
+        kept.extend(&chunk[..n]);
+        if kept.len() > max {
             kept.drain(..kept.len() - max);
         }
     }
-    if kept.len() <= max {
+    let kept = Vec::from(kept);
+    if total <= max as u64 {
         return Ok((kept, false));
     }
-    let tail = &kept[kept.len() - max..];
-    let left_out = total - tail.len() as u64;
+    let left_out = total - kept.len() as u64;
     let mut text = format!(
         "[nixbucket: this log was {total} bytes; its first {left_out} are left out, \
          over the cap of {max}]\n"
     )
     .into_bytes();
-    text.extend_from_slice(tail);
+    text.extend_from_slice(&kept);
     Ok((text, true))
 }
 
