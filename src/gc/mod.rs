@@ -162,9 +162,8 @@ pub async fn collect(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcErro
         let kept = (0..snap.entries.len())
             .filter(|&i| plan.kept[i])
             .map(|i| &snap.entries[i]);
-        let live: HashSet<HashPart> = kept.map(|e| e.hash).collect();
-        let realisations = read_realisations(cache, &snap, jobs).await;
-        report.realisations_deleted = doomed_realisations(&realisations, &live, opts).len();
+        let beside = doomed_beside(cache, &snap, kept, opts, jobs).await;
+        beside.count(&snap, &mut report);
         clock.lap(&mut report, "plan");
         return Ok(report);
     }
@@ -183,13 +182,16 @@ pub async fn collect(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcErro
     clock.lap(&mut report, "delete narinfos, list again");
     // 3. NARs that nothing names any more.
     let stale = delete_orphan_nars(cache, &snap, &repaired, opts, &mut report).await?;
-    delete_orphan_logs(cache, &snap, &repaired, opts, &mut report).await?;
-    let live: HashSet<HashPart> = repaired.live(&snap).map(|e| e.hash).collect();
-    let realisations = read_realisations(cache, &snap, jobs).await;
-    let doomed = doomed_realisations(&realisations, &live, opts);
-    delete_all(cache, &doomed, jobs).await?;
-    report.realisations_deleted = doomed.len();
-    clock.lap(&mut report, "delete NARs and logs");
+    let beside = doomed_beside(cache, &snap, repaired.live(&snap), opts, jobs).await;
+    let keys: Vec<String> = beside
+        .logs
+        .iter()
+        .chain(&beside.realisations)
+        .cloned()
+        .collect();
+    delete_all(cache, &keys, jobs).await?;
+    beside.count(&snap, &mut report);
+    clock.lap(&mut report, "delete NARs, logs and realisations");
     // 4. A push may have reused a NAR in the moment between gc's last look at it and its
     //    deletion: its narinfo now names a NAR that is gone. Such narinfos, and any that
     //    reference their paths, go too, so what stays is whole; the next push puts them back.
@@ -295,15 +297,6 @@ fn dry_run_nars(report: &mut GcReport, snap: &Snapshot, plan: &Plan, opts: &GcOp
         }
     }
     report.meta_bytes_freed = plan.doomed().iter().map(|&i| snap.entries[i].size).sum();
-    let kept = (0..snap.entries.len())
-        .filter(|&i| plan.kept[i])
-        .map(|i| &snap.entries[i]);
-    let logs = plan::doomed_logs(log_objects(snap), &derivers(kept), opts);
-    report.logs_deleted = logs.len();
-    report.meta_bytes_freed += logs
-        .iter()
-        .filter_map(|k| snap.listed.get(k).map(|o| o.size))
-        .sum::<u64>();
 }
 
 /// What the second listing found, and which entries are gone for good.
@@ -417,25 +410,39 @@ async fn delete_orphan_nars(
     Ok(stale.keys)
 }
 
-/// Phase 3, for build logs: a log goes with the last narinfo its derivation built, or, built
-/// by none (a failed build), once it is old.
-async fn delete_orphan_logs(
+/// The build logs and realisations that go beside the narinfos that stay.
+struct Beside {
+    logs: Vec<String>,
+    realisations: Vec<String>,
+}
+
+impl Beside {
+    /// Counts them, and their bytes, in the report.
+    fn count(&self, snap: &Snapshot, report: &mut GcReport) {
+        report.logs_deleted = self.logs.len();
+        report.realisations_deleted = self.realisations.len();
+        report.meta_bytes_freed += (self.logs.iter().chain(&self.realisations))
+            .filter_map(|k| snap.listed.get(k).map(|o| o.size))
+            .sum::<u64>();
+    }
+}
+
+/// Phase 3, beside the NARs: a build log goes with the last narinfo its derivation built, or,
+/// built by none (a failed build), once it is old; a realisation goes with the narinfo of the
+/// path it names. `stay`: the narinfos that stay.
+async fn doomed_beside<'a>(
     cache: &Cache,
     snap: &Snapshot,
-    repaired: &Repaired,
+    stay: impl Iterator<Item = &'a Entry>,
     opts: &GcOptions,
-    report: &mut GcReport,
-) -> Result<(), GcError> {
-    let derivers = derivers(repaired.live(snap));
-    let doomed = plan::doomed_logs(log_objects(snap), &derivers, opts);
-    let bytes: u64 = doomed
-        .iter()
-        .filter_map(|k| snap.listed.get(k).map(|o| o.size))
-        .sum();
-    delete_all(cache, &doomed, opts.jobs.max(1)).await?;
-    report.logs_deleted = doomed.len();
-    report.meta_bytes_freed += bytes;
-    Ok(())
+    jobs: usize,
+) -> Beside {
+    let stay: Vec<&Entry> = stay.collect();
+    let logs = plan::doomed_logs(log_objects(snap), &derivers(stay.iter().copied()), opts);
+    let live: HashSet<HashPart> = stay.iter().map(|e| e.hash).collect();
+    let realisations = read_realisations(cache, snap, jobs).await;
+    let realisations = plan::doomed_realisations(realisations.iter(), &live, opts);
+    Beside { logs, realisations }
 }
 
 /// Each realisation listed: its key, when it was written, and the hash part of the path it
@@ -462,23 +469,6 @@ async fn read_realisations(
     .buffer_unordered(jobs)
     .collect()
     .await
-}
-
-/// The realisations that go: those naming a path whose narinfo does not stay, once past the
-/// grace period (a push writes the narinfo first, then the realisation).
-fn doomed_realisations(
-    realisations: &[(String, Option<SystemTime>, Option<HashPart>)],
-    live: &HashSet<HashPart>,
-    opts: &GcOptions,
-) -> Vec<String> {
-    let young_before = plan::young_before(opts);
-    realisations
-        .iter()
-        .filter(|(_, modified, named)| {
-            named.is_some_and(|h| !live.contains(&h)) && modified.is_some_and(|t| t < young_before)
-        })
-        .map(|(key, _, _)| key.clone())
-        .collect()
 }
 
 /// The derivations whose logs stay with `entries`: those that built them, and those among

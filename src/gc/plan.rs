@@ -83,6 +83,23 @@ pub(super) fn doomed_logs<'a>(
     .collect()
 }
 
+/// The realisations that go: those naming a path whose narinfo does not stay (not in
+/// `live`), once past the grace period (a push writes the narinfo first, then the
+/// realisation). One that could not be read names nothing, and stays.
+pub(super) fn doomed_realisations<'a>(
+    realisations: impl Iterator<Item = &'a (String, Option<SystemTime>, Option<HashPart>)>,
+    live: &HashSet<HashPart>,
+    opts: &GcOptions,
+) -> Vec<String> {
+    let young_before = young_before(opts);
+    realisations
+        .filter(|(_, modified, named)| {
+            named.is_some_and(|h| !live.contains(&h)) && modified.is_some_and(|t| t < young_before)
+        })
+        .map(|(key, _, _)| key.clone())
+        .collect()
+}
+
 /// Which of the entries stay, and why some stay whatever the policy says.
 pub(super) struct Plan {
     /// Kept, by entry index.
@@ -411,6 +428,31 @@ mod tests {
                 log("failed-recent.drv"),
                 "log/not-a-derivation".to_owned()
             ]
+        );
+    }
+
+    /// A realisation goes with the narinfo of the path it names, once past the grace period;
+    /// one that could not be read stays.
+    #[test]
+    fn a_realisation_goes_with_its_path() {
+        let live: HashSet<HashPart> = [HashPart::of(&path("kept"))].into();
+        let realisation = |key: &str, day: u64, names: Option<&str>| {
+            (
+                key.to_owned(),
+                Some(at(day * DAY)),
+                names.map(|n| HashPart::of(&path(n))),
+            )
+        };
+        let listed = [
+            realisation("realisations/kept", 10, Some("kept")),
+            realisation("realisations/gone", 10, Some("gone")),
+            realisation("realisations/gone-today", NOW / DAY, Some("gone")),
+            realisation("realisations/unreadable", 10, None),
+        ];
+        let month = opts(Policy::OlderThan(Duration::from_secs(30 * DAY)));
+        assert_eq!(
+            doomed_realisations(listed.iter(), &live, &month),
+            ["realisations/gone"]
         );
     }
 }
