@@ -252,13 +252,17 @@ impl Report {
             crate::push::human_bytes(self.requests.bytes_up),
             crate::push::human_bytes(self.requests.bytes_down),
         );
-        match (&self.pricing, self.estimated_cost_usd) {
-            (Some(name), Some(cost)) => {
-                line.push_str(&format!("; about {} at {name} prices", dollars(cost)));
-            }
-            _ => line.push_str("; no price table for this store (--pricing)"),
-        }
+        line.push_str("; ");
+        line.push_str(&self.cost_text());
         line
+    }
+
+    /// The estimate, or why there is none.
+    pub fn cost_text(&self) -> String {
+        match (&self.pricing, self.estimated_cost_usd) {
+            (Some(name), Some(cost)) => format!("about {} at {name} prices", dollars(cost)),
+            _ => "no price table for this store (--pricing)".to_owned(),
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 
 use crate::nix::{Compression, StorePath};
 use crate::push::select::Skipped;
-use crate::push::{PushReport, human_bytes};
+use crate::push::{PushReport, human_bytes, logs};
 
 /// The audience AWS STS expects in a GitHub OIDC token.
 pub const AWS_AUDIENCE: &str = "sts.amazonaws.com";
@@ -499,13 +499,11 @@ impl Outcome<'_> {
                         requests.total_requests,
                         cell(&crate::cost::by_kind(&requests.requests))
                     );
-                    let cost = match (&requests.pricing, requests.estimated_cost_usd) {
-                        (Some(name), Some(usd)) => {
-                            format!("{} ({name})", crate::cost::dollars(usd))
-                        }
-                        _ => "no price table for this store".to_owned(),
-                    };
-                    let _ = writeln!(md, "| estimated request cost | {} |", cell(&cost));
+                    let _ = writeln!(
+                        md,
+                        "| estimated request cost | {} |",
+                        cell(&requests.cost_text())
+                    );
                 }
                 if !report.pushed.is_empty() {
                     let mut slowest: Vec<_> = report.pushed.iter().collect();
@@ -539,7 +537,7 @@ impl Outcome<'_> {
                         &mut md,
                         logs.failed_builds
                             .iter()
-                            .map(|drv| (drv, format!("`nix log --store '{cache}' {drv}`"))),
+                            .map(|drv| (drv, format!("`{}`", logs::read_command(cache, drv)))),
                     );
                 }
                 if !skipped.is_empty() {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use futures::StreamExt;
 
-use crate::cache::{Cache, CacheError, CacheUrl};
+use crate::cache::{Cache, CacheError};
 use crate::nix::{StorePath, derivation, layout};
 use crate::store;
 
@@ -49,7 +49,7 @@ impl LogReport {
 }
 
 /// The command that prints `drv`'s log from the cache at `url`.
-pub fn read_command(url: &CacheUrl, drv: &StorePath) -> String {
+pub fn read_command(url: &impl std::fmt::Display, drv: &StorePath) -> String {
     format!("nix log --store '{url}' {drv}")
 }
 

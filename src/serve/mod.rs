@@ -335,7 +335,7 @@ async fn object(server: &Server, key: &str, head: bool) -> Response<Body> {
     let content_type = if is_nar {
         layout::NAR_TYPE
     } else {
-        "text/plain; charset=utf-8"
+        layout::LOG_TYPE
     };
     if head {
         return match first_found(server, |cache| cache.head(key)).await {
