@@ -208,30 +208,25 @@ impl Job {
             .chain(self.extra_caches.iter().map(|c| &c.key))
             .cloned()
             .collect();
-        let Some(served) = served else {
-            let substituter = self
-                .substituter
-                .clone()
-                .unwrap_or_else(|| self.url.to_string());
-            let also: Vec<String> = self.extra_caches.iter().map(|c| c.url.clone()).collect();
-            let settings = configure::Settings {
-                also: &also,
-                keys: &keys,
-                extra: Vec::new(),
-            };
-            return configure::configure(&substituter, mirror, settings);
-        };
-        let mut extra = vec![("fallback", vec!["true".to_owned()])];
-        if self.serve.as_ref().is_some_and(|s| s.push_during_build) {
-            let hook = background::install_hook_script(&self.state_path, served)?;
-            extra.push(("post-build-hook", vec![hook.display().to_string()]));
-        }
-        let substituter = format!("http://127.0.0.1:{}", served.state.port);
-        // The server fronts the buckets and directories; Nix reads any other cache itself.
+        // A server fronts the extra buckets and directories; Nix reads any other cache itself.
         let also: Vec<String> = (self.extra_caches.iter())
-            .filter(|c| !c.served_by_us())
+            .filter(|c| served.is_none() || !c.served_by_us())
             .map(|c| c.url.clone())
             .collect();
+        let (substituter, extra) = match served {
+            None => {
+                let direct = self.substituter.clone();
+                (direct.unwrap_or_else(|| self.url.to_string()), Vec::new())
+            }
+            Some(served) => {
+                let mut extra = vec![("fallback", vec!["true".to_owned()])];
+                if self.serve.as_ref().is_some_and(|s| s.push_during_build) {
+                    let hook = background::install_hook_script(&self.state_path, served)?;
+                    extra.push(("post-build-hook", vec![hook.display().to_string()]));
+                }
+                (format!("http://127.0.0.1:{}", served.state.port), extra)
+            }
+        };
         let settings = configure::Settings {
             also: &also,
             keys: &keys,
