@@ -88,6 +88,9 @@ pub struct FaultConfig {
     /// This many requests, the first ones, pass untouched (the bucket check when a command
     /// opens the cache, which gives up after three attempts by design).
     pub pass_first: u64,
+    /// Every HEAD of a bucket itself passes untouched: the check each command makes as it
+    /// opens the cache, for tests that run many commands through one proxy.
+    pub spare_bucket_checks: bool,
 }
 
 impl FaultConfig {
@@ -124,6 +127,7 @@ impl FaultConfig {
             sequence: Vec::new(),
             outage: None,
             pass_first: 0,
+            spare_bucket_checks: false,
         }
     }
 }
@@ -301,6 +305,9 @@ impl Shared {
         if self.seen.fetch_add(1, Ordering::SeqCst) < self.config.pass_first {
             return None;
         }
+        if self.config.spare_bucket_checks && op == "Head" && names_a_bucket(target) {
+            return None;
+        }
         if let Some((trigger, lasts)) = self.config.outage {
             let mut began = self.outage_began.lock().unwrap();
             if began.is_none() && target.contains(trigger) {
@@ -339,6 +346,12 @@ impl Shared {
         let i = (self.next() % self.config.faults.len() as u64) as usize;
         Some(self.config.faults[i])
     }
+}
+
+/// Whether a path-style target names a bucket itself (`/bucket`), not an object in it.
+fn names_a_bucket(target: &str) -> bool {
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    !path.trim_matches('/').contains('/')
 }
 
 /// S3's operation name for a request, for the statistics.
