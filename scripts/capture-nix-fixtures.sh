@@ -2,9 +2,10 @@
 # Captures what each Nix the tests run on prints, for the unit tests that read it without Nix:
 # `nix path-info --json` in every format the version knows, `nix store ping`/`info` alone and
 # through a daemon (trusted and not), the settings `nix show-config`/`config show` reports, the
-# post-build hook's environment, the narinfos `nix copy` writes, and golden NARs. Run as root
-# on the host, after scripts/nix-roots.sh; writes tests/fixtures/nix/<version>/. The closure is
-# the same expression everywhere, so every version describes the same store paths.
+# post-build hook's environment, the narinfos `nix copy` writes, a signed realisation, and
+# golden NARs. Run as root on the host, after scripts/nix-roots.sh; writes
+# tests/fixtures/nix/<version>/. The closure is the same expression everywhere, so every
+# version describes the same store paths.
 #
 #   scripts/capture-nix-fixtures.sh [SUITE...]     (default: the host's Nix, trixie, sid)
 set -euo pipefail
@@ -141,6 +142,27 @@ NIX_CONFIG="$conf"$'\n'"post-build-hook = $tmp/hook.sh" nix-build --no-out-link 
 nix copy --to "file://$tmp/cache" "$top"
 mkdir -p "$dir/cache"
 cp "$tmp"/cache/*.narinfo "$tmp/cache/nix-cache-info" "$dir/cache/"
+
+# A content-addressed build's realisation as `nix realisation info --json` prints it, signed by
+# this Nix itself (secret-key-files): the judge of how src/push/realisations.rs signs one. The
+# public key is in the derivation, so that each capture builds it, and signs it, afresh.
+cat >"$tmp/ca.nix" <<EOF
+builtins.derivation {
+  name = "nixbucket-fixture-ca";
+  system = builtins.currentSystem;
+  builder = "/bin/sh";
+  args = [ "-c" "echo ca > \$out" ];
+  key = "$(cat "$dir/public-key.txt")";
+  __contentAddressed = true;
+  outputHashMode = "recursive";
+  outputHashAlgo = "sha256";
+}
+EOF
+ca_conf="${conf/nix-command/nix-command ca-derivations}"$'\n'"secret-key-files = $tmp/secret"
+NIX_CONFIG=$ca_conf nix-build --no-out-link "$tmp/ca.nix" >/dev/null 2>&1
+ca_drv=$(NIX_CONFIG=$ca_conf nix-instantiate "$tmp/ca.nix" 2>/dev/null)
+NIX_CONFIG=$ca_conf nix realisation info --json "$ca_drv^out" >"$dir/realisation.json" 2>/dev/null ||
+    NIX_CONFIG=$ca_conf nix realisation info --json "$ca_drv" >"$dir/realisation.json"
 
 # Derivations as this Nix writes them (src/nix/derivation.rs reads their outputs), one plain
 # and one fixed-output, and where this Nix keeps the build log of the one it built.

@@ -254,7 +254,38 @@ fn content_addressed_outputs_are_substituted_through_their_realisations(#[case] 
         stderr(&substituted)
     );
 
-    // verify reads them; gc deletes them with their paths, a month on.
+    // A named push knows the derivers the paths record, not the derivations as instantiated:
+    // setup_push's content-addressed test copies back those too, with their signatures.
+    let (other_secret, other) = keygen(tmp.path(), "other-1");
+    // verify reads them and checks their signatures; gc deletes them with their paths, a
+    // month on.
+    let unknown = target.verify(&other);
+    let problems = stdout(&unknown);
+    assert_eq!(
+        problems
+            .matches("!out.doi: no valid signature by a trusted key")
+            .count(),
+        2,
+        "{problems}"
+    );
+    // `sign --all` adds a key's signature to the realisations as to the narinfos.
+    let signed = run(target
+        .cmd()
+        .args([
+            "sign",
+            "--all",
+            "--cache",
+            &target.url,
+            "--signing-key-file",
+        ])
+        .arg(&other_secret));
+    assert_ok(&signed);
+    assert!(
+        stderr(&signed).contains("signed 2 narinfos and 2 realisations with other-1"),
+        "{}",
+        stderr(&signed)
+    );
+    assert_ok(&target.verify(&other));
     let verify = target.verify(&public);
     assert_ok(&verify);
     assert!(

@@ -39,6 +39,7 @@ struct Job {
     tmp: tempfile::TempDir,
     conf: NixConfig,
     secret: PathBuf,
+    public: String,
     cache: PathBuf,
     url: String,
     state: PathBuf,
@@ -48,7 +49,7 @@ impl Job {
     fn new() -> Job {
         let tmp = tempfile::tempdir().unwrap();
         let conf = NixConfig::new(tmp.path(), BASE_CONF);
-        let (secret, _) = keygen(tmp.path(), "ours-1");
+        let (secret, public) = keygen(tmp.path(), "ours-1");
         let cache = tmp.path().join("cache");
         let url = format!("file://{}", cache.display());
         let state = tmp.path().join("state.json");
@@ -56,6 +57,7 @@ impl Job {
             tmp,
             conf,
             secret,
+            public,
             cache,
             url,
             state,
@@ -481,5 +483,102 @@ fn another_teams_cache_is_read_after_ours_and_not_pushed_to(#[case] serve: bool)
         vec![app],
         "{}",
         stderr(&out)
+    );
+}
+
+/// A content-addressed build pushed after setup carries the realisations of its derivations
+/// as instantiated (what another job's Nix asks the cache about first) beside the resolved
+/// ones, signed: `nix copy --from` the cache into a store that requires signatures finds
+/// them all (it writes a realisation it misses to the cache), takes them when our key is
+/// trusted, and refuses them when only another key is.
+#[test]
+fn content_addressed_builds_are_copied_back_through_signed_realisations() {
+    let job = Job::new();
+    let tmp = job.tmp.path();
+    assert_ok(&job.setup());
+    let tag = nonce();
+    let ca = |name: &str, script: &str| {
+        format!(
+            r#"builtins.derivation {{ name = "{name}-{tag}"; system = builtins.currentSystem; builder = "/bin/sh"; args = ["-c" ''{script}'']; __contentAddressed = true; outputHashMode = "recursive"; outputHashAlgo = "sha256"; }}"#
+        )
+    };
+    let file = write_expr(
+        tmp,
+        &format!(
+            "let dep = {}; in {}",
+            ca("ca-dep", &format!("echo {tag} > $out")),
+            ca("ca-top", "echo ${dep} > $out")
+        ),
+    );
+    let features = "experimental-features = nix-command ca-derivations";
+    let built = run(job
+        .conf
+        .nix("nix-build")
+        .env("NIX_CONFIG", features)
+        .arg("--no-out-link")
+        .arg(&file));
+    assert_ok(&built);
+    let top = stdout(&built).trim().to_owned();
+
+    // A user of content-addressed derivations has the feature on for every Nix command.
+    let pushed = run(job
+        .conf
+        .nixbucket()
+        .env("NIX_CONFIG", features)
+        .args(["push", "--cache", &job.url, "--signing-key-file"])
+        .arg(&job.secret)
+        .arg("--state-file")
+        .arg(&job.state));
+    assert_ok(&pushed);
+    // The dependency has no inputs to resolve, so its two derivations are one.
+    assert!(
+        stderr(&pushed).contains("; 3 realisations"),
+        "{}",
+        stderr(&pushed)
+    );
+    let realisations = || {
+        list_files(&job.cache)
+            .into_iter()
+            .filter(|k| k.starts_with("realisations/"))
+            .collect::<Vec<_>>()
+    };
+    let before = realisations();
+    assert_eq!(before.len(), 3, "{before:?}");
+
+    let verify = run(job.conf.nixbucket().args([
+        "verify",
+        "--cache",
+        &job.url,
+        "--public-key",
+        &job.public,
+    ]));
+    assert_ok(&verify);
+    assert!(
+        stderr(&verify).contains("and 3 realisations: 0 problems"),
+        "{}",
+        stderr(&verify)
+    );
+    let copy = |trusted: &str, store: &str| {
+        run(job
+            .conf
+            .nix("nix")
+            .env("NIX_CONFIG", features)
+            .args(["copy", "--from", &job.url, "--to"])
+            .arg(tmp.join(store))
+            .args(["--option", "require-sigs", "true"])
+            .args(["--option", "trusted-public-keys", trusted, "-f"])
+            .arg(&file))
+    };
+    assert_ok(&copy(&job.public, "copied"));
+    assert!(tmp.join("copied").join(&top[1..]).exists());
+    // Nix writes the derivations it evaluates to the `--from` store, and a realisation it
+    // asked for and resolved itself; none of the latter means it found them all.
+    assert_eq!(realisations(), before, "Nix added a realisation");
+    let (_, other) = keygen(tmp, "other-1");
+    let refused = copy(&other, "refused");
+    assert!(
+        !refused.status.success() && stderr(&refused).contains("cannot register realisation"),
+        "{}",
+        stderr(&refused)
     );
 }

@@ -1,5 +1,5 @@
-//! `nixbucket sign`: add our signature to narinfos already in the cache, without touching
-//! NARs — after a push with `--unsigned`, or when rotating keys (`--remove-key` drops the old).
+//! `nixbucket sign`: add our signature to narinfos (and, with `--all`, realisations) already
+//! in the cache, without touching NARs — after a push with `--unsigned`, or when rotating keys (`--remove-key` drops the old).
 //!
 //! A rewritten narinfo gets a new LastModified, which `gc` counts as a use (so a rotation also
 //! postpones collection by one `--older-than`). Each rewrite is conditional on the narinfo
@@ -14,6 +14,7 @@ use futures::StreamExt;
 use super::KeyArgs;
 use crate::cache::OpenOptions;
 use crate::nix::layout;
+use crate::push::realisations;
 use crate::resign::{Signed, sign_one};
 use crate::store;
 
@@ -24,7 +25,7 @@ pub struct Args {
     pub cache: String,
     #[command(flatten)]
     pub key: KeyArgs,
-    /// Sign every narinfo in the cache.
+    /// Sign every narinfo and realisation in the cache.
     #[arg(long, conflicts_with = "paths")]
     pub all: bool,
     /// Store paths whose narinfos to sign (just these, not their closure).
@@ -43,12 +44,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let key = args.key.require("")?;
     let cache = super::open_cache(&url, OpenOptions::default()).await?;
     let keys: Vec<String> = if args.all {
-        cache
-            .list_level(&layout::narinfo_prefixes(), args.jobs)
-            .await?
+        let prefixes = layout::narinfo_prefixes();
+        let (narinfos, realisations) = tokio::try_join!(
+            cache.list_level(&prefixes, args.jobs),
+            cache.list(realisations::DIR)
+        )?;
+        narinfos
             .into_iter()
             .map(|o| o.key)
             .filter(|k| layout::is_narinfo_key(k))
+            .chain(realisations.into_iter().map(|o| o.key))
             .collect()
     } else {
         args.paths
@@ -70,9 +75,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .buffer_unordered(args.jobs.max(1))
         .collect()
         .await;
-    let (mut changed, mut gone, mut failed) = (0, 0, 0);
+    let (mut changed, mut realised, mut gone, mut failed) = (0, 0, 0, 0);
     for (k, result) in &results {
         match result {
+            Ok(Signed::Rewritten) if k.starts_with(realisations::DIR) => realised += 1,
             Ok(Signed::Rewritten) => changed += 1,
             Ok(Signed::AlreadyWas) => {}
             Ok(Signed::Gone) => gone += 1,
@@ -83,9 +89,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     eprintln!(
-        "signed {changed} narinfos with {}; {} already were{}{}",
+        "signed {changed} narinfos{} with {}; {} already were{}{}",
+        if realised > 0 {
+            format!(" and {realised} realisations")
+        } else {
+            String::new()
+        },
         key.name(),
-        results.len() - changed - gone - failed,
+        results.len() - changed - realised - gone - failed,
         if gone > 0 {
             format!("; {gone} deleted meanwhile (left deleted)")
         } else {

@@ -127,8 +127,13 @@ impl Job {
             .map(|p| p.path.clone())
             .chain(present)
             .collect();
-        let (realised, errors) =
-            realisations::push(&prepared.cache, prepared.realisations, &landed).await;
+        let (realised, errors) = realisations::push(
+            &prepared.cache,
+            prepared.realisations,
+            &landed,
+            self.signing_key.as_deref(),
+        )
+        .await;
         report.realisations = realised;
         for (id, why) in errors {
             eprintln!("warning: the realisation {id} was not uploaded: {why}");
@@ -185,10 +190,11 @@ impl Job {
             if keep {
                 return Ok((closure, skipped, None, Vec::new()));
             }
-            let realisations = realisations::find(&closure).unwrap_or_else(|err| {
-                eprintln!("warning: no realisations are pushed: {err}");
-                Vec::new()
-            });
+            let realisations =
+                realisations::find(&closure, &new_derivations).unwrap_or_else(|err| {
+                    eprintln!("warning: no realisations are pushed: {err}");
+                    Vec::new()
+                });
             if !want_logs {
                 return Ok((closure, skipped, None, realisations));
             }

@@ -3,8 +3,9 @@
 //! their Nix cannot know the output's path before building. Nix keeps them in
 //! `realisations/<id>.doi`, where the id is `sha256:<derivation hash modulo its inputs>!<output>`
 //! (not the `.drv` file's hash): the local Nix is asked for them (`nix realisation info`)
-//! rather than that hash computed here. They are uploaded as Nix prints them, unsigned as
-//! `nix copy` uploads them: Nix checks the signature of the output's narinfo, which is ours.
+//! rather than that hash computed here. They are uploaded as Nix prints them, with our
+//! signature added as Nix signs them (over the JSON without its `signatures`): `nix copy
+//! --from` the cache into a store that requires signatures refuses a realisation without one.
 
 use std::collections::BTreeSet;
 
@@ -13,13 +14,13 @@ use futures::StreamExt;
 use serde_json::Value;
 
 use crate::cache::Cache;
-use crate::nix::{StorePath, derivation};
+use crate::nix::{PublicKey, SecretKey, Signature, StorePath, derivation};
 use crate::store::{self, PathInfo, StoreError};
 
 /// How many realisations go up at once.
 const CONCURRENT: usize = 16;
 pub const DIR: &str = "realisations/";
-const TYPE: &str = "application/json";
+pub const TYPE: &str = "application/json";
 
 /// One realisation, as the local Nix printed it.
 #[derive(Clone, Debug, PartialEq)]
@@ -34,17 +35,73 @@ impl Realisation {
     pub fn key(&self) -> String {
         format!("{DIR}{}.doi", self.id)
     }
+
+    /// What a signature signs: the JSON without `signatures`, keys sorted and no spaces, which
+    /// is how Nix's JSON library writes it.
+    pub fn fingerprint(&self) -> String {
+        let mut json = self.json.clone();
+        if let Some(object) = json.as_object_mut() {
+            object.remove("signatures");
+        }
+        json.to_string()
+    }
+
+    pub fn signatures(&self) -> Vec<String> {
+        self.json["signatures"]
+            .as_array()
+            .map(|sigs| {
+                sigs.iter()
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Nix keeps the signatures as a sorted set of `name:base64` strings.
+    fn set_signatures(&mut self, mut signatures: Vec<String>) {
+        signatures.sort();
+        signatures.dedup();
+        self.json["signatures"] = Value::from(signatures);
+    }
+
+    /// Drops the signatures by keys named `key_name`.
+    pub fn remove_signatures(&mut self, key_name: &str) {
+        let prefix = format!("{key_name}:");
+        let kept = self
+            .signatures()
+            .into_iter()
+            .filter(|s| !s.starts_with(&prefix))
+            .collect();
+        self.set_signatures(kept);
+    }
+
+    /// Signs with `key`, replacing any signature by a key of the same name.
+    pub fn sign(&mut self, key: &SecretKey) {
+        let signature = key.sign(&self.fingerprint()).to_string();
+        self.remove_signatures(key.name());
+        let mut signatures = self.signatures();
+        signatures.push(signature);
+        self.set_signatures(signatures);
+    }
+
+    /// True if some signature verifies with the key in `keys` that has its name.
+    pub fn verify(&self, keys: &[PublicKey]) -> bool {
+        let fingerprint = self.fingerprint();
+        self.signatures()
+            .iter()
+            .filter_map(|s| Signature::parse(s).ok())
+            .any(|sig| keys.iter().any(|key| key.verify(&fingerprint, &sig)))
+    }
+
+    /// The object's body, as Nix writes it.
+    pub fn body(&self) -> Bytes {
+        Bytes::from(self.json.to_string())
+    }
 }
 
-/// The outputs whose path their derivation does not fix (content-addressed ones) among the
-/// derivers of `closure`'s content-addressed paths, as (derivation, output name). Only those
-/// derivations are read: a path without a `CA` cannot be such an output.
-fn floating_outputs(closure: &[PathInfo]) -> Vec<(String, String)> {
-    let drvs: BTreeSet<&StorePath> = closure
-        .iter()
-        .filter(|info| info.ca.is_some())
-        .filter_map(|info| info.deriver.as_ref())
-        .collect();
+/// The outputs whose path their derivation does not fix (content-addressed ones) of `drvs`,
+/// as (derivation, output name).
+fn floating_outputs<'a>(drvs: impl IntoIterator<Item = &'a StorePath>) -> Vec<(String, String)> {
     let mut found = Vec::new();
     for drv in drvs {
         let Ok(text) = std::fs::read_to_string(drv.to_absolute()) else {
@@ -60,10 +117,48 @@ fn floating_outputs(closure: &[PathInfo]) -> Vec<(String, String)> {
     found
 }
 
-/// The realisations of the content-addressed outputs in `closure`. Asks Nix only when there
-/// is such an output: a job without content-addressed derivations pays nothing.
-pub fn find(closure: &[PathInfo]) -> Result<Vec<Realisation>, StoreError> {
-    let outputs = floating_outputs(closure);
+/// The realisations of the content-addressed outputs in `closure`, by id. Two derivations
+/// can name one output, and both are looked for:
+/// - the deriver a path records, which is the derivation *resolved* after its inputs were
+///   built (their paths written in). Only the derivers of paths with a `CA` are read, so a
+///   job without content-addressed derivations pays nothing;
+/// - the derivation as instantiated, which is what another job evaluating the same
+///   expression asks the cache about first. Those are among `new_derivations` (the ones new
+///   since setup), which are read only when the closure has a floating output.
+pub fn find(
+    closure: &[PathInfo],
+    new_derivations: &[StorePath],
+) -> Result<Vec<Realisation>, StoreError> {
+    let derivers: BTreeSet<&StorePath> = closure
+        .iter()
+        .filter(|info| info.ca.is_some())
+        .filter_map(|info| info.deriver.as_ref())
+        .collect();
+    let outputs = floating_outputs(derivers.iter().copied());
+    if outputs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut found = ask_nix(&outputs)?;
+    let instantiated = floating_outputs(new_derivations.iter().filter(|d| !derivers.contains(d)));
+    // One unbuilt output (a failed build) fails Nix's whole answer: then each is asked alone.
+    match ask_nix(&instantiated) {
+        Ok(more) => found.extend(more),
+        Err(_) => {
+            for output in &instantiated {
+                found.extend(ask_nix(std::slice::from_ref(output)).unwrap_or_default());
+            }
+        }
+    }
+    let paths: BTreeSet<&StorePath> = closure.iter().map(|info| &info.path).collect();
+    let mut by_id = std::collections::BTreeMap::new();
+    for realisation in found.into_iter().filter(|r| paths.contains(&r.out_path)) {
+        by_id.insert(realisation.id.clone(), realisation);
+    }
+    Ok(by_id.into_values().collect())
+}
+
+/// `nix realisation info` of the (derivation, output) pairs given; none asks nothing.
+fn ask_nix(outputs: &[(String, String)]) -> Result<Vec<Realisation>, StoreError> {
     if outputs.is_empty() {
         return Ok(Vec::new());
     }
@@ -110,6 +205,12 @@ pub fn parse(json: &[u8]) -> Result<Vec<Realisation>, StoreError> {
     let items = value.as_array().ok_or_else(|| bad("not an array"))?;
     let mut found = Vec::new();
     for item in items {
+        if item.get("key").is_some() && item.get("value").is_some() {
+            return Err(bad(
+                "it prints realisations as {key, value}, the layout of Nix 2.35 and later, \
+                 which this nixbucket does not write yet",
+            ));
+        }
         let (Some(id), Some(out)) = (item["id"].as_str(), item["outPath"].as_str()) else {
             continue;
         };
@@ -131,23 +232,26 @@ pub fn parse(json: &[u8]) -> Result<Vec<Realisation>, StoreError> {
     Ok(found)
 }
 
-/// Uploads `realisations` whose output is among `landed` (in the cache now); an output that
-/// did not land gets none, so the cache never names a path it lacks. Returns how many went up,
-/// and what failed.
+/// Uploads `realisations` whose output is among `landed` (in the cache now), signed with `key`
+/// when there is one; an output that did not land gets none, so the cache never names a path
+/// it lacks. Returns how many went up, and what failed.
 pub async fn push(
     cache: &Cache,
     realisations: Vec<Realisation>,
     landed: &BTreeSet<StorePath>,
+    key: Option<&SecretKey>,
 ) -> (usize, Vec<(String, String)>) {
     let uploads = futures::stream::iter(
         realisations
             .into_iter()
             .filter(|r| landed.contains(&r.out_path))
-            .map(|r| {
+            .map(|mut r| {
+                if let Some(key) = key {
+                    r.sign(key);
+                }
                 let cache = cache.clone();
                 async move {
-                    let body = Bytes::from(r.json.to_string());
-                    let result = cache.put(&r.key(), body, TYPE).await;
+                    let result = cache.put(&r.key(), r.body(), TYPE).await;
                     (r.id, result)
                 }
             }),
@@ -168,7 +272,54 @@ pub async fn push(
 
 #[cfg(test)]
 mod tests {
+    use rstest::rstest;
+
     use super::*;
+
+    macro_rules! captured {
+        ($version:literal, $file:literal) => {
+            include_str!(concat!("../../tests/fixtures/nix/", $version, "/", $file))
+        };
+    }
+
+    /// Each Nix signed its realisation itself (`secret-key-files`, see
+    /// scripts/capture-nix-fixtures.sh): our fingerprint must be the text it signed.
+    #[rstest]
+    #[case::nix_2_8(captured!("2.8.0", "realisation.json"), captured!("2.8.0", "public-key.txt"))]
+    #[case::nix_2_26(captured!("2.26.3", "realisation.json"), captured!("2.26.3", "public-key.txt"))]
+    #[case::nix_2_34(captured!("2.34.8", "realisation.json"), captured!("2.34.8", "public-key.txt"))]
+    fn verifies_the_signature_nix_made(#[case] json: &str, #[case] public: &str) {
+        let found = parse(json.as_bytes()).unwrap();
+        assert_eq!(found.len(), 1, "{json}");
+        let key = PublicKey::parse(public.trim()).unwrap();
+        assert!(found[0].verify(std::slice::from_ref(&key)), "{json}");
+        let mut moved = found[0].clone();
+        moved.json["outPath"] = Value::from("00000000000000000000000000000000-elsewhere");
+        assert!(!moved.verify(&[key]));
+        // Written back byte for byte, signatures included.
+        assert_eq!(found[0].body(), json.trim().trim_matches(['[', ']']));
+    }
+
+    #[test]
+    fn signing_replaces_our_signature_and_keeps_the_others() {
+        let json = captured!("2.34.8", "realisation.json");
+        let mut r = parse(json.as_bytes()).unwrap().remove(0);
+        let nix = r.signatures();
+        let ours = SecretKey::generate("team-1").unwrap();
+        r.sign(&ours);
+        r.sign(&ours);
+        assert_eq!(r.signatures().len(), 2, "{:?}", r.signatures());
+        assert!(r.verify(&[ours.to_public()]));
+        let mut sorted = r.signatures();
+        sorted.sort();
+        assert_eq!(r.signatures(), sorted);
+        r.remove_signatures("team-1");
+        assert_eq!(r.signatures(), nix);
+        assert!(!r.verify(&[ours.to_public()]));
+        // Nix 2.35 prints another layout, which is refused by name rather than skipped.
+        let keyed = br#"[{"key":{"drvPath":"x.drv","outputName":"out"},"value":{"outPath":"y"}}]"#;
+        assert!(parse(keyed).unwrap_err().to_string().contains("2.35"));
+    }
 
     #[test]
     fn reads_what_each_nix_prints() {

@@ -49,7 +49,7 @@ pub async fn verify(
     )
     .buffer_unordered(jobs);
     let mut problems: Vec<String> = checks.flat_map(futures::stream::iter).collect().await;
-    let (realisations, more) = check_realisations(cache, hashes, jobs).await?;
+    let (realisations, more) = check_realisations(cache, hashes, keys, jobs).await?;
     problems.extend(more);
     problems.sort();
     Ok(Report {
@@ -59,10 +59,12 @@ pub async fn verify(
     })
 }
 
-/// Every realisation: read, named by its id, and naming a path whose narinfo is here.
+/// Every realisation: read, named by its id, signed by a trusted key (when keys are given),
+/// and naming a path whose narinfo is here.
 async fn check_realisations(
     cache: &Cache,
     hashes: &HashSet<HashPart>,
+    keys: &[PublicKey],
     jobs: usize,
 ) -> anyhow::Result<(usize, Vec<String>)> {
     use crate::push::realisations;
@@ -80,6 +82,9 @@ async fn check_realisations(
                 "{}: names {}, which has no narinfo in the cache",
                 o.key, r.out_path
             )),
+            Ok(r) if !keys.is_empty() && !r.verify(keys) => {
+                Some(format!("{}: no valid signature by a trusted key", o.key))
+            }
             Ok(_) => None,
         }
     }))
