@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """A TCP proxy on 127.0.0.1 that adds a fixed one-way delay to every byte, in both directions,
-so that a loopback server looks like one a round-trip time away. Bandwidth is not limited:
-data is forwarded as it arrives, each chunk DELAY_MS after it was read. A new connection pays
-a round trip for its handshake too (its first bytes wait), as over a real link.
+so that a loopback server looks like one a round-trip time away. Data is forwarded as it
+arrives, each chunk DELAY_MS after it was read. A new connection pays a round trip for its
+handshake too (its first bytes wait), as over a real link. Bandwidth is not limited, unless
+RATE_MBPS is set: then every connection's bytes towards the server share one link of that
+many MB/s (10^6 bytes), as an uplink does; the answers stay unlimited.
 
-    bench/latency-proxy.py LISTEN_PORT TARGET_PORT DELAY_MS [PORT_FILE]
+    [RATE_MBPS=N] bench/latency-proxy.py LISTEN_PORT TARGET_PORT DELAY_MS [PORT_FILE]
 
 With LISTEN_PORT 0 the kernel picks a port; it is written to PORT_FILE (if given) once the
 proxy listens. Stops on SIGTERM or SIGINT.
@@ -16,8 +18,28 @@ import signal
 import sys
 
 
-async def pump(reader, writer, delay):
-    """Copies reader to writer, each chunk `delay` seconds after it was read."""
+class Link:
+    """One link shared by every connection: a chunk goes once the ones before it have."""
+
+    def __init__(self, bytes_per_second):
+        self.rate = bytes_per_second
+        self.free_at = 0.0
+
+    async def carry(self, size):
+        loop = asyncio.get_running_loop()
+        self.free_at = max(self.free_at, loop.time()) + size / self.rate
+        wait = self.free_at - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+
+RATE = float(os.environ.get("RATE_MBPS") or 0) * 1e6
+UPLINK = Link(RATE) if RATE > 0 else None
+
+
+async def pump(reader, writer, delay, link=None):
+    """Copies reader to writer, each chunk `delay` seconds after it was read (and after the
+    link, if any, has carried it)."""
     loop = asyncio.get_running_loop()
     queue = asyncio.Queue()
 
@@ -29,6 +51,8 @@ async def pump(reader, writer, delay):
                 await asyncio.sleep(wait)
             if data is None:
                 break
+            if link is not None:
+                await link.carry(len(data))
             writer.write(data)
             await writer.drain()
         try:
@@ -59,7 +83,7 @@ async def handle(client_reader, client_writer, target_port, delay):
         # The handshake: a client a round trip away sends its first bytes one RTT after connect.
         await asyncio.sleep(2 * delay)
         await asyncio.gather(
-            pump(client_reader, server_writer, delay),
+            pump(client_reader, server_writer, delay, UPLINK),
             pump(server_reader, client_writer, delay),
             return_exceptions=True,
         )

@@ -347,7 +347,7 @@ fn push_job(inputs: &Inputs, state_file: Option<String>) -> anyhow::Result<Job> 
         state_file: Some(state_file.map_or_else(state_path, PathBuf::from)),
         signing_key: Some(key),
         compression,
-        level: None,
+        tuning: Default::default(),
         jobs,
         progress: ProgressMode::Plain,
         dry_run: false,

@@ -8,6 +8,7 @@ use regex::Regex;
 
 use super::{CompressionArg, KeyArgs};
 use crate::cache::OpenOptions;
+use crate::push::encode::{MAX_LONG_WINDOW, Tuning};
 use crate::push::job::{Job, Upstream};
 use crate::push::{ProgressMode, count, human_bytes};
 
@@ -30,9 +31,15 @@ pub struct Args {
     /// How NARs are compressed in the cache [default: the URL's `compression` parameter, else zstd].
     #[arg(long, env = "NIXBUCKET_COMPRESSION", value_enum)]
     pub compression: Option<CompressionArg>,
-    /// Compression level (zstd 1–19, default 3; xz 0–9, default 6).
+    /// A fixed compression level (zstd 1–19; xz 0–9, default 6). Without it zstd starts at 3
+    /// and rises, up to 9, while the upload is slower than the compressor.
     #[arg(long, value_name = "N")]
     pub compression_level: Option<i32>,
+    /// zstd's long-distance window for NARs over 16 MiB, as a power of two (27 = 128 MiB, the
+    /// most Nix decompresses by default); 0 turns it off.
+    #[arg(long, value_name = "LOG", default_value_t = 0,
+          value_parser = long_window)]
+    pub zstd_long_window: u32,
     /// How many paths over 1 MiB of NAR are read, compressed and uploaded at once (smaller
     /// ones go up 64 requests at once whatever this is).
     #[arg(
@@ -109,7 +116,7 @@ impl Args {
             state_file: self.state_file,
             signing_key,
             compression,
-            level: self.compression_level,
+            tuning: Tuning::new(self.compression_level, self.zstd_long_window),
             jobs: self.jobs,
             progress: self.progress,
             dry_run: self.dry_run,
@@ -169,4 +176,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--zstd-long-window`: 0, or a window Nix can decompress without being told.
+fn long_window(text: &str) -> Result<u32, String> {
+    match text.parse::<u32>() {
+        Ok(log) if log == 0 || (10..=MAX_LONG_WINDOW).contains(&log) => Ok(log),
+        _ => Err(format!(
+            "expected 0 (off) or 10 to {MAX_LONG_WINDOW} (a window of 2^LOG bytes; Nix refuses \
+             wider ones unless told)"
+        )),
+    }
 }

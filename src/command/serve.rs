@@ -93,7 +93,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 Some(filters) => {
                     let options = PushOptions {
                         compression,
-                        level: None,
+                        tuning: Default::default(),
                         jobs: args.jobs.max(1),
                         signing_key: Some(key),
                         progress: ProgressMode::None,

@@ -59,7 +59,7 @@ pub struct Job {
     pub state_file: Option<PathBuf>,
     pub signing_key: Option<Arc<SecretKey>>,
     pub compression: Compression,
-    pub level: Option<i32>,
+    pub tuning: super::encode::Tuning,
     pub jobs: usize,
     pub progress: ProgressMode,
     /// Find out what would be pushed; change nothing, and leave setup's server and mirror.
@@ -98,7 +98,7 @@ impl Job {
         let prepared = self.prepare().await?;
         let opts = PushOptions {
             compression: self.compression.clone(),
-            level: self.level,
+            tuning: self.tuning.clone(),
             jobs: self.jobs,
             signing_key: self.signing_key.clone(),
             progress: self.progress,
@@ -142,6 +142,9 @@ impl Job {
         report.logs = logs;
         signals.abort();
         eprintln!("{}", report.summary(&self.compression));
+        if let Some(level) = self.tuning.adapted_to() {
+            eprintln!("the upload was slower than the compressor: zstd rose to level {level}");
+        }
         if let Some(logs) = &report.logs {
             for (drv, why) in &logs.errors {
                 eprintln!("warning: the build log of {drv} was not uploaded: {why}");

@@ -5,7 +5,7 @@
 //! a NAR object is keyed by its NarHash and only becomes visible whole (the backend's commit),
 //! and a narinfo is written only after its NAR and after the narinfos of all its references.
 
-mod encode;
+pub mod encode;
 pub mod job;
 pub mod logs;
 pub mod progress;
@@ -49,7 +49,7 @@ const SMALL_BYTES_IN_FLIGHT_KIB: u32 = 32 << 10;
 #[derive(Clone, Debug)]
 pub struct PushOptions {
     pub compression: Compression,
-    pub level: Option<i32>,
+    pub tuning: encode::Tuning,
     pub jobs: usize,
     pub signing_key: Option<Arc<SecretKey>>,
     pub progress: ProgressMode,
@@ -668,7 +668,7 @@ fn stream_nar(
         source,
     };
     let file_hasher = Sha256Writer::new(writer);
-    let encoder = Encoder::new(&opts.compression, opts.level, info.nar_size, file_hasher)
+    let encoder = Encoder::new(&opts.compression, &opts.tuning, info.nar_size, file_hasher)
         .map_err(compress_err)?;
     let mut nar = Sha256Writer::new(Counting {
         inner: encoder,
@@ -713,7 +713,7 @@ fn encode_small(
     }
     let (counting, nar_hash, nar_size) = nar.finish();
     check_recorded(info, nar_hash, nar_size)?;
-    let body = encode::compress_whole(&opts.compression, opts.level, &counting.inner).map_err(
+    let body = encode::compress_whole(&opts.compression, &opts.tuning, &counting.inner).map_err(
         |source| PushError::Compress {
             path: path.clone(),
             source,
