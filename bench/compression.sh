@@ -25,8 +25,7 @@ reps=${1:-3}
 report=$BENCH_DIR/compression-report.md
 logs=$BENCH_DIR/logs
 mkdir -p "$logs"
-default_variants="adaptive=--zstd-long-window 0"
-default_variants+=";zstd-3=--compression-level 3 --zstd-long-window 0"
+default_variants="zstd-3=--compression-level 3 --zstd-long-window 0"
 default_variants+=";zstd-3-long=--compression-level 3 --zstd-long-window 27"
 default_variants+=";zstd-1=--compression-level 1 --zstd-long-window 0"
 default_variants+=";zstd-1-long=--compression-level 1 --zstd-long-window 27"

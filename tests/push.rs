@@ -531,3 +531,47 @@ fn a_corrupt_store_path_is_reported_and_nothing_of_it_lands() {
     assert_eq!(nars, 2, "only the NARs of data and app may exist");
     let _ = run(nix_command("nix-store").args(["--repair-path", lib]));
 }
+
+/// `--zstd-long-window`: a 24 MiB path made of one 8 MiB random block three times over
+/// compresses to about one block when zstd looks 32 MiB back (its default window at level 3 is
+/// 2 MiB), and Nix unpacks it, the window included, into a fresh store.
+#[rstest]
+#[case::file(Backend::File)]
+#[case::s3s_fs(Backend::S3sFs)]
+fn a_long_distance_window_finds_repeats_far_apart_and_nix_unpacks_it(#[case] backend: Backend) {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = TestCache::new(backend, tmp.path());
+    let (secret, public) = keygen(tmp.path(), "long-1");
+    let path = common::nix::build(
+        tmp.path(),
+        &derivation(
+            &format!("repeats-{}", nonce()),
+            "head -c 8388608 /dev/urandom > block; cat block block block > $out",
+        ),
+    );
+    let out = run(target
+        .cmd()
+        .args(["push", "--cache", &target.url, "--zstd-long-window", "25"])
+        .arg("--signing-key-file")
+        .arg(&secret)
+        .arg(&path));
+    assert_ok(&out);
+    let nar = target.nar_of(&path);
+    let size = target.read(&nar).unwrap().len();
+    assert!(size < 9 << 20, "{nar} is {size} bytes");
+    let fresh = tmp.path().join("fresh");
+    assert_ok(&target.copy_out(&public, &fresh, &path));
+    assert!(fresh.join(&path[1..]).exists());
+
+    // Beyond what Nix unpacks without being told, the option is refused.
+    let refused = run(target
+        .cmd()
+        .args(["push", "--cache", &target.url, "--zstd-long-window", "28"])
+        .arg(&path));
+    assert_fails(&refused);
+    assert!(
+        stderr(&refused).contains("expected 0 (off) or 10 to 27"),
+        "{}",
+        stderr(&refused)
+    );
+}

@@ -216,7 +216,7 @@ async fn a_narinfo_another_job_wrote_since_the_plan_is_kept(#[case] kind: S3Kind
     let signing_key = SecretKey::parse(&std::fs::read_to_string(&secret).unwrap()).unwrap();
     let opts = PushOptions {
         compression: nixbucket::nix::Compression::Zstd,
-        level: None,
+        tuning: Default::default(),
         jobs: 2,
         signing_key: Some(std::sync::Arc::new(signing_key)),
         progress: push::progress::ProgressMode::None,

@@ -31,8 +31,7 @@ pub struct Args {
     /// How NARs are compressed in the cache [default: the URL's `compression` parameter, else zstd].
     #[arg(long, env = "NIXBUCKET_COMPRESSION", value_enum)]
     pub compression: Option<CompressionArg>,
-    /// A fixed compression level (zstd 1–19; xz 0–9, default 6). Without it zstd starts at 3
-    /// and rises, up to 9, while the upload is slower than the compressor.
+    /// Compression level (zstd 1–19, default 3; xz 0–9, default 6).
     #[arg(long, value_name = "N")]
     pub compression_level: Option<i32>,
     /// zstd's long-distance window for NARs over 16 MiB, as a power of two (27 = 128 MiB, the
@@ -116,7 +115,10 @@ impl Args {
             state_file: self.state_file,
             signing_key,
             compression,
-            tuning: Tuning::new(self.compression_level, self.zstd_long_window),
+            tuning: Tuning {
+                level: self.compression_level,
+                long_window: self.zstd_long_window,
+            },
             jobs: self.jobs,
             progress: self.progress,
             dry_run: self.dry_run,

@@ -98,7 +98,7 @@ impl Job {
         let prepared = self.prepare().await?;
         let opts = PushOptions {
             compression: self.compression.clone(),
-            tuning: self.tuning.clone(),
+            tuning: self.tuning,
             jobs: self.jobs,
             signing_key: self.signing_key.clone(),
             progress: self.progress,
@@ -142,9 +142,6 @@ impl Job {
         report.logs = logs;
         signals.abort();
         eprintln!("{}", report.summary(&self.compression));
-        if let Some(level) = self.tuning.adapted_to() {
-            eprintln!("the upload was slower than the compressor: zstd rose to level {level}");
-        }
         if let Some(logs) = &report.logs {
             for (drv, why) in &logs.errors {
                 eprintln!("warning: the build log of {drv} was not uploaded: {why}");

@@ -668,7 +668,7 @@ fn stream_nar(
         source,
     };
     let file_hasher = Sha256Writer::new(writer);
-    let encoder = Encoder::new(&opts.compression, &opts.tuning, info.nar_size, file_hasher)
+    let encoder = Encoder::new(&opts.compression, opts.tuning, info.nar_size, file_hasher)
         .map_err(compress_err)?;
     let mut nar = Sha256Writer::new(Counting {
         inner: encoder,
@@ -713,7 +713,7 @@ fn encode_small(
     }
     let (counting, nar_hash, nar_size) = nar.finish();
     check_recorded(info, nar_hash, nar_size)?;
-    let body = encode::compress_whole(&opts.compression, &opts.tuning, &counting.inner).map_err(
+    let body = encode::compress_whole(&opts.compression, opts.tuning, &counting.inner).map_err(
         |source| PushError::Compress {
             path: path.clone(),
             source,
