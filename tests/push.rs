@@ -166,6 +166,13 @@ fn a_pushed_paths_build_log_is_read_by_nix_log(#[case] backend: Backend) {
     let log = nix_log(&logged);
     assert_ok(&log);
     assert!(stdout(&log).contains(&said), "{}", stdout(&log));
+    // Pushed again, the path is there, and so is its log: nothing goes up.
+    let again = target.push(&secret, &logged);
+    assert!(
+        stderr(&again).contains("; 0 build logs"),
+        "{}",
+        stderr(&again)
+    );
 
     let (quiet, _) = build("quiet");
     let out = run(target

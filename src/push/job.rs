@@ -105,8 +105,11 @@ impl Job {
             cancel: Arc::new(AtomicBool::new(false)),
         };
         let signals = stop_on_signal(opts.cancel.clone())?;
+        let found = prepared
+            .logs
+            .map(|found| without_settled(found, &prepared.plan));
         let logs = async {
-            match (self.build_logs, prepared.logs) {
+            match (self.build_logs, found) {
                 (Some(max), Some(found)) => Some(logs::push(&prepared.cache, found, max).await),
                 _ => None,
             }
@@ -265,6 +268,28 @@ fn with_failed_derivations(
         }
     }
     (closure, Some(found))
+}
+
+/// `found` without the logs of derivations whose outputs the cache already had: those went up
+/// with their paths, and a push with nothing new sends nothing. A build that failed here keeps
+/// its log.
+fn without_settled(mut found: logs::Found, plan: &super::Plan) -> logs::Found {
+    let pushing: BTreeSet<&StorePath> = plan
+        .missing
+        .iter()
+        .filter_map(|info| info.deriver.as_ref())
+        .collect();
+    let settled: BTreeSet<&StorePath> = plan
+        .present
+        .iter()
+        .filter_map(|info| info.deriver.as_ref())
+        .filter(|drv| !pushing.contains(drv))
+        .collect();
+    let failed = &found.failed;
+    found
+        .logs
+        .retain(|(drv, _, _)| !settled.contains(drv) || failed.contains(drv));
+    found
 }
 
 /// After a `setup` that restored into a mirror: how much of it the build used, and the mirror
