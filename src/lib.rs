@@ -14,6 +14,21 @@
 //! - [`command`]: one module per subcommand: arguments resolved into a library job.
 //! - [`atomic_file`], [`signal`]: whole-file writes, and the signals of a cancelled step.
 
+/// A file scripts/capture-nix-fixtures.sh captured from Nix `version`
+/// (`tests/fixtures/nix/VERSION/FILE`), as text, for the unit tests that read what Nix wrote.
+#[cfg(test)]
+macro_rules! nix_fixture {
+    ($version:literal, $file:literal) => {
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/nix/",
+            $version,
+            "/",
+            $file
+        ))
+    };
+}
+
 pub mod atomic_file;
 pub mod cache;
 pub mod ci;

@@ -582,3 +582,35 @@ fn a_long_distance_window_finds_repeats_far_apart_and_nix_unpacks_it(#[case] bac
         stderr(&refused)
     );
 }
+
+/// `nix store ls --store CACHE` lists a pushed path's files: Nix fetches the NAR for that
+/// (it reads no `.ls` listing, which push does not write).
+#[rstest]
+#[case::file(Backend::File)]
+#[case::s3s_fs(Backend::S3sFs)]
+fn nix_store_ls_lists_a_pushed_path(#[case] backend: Backend) {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = TestCache::new(backend, tmp.path());
+    let (secret, _) = keygen(tmp.path(), "ls-1");
+    let path = common::nix::build(
+        tmp.path(),
+        &derivation(
+            &format!("tree-{}", nonce()),
+            "mkdir -p $out/sub; echo hi > $out/sub/file; ln -s sub/file $out/link",
+        ),
+    );
+    assert_ok(&target.push(&secret, &path));
+    let listed = run(nix_command("nix").args([
+        "store",
+        "ls",
+        "--store",
+        &target.nix_url,
+        "-R",
+        "-l",
+        &path,
+    ]));
+    assert_ok(&listed);
+    let text = stdout(&listed);
+    assert!(text.contains("./sub/file"), "{text}");
+    assert!(text.contains("./link -> sub/file"), "{text}");
+}

@@ -126,17 +126,11 @@ mod tests {
     use super::*;
     use rstest::rstest;
 
-    macro_rules! captured {
-        ($version:literal, $file:literal) => {
-            include_str!(concat!("../../tests/fixtures/nix/", $version, "/", $file))
-        };
-    }
-
     /// The derivations scripts/capture-nix-fixtures.sh copied out of each Nix's store.
     #[rstest]
-    #[case::nix_2_8(captured!("2.8.0", "top.drv"), captured!("2.8.0", "fixed.drv"))]
-    #[case::nix_2_26(captured!("2.26.3", "top.drv"), captured!("2.26.3", "fixed.drv"))]
-    #[case::nix_2_34(captured!("2.34.8", "top.drv"), captured!("2.34.8", "fixed.drv"))]
+    #[case::nix_2_8(nix_fixture!("2.8.0", "top.drv"), nix_fixture!("2.8.0", "fixed.drv"))]
+    #[case::nix_2_26(nix_fixture!("2.26.3", "top.drv"), nix_fixture!("2.26.3", "fixed.drv"))]
+    #[case::nix_2_34(nix_fixture!("2.34.8", "top.drv"), nix_fixture!("2.34.8", "fixed.drv"))]
     fn reads_the_outputs_nix_wrote(#[case] top: &str, #[case] fixed: &str) {
         let out = |base: &str| Output {
             name: "out".to_owned(),

@@ -276,18 +276,12 @@ mod tests {
 
     use super::*;
 
-    macro_rules! captured {
-        ($version:literal, $file:literal) => {
-            include_str!(concat!("../../tests/fixtures/nix/", $version, "/", $file))
-        };
-    }
-
     /// Each Nix signed its realisation itself (`secret-key-files`, see
     /// scripts/capture-nix-fixtures.sh): our fingerprint must be the text it signed.
     #[rstest]
-    #[case::nix_2_8(captured!("2.8.0", "realisation.json"), captured!("2.8.0", "public-key.txt"))]
-    #[case::nix_2_26(captured!("2.26.3", "realisation.json"), captured!("2.26.3", "public-key.txt"))]
-    #[case::nix_2_34(captured!("2.34.8", "realisation.json"), captured!("2.34.8", "public-key.txt"))]
+    #[case::nix_2_8(nix_fixture!("2.8.0", "realisation.json"), nix_fixture!("2.8.0", "public-key.txt"))]
+    #[case::nix_2_26(nix_fixture!("2.26.3", "realisation.json"), nix_fixture!("2.26.3", "public-key.txt"))]
+    #[case::nix_2_34(nix_fixture!("2.34.8", "realisation.json"), nix_fixture!("2.34.8", "public-key.txt"))]
     fn verifies_the_signature_nix_made(#[case] json: &str, #[case] public: &str) {
         let found = parse(json.as_bytes()).unwrap();
         assert_eq!(found.len(), 1, "{json}");
@@ -302,7 +296,7 @@ mod tests {
 
     #[test]
     fn signing_replaces_our_signature_and_keeps_the_others() {
-        let json = captured!("2.34.8", "realisation.json");
+        let json = nix_fixture!("2.34.8", "realisation.json");
         let mut r = parse(json.as_bytes()).unwrap().remove(0);
         let nix = r.signatures();
         let ours = SecretKey::generate("team-1").unwrap();

@@ -199,18 +199,12 @@ mod tests {
         }
     }
 
-    macro_rules! fixture {
-        ($version:literal, $file:literal) => {
-            include_str!(concat!("../../tests/fixtures/nix/", $version, "/", $file))
-        };
-    }
-
     #[test]
     fn reads_what_each_version_says_of_its_store() {
         let cases = [
             // Nix 2.8: `nix store ping` on stderr, no "Trusted:" line.
             (
-                output("", fixture!("2.8.0", "store-ping.txt.stderr")),
+                output("", nix_fixture!("2.8.0", "store-ping.txt.stderr")),
                 StoreInfo {
                     daemon: false,
                     trusted: None,
@@ -219,7 +213,7 @@ mod tests {
             (
                 output(
                     "",
-                    fixture!("2.8.0", "daemon-store-ping-untrusted.txt.stderr"),
+                    nix_fixture!("2.8.0", "daemon-store-ping-untrusted.txt.stderr"),
                 ),
                 StoreInfo {
                     daemon: true,
@@ -228,21 +222,24 @@ mod tests {
             ),
             // Nix 2.26: `nix store info --json`, trusted as a number.
             (
-                output(fixture!("2.26.3", "store-info.json"), ""),
+                output(nix_fixture!("2.26.3", "store-info.json"), ""),
                 StoreInfo {
                     daemon: false,
                     trusted: Some(true),
                 },
             ),
             (
-                output(fixture!("2.26.3", "daemon-store-info-untrusted.json"), ""),
+                output(
+                    nix_fixture!("2.26.3", "daemon-store-info-untrusted.json"),
+                    "",
+                ),
                 StoreInfo {
                     daemon: true,
                     trusted: Some(false),
                 },
             ),
             (
-                output(fixture!("2.26.3", "daemon-store-info-trusted.json"), ""),
+                output(nix_fixture!("2.26.3", "daemon-store-info-trusted.json"), ""),
                 StoreInfo {
                     daemon: true,
                     trusted: Some(true),
@@ -250,14 +247,17 @@ mod tests {
             ),
             // Nix 2.34: trusted as a boolean; the deprecated `ping` still answers in text.
             (
-                output(fixture!("2.34.8", "daemon-store-info-untrusted.json"), ""),
+                output(
+                    nix_fixture!("2.34.8", "daemon-store-info-untrusted.json"),
+                    "",
+                ),
                 StoreInfo {
                     daemon: true,
                     trusted: Some(false),
                 },
             ),
             (
-                output(fixture!("2.34.8", "daemon-store-info-trusted.json"), ""),
+                output(nix_fixture!("2.34.8", "daemon-store-info-trusted.json"), ""),
                 StoreInfo {
                     daemon: true,
                     trusted: Some(true),
@@ -266,7 +266,7 @@ mod tests {
             (
                 output(
                     "",
-                    fixture!("2.34.8", "daemon-store-ping-untrusted.txt.stderr"),
+                    nix_fixture!("2.34.8", "daemon-store-ping-untrusted.txt.stderr"),
                 ),
                 StoreInfo {
                     daemon: true,
@@ -282,9 +282,9 @@ mod tests {
     #[test]
     fn reads_the_settings_of_every_version() {
         for text in [
-            fixture!("2.8.0", "config.json"),
-            fixture!("2.26.3", "config.json"),
-            fixture!("2.34.8", "config.json"),
+            nix_fixture!("2.8.0", "config.json"),
+            nix_fixture!("2.26.3", "config.json"),
+            nix_fixture!("2.34.8", "config.json"),
         ] {
             let config: serde_json::Value = serde_json::from_str(text).unwrap();
             assert_eq!(setting(&config, "trusted-users"), ["root"]);

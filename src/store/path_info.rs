@@ -279,21 +279,15 @@ mod tests {
         narinfos: &'static [&'static str],
     }
 
-    macro_rules! fixture {
-        ($version:literal, $file:literal) => {
-            include_str!(concat!("../../tests/fixtures/nix/", $version, "/", $file))
-        };
-    }
-
     /// The narinfos `nix copy` wrote for the five paths of the fixture closure.
     macro_rules! narinfos {
         ($version:literal) => {
             &[
-                fixture!($version, "cache/87l70qqydcnw76l5ddzbr51lm4x2q4am.narinfo"),
-                fixture!($version, "cache/9bqs3qrgd83yqr5rv5h9wxwgra99y5bq.narinfo"),
-                fixture!($version, "cache/mk7hq1if2hv74basagfnvimdvfqm5yy9.narinfo"),
-                fixture!($version, "cache/yl26jhaprhck50x9y2lh7bjdpvxn4pk5.narinfo"),
-                fixture!($version, "cache/zsywi252l3lyaf8p9g0wgl92bf4vjs7x.narinfo"),
+                nix_fixture!($version, "cache/87l70qqydcnw76l5ddzbr51lm4x2q4am.narinfo"),
+                nix_fixture!($version, "cache/9bqs3qrgd83yqr5rv5h9wxwgra99y5bq.narinfo"),
+                nix_fixture!($version, "cache/mk7hq1if2hv74basagfnvimdvfqm5yy9.narinfo"),
+                nix_fixture!($version, "cache/yl26jhaprhck50x9y2lh7bjdpvxn4pk5.narinfo"),
+                nix_fixture!($version, "cache/zsywi252l3lyaf8p9g0wgl92bf4vjs7x.narinfo"),
             ]
         };
     }
@@ -302,37 +296,37 @@ mod tests {
         vec![
             Captured {
                 version: "2.8.0",
-                public_key: fixture!("2.8.0", "public-key.txt"),
-                closures: vec![fixture!("2.8.0", "path-info.json")],
-                derivations: vec![fixture!("2.8.0", "path-info-derivation.json")],
-                missing: vec![fixture!("2.8.0", "path-info-missing.json")],
+                public_key: nix_fixture!("2.8.0", "public-key.txt"),
+                closures: vec![nix_fixture!("2.8.0", "path-info.json")],
+                derivations: vec![nix_fixture!("2.8.0", "path-info-derivation.json")],
+                missing: vec![nix_fixture!("2.8.0", "path-info-missing.json")],
                 narinfos: narinfos!("2.8.0"),
             },
             Captured {
                 version: "2.26.3",
-                public_key: fixture!("2.26.3", "public-key.txt"),
-                closures: vec![fixture!("2.26.3", "path-info.json")],
-                derivations: vec![fixture!("2.26.3", "path-info-derivation.json")],
-                missing: vec![fixture!("2.26.3", "path-info-missing.json")],
+                public_key: nix_fixture!("2.26.3", "public-key.txt"),
+                closures: vec![nix_fixture!("2.26.3", "path-info.json")],
+                derivations: vec![nix_fixture!("2.26.3", "path-info-derivation.json")],
+                missing: vec![nix_fixture!("2.26.3", "path-info-missing.json")],
                 narinfos: narinfos!("2.26.3"),
             },
             Captured {
                 version: "2.34.8",
-                public_key: fixture!("2.34.8", "public-key.txt"),
+                public_key: nix_fixture!("2.34.8", "public-key.txt"),
                 closures: vec![
-                    fixture!("2.34.8", "path-info.json"),
-                    fixture!("2.34.8", "path-info-format-1.json"),
-                    fixture!("2.34.8", "path-info-format-2.json"),
+                    nix_fixture!("2.34.8", "path-info.json"),
+                    nix_fixture!("2.34.8", "path-info-format-1.json"),
+                    nix_fixture!("2.34.8", "path-info-format-2.json"),
                 ],
                 derivations: vec![
-                    fixture!("2.34.8", "path-info-derivation.json"),
-                    fixture!("2.34.8", "path-info-format-1-derivation.json"),
-                    fixture!("2.34.8", "path-info-format-2-derivation.json"),
+                    nix_fixture!("2.34.8", "path-info-derivation.json"),
+                    nix_fixture!("2.34.8", "path-info-format-1-derivation.json"),
+                    nix_fixture!("2.34.8", "path-info-format-2-derivation.json"),
                 ],
                 missing: vec![
-                    fixture!("2.34.8", "path-info-missing.json"),
-                    fixture!("2.34.8", "path-info-format-1-missing.json"),
-                    fixture!("2.34.8", "path-info-format-2-missing.json"),
+                    nix_fixture!("2.34.8", "path-info-missing.json"),
+                    nix_fixture!("2.34.8", "path-info-format-1-missing.json"),
+                    nix_fixture!("2.34.8", "path-info-format-2-missing.json"),
                 ],
                 narinfos: narinfos!("2.34.8"),
             },
@@ -411,7 +405,7 @@ mod tests {
     #[test]
     fn every_content_address_shape_reads_as_the_narinfo_line() {
         let infos = parse_path_info_json(
-            fixture!("2.34.8", "path-info-format-2.json").as_bytes(),
+            nix_fixture!("2.34.8", "path-info-format-2.json").as_bytes(),
             false,
         )
         .unwrap();
@@ -479,7 +473,7 @@ mod tests {
     #[test]
     fn reads_format_3_signatures_and_structured_hashes() {
         let mut value: Value =
-            serde_json::from_str(fixture!("2.34.8", "path-info-format-2.json")).unwrap();
+            serde_json::from_str(nix_fixture!("2.34.8", "path-info-format-2.json")).unwrap();
         let expected = sorted(parse_path_info_json(value.to_string().as_bytes(), false).unwrap());
         value["version"] = 3.into();
         for info in value["info"].as_object_mut().unwrap().values_mut() {
