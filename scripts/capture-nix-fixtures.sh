@@ -190,6 +190,10 @@ chmod 644 "$nar_tree/a" "$nar_tree/empty" "$nar_tree/sub/eight" "$nar_tree/sub/o
 nix-store --dump "$nar_tree" >"$dir/tree.nar"
 nix-store --dump "$nar_tree/B" >"$dir/file.nar"
 nix-store --dump "$nar_tree/link" >"$dir/symlink.nar"
+# And the listing of that tree `nix copy` writes beside a NAR with write-nar-listing=true.
+tree_path=$(nix-store --add "$nar_tree")
+nix copy --to "file://$tmp/listing?write-nar-listing=true&compression=none" "$tree_path"
+cp "$tmp/listing/$(basename "$tree_path" | cut -c1-32).ls" "$dir/tree.ls"
 
 # Through a nix-daemon: as root (trusted) and as `nobody` (not in trusted-users).
 mkdir -p "$tmp/daemon-conf" "$tmp/home"

@@ -614,3 +614,65 @@ fn nix_store_ls_lists_a_pushed_path(#[case] backend: Backend) {
     assert!(text.contains("./sub/file"), "{text}");
     assert!(text.contains("./link -> sub/file"), "{text}");
 }
+
+/// `--write-nar-listing` writes `<hash>.ls` as `nix copy` does with write-nar-listing=true (the
+/// same JSON; Nix 2.26 and later the same bytes), for a NAR streamed and a NAR sent whole; gc
+/// deletes it with its path.
+#[rstest]
+#[case::file(Backend::File)]
+#[case::s3s_fs(Backend::S3sFs)]
+fn nar_listings_are_the_ones_nix_copy_writes_and_go_with_their_paths(#[case] backend: Backend) {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = TestCache::new(backend, tmp.path());
+    let (secret, _) = keygen(tmp.path(), "ls-1");
+    let tag = nonce();
+    // A small tree (one request), and one over 1 MiB (streamed).
+    let small = common::nix::build(
+        tmp.path(),
+        &derivation(
+            &format!("listed-small-{tag}"),
+            "mkdir -p $out/bin $out/empty; printf hi > $out/bin/run; chmod +x $out/bin/run; ln -s bin/run $out/link",
+        ),
+    );
+    let large = common::nix::build(
+        tmp.path(),
+        &derivation(
+            &format!("listed-large-{tag}"),
+            "mkdir $out; head -c 2000000 /dev/urandom > $out/blob; echo x > $out/note",
+        ),
+    );
+    for path in [&small, &large] {
+        let out = run(target
+            .cmd()
+            .args(["push", "--write-nar-listing", "--cache", &target.url])
+            .arg("--signing-key-file")
+            .arg(&secret)
+            .arg(path));
+        assert_ok(&out);
+        let theirs = tmp.path().join(format!("theirs-{}", hash_part(path)));
+        assert_ok(&run(nix_command("nix").args([
+            "copy",
+            "--to",
+            &format!("file://{}?write-nar-listing=true", theirs.display()),
+            path,
+        ])));
+        let key = format!("{}.ls", hash_part(path));
+        let ours: serde_json::Value =
+            serde_json::from_slice(&target.read(&key).expect("no listing")).unwrap();
+        let nix: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(theirs.join(&key)).unwrap()).unwrap();
+        assert_eq!(ours, nix, "{path}");
+    }
+    let month = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 30 * 86_400;
+    assert_ok(&target.gc(&["--older-than", "7d", "--now", &month.to_string()]));
+    let left: Vec<String> = target
+        .keys()
+        .into_iter()
+        .filter(|k| k.ends_with(".ls"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -217,6 +217,7 @@ async fn a_narinfo_another_job_wrote_since_the_plan_is_kept(#[case] kind: S3Kind
     let opts = PushOptions {
         compression: nixbucket::nix::Compression::Zstd,
         tuning: Default::default(),
+        nar_listing: false,
         jobs: 2,
         signing_key: Some(std::sync::Arc::new(signing_key)),
         progress: push::progress::ProgressMode::None,

@@ -326,6 +326,7 @@ fn push_job(inputs: &Inputs, state_file: Option<String>) -> anyhow::Result<Job> 
         })
         .transpose()?;
     let compression = super::resolve_compression(compression_arg, &url)?;
+    let nar_listing = super::nar_listing(false, &url);
     let regex = |name: &'static str, value: &Option<String>| {
         value
             .as_deref()
@@ -348,6 +349,7 @@ fn push_job(inputs: &Inputs, state_file: Option<String>) -> anyhow::Result<Job> 
         signing_key: Some(key),
         compression,
         tuning: Default::default(),
+        nar_listing,
         jobs,
         progress: ProgressMode::Plain,
         dry_run: false,

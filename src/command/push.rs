@@ -34,6 +34,11 @@ pub struct Args {
     /// Compression level (zstd 1–19, default 3; xz 0–9, default 6).
     #[arg(long, value_name = "N")]
     pub compression_level: Option<i32>,
+    /// Write each NAR's listing beside it (`<hash>.ls`), as Nix's `write-nar-listing` does
+    /// (also when the cache URL has `write-nar-listing=true`). Nix itself does not read them;
+    /// tools that browse a cache do.
+    #[arg(long)]
+    pub write_nar_listing: bool,
     /// zstd's long-distance window for NARs over 16 MiB, as a power of two (27 = 128 MiB, the
     /// most Nix decompresses by default); 0 turns it off.
     #[arg(long, value_name = "LOG", default_value_t = 0,
@@ -93,6 +98,7 @@ impl Args {
     pub fn job(self) -> anyhow::Result<Job> {
         let url = super::parse_cache_url(&self.cache)?;
         let compression = super::resolve_compression(self.compression, &url)?;
+        let nar_listing = super::nar_listing(self.write_nar_listing, &url);
         let signing_key = match (self.unsigned, self.dry_run) {
             (true, _) => None,
             (false, true) => self.key.load()?,
@@ -115,6 +121,7 @@ impl Args {
             state_file: self.state_file,
             signing_key,
             compression,
+            nar_listing,
             tuning: Tuning {
                 level: self.compression_level,
                 long_window: self.zstd_long_window,

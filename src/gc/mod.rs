@@ -187,6 +187,7 @@ pub async fn collect(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcErro
         .logs
         .iter()
         .chain(&beside.realisations)
+        .chain(&beside.listings)
         .cloned()
         .collect();
     delete_all(cache, &keys, jobs).await?;
@@ -414,6 +415,8 @@ async fn delete_orphan_nars(
 struct Beside {
     logs: Vec<String>,
     realisations: Vec<String>,
+    /// NAR listings (`<hash>.ls`) of paths whose narinfo goes.
+    listings: Vec<String>,
 }
 
 impl Beside {
@@ -422,6 +425,7 @@ impl Beside {
         report.logs_deleted = self.logs.len();
         report.realisations_deleted = self.realisations.len();
         report.meta_bytes_freed += (self.logs.iter().chain(&self.realisations))
+            .chain(&self.listings)
             .filter_map(|k| snap.listed.get(k).map(|o| o.size))
             .sum::<u64>();
     }
@@ -441,8 +445,22 @@ async fn doomed_beside<'a>(
     let logs = plan::doomed_logs(log_objects(snap), &derivers(stay.iter().copied()), opts);
     let live: HashSet<HashPart> = stay.iter().map(|e| e.hash).collect();
     let realisations = read_realisations(cache, snap, jobs).await;
-    let realisations = plan::doomed_realisations(realisations.iter(), &live, opts);
-    Beside { logs, realisations }
+    let realisations = plan::doomed_with_their_paths(realisations.iter(), &live, opts);
+    // A listing names its path by its key, and goes with it as a realisation does.
+    let listings: Vec<_> = snap
+        .listing
+        .iter()
+        .filter_map(|o| {
+            let hash = HashPart::of_listing_key(&o.key)?;
+            Some((o.key.clone(), o.last_modified, Some(hash)))
+        })
+        .collect();
+    let listings = plan::doomed_with_their_paths(listings.iter(), &live, opts);
+    Beside {
+        logs,
+        realisations,
+        listings,
+    }
 }
 
 /// Each realisation listed: its key, when it was written, and the hash part of the path it

@@ -83,10 +83,11 @@ pub(super) fn doomed_logs<'a>(
     .collect()
 }
 
-/// The realisations that go: those naming a path whose narinfo does not stay (not in
-/// `live`), once past the grace period (a push writes the narinfo first, then the
-/// realisation). One that could not be read names nothing, and stays.
-pub(super) fn doomed_realisations<'a>(
+/// The objects that name one path and go with it (realisations, NAR listings): those naming a
+/// path whose narinfo does not stay (not in `live`), once past the grace period (a push
+/// writes a listing before the narinfo, a realisation after it). One that could not be read
+/// names nothing, and stays.
+pub(super) fn doomed_with_their_paths<'a>(
     realisations: impl Iterator<Item = &'a (String, Option<SystemTime>, Option<HashPart>)>,
     live: &HashSet<HashPart>,
     opts: &GcOptions,
@@ -451,7 +452,7 @@ mod tests {
         ];
         let month = opts(Policy::OlderThan(Duration::from_secs(30 * DAY)));
         assert_eq!(
-            doomed_realisations(listed.iter(), &live, &month),
+            doomed_with_their_paths(listed.iter(), &live, &month),
             ["realisations/gone"]
         );
     }

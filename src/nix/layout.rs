@@ -30,6 +30,9 @@ pub const NAR_DIR: &str = "nar/";
 pub const LOG_DIR: &str = "log/";
 pub const LOG_TYPE: &str = "text/plain; charset=utf-8";
 const NARINFO_SUFFIX: &str = ".narinfo";
+/// A NAR's listing (`write-nar-listing`), beside its narinfo: `<hash part>.ls`.
+const LISTING_SUFFIX: &str = ".ls";
+pub const LISTING_TYPE: &str = "application/json";
 
 /// A store path's hash part, checked: exactly 32 nixbase32 characters. It names the path's
 /// narinfo, and keys every map of paths in the cache's upkeep.
@@ -63,6 +66,11 @@ impl HashPart {
         HashPart::parse(key.strip_suffix(NARINFO_SUFFIX)?)
     }
 
+    /// The hash part a listing's key names, if it is one.
+    pub fn of_listing_key(key: &str) -> Option<HashPart> {
+        HashPart::parse(key.strip_suffix(LISTING_SUFFIX)?)
+    }
+
     pub fn as_str(&self) -> &str {
         // Only nixbase32 characters get in, all of them ASCII.
         std::str::from_utf8(&self.0).unwrap_or_default()
@@ -89,6 +97,11 @@ impl fmt::Debug for HashPart {
 /// The key of `path`'s narinfo.
 pub fn narinfo_key(path: &StorePath) -> String {
     HashPart::of(path).narinfo_key()
+}
+
+/// The key of `path`'s NAR listing.
+pub fn listing_key(path: &StorePath) -> String {
+    format!("{}{LISTING_SUFFIX}", HashPart::of(path))
 }
 
 /// The object that holds `drv`'s build log.

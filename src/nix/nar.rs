@@ -16,6 +16,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use serde_json::{Map, Value, json};
 use thiserror::Error;
 
 /// Size of the one buffer a [`NarWriter`] allocates.
@@ -74,8 +75,46 @@ enum Due {
     Contents,
 }
 
+/// The listing Nix writes beside a NAR with `write-nar-listing` (`<hash>.ls`): each node's
+/// type; a regular file's size, executable bit and where its contents start in the NAR
+/// (`narOffset`); a symlink's target; a directory's entries by name.
+#[derive(Default)]
+struct Listing {
+    /// Open directories: the name of the entry each sits under (none for the root), and its
+    /// entries so far.
+    open: Vec<(Option<String>, Map<String, Value>)>,
+    /// The name of the entry whose node comes next.
+    name: Option<String>,
+    root: Option<Value>,
+}
+
+impl Listing {
+    fn node(&mut self, node: Value) {
+        match self.open.last_mut() {
+            Some((_, entries)) => {
+                entries.insert(self.name.take().unwrap_or_default(), node);
+            }
+            None => self.root = Some(node),
+        }
+    }
+
+    fn open_directory(&mut self) {
+        let name = self.name.take();
+        self.open.push((name, Map::new()));
+    }
+
+    fn close_directory(&mut self) {
+        if let Some((name, entries)) = self.open.pop() {
+            self.name = name;
+            self.node(json!({"type": "directory", "entries": entries}));
+        }
+    }
+}
+
 struct Sink<W> {
     out: W,
+    /// Kept only when asked for ([`NarWriter::listed`]).
+    listing: Option<Listing>,
     buf: Box<[u8]>,
     len: usize,
     flushed: u64,
@@ -144,6 +183,7 @@ impl<W: Write> NarWriter<W> {
         Self {
             sink: Sink {
                 out,
+                listing: None,
                 buf: vec![0; BUFFER_SIZE].into_boxed_slice(),
                 len: 0,
                 flushed: 0,
@@ -165,6 +205,22 @@ impl<W: Write> NarWriter<W> {
         Ok(Node {
             sink: &mut self.sink,
         })
+    }
+
+    /// A writer that also keeps the NAR's listing, for [`finish_listed`](Self::finish_listed).
+    pub fn listed(out: W) -> Self {
+        let mut writer = Self::new(out);
+        writer.sink.listing = Some(Listing::default());
+        writer
+    }
+
+    /// [`finish`](Self::finish), with the listing as Nix writes it to `<hash>.ls`:
+    /// `{"version": 1, "root": …}` (null from a writer made with `new`).
+    pub fn finish_listed(mut self) -> Result<(W, u64, Value), NarError> {
+        let root = self.sink.listing.take().and_then(|l| l.root);
+        let (out, len) = self.finish()?;
+        let listing = root.map_or(Value::Null, |root| json!({"version": 1, "root": root}));
+        Ok((out, len, listing))
     }
 
     /// Writes out what is buffered (without flushing `out` itself, so a compressor behind it
@@ -206,6 +262,14 @@ impl<'a, W: Write> Node<'a, W> {
             sink.tokens(&[b"(", b"type", b"regular", b"contents"])?;
         }
         sink.put(&len.to_le_bytes())?;
+        let offset = sink.flushed + sink.len as u64;
+        if let Some(listing) = &mut sink.listing {
+            let mut node = json!({"type": "regular", "size": len, "narOffset": offset});
+            if executable {
+                node["executable"] = Value::Bool(true);
+            }
+            listing.node(node);
+        }
         sink.due = Due::Contents;
         Ok(Contents {
             sink,
@@ -226,12 +290,19 @@ impl<'a, W: Write> Node<'a, W> {
     pub fn symlink(self, target: &[u8]) -> Result<(), NarError> {
         self.sink
             .tokens(&[b"(", b"type", b"symlink", b"target", target, b")"])?;
+        if let Some(listing) = &mut self.sink.listing {
+            let target = String::from_utf8_lossy(target);
+            listing.node(json!({"type": "symlink", "target": target}));
+        }
         self.sink.due = Due::Nothing;
         Ok(())
     }
 
     pub fn directory(self) -> Result<Directory<'a, W>, NarError> {
         self.sink.tokens(&[b"(", b"type", b"directory"])?;
+        if let Some(listing) = &mut self.sink.listing {
+            listing.open_directory();
+        }
         self.sink.due = Due::Nothing;
         self.sink.depth += 1;
         let depth = self.sink.depth;
@@ -360,6 +431,9 @@ impl<W: Write> Directory<'_, W> {
         self.previous = Some(name.to_vec());
         self.sink
             .tokens(&[b"entry", b"(", b"name", name, b"node"])?;
+        if let Some(listing) = &mut self.sink.listing {
+            listing.name = Some(String::from_utf8_lossy(name).into_owned());
+        }
         self.entry_open = true;
         self.sink.due = Due::Node;
         Ok(Node { sink: self.sink })
@@ -368,6 +442,9 @@ impl<W: Write> Directory<'_, W> {
     pub fn close(mut self) -> Result<(), NarError> {
         self.end_entry()?;
         self.sink.token(b")")?;
+        if let Some(listing) = &mut self.sink.listing {
+            listing.close_directory();
+        }
         self.sink.depth -= 1;
         Ok(())
     }
@@ -390,13 +467,25 @@ impl<W: Write> Directory<'_, W> {
 /// `nix-store --dump` does, and returns the number of bytes written.
 pub fn dump_path<W: Write>(path: &Path, out: &mut W) -> Result<u64, NarError> {
     let mut nar = NarWriter::new(out);
+    dump_root(&mut nar, path)?;
+    let (_, len) = nar.finish()?;
+    Ok(len)
+}
+
+/// [`dump_path`], with the NAR's listing as Nix writes it beside the NAR (`<hash>.ls`).
+pub fn dump_path_listed<W: Write>(path: &Path, out: &mut W) -> Result<(u64, Value), NarError> {
+    let mut nar = NarWriter::listed(out);
+    dump_root(&mut nar, path)?;
+    let (_, len, listing) = nar.finish_listed()?;
+    Ok((len, listing))
+}
+
+fn dump_root<W: Write>(nar: &mut NarWriter<W>, path: &Path) -> Result<(), NarError> {
     let file_type = fs::symlink_metadata(path)
         .map_err(read_error(path, "inspect"))?
         .file_type();
     let mut path = path.to_path_buf();
-    dump_node(nar.root()?, &mut path, file_type)?;
-    let (_, len) = nar.finish()?;
-    Ok(len)
+    dump_node(nar.root()?, &mut path, file_type)
 }
 
 fn read_error(path: &Path, action: &'static str) -> impl FnOnce(io::Error) -> NarError {
@@ -567,6 +656,34 @@ mod tests {
         let size = dump_path(&root.join(entry), &mut nar).unwrap();
         assert_eq!(size, golden.len() as u64);
         assert!(nar == golden, "the NAR of {entry:?} differs from Nix's");
+    }
+
+    /// The listing `nix copy` wrote with write-nar-listing=true for the same tree: 2.26 and
+    /// 2.34 write these bytes (sorted keys); 2.8 the same JSON in another key order.
+    #[rstest]
+    #[case::nix_2_8(nix_fixture!("2.8.0", "tree.ls"), false)]
+    #[case::nix_2_26(nix_fixture!("2.26.3", "tree.ls"), true)]
+    #[case::nix_2_34(nix_fixture!("2.34.8", "tree.ls"), true)]
+    fn the_listing_is_the_one_nix_writes(#[case] nix: &str, #[case] same_bytes: bool) {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("tree");
+        golden_tree(&root);
+        let (len, listing) = dump_path_listed(&root, &mut io::sink()).unwrap();
+        assert_eq!(len, dump_path(&root, &mut io::sink()).unwrap());
+        let theirs: Value = serde_json::from_str(nix).unwrap();
+        assert_eq!(listing, theirs);
+        let written = serde_json::to_string(&listing).unwrap();
+        assert_eq!(written == nix.trim(), same_bytes);
+        // A lone file and a lone symlink are roots of their own: the file's contents start
+        // where Nix's NAR of it has them.
+        let (_, file) = dump_path_listed(&root.join("B"), &mut io::sink()).unwrap();
+        let nar = golden!("2.8.0", "file.nar");
+        let at = nar.windows(6).position(|w| w == b"upper\n").unwrap();
+        let mut expected = theirs["root"]["entries"]["B"].clone();
+        expected["narOffset"] = Value::from(at);
+        assert_eq!(file["root"], expected);
+        let (_, link) = dump_path_listed(&root.join("link"), &mut io::sink()).unwrap();
+        assert_eq!(link["root"], theirs["root"]["entries"]["link"]);
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub struct Job {
     pub signing_key: Option<Arc<SecretKey>>,
     pub compression: Compression,
     pub tuning: super::encode::Tuning,
+    /// Write each NAR's listing beside it (`<hash>.ls`).
+    pub nar_listing: bool,
     pub jobs: usize,
     pub progress: ProgressMode,
     /// Find out what would be pushed; change nothing, and leave setup's server and mirror.
@@ -99,6 +101,7 @@ impl Job {
         let opts = PushOptions {
             compression: self.compression.clone(),
             tuning: self.tuning,
+            nar_listing: self.nar_listing,
             jobs: self.jobs,
             signing_key: self.signing_key.clone(),
             progress: self.progress,

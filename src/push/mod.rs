@@ -15,11 +15,13 @@ pub mod usage;
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use serde_json::Value;
 use tokio::sync::{Semaphore, watch};
 
 use crate::cache::{Cache, CacheError, ObjectWriter};
@@ -50,6 +52,8 @@ const SMALL_BYTES_IN_FLIGHT_KIB: u32 = 32 << 10;
 pub struct PushOptions {
     pub compression: Compression,
     pub tuning: encode::Tuning,
+    /// Write `<hash>.ls` beside each NAR pushed, as Nix's `write-nar-listing` does.
+    pub nar_listing: bool,
     pub jobs: usize,
     pub signing_key: Option<Arc<SecretKey>>,
     pub progress: ProgressMode,
@@ -429,7 +433,7 @@ async fn push_one(
     let started = Instant::now();
     let key = layout::nar_key(&info.nar_hash, &opts.compression);
     let cancelled = || opts.cancel.load(Ordering::Relaxed);
-    let (file_hash, file_size, reused_nar) = if info.nar_size <= ONE_REQUEST_NAR_MAX {
+    let (file_hash, file_size, reused_nar, listing) = if info.nar_size <= ONE_REQUEST_NAR_MAX {
         put_small_nar(cache, &key, &info, opts, limits, counters).await?
     } else {
         let _slot = limits.streams.acquire().await.map_err(closed)?;
@@ -441,14 +445,17 @@ async fn push_one(
                 counters
                     .nar_bytes
                     .fetch_add(info.nar_size, Ordering::Relaxed);
-                (None, size, true)
+                (None, size, true, None)
             }
             None => {
-                let (hash, size) = upload_nar(cache, &key, &info, opts, counters).await?;
-                (hash, size, false)
+                let (hash, size, listing) = upload_nar(cache, &key, &info, opts, counters).await?;
+                (hash, size, false, listing)
             }
         }
     };
+    if opts.nar_listing {
+        put_listing(cache, &info.path, listing).await?;
+    }
     // Where "only if absent" costs a HEAD before the PUT, the HEAD goes now, while the
     // references land, so that each layer of the closure waits for one round trip, not two.
     let theirs_there = if !overwrite && !cache.writes_if_absent() {
@@ -499,7 +506,7 @@ async fn push_one(
     let mut file_size = file_size;
     if reused_nar && cache.head(&narinfo.url).await?.is_none() {
         let _slot = limits.streams.acquire().await.map_err(closed)?;
-        let (hash, size) = upload_nar(cache, &narinfo.url, &info, opts, counters).await?;
+        let (hash, size, _) = upload_nar(cache, &narinfo.url, &info, opts, counters).await?;
         (narinfo.file_hash, narinfo.file_size, file_size) = (hash, Some(size), size);
         put_narinfo(cache, &mut narinfo, true, opts).await?;
     }
@@ -524,7 +531,7 @@ async fn put_small_nar(
     opts: &PushOptions,
     limits: &Limits,
     counters: &Arc<progress::Counters>,
-) -> Result<(Option<Sha256>, u64, bool), PushError> {
+) -> Result<(Option<Sha256>, u64, bool, Option<Value>), PushError> {
     let kib = info.nar_size.div_ceil(1024).max(1) as u32;
     let _bytes = limits.small_bytes.acquire_many(kib).await.map_err(closed)?;
     if opts.cancel.load(Ordering::Relaxed) {
@@ -532,7 +539,7 @@ async fn put_small_nar(
     }
     let (owned, opts_owned, counters_owned) = (info.clone(), opts.clone(), counters.clone());
     let encoder = limits.small_encoders.acquire().await.map_err(closed)?;
-    let (body, hash) = tokio::task::spawn_blocking(move || {
+    let (body, hash, listing) = tokio::task::spawn_blocking(move || {
         encode_small(&owned, &opts_owned, &counters_owned.nar_bytes)
     })
     .await
@@ -547,10 +554,10 @@ async fn put_small_nar(
             .put_if_absent(key, body.clone(), layout::NAR_TYPE)
             .await?
         {
-            return Ok((Some(hash), size, false));
+            return Ok((Some(hash), size, false, listing));
         }
         if let Some(size) = reuse_nar(cache, key).await? {
-            return Ok((None, size, true));
+            return Ok((None, size, true, listing));
         }
     }
     Err(CacheError::UploadInterrupted {
@@ -570,6 +577,38 @@ async fn reuse_nar(cache: &Cache, key: &str) -> Result<Option<u64>, CacheError> 
         }
         _ => Ok(None),
     }
+}
+
+/// Writes `<hash>.ls` before the narinfo, as Nix does. A NAR that was already in the cache was
+/// not read: then the path is read again for its listing alone.
+async fn put_listing(
+    cache: &Cache,
+    path: &StorePath,
+    listing: Option<Value>,
+) -> Result<(), PushError> {
+    let listing = match listing {
+        Some(listing) => listing,
+        None => {
+            let owned = path.clone();
+            let (dumped, listing) =
+                tokio::task::spawn_blocking(move || dump(&owned, &mut std::io::sink(), true))
+                    .await
+                    .map_err(|e| PushError::Worker(e.to_string()))?;
+            dumped.map_err(|source| PushError::Nar {
+                path: path.clone(),
+                source,
+            })?;
+            listing.unwrap_or(Value::Null)
+        }
+    };
+    cache
+        .put(
+            &layout::listing_key(path),
+            listing.to_string().into(),
+            layout::LISTING_TYPE,
+        )
+        .await?;
+    Ok(())
 }
 
 /// Signs and writes the narinfo. Unless told to `overwrite`, a narinfo found there (another
@@ -607,18 +646,18 @@ async fn upload_nar(
     info: &PathInfo,
     opts: &PushOptions,
     counters: &Arc<progress::Counters>,
-) -> Result<(Option<Sha256>, u64), PushError> {
+) -> Result<(Option<Sha256>, u64, Option<Value>), PushError> {
     let writer = cache.writer(key, layout::NAR_TYPE);
     let (info, opts, counters) = (info.clone(), opts.clone(), counters.clone());
-    let (hash, landed) =
+    let (hash, landed, listing) =
         tokio::task::spawn_blocking(move || stream_nar(&info, writer, &opts, &counters.nar_bytes))
             .await
             .map_err(|e| PushError::Worker(e.to_string()))??;
     if let Some(size) = landed {
-        return Ok((Some(hash), size));
+        return Ok((Some(hash), size, listing));
     }
     match cache.head(key).await? {
-        Some(theirs) => Ok((None, theirs.size)),
+        Some(theirs) => Ok((None, theirs.size, listing)),
         None => Err(CacheError::UploadInterrupted {
             key: key.to_owned(),
             detail: "another push's NAR was there when this one completed, and is gone now".into(),
@@ -661,7 +700,7 @@ fn stream_nar(
     writer: ObjectWriter,
     opts: &PushOptions,
     counter: &AtomicU64,
-) -> Result<(Sha256, Option<u64>), PushError> {
+) -> Result<(Sha256, Option<u64>, Option<Value>), PushError> {
     let path = &info.path;
     let compress_err = |source| PushError::Compress {
         path: path.clone(),
@@ -675,7 +714,7 @@ fn stream_nar(
         counter,
         cancel: &opts.cancel,
     });
-    let dumped = crate::nix::nar::dump_path(std::path::Path::new(&path.to_absolute()), &mut nar);
+    let (dumped, listing) = dump(path, &mut nar, opts.nar_listing);
     if let Some(err) = dump_failed(path, dumped, &opts.cancel) {
         let (counting, _, _) = nar.finish();
         if let Ok(file_hasher) = counting.inner.finish() {
@@ -691,7 +730,23 @@ fn stream_nar(
         return Err(err);
     }
     let size = writer.commit_if_absent()?;
-    Ok((file_hash, size))
+    Ok((file_hash, size, listing))
+}
+
+/// The path's NAR into `out`, and its listing when `listed`.
+fn dump<W: Write>(
+    path: &StorePath,
+    out: &mut W,
+    listed: bool,
+) -> (Result<u64, crate::nix::nar::NarError>, Option<Value>) {
+    let path = PathBuf::from(path.to_absolute());
+    if !listed {
+        return (crate::nix::nar::dump_path(&path, out), None);
+    }
+    match crate::nix::nar::dump_path_listed(&path, out) {
+        Ok((len, listing)) => (Ok(len), Some(listing)),
+        Err(e) => (Err(e), None),
+    }
 }
 
 /// Runs on a blocking thread: a small path's NAR into memory, checked against what the store
@@ -700,14 +755,14 @@ fn encode_small(
     info: &PathInfo,
     opts: &PushOptions,
     counter: &AtomicU64,
-) -> Result<(Vec<u8>, Sha256), PushError> {
+) -> Result<(Vec<u8>, Sha256, Option<Value>), PushError> {
     let path = &info.path;
     let mut nar = Sha256Writer::new(Counting {
         inner: Vec::with_capacity(info.nar_size as usize),
         counter,
         cancel: &opts.cancel,
     });
-    let dumped = crate::nix::nar::dump_path(std::path::Path::new(&path.to_absolute()), &mut nar);
+    let (dumped, listing) = dump(path, &mut nar, opts.nar_listing);
     if let Some(err) = dump_failed(path, dumped, &opts.cancel) {
         return Err(err);
     }
@@ -720,7 +775,7 @@ fn encode_small(
         },
     )?;
     let file_hash = Sha256::digest(&body);
-    Ok((body, file_hash))
+    Ok((body, file_hash, listing))
 }
 
 /// Why reading a path's NAR stopped early, if it did: an interruption or a read error.
