@@ -583,8 +583,8 @@ fn a_long_distance_window_finds_repeats_far_apart_and_nix_unpacks_it(#[case] bac
     );
 }
 
-/// `nix store ls --store CACHE` lists a pushed path's files: Nix fetches the NAR for that
-/// (it reads no `.ls` listing, which push does not write).
+/// `nix store ls --store CACHE` lists a pushed path's files: Nix fetches the NAR for that (it
+/// reads no `.ls` listing, which push writes only with `--write-nar-listing`).
 #[rstest]
 #[case::file(Backend::File)]
 #[case::s3s_fs(Backend::S3sFs)]
