@@ -300,12 +300,7 @@ fn content_addressed_outputs_are_substituted_through_their_realisations(#[case] 
         "{}",
         stderr(&verify)
     );
-    let month = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 30 * 86_400;
-    let gc = target.gc(&["--older-than", "7d", "--now", &month.to_string()]);
+    let gc = target.gc_a_month_on();
     assert_ok(&gc);
     assert!(
         stderr(&gc).contains("deleted 2 of 2 paths and 2 NARs (and 2 build logs, 2 realisations)"),
@@ -556,13 +551,7 @@ fn a_long_distance_window_finds_repeats_far_apart_and_nix_unpacks_it(#[case] bac
             "head -c 8388608 /dev/urandom > block; cat block block block > $out",
         ),
     );
-    let out = run(target
-        .cmd()
-        .args(["push", "--cache", &target.url, "--zstd-long-window", "25"])
-        .arg("--signing-key-file")
-        .arg(&secret)
-        .arg(&path));
-    assert_ok(&out);
+    assert_ok(&target.push_with(&secret, &path, &["--zstd-long-window", "25"]));
     let nar = target.nar_of(&path);
     let size = target.read(&nar).unwrap().len();
     assert!(size < 9 << 20, "{nar} is {size} bytes");
@@ -571,10 +560,7 @@ fn a_long_distance_window_finds_repeats_far_apart_and_nix_unpacks_it(#[case] bac
     assert!(fresh.join(&path[1..]).exists());
 
     // Beyond what Nix unpacks without being told, the option is refused.
-    let refused = run(target
-        .cmd()
-        .args(["push", "--cache", &target.url, "--zstd-long-window", "28"])
-        .arg(&path));
+    let refused = target.push_with(&secret, &path, &["--zstd-long-window", "28"]);
     assert_fails(&refused);
     assert!(
         stderr(&refused).contains("expected 0 (off) or 10 to 27"),
@@ -642,13 +628,7 @@ fn nar_listings_are_the_ones_nix_copy_writes_and_go_with_their_paths(#[case] bac
         ),
     );
     for path in [&small, &large] {
-        let out = run(target
-            .cmd()
-            .args(["push", "--write-nar-listing", "--cache", &target.url])
-            .arg("--signing-key-file")
-            .arg(&secret)
-            .arg(path));
-        assert_ok(&out);
+        assert_ok(&target.push_with(&secret, path, &["--write-nar-listing"]));
         let theirs = tmp.path().join(format!("theirs-{}", hash_part(path)));
         assert_ok(&run(nix_command("nix").args([
             "copy",
@@ -663,12 +643,7 @@ fn nar_listings_are_the_ones_nix_copy_writes_and_go_with_their_paths(#[case] bac
             serde_json::from_slice(&std::fs::read(theirs.join(&key)).unwrap()).unwrap();
         assert_eq!(ours, nix, "{path}");
     }
-    let month = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 30 * 86_400;
-    assert_ok(&target.gc(&["--older-than", "7d", "--now", &month.to_string()]));
+    assert_ok(&target.gc_a_month_on());
     let left: Vec<String> = target
         .keys()
         .into_iter()

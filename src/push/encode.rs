@@ -15,7 +15,7 @@ const MULTITHREAD_FROM: u64 = 16 << 20;
 pub const MAX_LONG_WINDOW: u32 = 27;
 
 /// zstd's level when none is given.
-pub const ZSTD_DEFAULT_LEVEL: i32 = 3;
+const ZSTD_DEFAULT_LEVEL: i32 = 3;
 
 /// How hard the compressor works, beside the codec.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

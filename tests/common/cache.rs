@@ -117,17 +117,35 @@ impl TestCache {
     }
 
     pub fn push(&self, secret: &Path, path: &str) -> Output {
-        let out = run(self
-            .cmd()
-            .args(["push", "--cache", &self.url, "--signing-key-file"])
-            .arg(secret)
-            .arg(path));
+        let out = self.push_with(secret, path, &[]);
         assert_ok(&out);
         out
     }
 
+    /// `push` with more options, whatever it answers.
+    pub fn push_with(&self, secret: &Path, path: &str, options: &[&str]) -> Output {
+        run(self
+            .cmd()
+            .args(["push", "--cache", &self.url])
+            .args(options)
+            .arg("--signing-key-file")
+            .arg(secret)
+            .arg(path))
+    }
+
     pub fn gc(&self, args: &[&str]) -> Output {
         run(self.cmd().args(["gc", "--cache", &self.url]).args(args))
+    }
+
+    /// gc as it would run a month from now, of what went unused for a week: every path this
+    /// test pushed goes.
+    pub fn gc_a_month_on(&self) -> Output {
+        let month = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 30 * 86_400;
+        self.gc(&["--older-than", "7d", "--now", &month.to_string()])
     }
 
     pub fn verify(&self, public: &str) -> Output {
