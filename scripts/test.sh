@@ -24,14 +24,19 @@ cargo nextest run --no-fail-fast --success-output final -E "$serial" --test-thre
 # it runs on the host's Python, which a root does not have, and what it checks (AWS's answers)
 # does not change with the Nix version.
 nix_parallel='((binary(push) | binary(push_s3)) & not test(/moto/)) | binary(nix_versions) | binary(nix_formats)'
+# A root sees this repository at the same path, so it runs the binaries where they were built:
+# nextest reads what cargo would tell it from two files (no archive, no copy of the binaries).
 roots=$(scripts/nix-roots.sh)
-archive=${CARGO_TARGET_DIR:-target}/nix-roots-tests.tar.zst
-cargo nextest archive --archive-file "$archive" 2>&1 | tail -n 1
+built=${CARGO_TARGET_DIR:-target}/nextest
+mkdir -p "$built"
+cargo nextest list --list-type binaries-only --message-format json >"$built/binaries.json"
+cargo metadata --format-version 1 >"$built/cargo.json"
 for root in $roots; do
     suite=${root##*/}
     echo "=== the Nix-facing tests on Debian $suite's Nix"
-    in_root=(scripts/in-nix-root.sh "$suite" cargo-nextest nextest run --archive-file "$archive"
-        --workspace-remap "$PWD" --no-fail-fast --success-output final)
+    in_root=(scripts/in-nix-root.sh "$suite" cargo-nextest nextest run
+        --binaries-metadata "$built/binaries.json" --cargo-metadata "$built/cargo.json"
+        --no-fail-fast --success-output final)
     "${in_root[@]}" -E "$nix_parallel" 2>&1 | tee -a "$NIXBUCKET_TEST_LOG_DIR/nextest.log" || status=1
     "${in_root[@]}" -E "$serial" --test-threads 1 2>&1 |
         tee -a "$NIXBUCKET_TEST_LOG_DIR/nextest.log" || status=1
