@@ -1035,6 +1035,65 @@ async fn s3_writer_memory_is_bounded() {
     );
 }
 
+/// Many objects at once share one part budget: eight writers of 40 MiB through 5 MiB parts
+/// with two places hold at most 8 filling + 2 queued parts (50 MiB), where each writer alone
+/// could hold five (200 MiB). Seen: a peak of 113 MiB with two places, 234 MiB with a place
+/// for every part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_writers_at_once_share_one_part_budget() {
+    if !alone_in_process("s3_writers_at_once_share_one_part_budget") {
+        return;
+    }
+    let server = S3Server::start();
+    let url: CacheUrl = server.cache_url().parse().unwrap();
+    let opts = OpenOptions {
+        parts_queued: 2,
+        ..s3_options(&server)
+    };
+    let cache = Cache::open_with(&url, opts).await.unwrap();
+    let total = 40 * MIB as u64;
+    let keys: Vec<String> = (0..8).map(|i| format!("nar/many-{i}.nar")).collect();
+    let uploads = keys.iter().map(|key| stream_bytes(&cache, key, total));
+    for (size, _) in futures::future::join_all(uploads).await {
+        assert_eq!(size, total);
+    }
+    for key in &keys {
+        assert_eq!(cache.head(key).await.unwrap().unwrap().size, total);
+    }
+    let peak = peak_rss_mib();
+    assert!(peak < 170, "peak RSS {peak} MiB for 8 objects at once");
+}
+
+/// A budget of one place still lets every writer finish: a writer waits for a place holding
+/// none, and each place comes back when its part is uploaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_writers_finish_on_a_budget_of_one_part() {
+    let server = S3Server::start();
+    let url: CacheUrl = server.cache_url().parse().unwrap();
+    let opts = OpenOptions {
+        parts_queued: 1,
+        ..s3_options(&server)
+    };
+    let cache = Cache::open_with(&url, opts).await.unwrap();
+    let data: Vec<Vec<u8>> = (0..4).map(|i| pattern(PART * 7 / 2 + i)).collect();
+    let keys: Vec<String> = (0..data.len())
+        .map(|i| format!("nar/one-{i}.nar"))
+        .collect();
+    let writes = keys
+        .iter()
+        .zip(&data)
+        .map(|(key, d)| write_object(&cache, key, d.clone()));
+    let all = futures::future::join_all(writes);
+    let sizes = tokio::time::timeout(Duration::from_secs(120), all)
+        .await
+        .expect("writers sharing one place got stuck");
+    for (i, d) in data.iter().enumerate() {
+        assert_eq!(sizes[i], Ok(d.len() as u64));
+        let got = cache.get_up_to(&keys[i], u64::MAX).await;
+        assert!(got.unwrap().unwrap() == *d, "object {i} differs");
+    }
+}
+
 /// The push target: a 4 GiB NAR under 200 MiB RSS with the default 8 MiB parts. Slow (and
 /// 8 GiB of scratch disk for s3s-fs), so run on demand:
 /// `NIXBUCKET_BIG_BYTES=4294967296 cargo nextest run --run-ignored only s3_writer_big_object`

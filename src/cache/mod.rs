@@ -52,6 +52,10 @@ pub struct OpenOptions {
     pub part_size: usize,
     /// How many parts of one object may be uploading at once.
     pub parts_in_flight: usize,
+    /// How many full parts, over all the objects uploading at once, may be waiting or
+    /// uploading; a writer with one more waits. With the part each writer fills, this bounds
+    /// upload memory at `(writers + parts_queued) * part_size`.
+    pub parts_queued: usize,
     /// Keys asked for per ListObjectsV2 page. AWS S3 answers at most 1000 whatever is asked;
     /// self-hosted stores may answer more (fewer pages, and s3s-fs walks its whole directory
     /// for each page). A store that refuses a page over 1000 is asked again with 1000.
@@ -69,6 +73,7 @@ impl Default for OpenOptions {
             credentials: None,
             part_size: DEFAULT_PART_SIZE,
             parts_in_flight: 3,
+            parts_queued: 8,
             list_page_size: s3::ASKED_PAGE_SIZE,
             max_attempts: None,
             copy_max: 5 << 30,

@@ -7,8 +7,9 @@
 //!
 //! Streaming uploads ([`S3Writer`]) run in two halves: the blocking writer fills part buffers
 //! and hands them over a channel of capacity 1 to one async task, which keeps at most
-//! `parts_in_flight` UploadPart calls running. Memory is bounded by
-//! `(parts_in_flight + 2) * part_size` whatever the object size.
+//! `parts_in_flight` UploadPart calls running. A full part is handed over only once it has a
+//! place in the cache's part budget (`parts_queued` places, shared by all uploads), so memory is
+//! bounded by `(writers + parts_queued) * part_size` however many objects upload at once.
 //!
 //! Faults are the SDK's job where it does it well: every request (bodies are `Bytes`, so
 //! PutObject and UploadPart replay) is retried with jittered exponential backoff on throttling
@@ -45,7 +46,7 @@ use aws_smithy_runtime_api::client::retries::classifiers::RetryClassifierPriorit
 use aws_smithy_types::retry::ErrorKind;
 use bytes::Bytes;
 use tokio::runtime::Handle;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use super::{CacheError, CacheUrl, ObjectInfo, OpenOptions};
@@ -116,6 +117,9 @@ pub(crate) struct S3Cache {
     ctx: Arc<Ctx>,
     part_size: usize,
     parts_in_flight: usize,
+    /// Places for full parts waiting or uploading, over all objects: see
+    /// [`OpenOptions::parts_queued`].
+    part_budget: Arc<Semaphore>,
     /// See [`OpenOptions::copy_max`].
     copy_max: u64,
 }
@@ -307,6 +311,7 @@ impl S3Cache {
             ctx: Arc::new(ctx),
             part_size: opts.part_size.max(MIN_PART_SIZE),
             parts_in_flight: opts.parts_in_flight.max(1),
+            part_budget: Arc::new(Semaphore::new(opts.parts_queued.max(1))),
             copy_max: opts.copy_max,
         };
         cache.check_bucket().await?;
@@ -679,6 +684,7 @@ impl S3Cache {
             key,
             content_type,
             (self.part_size, self.parts_in_flight),
+            self.part_budget.clone(),
         )
     }
 }

@@ -1,12 +1,14 @@
 //! Streaming uploads: PutObject for an object that fits in one part, else a multipart upload
 //! whose parts are filled by the blocking writer ([`S3Writer`]) and sent by one async task,
-//! at most `parts_in_flight` at a time, so memory stays bounded whatever the object size.
+//! at most `parts_in_flight` at a time. A full part waits for a place in the cache's part
+//! budget before it is handed over, and keeps it until its UploadPart is done, so memory stays
+//! bounded whatever the object size and however many objects upload at once.
 
 use super::*;
 
 pub(super) enum Chunk {
-    /// A full part; more follow.
-    Part(Bytes),
+    /// A full part, with its place in the part budget; more follow.
+    Part(Bytes, OwnedSemaphorePermit),
     /// The end of the object (possibly empty): commit; with `true`, only if no object is
     /// under the key by then.
     Last(Bytes, bool),
@@ -47,7 +49,7 @@ impl Upload {
                 self.ctx.put(&self.key, body, &self.content_type).await?;
                 return Ok(Some(size));
             }
-            Some(Chunk::Part(body)) => body,
+            Some(Chunk::Part(body, place)) => (body, place),
         };
         let ctx = &self.ctx;
         let created = ctx
@@ -98,14 +100,14 @@ impl Upload {
     pub(super) async fn parts(
         &self,
         upload_id: &str,
-        first: Bytes,
+        first: (Bytes, OwnedSemaphorePermit),
         rx: &mut mpsc::Receiver<Chunk>,
         inflight: &mut JoinSet<Result<CompletedPart, CacheError>>,
     ) -> Result<(Vec<CompletedPart>, u64, bool), CacheError> {
         let mut done = Vec::new();
         let mut number = 0i32;
         let mut size = 0u64;
-        let mut next = Some(Chunk::Part(first));
+        let mut next = Some(Chunk::Part(first.0, first.1));
         let joined = |r: Option<
             Result<Result<CompletedPart, CacheError>, tokio::task::JoinError>,
         >| {
@@ -131,10 +133,10 @@ impl Upload {
                     c = rx.recv() => c,
                 },
             };
-            let (body, last) = match chunk {
+            let (body, place, last) = match chunk {
                 None => return Err(self.interrupted("aborted before commit")),
-                Some(Chunk::Part(b)) => (b, None),
-                Some(Chunk::Last(b, if_absent)) => (b, Some(if_absent)),
+                Some(Chunk::Part(b, place)) => (b, Some(place), None),
+                Some(Chunk::Last(b, if_absent)) => (b, None, Some(if_absent)),
             };
             if !body.is_empty() {
                 number += 1;
@@ -144,12 +146,17 @@ impl Upload {
                     )));
                 }
                 size += body.len() as u64;
-                inflight.spawn(self.ctx.clone().upload_part(
+                let part = self.ctx.clone().upload_part(
                     self.key.clone(),
                     upload_id.to_owned(),
                     number,
                     body,
-                ));
+                );
+                inflight.spawn(async move {
+                    let sent = part.await;
+                    drop(place);
+                    sent
+                });
             }
             if let Some(if_absent) = last {
                 while let Some(r) = joined(inflight.join_next().await)? {
@@ -292,6 +299,8 @@ pub(crate) struct S3Writer {
     key: String,
     buf: Vec<u8>,
     part_size: usize,
+    /// Places for full parts, shared by every upload to the cache.
+    budget: Arc<Semaphore>,
     size: u64,
     tx: Option<mpsc::Sender<Chunk>>,
     done: Option<oneshot::Receiver<Result<Option<u64>, CacheError>>>,
@@ -307,14 +316,16 @@ impl S3Writer {
         key: &str,
         content_type: &str,
         (part_size, parts_in_flight): (usize, usize),
+        budget: Arc<Semaphore>,
     ) -> S3Writer {
         let handle = match Handle::try_current() {
             Ok(h) => h,
             Err(_) => {
-                return S3Writer::failed(CacheError::UploadInterrupted {
+                let err = CacheError::UploadInterrupted {
                     key: key.to_owned(),
                     detail: "Cache::writer was called outside a tokio runtime".into(),
-                });
+                };
+                return S3Writer::failed(err, budget);
             }
         };
         let (tx, rx) = mpsc::channel(1);
@@ -332,6 +343,7 @@ impl S3Writer {
             key: key.to_owned(),
             buf: Vec::new(),
             part_size,
+            budget,
             size: 0,
             tx: Some(tx),
             done: Some(done_rx),
@@ -339,11 +351,12 @@ impl S3Writer {
         }
     }
 
-    pub(super) fn failed(err: CacheError) -> S3Writer {
+    pub(super) fn failed(err: CacheError, budget: Arc<Semaphore>) -> S3Writer {
         S3Writer {
             key: String::new(),
             buf: Vec::new(),
             part_size: MIN_PART_SIZE,
+            budget,
             size: 0,
             tx: None,
             done: None,
@@ -408,8 +421,12 @@ impl S3Writer {
         // A full buffer is sent only once more data arrives, so an object of exactly one
         // part still goes up as a single PutObject.
         if self.buf.len() >= self.part_size {
+            // Waiting here holds no place, and every place held is released by an UploadPart
+            // that needs nothing else to finish: no two writers can wait on each other.
+            let place = futures::executor::block_on(self.budget.clone().acquire_owned())
+                .expect("the part budget is never closed");
             let full = std::mem::replace(&mut self.buf, Vec::with_capacity(self.part_size));
-            if !self.send(Chunk::Part(Bytes::from(full))) {
+            if !self.send(Chunk::Part(Bytes::from(full), place)) {
                 let text = self.failed.as_ref().map(ToString::to_string);
                 return Err(std::io::Error::other(text.unwrap_or_default()));
             }
