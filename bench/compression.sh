@@ -17,7 +17,8 @@
 #   RATE_MBPS=50 RTT_MS=40 bench/compression.sh 2    # through a 50 MB/s uplink, 40 ms away
 #
 # Environment: NIXBUCKET, BENCH_DIR as for push.sh; VARIANTS overrides the list, as
-# "NAME=ARGS;NAME=ARGS" (ARGS are push options); BIG=1 also pushes the 4 GiB path of
+# "NAME=ARGS;NAME=ARGS" (ARGS are push options; a first word @PATH pushes with the nixbucket
+# binary at PATH instead, to compare two builds side by side); BIG=1 also pushes the 4 GiB path of
 # make-big-path.sh once per variant (peak RSS). Writes $BENCH_DIR/compression-report.md.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -67,13 +68,15 @@ run_variant() { # NAME ARGS REP
     local url=file://$dir
     local -a args
     read -r -a args <<<"$2"
+    local exe=$bin
+    if [[ ${args[0]:-} == @* ]]; then exe=${args[0]#@} args=("${args[@]:1}"); fi
     if [[ -n $network ]]; then
         dir=$BENCH_DIR/s3root-compression/cmp-$rep
         url="s3://cmp-$rep?endpoint=http://127.0.0.1:$PROXY_PORT&region=us-east-1"
     fi
     rm -rf "$dir" "$store"
     [[ -z $network ]] || mkdir -p "$dir"
-    timed "$bin" push --cache "$url" --signing-key-file "$key" --progress none "${args[@]}" "$top"
+    timed "$exe" push --cache "$url" --signing-key-file "$key" --progress none "${args[@]}" "$top"
     cp "$BENCH_DIR/last.log" "$logs/compression-$name.$rep.push.log"
     push_t[$name]+="$t " push_cpu[$name]+="$cpu " push_rss[$name]+="$rss "
     size[$name]+="$(du -sb "$dir/nar" | cut -f1) "
@@ -94,8 +97,10 @@ done
 if [[ ${BIG:-0} == 1 ]]; then
     for v in "${variants[@]}"; do
         read -r -a args <<<"${v#*=}"
+        exe=$bin
+        if [[ ${args[0]:-} == @* ]]; then exe=${args[0]#@} args=("${args[@]:1}"); fi
         rm -rf "$BENCH_DIR/cache-big"
-        timed "$bin" push --cache "file://$BENCH_DIR/cache-big" --signing-key-file "$key" --progress none "${args[@]}" "$big"
+        timed "$exe" push --cache "file://$BENCH_DIR/cache-big" --signing-key-file "$key" --progress none "${args[@]}" "$big"
         big_rss[${v%%=*}]=$rss
         log "${v%%=*}: 4 GiB path in $t s, peak RSS $((rss / 1024)) MiB"
         rm -rf "$BENCH_DIR/cache-big"
