@@ -326,6 +326,18 @@ fn setup_serve(
     state: &Path,
     push_during_build: bool,
 ) -> SetupServe {
+    setup_serve_url(conf, s3, &s3.cache_url(), secret, state, push_during_build)
+}
+
+/// [`setup_serve`] with a cache URL of the test's own (`s3`'s bucket, with more settings).
+fn setup_serve_url(
+    conf: &NixConfig,
+    s3: &S3Server,
+    url: &str,
+    secret: &Path,
+    state: &Path,
+    push_during_build: bool,
+) -> SetupServe {
     let mut cmd = conf.nixbucket();
     // These tests are about what Nix gets through the server: no mirror in front of it (the
     // restore has tests of its own).
@@ -334,7 +346,7 @@ fn setup_serve(
         "--serve",
         "--no-restore",
         "--cache",
-        &s3.cache_url(),
+        url,
         "--signing-key-file",
     ])
     .arg(secret)
@@ -429,7 +441,9 @@ fn push_during_build_uploads_as_paths_are_built_and_the_final_push_does_the_rest
     let (secret, _) = keygen(tmp.path(), "ours-1");
     let conf = NixConfig::new(tmp.path(), BASE_CONF);
     let state = tmp.path().join("state.json");
-    let setup = setup_serve(&conf, &s3, &secret, &state, true);
+    // The cache asks for NAR listings: the uploads during the build write them too.
+    let url = format!("{}&write-nar-listing=true", s3.cache_url());
+    let setup = setup_serve_url(&conf, &s3, &url, &secret, &state, true);
     let user_conf = std::fs::read_to_string(conf.user_conf()).unwrap();
     assert!(user_conf.contains("post-build-hook = "), "{user_conf}");
     // Only the hook may hand paths over: anyone else on the machine is refused.
@@ -473,6 +487,9 @@ fn push_during_build_uploads_as_paths_are_built_and_the_final_push_does_the_rest
         let narinfo = std::fs::read_to_string(s3.object_path(&format!("{hash}.narinfo")))
             .unwrap_or_else(|_| panic!("{p} not uploaded during the build"));
         assert!(narinfo.contains("Sig: ours-1:"), "{narinfo}");
+        let listing = std::fs::read_to_string(s3.object_path(&format!("{hash}.ls")))
+            .unwrap_or_else(|_| panic!("{p}: no listing written during the build"));
+        assert!(listing.contains(r#""type":"regular""#), "{listing}");
     }
 
     // A path the hook never sees (added, not built): the job-end push uploads only that.

@@ -94,7 +94,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     let options = PushOptions {
                         compression,
                         tuning: Default::default(),
-                        nar_listing: false,
+                        nar_listing: super::nar_listing(false, &url),
                         jobs: args.jobs.max(1),
                         signing_key: Some(key),
                         progress: ProgressMode::None,
