@@ -116,6 +116,7 @@ impl Job {
             "restore",
             "build-logs",
             "extra-caches",
+            "pricing",
             "aws-role-arn",
             "aws-region",
             "github-token",
@@ -485,7 +486,9 @@ fn push_what_the_job_built(runner: Runner, key_name: &str) -> (Step, Step) {
     let keys = tempfile::tempdir().unwrap();
     let (secret_file, public) = keygen(keys.path(), key_name);
     let secret = key_text(&secret_file);
-    let job = s3_job(&s3, &secret);
+    let mut job = s3_job(&s3, &secret);
+    // s3s-fs has no price table of its own: the input names one.
+    job.inputs.insert("pricing", "r2".to_owned());
 
     let main = job.step_with(runner, "main", "push", &BTreeMap::new());
     assert!(main.out.status.success(), "{}", main.describe());
@@ -600,6 +603,10 @@ fn push_what_the_job_built(runner: Runner, key_name: &str) -> (Step, Step) {
         "NAR bytes: {summary}"
     );
     assert!(summary.contains("| bytes uploaded (zstd) | "), "{summary}");
+    assert!(
+        summary.contains(" at Cloudflare R2 Standard prices |"),
+        "the pricing input: {summary}"
+    );
     assert!(
         summary.contains(&format!("({uploaded} bytes)")),
         "{summary}"

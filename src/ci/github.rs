@@ -102,6 +102,8 @@ pub struct Inputs {
     pub build_logs: bool,
     /// Other teams' caches to pull from, read-only: `URL KEY`, one a line.
     pub extra_caches: Vec<String>,
+    /// The price table of the request report (`aws`, `r2`, `b2` or a file), as `--pricing`.
+    pub pricing: Option<String>,
     pub aws_role_arn: Option<String>,
     pub aws_region: Option<String>,
     pub github_token: Secret,
@@ -166,6 +168,7 @@ impl Inputs {
                         .collect()
                 })
                 .unwrap_or_default(),
+            pricing: text("pricing"),
             aws_role_arn: text("aws-role-arn"),
             aws_region: text("aws-region"),
             github_token: Secret::new(text("github-token").unwrap_or_default()),
@@ -761,8 +764,10 @@ mod tests {
             ("INPUT_JOBS", ""),
             ("INPUT_SKIP-PUSH", "false"),
             ("INPUT_AWS-ROLE-ARN", "arn:aws:iam::1:role/r"),
+            ("INPUT_PRICING", " r2\n"),
         ]))
         .unwrap();
+        assert_eq!(inputs.pricing.as_deref(), Some("r2"));
         assert_eq!(inputs.cache, "s3://b?region=x");
         assert_eq!(inputs.public_keys, ["a-1:AAAA", "b-1:BBBB", "c-1:CCCC"]);
         assert_eq!(inputs.jobs, None);

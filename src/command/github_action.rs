@@ -119,8 +119,18 @@ fn pull_only_reason(inputs: &Inputs) -> Option<PullOnly> {
     )
 }
 
-async fn main_step() -> anyhow::Result<ExitCode> {
+/// The inputs, with the price table they name (if any) chosen for this process's report.
+fn read_inputs() -> anyhow::Result<Inputs> {
     let inputs = Inputs::read(env)?;
+    if let Some(choice) = &inputs.pricing {
+        let table = crate::cost::Pricing::load(choice).context("the input pricing")?;
+        crate::cost::choose(table);
+    }
+    Ok(inputs)
+}
+
+async fn main_step() -> anyhow::Result<ExitCode> {
+    let inputs = read_inputs()?;
     let url: CacheUrl = inputs
         .cache
         .parse()
@@ -362,7 +372,7 @@ fn push_job(inputs: &Inputs, state_file: Option<String>) -> anyhow::Result<Job> 
 }
 
 async fn post_step() -> anyhow::Result<ExitCode> {
-    let inputs = Inputs::read(env)?;
+    let inputs = read_inputs()?;
     let mode = env(&format!("STATE_{STATE_MODE}"));
     let (code, pushed_paths, pushed_bytes) = match mode.as_deref() {
         Some(MODE_PUSH) => {
