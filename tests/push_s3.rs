@@ -217,7 +217,8 @@ async fn a_narinfo_another_job_wrote_since_the_plan_is_kept(#[case] kind: S3Kind
     let opts = PushOptions {
         compression: nixbucket::nix::Compression::Zstd,
         tuning: Default::default(),
-        nar_listing: false,
+        // A listing describes one NAR: none goes up beside a narinfo naming another.
+        nar_listing: true,
         jobs: 2,
         signing_key: Some(std::sync::Arc::new(signing_key)),
         progress: push::progress::ProgressMode::None,
@@ -226,6 +227,12 @@ async fn a_narinfo_another_job_wrote_since_the_plan_is_kept(#[case] kind: S3Kind
     let report = push::execute(&cache, plan, &opts).await.unwrap();
     assert_eq!(report.pushed.len(), 1, "{:?}", report.failed);
     assert_eq!(cache.get(&key).await.unwrap().unwrap(), theirs);
+    let listing = nixbucket::nix::layout::listing_key(&sp);
+    assert_eq!(
+        cache.get(&listing).await.unwrap(),
+        None,
+        "a listing of our NAR"
+    );
     let text = String::from_utf8(theirs.to_vec()).unwrap();
     assert!(text.contains("Compression: none"), "{text}");
     assert_ok(&common::verify_s3(server, &public, false));

@@ -453,9 +453,6 @@ async fn push_one(
             }
         }
     };
-    if opts.nar_listing {
-        put_listing(cache, &info.path, listing).await?;
-    }
     // Where "only if absent" costs a HEAD before the PUT, the HEAD goes now, while the
     // references land, so that each layer of the closure waits for one round trip, not two.
     let theirs_there = if !overwrite && !cache.writes_if_absent() {
@@ -489,9 +486,10 @@ async fn push_one(
         file_hash,
         file_size: Some(file_size),
     };
+    let mut ours_there = false;
     if theirs_there != Some(true) {
         let _request = limits.requests.acquire().await.map_err(closed)?;
-        put_narinfo(
+        ours_there = put_narinfo(
             cache,
             &mut narinfo,
             overwrite || theirs_there.is_some(),
@@ -508,7 +506,13 @@ async fn push_one(
         let _slot = limits.streams.acquire().await.map_err(closed)?;
         let (hash, size, _) = upload_nar(cache, &narinfo.url, &info, opts, counters).await?;
         (narinfo.file_hash, narinfo.file_size, file_size) = (hash, Some(size), size);
-        put_narinfo(cache, &mut narinfo, true, opts).await?;
+        ours_there = put_narinfo(cache, &mut narinfo, true, opts).await?;
+    }
+    // The listing describes this push's NAR, so it goes up only under this push's narinfo:
+    // a path built twice, not reproducibly, has two NARs, and the narinfo that stays names
+    // the first.
+    if opts.nar_listing && ours_there {
+        put_listing(cache, &info.path, listing).await?;
     }
     Ok(Pushed {
         path: info.path,
@@ -579,8 +583,8 @@ async fn reuse_nar(cache: &Cache, key: &str) -> Result<Option<u64>, CacheError> 
     }
 }
 
-/// Writes `<hash>.ls` before the narinfo, as Nix does. A NAR that was already in the cache was
-/// not read: then the path is read again for its listing alone.
+/// Writes `<hash>.ls`, once this push's narinfo is the one in the cache. A NAR that was
+/// already in the cache was not read: then the path is read again for its listing alone.
 async fn put_listing(
     cache: &Cache,
     path: &StorePath,
@@ -612,13 +616,13 @@ async fn put_listing(
 }
 
 /// Signs and writes the narinfo. Unless told to `overwrite`, a narinfo found there (another
-/// pusher's, naming the same NAR) stays.
+/// pusher's) stays. `true`: this one is in the cache now.
 async fn put_narinfo(
     cache: &Cache,
     narinfo: &mut NarInfo,
     overwrite: bool,
     opts: &PushOptions,
-) -> Result<(), PushError> {
+) -> Result<bool, PushError> {
     if let Some(key) = &opts.signing_key {
         narinfo.sign(key);
     }
@@ -629,10 +633,10 @@ async fn put_narinfo(
     let content_type = layout::NARINFO_TYPE;
     if overwrite {
         cache.put(&key, body, content_type).await?;
+        Ok(true)
     } else {
-        cache.put_if_absent(&key, body, content_type).await?;
+        Ok(cache.put_if_absent(&key, body, content_type).await?)
     }
-    Ok(())
 }
 
 /// Streams the path's NAR into the cache under `key`, committed only if no object is there by
