@@ -293,6 +293,20 @@ fn content_addressed_outputs_are_substituted_through_their_realisations(#[case] 
         stderr(&signed)
     );
     assert_ok(&target.verify(&other));
+    // Pushing again leaves the realisations as they are, the other key's signatures with them.
+    let again = run(target
+        .cmd()
+        .env("NIX_CONFIG", &config)
+        .args(["push", "--cache", &target.url, "--signing-key-file"])
+        .arg(&secret)
+        .arg(&top));
+    assert_ok(&again);
+    assert!(
+        !stderr(&again).contains("realisations"),
+        "{}",
+        stderr(&again)
+    );
+    assert_ok(&target.verify(&other));
     let verify = target.verify(&public);
     assert_ok(&verify);
     assert!(

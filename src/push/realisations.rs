@@ -234,7 +234,9 @@ pub fn parse(json: &[u8]) -> Result<Vec<Realisation>, StoreError> {
 
 /// Uploads `realisations` whose output is among `landed` (in the cache now), signed with `key`
 /// when there is one; an output that did not land gets none, so the cache never names a path
-/// it lacks. Returns how many went up, and what failed.
+/// it lacks. A realisation already in the cache stays as it is, like a narinfo: the
+/// signatures `sign` added to it are kept, and the output it names stays the first one
+/// pushed. Returns how many went up, and what failed.
 pub async fn push(
     cache: &Cache,
     realisations: Vec<Realisation>,
@@ -251,7 +253,7 @@ pub async fn push(
                 }
                 let cache = cache.clone();
                 async move {
-                    let result = cache.put(&r.key(), r.body(), TYPE).await;
+                    let result = cache.put_if_absent(&r.key(), r.body(), TYPE).await;
                     (r.id, result)
                 }
             }),
@@ -263,7 +265,7 @@ pub async fn push(
     let mut errors = Vec::new();
     for (id, result) in uploads {
         match result {
-            Ok(()) => done += 1,
+            Ok(wrote) => done += usize::from(wrote),
             Err(e) => errors.push((id, e.to_string())),
         }
     }
