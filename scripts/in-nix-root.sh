@@ -20,7 +20,8 @@ if [[ ! -f $root/.nixbucket-root ]]; then
     echo "in-nix-root: no $suite root in $ROOTS (make it with scripts/nix-roots.sh $suite)" >&2
     exit 1
 fi
-repo=$(cd "$(dirname "$0")/.." && pwd)
+# The real path: cargo records where it built the tests without the links on the way.
+repo=$(cd "$(dirname "$0")/.." && pwd -P)
 
 # Host programs the tests start by name, bound into the root's /usr/local/bin.
 tools=()

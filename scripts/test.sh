@@ -27,7 +27,7 @@ nix_parallel='((binary(push) | binary(push_s3)) & not test(/moto/)) | binary(nix
 # A root sees this repository at the same path, so it runs the binaries where they were built:
 # nextest reads what cargo would tell it from two files (no archive, no copy of the binaries).
 roots=$(scripts/nix-roots.sh)
-built=${CARGO_TARGET_DIR:-target}/nextest
+built=${CARGO_TARGET_DIR:-target}/nix-roots
 mkdir -p "$built"
 cargo nextest list --list-type binaries-only --message-format json >"$built/binaries.json"
 cargo metadata --format-version 1 >"$built/cargo.json"
