@@ -197,7 +197,10 @@ fn sign_errors_name_what_went_wrong() {
         err.contains(&format!("{}.narinfo", hash_part(&app))) && err.contains("not in the cache"),
         "{err}"
     );
-    assert!(err.contains("1 narinfos could not be signed"), "{err}");
+    assert!(
+        err.contains("1 narinfos or realisations could not be signed"),
+        "{err}"
+    );
     assert_eq!(
         sig_names(&cache.join(format!("{}.narinfo", hash_part(&lib)))),
         ["sign-err-1"]

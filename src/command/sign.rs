@@ -109,7 +109,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     );
     if failed > 0 {
-        bail!("{failed} narinfos could not be signed");
+        bail!("{failed} narinfos or realisations could not be signed");
     }
     Ok(ExitCode::SUCCESS)
 }
