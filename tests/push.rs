@@ -227,12 +227,15 @@ fn content_addressed_outputs_are_substituted_through_their_realisations(#[case] 
     assert_ok(&built);
     let top = stdout(&built).trim().to_owned();
 
-    let out = run(target
-        .cmd()
-        .env("NIX_CONFIG", &config)
-        .args(["push", "--cache", &target.url, "--signing-key-file"])
-        .arg(&secret)
-        .arg(&top));
+    let push = || {
+        run(target
+            .cmd()
+            .env("NIX_CONFIG", &config)
+            .args(["push", "--cache", &target.url, "--signing-key-file"])
+            .arg(&secret)
+            .arg(&top))
+    };
+    let out = push();
     assert_ok(&out);
     assert!(
         stderr(&out).contains("; 2 realisations"),
@@ -294,12 +297,7 @@ fn content_addressed_outputs_are_substituted_through_their_realisations(#[case] 
     );
     assert_ok(&target.verify(&other));
     // Pushing again leaves the realisations as they are, the other key's signatures with them.
-    let again = run(target
-        .cmd()
-        .env("NIX_CONFIG", &config)
-        .args(["push", "--cache", &target.url, "--signing-key-file"])
-        .arg(&secret)
-        .arg(&top));
+    let again = push();
     assert_ok(&again);
     assert!(
         !stderr(&again).contains("realisations"),
