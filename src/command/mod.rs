@@ -119,12 +119,12 @@ impl From<CompressionArg> for Compression {
     }
 }
 
-/// The flag if given, else the cache URL's `compression` parameter, else zstd.
 /// Whether push writes NAR listings: asked for, or by the URL's `write-nar-listing=true`.
 pub fn nar_listing(flag: bool, url: &CacheUrl) -> bool {
     flag || matches!(url.param("write-nar-listing"), Some("true" | "1"))
 }
 
+/// The flag if given, else the cache URL's `compression` parameter, else zstd.
 pub fn resolve_compression(
     flag: Option<CompressionArg>,
     url: &CacheUrl,

@@ -85,15 +85,14 @@ pub(super) fn doomed_logs<'a>(
 
 /// The objects that name one path and go with it (realisations, NAR listings): those naming a
 /// path whose narinfo does not stay (not in `live`), once past the grace period (a push
-/// writes a listing before the narinfo, a realisation after it). One that could not be read
-/// names nothing, and stays.
+/// writes both after the narinfo). One that could not be read names nothing, and stays.
 pub(super) fn doomed_with_their_paths<'a>(
-    realisations: impl Iterator<Item = &'a (String, Option<SystemTime>, Option<HashPart>)>,
+    objects: impl Iterator<Item = &'a (String, Option<SystemTime>, Option<HashPart>)>,
     live: &HashSet<HashPart>,
     opts: &GcOptions,
 ) -> Vec<String> {
     let young_before = young_before(opts);
-    realisations
+    objects
         .filter(|(_, modified, named)| {
             named.is_some_and(|h| !live.contains(&h)) && modified.is_some_and(|t| t < young_before)
         })

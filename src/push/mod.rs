@@ -593,16 +593,17 @@ async fn put_listing(
     let listing = match listing {
         Some(listing) => listing,
         None => {
-            let owned = path.clone();
-            let (dumped, listing) =
-                tokio::task::spawn_blocking(move || dump(&owned, &mut std::io::sink(), true))
-                    .await
-                    .map_err(|e| PushError::Worker(e.to_string()))?;
-            dumped.map_err(|source| PushError::Nar {
+            let absolute = PathBuf::from(path.to_absolute());
+            let (_, listing) = tokio::task::spawn_blocking(move || {
+                crate::nix::nar::dump_path_listed(&absolute, &mut std::io::sink())
+            })
+            .await
+            .map_err(|e| PushError::Worker(e.to_string()))?
+            .map_err(|source| PushError::Nar {
                 path: path.clone(),
                 source,
             })?;
-            listing.unwrap_or(Value::Null)
+            listing
         }
     };
     cache

@@ -49,7 +49,7 @@ impl Upload {
                 self.ctx.put(&self.key, body, &self.content_type).await?;
                 return Ok(Some(size));
             }
-            Some(Chunk::Part(body, place)) => (body, place),
+            Some(part) => part,
         };
         let ctx = &self.ctx;
         let created = ctx
@@ -100,14 +100,14 @@ impl Upload {
     pub(super) async fn parts(
         &self,
         upload_id: &str,
-        first: (Bytes, OwnedSemaphorePermit),
+        first: Chunk,
         rx: &mut mpsc::Receiver<Chunk>,
         inflight: &mut JoinSet<Result<CompletedPart, CacheError>>,
     ) -> Result<(Vec<CompletedPart>, u64, bool), CacheError> {
         let mut done = Vec::new();
         let mut number = 0i32;
         let mut size = 0u64;
-        let mut next = Some(Chunk::Part(first.0, first.1));
+        let mut next = Some(first);
         let joined = |r: Option<
             Result<Result<CompletedPart, CacheError>, tokio::task::JoinError>,
         >| {
