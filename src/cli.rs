@@ -52,14 +52,9 @@ pub enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(choice) = &cli.pricing {
-        match crate::cost::Pricing::load(choice) {
-            Ok(pricing) => crate::cost::choose(pricing),
-            Err(err) => {
-                eprintln!("error: {err:#}");
-                return ExitCode::FAILURE;
-            }
-        }
+    if let Some(Err(err)) = cli.pricing.as_deref().map(crate::cost::choose) {
+        eprintln!("error: {err:#}");
+        return ExitCode::FAILURE;
     }
     let report_json = cli.report_json.clone();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

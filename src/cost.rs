@@ -17,9 +17,11 @@ use crate::cache::meter::{self, Requests};
 /// The table the user chose for this process (`--pricing`), if any.
 static CHOSEN: OnceLock<Pricing> = OnceLock::new();
 
-/// Prices this process's requests with `pricing` rather than by the store's endpoint.
-pub fn choose(pricing: Pricing) {
-    let _ = CHOSEN.set(pricing);
+/// Prices this process's requests with the table `choice` names ([`Pricing::load`]) rather
+/// than by the store's endpoint; the first choice made stands.
+pub fn choose(choice: &str) -> anyhow::Result<()> {
+    let _ = CHOSEN.set(Pricing::load(choice)?);
+    Ok(())
 }
 
 /// The table for `url`: the one chosen (`--pricing`), else the one that fits its endpoint.

@@ -123,8 +123,7 @@ fn pull_only_reason(inputs: &Inputs) -> Option<PullOnly> {
 fn read_inputs() -> anyhow::Result<Inputs> {
     let inputs = Inputs::read(env)?;
     if let Some(choice) = &inputs.pricing {
-        let table = crate::cost::Pricing::load(choice).context("the input pricing")?;
-        crate::cost::choose(table);
+        crate::cost::choose(choice).context("the input pricing")?;
     }
     Ok(inputs)
 }
