@@ -655,7 +655,9 @@ fn nar_listings_are_the_ones_nix_copy_writes_and_go_with_their_paths(#[case] bac
             serde_json::from_slice(&std::fs::read(theirs.join(&key)).unwrap()).unwrap();
         assert_eq!(ours, nix, "{path}");
     }
-    assert_ok(&target.gc_a_month_on());
+    let gc = target.gc_a_month_on();
+    assert_ok(&gc);
+    assert!(stderr(&gc).contains(", 2 NAR listings)"), "{}", stderr(&gc));
     let left: Vec<String> = target
         .keys()
         .into_iter()

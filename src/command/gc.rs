@@ -96,13 +96,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         report.deleted.len(),
         report.narinfos,
         report.nars_deleted,
-        match (report.logs_deleted, report.realisations_deleted) {
-            (0, 0) => String::new(),
-            (logs, 0) => format!(" (and {logs} build logs)"),
-            (logs, realisations) => {
-                format!(" (and {logs} build logs, {realisations} realisations)")
-            }
-        },
+        beside_paths(&report),
         human_bytes(report.nar_bytes_freed + report.meta_bytes_freed),
         human_bytes(report.nar_bytes_freed),
         report.kept,
@@ -151,4 +145,23 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What went with the paths, as " (and 2 build logs, 2 realisations)"; empty when nothing did.
+fn beside_paths(report: &gc::GcReport) -> String {
+    let counts = [
+        (report.logs_deleted, "build logs"),
+        (report.realisations_deleted, "realisations"),
+        (report.listings_deleted, "NAR listings"),
+    ];
+    let said: Vec<String> = counts
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect();
+    if said.is_empty() {
+        String::new()
+    } else {
+        format!(" (and {})", said.join(", "))
+    }
 }

@@ -102,6 +102,8 @@ pub struct GcReport {
     /// Realisations deleted: their output's narinfo is gone, and they are past the grace
     /// period.
     pub realisations_deleted: usize,
+    /// NAR listings deleted: their path's narinfo is gone, and they are past the grace period.
+    pub listings_deleted: usize,
     /// Narinfos put back because a concurrent push needs them.
     pub restored: Vec<StorePath>,
     /// Narinfos a concurrent push wrote for a NAR gc deleted at that moment, removed with
@@ -424,6 +426,7 @@ impl Beside {
     fn count(&self, snap: &Snapshot, report: &mut GcReport) {
         report.logs_deleted = self.logs.len();
         report.realisations_deleted = self.realisations.len();
+        report.listings_deleted = self.listings.len();
         report.meta_bytes_freed += (self.logs.iter().chain(&self.realisations))
             .chain(&self.listings)
             .filter_map(|k| snap.listed.get(k).map(|o| o.size))
