@@ -35,6 +35,8 @@ pub enum Command {
     Setup(command::setup::Args),
     /// After the build: sign and upload new store paths and their closure to the cache.
     Push(command::push::Args),
+    /// End a job that does not push: stop the server and remove the mirror `setup` started.
+    Finish(command::finish::Args),
     /// Add our signature to narinfos already in a cache (after --unsigned, or to rotate keys).
     Sign(command::sign::Args),
     /// Check that a cache is whole: signatures, NARs, references (and with --deep, NAR hashes).
@@ -72,6 +74,7 @@ pub fn main() -> ExitCode {
             Command::Keygen(args) => command::keygen::run(args),
             Command::Setup(args) => command::setup::run(args),
             Command::Push(args) => command::push::run(args).await,
+            Command::Finish(args) => command::finish::run(args),
             Command::Sign(args) => command::sign::run(args).await,
             Command::Verify(args) => command::verify::run(args).await,
             Command::Gc(args) => command::gc::run(args).await,

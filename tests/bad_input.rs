@@ -412,3 +412,95 @@ fn the_secrets_check_finds_a_planted_leak_and_refuses_an_empty_log() {
         "the check printed the secret: {shown}"
     );
 }
+
+/// `nixbucket setup` of `url` with a Nix configuration of its own under `dir` (the machine's is
+/// not touched), the key in `secret`, and the environment `env` alone for AWS.
+fn setup_with(dir: &Path, url: &str, secret: &Path, env: &[(String, String)]) -> Output {
+    let conf = common::nix::NixConfig::new(dir, common::NIX_CONFIG);
+    let home = dir.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    run(conf
+        .nixbucket()
+        .env("HOME", &home)
+        .envs(env.iter().cloned())
+        .args(["setup", "--cache", url, "--signing-key-file"])
+        .arg(secret)
+        .arg("--state-file")
+        .arg(dir.join("state.json")))
+}
+
+#[test]
+fn setup_against_a_missing_bucket_fails_naming_bucket_endpoint_region_and_credentials() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (secret, _) = keygen(tmp.path(), "test-cache-1");
+    let server = S3Server::start();
+    let url = server.cache_url_for("no-such-bucket");
+    let out = setup_with(tmp.path(), &url, &secret, &server.env());
+    let err = one_error(&out);
+    for part in [
+        "bucket 'no-such-bucket' does not exist".to_owned(),
+        server.endpoint(),
+        "region ".to_owned(),
+        "credentials from environment variables AWS_ACCESS_KEY_ID".to_owned(),
+    ] {
+        assert!(err.contains(&part), "{part:?} not named:\n{err}");
+    }
+    assert!(!err.contains(server.secret_key()), "{err}");
+    assert!(
+        !tmp.path().join("state.json").exists(),
+        "setup recorded a store for a cache that cannot work"
+    );
+}
+
+#[test]
+fn setup_with_credentials_the_store_refuses_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (secret, _) = keygen(tmp.path(), "test-cache-1");
+    let server = S3Server::start();
+    let wrong = "wrong-secret-key-0123456789";
+    register_secret(wrong);
+    let mut env = server.env();
+    env.retain(|(k, _)| k != "AWS_SECRET_ACCESS_KEY");
+    env.push(("AWS_SECRET_ACCESS_KEY".into(), wrong.into()));
+    let out = setup_with(tmp.path(), &server.cache_url(), &secret, &env);
+    let err = one_error(&out);
+    assert!(
+        err.contains("refused the credentials") && err.contains(server.bucket()),
+        "{err}"
+    );
+    assert!(!err.contains(wrong), "{err}");
+}
+
+#[test]
+fn setup_without_any_credentials_says_the_job_gets_no_cache_and_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (secret, _) = keygen(tmp.path(), "test-cache-1");
+    let server = S3Server::start();
+    // A fork's pull request: no keys, no profile, no role; IMDS off so nothing waits on it.
+    let nowhere = tmp.path().join("no-such-aws-file").display().to_string();
+    let env: Vec<(String, String)> = [
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AWS_CONFIG_FILE", nowhere.as_str()),
+        ("AWS_SHARED_CREDENTIALS_FILE", nowhere.as_str()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let out = setup_with(tmp.path(), &server.cache_url(), &secret, &env);
+    assert_ok(&out);
+    let log = stderr(&out);
+    assert!(
+        log.contains("no AWS credentials") && log.contains("This job gets no cache"),
+        "{log}"
+    );
+    let user_conf = tmp.path().join("conf/user/nix.conf");
+    let conf = std::fs::read_to_string(&user_conf).unwrap_or_default();
+    assert!(
+        !conf.contains("extra-substituters"),
+        "Nix was pointed at a cache it cannot read:\n{conf}"
+    );
+    assert!(
+        tmp.path().join("state.json").is_file(),
+        "the store was not recorded"
+    );
+}

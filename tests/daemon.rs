@@ -244,14 +244,104 @@ fn a_trusted_job_sets_up_builds_pushes_and_substitutes_from_a_file_cache() {
 fn a_trusted_job_pushes_to_s3_and_the_daemon_substitutes_through_serve() {
     let mut job = Job::new(&format!("{BASE_CONF}trusted-users = root nobody\n"));
     let s3 = S3Server::start();
-    // Only the job has credentials: the daemon's environment has none (start_daemon).
+    // Only the job has credentials: the daemon's environment has none (start_daemon). Plain
+    // setup chooses the server itself.
     job.env = s3.env();
     two_jobs(
         &job,
-        &["setup", "--serve", "--no-restore"],
+        &["setup", "--no-restore"],
         &s3.cache_url(),
         "http://127.0.0.1:",
     );
+}
+
+/// The shape users start from: the standard installers give the job a root nix-daemon with no
+/// AWS credentials, and the job runs `setup` with no flags against a store that takes only
+/// signed requests. The restore takes what main's last job used, but not a NAR over its size
+/// limit nor a path another branch pushed: the daemon substitutes those through the server
+/// setup chose to start, and builds none of them.
+#[test]
+fn default_setup_lets_a_daemon_without_credentials_substitute_what_the_restore_left() {
+    let mut job = Job::new(&format!("{BASE_CONF}trusted-users = root nobody\n"));
+    let s3 = S3Server::start();
+    job.env = s3.env();
+    job.env.push(("NIXBUCKET_BRANCH".into(), "main".into()));
+    let (secret, _) = keygen(job.tmp.path(), "ours-1");
+    let secret = job.give("key.sec", &std::fs::read_to_string(secret).unwrap());
+    let tag = nonce();
+    let small = derivation(&format!("small-{tag}"), "echo small > $out");
+    // Random bytes: zstd cannot shrink them under the restore's limit either.
+    let big = derivation(
+        &format!("big-{tag}"),
+        "head -c 36000000 /dev/urandom > $out",
+    );
+    let other = derivation(&format!("other-{tag}"), "echo other > $out");
+    let build_as_root = |expr: &str| {
+        let file = job.give(&format!("{}.nix", nonce()), expr);
+        let built = run(common::nix::nix_command("nix-build")
+            .arg("--no-out-link")
+            .arg(&file));
+        assert_ok(&built);
+        stdout(&built).trim().to_owned()
+    };
+    let (small, big, other) = (
+        build_as_root(&small),
+        build_as_root(&big),
+        build_as_root(&other),
+    );
+    let push_on = |branch: &str, paths: &[&String]| {
+        assert_ok(&run(common::nixbucket()
+            .envs(s3.env())
+            .env("NIXBUCKET_BRANCH", branch)
+            .args(["push", "--cache", &s3.cache_url(), "--signing-key-file"])
+            .arg(&secret)
+            .args(paths)));
+    };
+    push_on("main", &[&small, &big]);
+    push_on("feature", &[&other]);
+    delete_from_store(&[small.clone(), big.clone(), other.clone()]);
+
+    let setup = job.nixbucket(&[
+        "setup",
+        "--cache",
+        &s3.cache_url(),
+        "--signing-key-file",
+        secret.to_str().unwrap(),
+    ]);
+    assert_ok(&setup);
+    let log = stderr(&setup);
+    assert!(
+        log.contains("through a nixbucket serve of this job")
+            && log.contains("serve: auto, the nix-daemon"),
+        "setup did not say it serves the daemon, and why:\n{log}"
+    );
+    assert!(log.contains("restored 1 of "), "{log}");
+    let realised = run(job
+        .command(Path::new("/usr/bin/nix-store"))
+        .arg("--realise")
+        .args([&small, &big, &other]));
+    assert_ok(&realised);
+    let log = stderr(&realised);
+    assert!(
+        log.contains(&format!("copying path '{small}' from 'file://")),
+        "the restored path did not come from the mirror:\n{log}"
+    );
+    for path in [&big, &other] {
+        assert!(
+            log.contains(&format!("copying path '{path}' from 'http://127.0.0.1:")),
+            "{path} did not come through the server:\n{log}"
+        );
+    }
+    assert!(!log.contains("building '"), "built instead:\n{log}");
+    let push = job.nixbucket(&[
+        "push",
+        "--cache",
+        &s3.cache_url(),
+        "--signing-key-file",
+        secret.to_str().unwrap(),
+    ]);
+    assert_ok(&push);
+    assert_eq!(job.servers(), "", "push left a server of this job running");
 }
 
 #[test]

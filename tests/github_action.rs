@@ -114,6 +114,7 @@ impl Job {
             "exclude",
             "skip-push",
             "restore",
+            "serve",
             "build-logs",
             "extra-caches",
             "pricing",
@@ -416,16 +417,45 @@ fn slowest_paths(summary: &str) -> Vec<String> {
         .collect()
 }
 
-/// Whether a nix.conf makes Nix substitute from the test bucket (setup writes the URL with its
-/// parameters in its own order).
-fn substitutes_from(conf: &str, s3: &S3Server) -> bool {
+/// Whether a nix.conf makes Nix substitute from the test bucket as the main step said it would
+/// (the `serve: auto` line): itself (setup writes the URL with its parameters in its own order),
+/// or through a server of the job on loopback.
+fn substitutes_from(conf: &str, s3: &S3Server, main: &Step) -> bool {
+    let log = stderr(&main.out);
+    let served = log.contains("through a nixbucket serve of this job");
+    assert!(
+        served
+            || log.contains(&format!("setup: Nix reads {} itself", s3.cache_url()))
+            || log.contains("setup: Nix reads s3://"),
+        "the main step does not say how Nix reads the cache:\n{}",
+        main.describe()
+    );
     conf.lines()
         .filter_map(|l| l.strip_prefix("extra-substituters = "))
         .flat_map(|list| list.split(' '))
-        .any(|url| {
-            url.starts_with(&format!("s3://{}?", s3.bucket()))
-                && url.contains(&format!("endpoint={}", s3.endpoint()))
+        .any(|url| match served {
+            true => url.starts_with("http://127.0.0.1:"),
+            false => {
+                url.starts_with(&format!("s3://{}?", s3.bucket()))
+                    && url.contains(&format!("endpoint={}", s3.endpoint()))
+            }
         })
+}
+
+/// Whether the server the main step started (recorded in the state file) is still running: its
+/// process is there and not a zombie (an orphan's parent here may not reap it).
+fn server_running(state_file: &Path) -> bool {
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(state_file).unwrap()).unwrap();
+    let Some(pid) = state["serve"]["pid"].as_u64() else {
+        return false;
+    };
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
 }
 
 /// The mirror setup restores into, listed ahead of the bucket, in the runner's temp folder.
@@ -547,7 +577,7 @@ fn push_what_the_job_built(runner: Runner, key_name: &str) -> (Step, Step) {
         "{digest}"
     );
     let conf = std::fs::read_to_string(job.user_conf()).unwrap();
-    assert!(substitutes_from(&conf, &s3), "{conf}");
+    assert!(substitutes_from(&conf, &s3, &main), "{conf}");
     assert!(mirror_first(&conf, &job), "{conf}");
     assert!(
         conf.contains(&format!("extra-trusted-public-keys = {public}")),
@@ -566,6 +596,7 @@ fn push_what_the_job_built(runner: Runner, key_name: &str) -> (Step, Step) {
     assert!(post.out.status.success(), "{}", post.describe());
     assert!(post.state.is_empty(), "{}", post.describe());
     assert!(!copy.exists(), "post left {copy:?} behind");
+    assert!(!server_running(&state_file), "post left the server running");
     let found = narinfos(&s3);
     for path in [&app, &lib, &data] {
         let key = format!("{}.narinfo", hash_part(path));
@@ -709,8 +740,11 @@ fn a_fork_pull_request_pulls_and_pushes_nothing() {
     assert_eq!(state["nixbucket-mode"], "pull-only");
     // Pulling still works: the substituter and the key are configured.
     let conf = std::fs::read_to_string(job.user_conf()).unwrap();
-    assert!(substitutes_from(&conf, &s3), "{conf}");
+    assert!(substitutes_from(&conf, &s3, &main), "{conf}");
     assert!(conf.contains(&public), "{conf}");
+    let state_file = PathBuf::from(&state["nixbucket-state-file"]);
+    let served = stderr(&main.out).contains("through a nixbucket serve");
+    assert_eq!(server_running(&state_file), served, "{}", main.describe());
 
     let [app, ..] = build_closure(keys.path(), &nonce());
     let post = job.step("post", "pull_request", &state);
@@ -734,6 +768,10 @@ fn a_fork_pull_request_pulls_and_pushes_nothing() {
         post.describe()
     );
     assert!(!post.summary.contains(&app));
+    assert!(
+        !server_running(&state_file),
+        "the post step of a run that pushes nothing left the server running"
+    );
     assert_secret_hidden(&main, &secret);
     assert_secret_hidden(&post, &secret);
 }

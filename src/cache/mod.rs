@@ -81,6 +81,50 @@ impl Default for OpenOptions {
     }
 }
 
+/// Fixed credentials as the text [`credentials_from_json`] reads: how `setup` hands a role's
+/// credentials to the server it starts, on a pipe.
+pub fn credentials_json(creds: &aws_credential_types::Credentials) -> String {
+    let expiry = creds.expiry().and_then(|t| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_secs())
+    });
+    serde_json::json!({
+        "access_key_id": creds.access_key_id(),
+        "secret_access_key": creds.secret_access_key(),
+        "session_token": creds.session_token(),
+        "expiry": expiry,
+    })
+    .to_string()
+}
+
+/// The credentials [`credentials_json`] wrote; the error never quotes the text.
+pub fn credentials_from_json(text: &str) -> Result<aws_credential_types::Credentials, String> {
+    #[derive(serde::Deserialize)]
+    struct Fixed {
+        access_key_id: String,
+        secret_access_key: String,
+        session_token: Option<String>,
+        expiry: Option<u64>,
+    }
+    let fixed: Fixed = serde_json::from_str(text).map_err(|e| {
+        format!(
+            "not the credentials setup hands over (at column {})",
+            e.column()
+        )
+    })?;
+    let expiry = fixed
+        .expiry
+        .map(|secs| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs));
+    Ok(aws_credential_types::Credentials::new(
+        fixed.access_key_id,
+        fixed.secret_access_key,
+        fixed.session_token,
+        expiry,
+        "nixbucket-setup",
+    ))
+}
+
 impl OpenOptions {
     /// Use this access key pair instead of the default credential chain.
     pub fn static_credentials(
@@ -550,6 +594,25 @@ mod tests {
         let shown = format!("{opts:?}");
         assert!(shown.contains("AKIDEXAMPLE"), "{shown}");
         assert!(!shown.contains("s3cr3t-value"), "{shown}");
+    }
+
+    #[test]
+    fn fixed_credentials_cross_the_pipe_whole_and_a_bad_text_is_not_quoted() {
+        let expiry = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_900_000_000);
+        let creds = aws_credential_types::Credentials::new(
+            "AKIDEXAMPLE",
+            "s3cr3t-value",
+            Some("session-token-value".into()),
+            Some(expiry),
+            "test",
+        );
+        let back = credentials_from_json(&credentials_json(&creds)).unwrap();
+        assert_eq!(back.access_key_id(), "AKIDEXAMPLE");
+        assert_eq!(back.secret_access_key(), "s3cr3t-value");
+        assert_eq!(back.session_token(), Some("session-token-value"));
+        assert_eq!(back.expiry(), Some(expiry));
+        let err = credentials_from_json("{\"access_key_id\": \"AKIDEXAMPLE\"").unwrap_err();
+        assert!(!err.contains("AKIDEXAMPLE"), "{err}");
     }
 
     #[rstest]

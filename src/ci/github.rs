@@ -100,6 +100,8 @@ pub struct Inputs {
     pub restore: bool,
     /// Push the build logs of what the job built (default true).
     pub build_logs: bool,
+    /// `serve`: true or false, or None for `auto` (the default), which lets setup choose.
+    pub serve: Option<bool>,
     /// Other teams' caches to pull from, read-only: `URL KEY`, one a line.
     pub extra_caches: Vec<String>,
     /// The price table of the request report (`aws`, `r2`, `b2` or a file), as `--pricing`.
@@ -146,6 +148,16 @@ impl Inputs {
         let skip_push = boolean("skip-push", false)?;
         let restore = boolean("restore", true)?;
         let build_logs = boolean("build-logs", true)?;
+        let serve = match text("serve").as_deref() {
+            None | Some("auto" | "Auto" | "AUTO") => None,
+            Some(_) => Some(
+                boolean("serve", false).map_err(|_| GithubError::InvalidInput {
+                    name: "serve",
+                    expected: "auto, true or false",
+                    value: text("serve").unwrap_or_default(),
+                })?,
+            ),
+        };
         Ok(Inputs {
             cache,
             signing_key: Secret::new(text("signing-key").unwrap_or_default()),
@@ -159,6 +171,7 @@ impl Inputs {
             skip_push,
             restore,
             build_logs,
+            serve,
             extra_caches: text("extra-caches")
                 .map(|v| {
                     v.lines()
@@ -773,6 +786,7 @@ mod tests {
         assert_eq!(inputs.jobs, None);
         assert!(!inputs.skip_push);
         assert!(inputs.restore, "restore is on unless the input says false");
+        assert_eq!(inputs.serve, None, "serve is auto unless the input says");
         assert_eq!(
             inputs.aws_role_arn.as_deref(),
             Some("arn:aws:iam::1:role/r")
@@ -799,6 +813,13 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(err.to_string().contains("`restore`"), "{err}");
+        for (text, serve) in [("auto", None), ("true", Some(true)), ("false", Some(false))] {
+            let inputs = Inputs::read(env(&[("INPUT_CACHE", "file:///c"), ("INPUT_SERVE", text)]));
+            assert_eq!(inputs.unwrap().serve, serve, "{text}");
+        }
+        let err =
+            Inputs::read(env(&[("INPUT_CACHE", "file:///c"), ("INPUT_SERVE", "yes")])).unwrap_err();
+        assert!(err.to_string().contains("auto, true or false"), "{err}");
         let err = Inputs::read(env(&[])).unwrap_err();
         assert!(matches!(err, GithubError::NoCache), "{err}");
     }

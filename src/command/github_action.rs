@@ -165,13 +165,11 @@ async fn main_step() -> anyhow::Result<ExitCode> {
             ),
         ));
     }
-    // The role's credentials reach later steps through GITHUB_ENV; this step's own restore
-    // gets them here.
+    // The role's credentials go to this step's restore and server; later steps get them
+    // (through GITHUB_ENV) only when Nix reads the bucket itself.
     let mut open = OpenOptions::default();
     if let (None, Some(role_arn)) = (&pull_only, &inputs.aws_role_arn) {
-        let creds = oidc_credentials(&inputs, role_arn).await?;
-        export_credentials(&creds, inputs.aws_region.as_deref())?;
-        open.credentials = Some(creds);
+        open.credentials = Some(oidc_credentials(&inputs, role_arn).await?);
     }
 
     let configure = !keys.is_empty();
@@ -185,7 +183,7 @@ async fn main_step() -> anyhow::Result<ExitCode> {
     let state_file = state_path();
     let restore = inputs
         .restore
-        .then(|| setup::Restore::default_for(&url, &state_file, open))
+        .then(|| setup::Restore::default_for(&url, &state_file))
         .flatten();
     let extra_caches = inputs
         .extra_caches
@@ -193,19 +191,33 @@ async fn main_step() -> anyhow::Result<ExitCode> {
         .map(|line| setup::ExtraCache::parse(line))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|why| anyhow::anyhow!("the input extra-caches: {why}"))?;
+    let serve = setup::Serve {
+        mode: match inputs.serve {
+            None => setup::ServeMode::Auto,
+            Some(true) => setup::ServeMode::On,
+            Some(false) => setup::ServeMode::Off,
+        },
+        ..Default::default()
+    };
     let job = setup::Job {
         url: url.clone(),
         keys,
         state_path: state_file.clone(),
         configure,
         substituter: None,
-        serve: None,
+        serve,
         restore,
         extra_caches,
+        open: open.clone(),
     };
-    tokio::task::spawn_blocking(move || job.run())
+    let outcome = tokio::task::spawn_blocking(move || job.run())
         .await
         .context("setup stopped unexpectedly")??;
+    if let Some(creds) = &open.credentials {
+        if outcome.configured && !outcome.served && matches!(url, CacheUrl::S3 { .. }) {
+            export_credentials(creds, inputs.aws_region.as_deref())?;
+        }
+    }
 
     match &pull_only {
         Some(reason) => {
@@ -384,10 +396,11 @@ async fn post_step() -> anyhow::Result<ExitCode> {
                     .unwrap_or_else(|| "the run only pulls".into()),
                 _ => "the action's main step did not finish, so there is no record of what the job added".into(),
             };
-            // A pull-only job restored too: its mirror goes as a pushing job's does.
+            // A pull-only job restored and served too: its mirror and server go as a pushing
+            // job's do.
             let state_file =
                 env(&format!("STATE_{STATE_FILE}")).map_or_else(state_path, PathBuf::from);
-            if let Some(line) = crate::push::job::finish_mirror(&state_file, false) {
+            for line in crate::push::job::finish_unpushed(&state_file) {
                 say(&line);
             }
             if other.is_none() {

@@ -52,6 +52,10 @@ pub struct Args {
     /// (repeatable; asked in the order given).
     #[arg(long = "extra-cache", value_name = "URL")]
     pub extra_caches: Vec<String>,
+    /// Read the S3 credentials for the caches from standard input, as `setup` writes them for
+    /// a role it assumed, instead of the default AWS chain.
+    #[arg(long, hide = true)]
+    pub credentials_stdin: bool,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -60,10 +64,18 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let signing_key = args.key.load()?;
     // Nix waits on every answer and falls back to building, so a failing bucket should be
     // reported in seconds rather than retried for a minute.
-    let open = OpenOptions {
+    let mut open = OpenOptions {
         max_attempts: Some(SERVE_ATTEMPTS),
         ..OpenOptions::default()
     };
+    if args.credentials_stdin {
+        let mut text = zeroize::Zeroizing::new(String::new());
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .context("could not read the credentials on standard input")?;
+        let creds = crate::cache::credentials_from_json(&text)
+            .map_err(|why| anyhow::anyhow!("--credentials-stdin: {why}"))?;
+        open.credentials = Some(creds);
+    }
     let cache = super::open_cache(&url, open.clone()).await?;
     let mut extra = Vec::new();
     for text in &args.extra_caches {

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 
 use super::{KeyArgs, SIGNING_KEY_ENV};
 use crate::nix::PublicKey;
-use crate::setup::{ExtraCache, Job, RESTORE_JOBS, Restore, Serve};
+use crate::setup::{ExtraCache, Job, RESTORE_JOBS, Restore, Serve, ServeMode};
 use crate::state;
 
 #[derive(clap::Args, Debug)]
@@ -54,14 +54,20 @@ pub struct Args {
     /// Only record the store; leave Nix's configuration alone.
     #[arg(long)]
     pub no_configure: bool,
-    /// Start `nixbucket serve` in the background and make Nix substitute from it
-    /// (`http://127.0.0.1:PORT`): the nix-daemon then needs no credentials of its own, and a Nix
-    /// without S3 support works. `push` stops it and reports the job's cache hit rate.
-    #[arg(long, conflicts_with = "substituter")]
+    /// Always start `nixbucket serve` in the background and make Nix substitute from it
+    /// (`http://127.0.0.1:PORT`), with this job's credentials. By default setup does so for an
+    /// s3:// cache when the Nix that substitutes could not read the bucket itself: a
+    /// nix-daemon (it has no access to the job's AWS credentials), or a Nix without S3 support.
+    /// `push` stops the server and reports the job's cache hit rate.
+    #[arg(long, conflicts_with_all = ["substituter", "no_serve"])]
     pub serve: bool,
-    /// With --serve: upload each path as soon as Nix has built it (a post-build-hook hands it to
-    /// the server), so `push` only uploads what remains.
-    #[arg(long, requires = "serve")]
+    /// Never start a server: Nix reads the cache itself (a daemon then needs AWS credentials
+    /// of its own for an s3:// cache).
+    #[arg(long, env = "NIXBUCKET_NO_SERVE", conflicts_with = "push_during_build")]
+    pub no_serve: bool,
+    /// Upload each path as soon as Nix has built it (a post-build-hook hands it to the
+    /// server, which this starts), so `push` only uploads what remains.
+    #[arg(long, conflicts_with = "substituter")]
     pub push_during_build: bool,
     /// Do not restore. By default, with an s3:// cache, setup fetches what the last job of this
     /// branch (else of the default branch, else any) used into a local mirror that Nix reads
@@ -106,10 +112,16 @@ impl Args {
                 )
             })
             .flatten();
-        let serve = self.serve.then(|| Serve {
+        let mode = match (self.serve || self.push_during_build, self.no_serve) {
+            (true, _) => ServeMode::On,
+            (false, true) => ServeMode::Off,
+            (false, false) => ServeMode::Auto,
+        };
+        let serve = Serve {
+            mode,
             signing_key_file: self.key.signing_key_file.clone(),
             push_during_build: self.push_during_build,
-        });
+        };
         Ok(Job {
             url,
             keys,
@@ -119,6 +131,7 @@ impl Args {
             serve,
             restore,
             extra_caches: self.extra_caches,
+            open: Default::default(),
         })
     }
 }

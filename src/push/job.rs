@@ -295,21 +295,33 @@ fn without_settled(mut found: logs::Found, plan: &super::Plan) -> logs::Found {
     found
 }
 
-/// After a `setup` that restored into a mirror: how much of it the build used, and the mirror
-/// removed (unless `keep`). None when setup made no mirror. For a job that does not push.
-pub fn finish_mirror(state_path: &Path, keep: bool) -> Option<String> {
-    let state = State::load(state_path).ok()?;
-    let dir = state.mirror.as_deref()?;
-    let added = store::read_store_dir(Path::new(STORE_DIR))
-        .map(|now| store::added_since(&state.store_paths, &now));
-    Some(mirror_report(
-        dir,
-        added.as_deref().map_err(ToString::to_string),
-        keep,
-    ))
+/// For a job that does not push: ends what `setup` started, as a push does first. The
+/// background server is drained of hand-overs, asked for its counters and stopped; the
+/// restore mirror is counted and removed. The lines to print; none when setup started
+/// neither, or left no state.
+pub fn finish_unpushed(state_path: &Path) -> Vec<String> {
+    let Ok(state) = State::load(state_path) else {
+        return Vec::new();
+    };
+    let mut lines = Vec::new();
+    if let Some(served) = &state.serve {
+        if let Some(stats) = crate::serve::background::finish(served, false) {
+            lines.push(stats.summary());
+        }
+    }
+    if let Some(dir) = state.mirror.as_deref() {
+        let added = store::read_store_dir(Path::new(STORE_DIR))
+            .map(|now| store::added_since(&state.store_paths, &now));
+        lines.push(mirror_report(
+            dir,
+            added.as_deref().map_err(ToString::to_string),
+            false,
+        ));
+    }
+    lines
 }
 
-/// The line [`finish_mirror`] prints, from what the store gained since setup (or why that is
+/// The line [`finish_unpushed`] prints, from what the store gained since setup (or why that is
 /// unknown), with the mirror removed unless `keep`.
 fn mirror_report(dir: &Path, added: Result<&[StorePath], String>, keep: bool) -> String {
     let mirrored = crate::restore::mirrored(dir);

@@ -33,12 +33,14 @@ pub struct Background {
 /// Starts `nixbucket serve` for `cache` (and the read-only `extra_caches` after it) as a
 /// detached process that outlives `setup`: its own
 /// process group (a CI step's end or Ctrl-C does not reach it), output to a log file next to
-/// the state file. Returns once it answers.
+/// the state file. Fixed `credentials` (a role the Action assumed) reach it on its standard
+/// input, never in its environment or arguments. Returns once it answers.
 pub fn start(
     cache: &str,
     extra_caches: &[String],
     state_path: &Path,
     signing_key_file: Option<&Path>,
+    credentials: Option<&aws_credential_types::Credentials>,
 ) -> anyhow::Result<Background> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("could not find the nixbucket binary")?;
@@ -59,7 +61,11 @@ pub fn start(
     cmd.env(TOKEN_ENV, &*token);
     cmd.args(["serve", "--cache", cache, "--ready-file"])
         .arg(&ready)
-        .stdin(Stdio::null())
+        .stdin(if credentials.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(log)
         .stderr(log2)
         .process_group(0);
@@ -69,9 +75,21 @@ pub fn start(
     for extra in extra_caches {
         cmd.args(["--extra-cache", extra]);
     }
+    if credentials.is_some() {
+        cmd.arg("--credentials-stdin");
+    }
     let mut child = cmd
         .spawn()
         .with_context(|| format!("could not start {} serve", exe.display()))?;
+    if let (Some(creds), Some(mut stdin)) = (credentials, child.stdin.take()) {
+        let text = zeroize::Zeroizing::new(crate::cache::credentials_json(creds));
+        // The server reads to the end: dropping stdin closes it.
+        if let Err(e) = std::io::Write::write_all(&mut stdin, text.as_bytes()) {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("could not hand nixbucket serve its credentials: {e}");
+        }
+    }
     let pid = child.id();
     let log_tail = || {
         std::fs::read_to_string(&log_path)

@@ -5,11 +5,11 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::cache::{CacheUrl, OpenOptions};
+use crate::cache::{Cache, CacheError, CacheUrl, OpenOptions};
 use crate::nix::{PublicKey, STORE_DIR};
 use crate::serve::background::{self, Background};
 use crate::state::{ServeState, State};
-use crate::store::{self, configure};
+use crate::store::{self, NixEnv, configure};
 
 /// Requests in flight while restoring: S3 serves thousands a second per prefix, and with
 /// 600 small paths (1,200 requests) at 40 ms a round trip, 256 in flight finish in about 5
@@ -21,8 +21,6 @@ pub const RESTORE_JOBS: u16 = 256;
 pub struct Restore {
     /// The restore's settings; what the store has already is filled in when it runs.
     pub options: crate::restore::Options,
-    /// How to open the cache: the Action's role credentials, where it assumed one.
-    pub open: OpenOptions,
 }
 
 /// The default budget: a runner's free disk holds this compressed and the store unpacked.
@@ -31,11 +29,9 @@ pub const RESTORE_MAX_SIZE: u64 = 4 << 30;
 impl Restore {
     /// Restoring with the default settings and the branches the CI system names, for a cache
     /// where it pays: an S3 bucket (a `file://` cache is a local directory already).
-    pub fn default_for(url: &CacheUrl, state_path: &Path, open: OpenOptions) -> Option<Restore> {
+    pub fn default_for(url: &CacheUrl, state_path: &Path) -> Option<Restore> {
         let limits = (RESTORE_MAX_SIZE, RESTORE_JOBS.into());
-        let mut restore = Restore::for_cache(url, state_path, None, Vec::new(), limits)?;
-        restore.open = open;
-        Some(restore)
+        Restore::for_cache(url, state_path, None, Vec::new(), limits)
     }
 
     pub fn for_cache(
@@ -88,7 +84,6 @@ impl Restore {
                 have: Default::default(),
                 progress: Some(std::time::Duration::from_secs(5)),
             },
-            open: OpenOptions::default(),
         })
     }
 }
@@ -104,11 +99,23 @@ pub struct Job {
     pub configure: bool,
     /// The URL Nix reads the cache from, where it is not `url` (and no server runs).
     pub substituter: Option<String>,
-    /// Start `nixbucket serve` in the background and make Nix read the cache through it.
-    pub serve: Option<Serve>,
+    /// Whether Nix reads the cache through a `nixbucket serve` started in the background.
+    pub serve: Serve,
     pub restore: Option<Restore>,
     /// Read-only caches of other teams, after ours.
     pub extra_caches: Vec<ExtraCache>,
+    /// How to open the cache: the Action's role credentials, where it assumed one.
+    pub open: OpenOptions,
+}
+
+/// What [`Job::run`] did, for a caller that acts on it (the Action hands a role's credentials
+/// to later steps only when Nix reads the bucket itself).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// Nix was pointed at the cache.
+    pub configured: bool,
+    /// Nix reads it through the background server.
+    pub served: bool,
 }
 
 /// A cache Nix also substitutes from, after ours, and never pushed to. The paths it serves
@@ -146,9 +153,25 @@ impl ExtraCache {
     }
 }
 
+/// Whether Nix reads the cache through a `nixbucket serve` of the job.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServeMode {
+    /// A server when the Nix that substitutes cannot read the bucket with the job's
+    /// credentials (see [`Job::serve_choice`]).
+    #[default]
+    Auto,
+    /// Always a server (the Action's `serve: true`).
+    #[value(alias = "true")]
+    On,
+    /// Never: Nix reads the cache itself (the Action's `serve: false`).
+    #[value(alias = "false")]
+    Off,
+}
+
 /// The background server of a [`Job`].
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Serve {
+    pub mode: ServeMode,
     /// The key the server signs hand-overs with (else $NIXBUCKET_SIGNING_KEY).
     pub signing_key_file: Option<PathBuf>,
     /// Install a post-build hook that hands each build's outputs to the server.
@@ -156,21 +179,31 @@ pub struct Serve {
 }
 
 impl Job {
-    /// Points Nix at the cache (or at the server, started first), restores into a mirror
-    /// ahead of it when Nix will read one, then records the store for `push`.
-    pub fn run(&self) -> anyhow::Result<()> {
+    /// Checks that the cache can work with the job's credentials, points Nix at the cache (or
+    /// at the server, started first), restores into a mirror ahead of it when Nix will read
+    /// one, then records the store for `push`.
+    pub fn run(&self) -> anyhow::Result<Outcome> {
         prepare_cache(&self.url);
-        let served = match &self.serve {
-            Some(serve) => Some(background::start(
+        let configure = self.configure && self.preflight()?;
+        let serve = if configure {
+            let (serve, why) = self.serve_choice()?;
+            eprintln!("{why}");
+            serve
+        } else {
+            false
+        };
+        let served = match serve {
+            true => Some(background::start(
                 &self.url.to_string(),
                 &self.fronted(),
                 &self.state_path,
-                serve.signing_key_file.as_deref(),
+                self.serve.signing_key_file.as_deref(),
+                self.open.credentials.as_ref(),
             )?),
-            None => None,
+            false => None,
         };
-        let mut restore = self.restore.as_ref().filter(|_| self.configure);
-        if self.configure {
+        let mut restore = self.restore.as_ref().filter(|_| configure);
+        if configure {
             match self.configure_nix(served.as_ref(), restore) {
                 Ok(mirrored) => restore = restore.filter(|_| mirrored),
                 Err(err) => {
@@ -187,8 +220,100 @@ impl Job {
             }
         }
         let store_paths = store::read_store_dir(Path::new(STORE_DIR))?;
-        let mirror = restore.map(|r| run_restore(&self.url, r, &store_paths));
-        record_store(self, store_paths, served.map(|s| s.state), mirror)
+        let mirror = restore.map(|r| run_restore(&self.url, &self.open, r, &store_paths));
+        record_store(self, store_paths, served.map(|s| s.state), mirror)?;
+        Ok(Outcome {
+            configured: configure,
+            served: serve,
+        })
+    }
+
+    /// Opens an `s3://` cache the way the job will (HeadBucket with its credentials), so that
+    /// a cache that cannot work is known before the build. False when the job goes on without
+    /// the cache: it has no credentials at all (a fork's pull request), or the store cannot be
+    /// reached now. A bucket that does not exist or refuses the credentials is an error.
+    fn preflight(&self) -> anyhow::Result<bool> {
+        let CacheUrl::S3 { region, .. } = &self.url else {
+            return Ok(true);
+        };
+        let opened = on_own_runtime(|| async {
+            Cache::open_with(&self.url, self.open.clone())
+                .await
+                .map(drop)
+        });
+        let err = match opened {
+            Ok(()) => return Ok(true),
+            Err(err) => err,
+        };
+        let region = region.as_deref().map_or_else(
+            || "region from the AWS environment, else us-east-1".to_owned(),
+            |r| format!("region {r}"),
+        );
+        match err {
+            CacheError::NoCredentials { .. } => {
+                eprintln!(
+                    "notice: {err}. This job gets no cache: Nix builds what it needs, and \
+                     nothing is pulled from {}",
+                    self.url
+                );
+                Ok(false)
+            }
+            err if err.is_outage() => {
+                eprintln!(
+                    "warning: the cache {} cannot be reached now ({region}): {err}. This job \
+                     builds without it",
+                    self.url
+                );
+                Ok(false)
+            }
+            err => {
+                let source = crate::cache::s3::credential_source_of(&self.url, &self.open)
+                    .unwrap_or_default();
+                Err(anyhow::Error::new(err).context(format!(
+                    "the cache {} cannot work for this job ({region}, credentials from {source})",
+                    self.url
+                )))
+            }
+        }
+    }
+
+    /// Whether Nix reads the cache through a server of this job, and the line that says why.
+    /// With `auto`: a `file://` cache, or a `--substituter`, Nix reads itself; an `s3://` one
+    /// goes through the server when the Nix that substitutes cannot read it with the job's
+    /// credentials: a nix-daemon (it fetches with its own environment, not the job's), a Nix
+    /// without S3 requests of its own, or credentials from an assumed role (kept out of the
+    /// environment of Nix and of every later step).
+    pub fn serve_choice(&self) -> anyhow::Result<(bool, String)> {
+        let url = &self.url;
+        let (serve, why) = match self.serve.mode {
+            ServeMode::On => (true, "asked for".to_owned()),
+            ServeMode::Off => (false, "asked for".to_owned()),
+            ServeMode::Auto => match (url, &self.substituter) {
+                (CacheUrl::File { .. }, _) => (
+                    false,
+                    "a file:// cache is a directory Nix reads itself".to_owned(),
+                ),
+                (_, Some(sub)) => (false, format!("Nix reads the cache from {sub}")),
+                _ => {
+                    let env = NixEnv::detect().map_err(anyhow::Error::new)?;
+                    let version = store::nix_version()?;
+                    auto_serve(&env, version, self.open.credentials.is_some())
+                }
+            },
+        };
+        let line = if serve {
+            format!(
+                "setup: Nix reads {url} through a nixbucket serve of this job on 127.0.0.1 \
+                 (serve: {}, {why})",
+                self.serve.mode.name()
+            )
+        } else {
+            format!(
+                "setup: Nix reads {url} itself (serve: {}, {why})",
+                self.serve.mode.name()
+            )
+        };
+        Ok((serve, line))
     }
 
     /// Nix reads the cache, or with a server the server, which it falls back from to building
@@ -220,7 +345,7 @@ impl Job {
             }
             Some(served) => {
                 let mut extra = vec![("fallback", vec!["true".to_owned()])];
-                if self.serve.as_ref().is_some_and(|s| s.push_during_build) {
+                if self.serve.push_during_build {
                     let hook = background::install_hook_script(&self.state_path, served)?;
                     extra.push(("post-build-hook", vec![hook.display().to_string()]));
                 }
@@ -244,9 +369,73 @@ impl Job {
     }
 }
 
+impl ServeMode {
+    fn name(self) -> &'static str {
+        match self {
+            ServeMode::Auto => "auto",
+            ServeMode::On => "on",
+            ServeMode::Off => "off",
+        }
+    }
+}
+
+/// The `auto` choice for an `s3://` cache, and why.
+fn auto_serve(env: &NixEnv, version: &store::NixVersion, role: bool) -> (bool, String) {
+    if let Some(why) = configure::s3_substituter_risk(env, version) {
+        return (true, why);
+    }
+    if role {
+        return (
+            true,
+            "the job's AWS credentials come from an assumed role, which stays out of the \
+                     environment of Nix and of the job's later steps"
+                .to_owned(),
+        );
+    }
+    (
+        false,
+        format!(
+            "{} runs as this job and reads s3:// with its credentials",
+            version.text
+        ),
+    )
+}
+
+/// Runs `work` on a runtime of its own, on a thread of its own: setup runs inside the CLI's
+/// runtime and the Action's blocking pool, where a runtime cannot be entered again.
+fn on_own_runtime<T, F, W>(work: W) -> Result<T, CacheError>
+where
+    T: Send,
+    F: std::future::Future<Output = Result<T, CacheError>>,
+    W: FnOnce() -> F + Send,
+{
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let runtime = tokio::runtime::Runtime::new().map_err(|e| CacheError::Io {
+                action: "start a runtime for",
+                path: PathBuf::from("the cache"),
+                source: e,
+            })?;
+            runtime.block_on(work())
+        })
+        .join()
+        .unwrap_or_else(|_| {
+            Err(CacheError::EndpointUnreachable {
+                endpoint: "the cache".into(),
+                detail: "the check stopped unexpectedly".into(),
+            })
+        })
+    })
+}
+
 /// Fills the mirror `configure` listed (see [`crate::restore`]) and returns it. A restore that
 /// fails is a warning: the cache itself is still a substituter, only a slower one.
-fn run_restore(url: &CacheUrl, restore: &Restore, store_paths: &[String]) -> PathBuf {
+fn run_restore(
+    url: &CacheUrl,
+    open: &OpenOptions,
+    restore: &Restore,
+    store_paths: &[String],
+) -> PathBuf {
     let mut opts = restore.options.clone();
     opts.have = store_paths
         .iter()
@@ -258,7 +447,7 @@ fn run_restore(url: &CacheUrl, restore: &Restore, store_paths: &[String]) -> Pat
         s.spawn(|| -> anyhow::Result<crate::restore::Report> {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
-                let cache = crate::cache::Cache::open_with(url, restore.open.clone()).await?;
+                let cache = crate::cache::Cache::open_with(url, open.clone()).await?;
                 Ok(crate::restore::restore(&cache, &opts).await?)
             })
         })
@@ -341,6 +530,68 @@ mod tests {
     }
 
     #[test]
+    fn auto_serves_an_s3_cache_to_every_nix_that_cannot_read_it_with_the_job_s_credentials() {
+        let nix = |line: &str| store::NixVersion::parse(line).unwrap();
+        let env = |daemon: bool| NixEnv {
+            daemon,
+            ..Default::default()
+        };
+        let (debian, installer) = (nix("nix (Nix) 2.8.0"), nix("nix (Nix) 2.35.1"));
+        // What the standard installers give a job: a daemon, whatever its version.
+        let (serve, why) = auto_serve(&env(true), &installer, false);
+        assert!(serve, "{why}");
+        assert!(why.contains("nix-daemon"), "{why}");
+        // Single-user, but a Nix that may have no S3 store (Debian's 2.8 has none).
+        let (serve, why) = auto_serve(&env(false), &debian, false);
+        assert!(serve, "{why}");
+        assert!(why.contains("2.8.0"), "{why}");
+        // Single-user with S3 of its own and the job's credentials in its environment.
+        let (serve, why) = auto_serve(&env(false), &installer, false);
+        assert!(!serve, "{why}");
+        // The same Nix, but the credentials are a role's that must not reach later steps.
+        let (serve, why) = auto_serve(&env(false), &installer, true);
+        assert!(serve, "{why}");
+        assert!(why.contains("assumed role"), "{why}");
+    }
+
+    #[test]
+    fn a_file_cache_or_a_substituter_of_the_user_s_is_read_by_nix_itself() {
+        let job = |url: &str, substituter: Option<&str>, mode: ServeMode| Job {
+            url: url.parse().unwrap(),
+            keys: Vec::new(),
+            state_path: "/s/state.json".into(),
+            configure: true,
+            substituter: substituter.map(str::to_owned),
+            serve: Serve {
+                mode,
+                ..Default::default()
+            },
+            restore: None,
+            extra_caches: Vec::new(),
+            open: OpenOptions::default(),
+        };
+        let (serve, line) = job("file:///c", None, ServeMode::Auto)
+            .serve_choice()
+            .unwrap();
+        assert!(!serve, "{line}");
+        assert!(line.contains("serve: auto, a file:// cache"), "{line}");
+        let https = Some("https://cache.example");
+        let (serve, line) = job("s3://b", https, ServeMode::Auto)
+            .serve_choice()
+            .unwrap();
+        assert!(!serve, "{line}");
+        assert!(line.contains("https://cache.example"), "{line}");
+        let (serve, line) = job("file:///c", None, ServeMode::On)
+            .serve_choice()
+            .unwrap();
+        assert!(serve, "{line}");
+        assert!(line.contains("through a nixbucket serve"), "{line}");
+        let (serve, line) = job("s3://b", None, ServeMode::Off).serve_choice().unwrap();
+        assert!(!serve, "{line}");
+        assert!(line.contains("itself (serve: off"), "{line}");
+    }
+
+    #[test]
     fn the_mirror_is_an_absolute_path_that_reads_back_as_a_url() {
         let s3: CacheUrl = "s3://b?region=x".parse().unwrap();
         let limits = (1, 1);
@@ -368,9 +619,6 @@ mod tests {
             "{default:?}"
         );
         let file: CacheUrl = "file:///c".parse().unwrap();
-        assert!(
-            Restore::default_for(&file, Path::new("/s/state.json"), OpenOptions::default())
-                .is_none()
-        );
+        assert!(Restore::default_for(&file, Path::new("/s/state.json")).is_none());
     }
 }

@@ -73,8 +73,9 @@ pub fn configure(
     if substituter.starts_with("s3://") {
         if let Some(why) = s3_substituter_risk(&env, store::nix_version()?) {
             eprintln!(
-                "warning: {why}; `setup --serve` works with any Nix and needs no credentials in \
-                 the daemon, or point Nix at a public https:// endpoint (--substituter)"
+                "warning: {why}; `setup` without --no-serve reads the bucket through a server of \
+                 this job, which needs no credentials in the daemon, or point Nix at a public \
+                 https:// endpoint (--substituter)"
             );
         }
     }
@@ -156,11 +157,11 @@ pub fn configure(
 
 /// Why Nix may not read an `s3://` substituter with the job's credentials, if it may not: a
 /// daemon reads it with its own, and an older Nix may have no S3 store at all.
-fn s3_substituter_risk(env: &NixEnv, version: &store::NixVersion) -> Option<String> {
+pub fn s3_substituter_risk(env: &NixEnv, version: &store::NixVersion) -> Option<String> {
     if env.daemon {
         return Some(
-            "the nix-daemon, not this job, will fetch from the bucket, so it needs AWS \
-             credentials of its own"
+            "the nix-daemon, not this job, fetches from the bucket, and it does not have this \
+             job's AWS credentials"
                 .to_owned(),
         );
     }

@@ -57,6 +57,15 @@ mod upload;
 
 use error::{credential_source, feature_refused, is_status, root_cause};
 pub use retry::ATTEMPT_TIMEOUT_ENV;
+
+/// Where [`Cache::open_with`](super::Cache::open_with) takes the credentials for `url` from,
+/// in words for messages (never the credentials themselves); None for a cache that needs none.
+pub fn credential_source_of(url: &CacheUrl, opts: &OpenOptions) -> Option<String> {
+    match url {
+        CacheUrl::S3 { profile, .. } => Some(credential_source(opts, profile.as_deref())),
+        CacheUrl::File { .. } => None,
+    }
+}
 use retry::{INITIAL_BACKOFF, fault_tolerance, open_retries};
 pub(crate) use upload::S3Writer;
 
