@@ -29,12 +29,14 @@ struct Job {
 
 impl Job {
     /// `nixbucket serve` processes of this job still running (`ps` lines; empty if none),
-    /// known by the address file in this job's home on their command line: a server another
+    /// known by the address file under this job's folder on their command line: a server another
     /// test left behind does not count here.
     fn servers(&self) -> String {
-        let ready = self.home.join("nixbucket-serve.addr");
-        let found =
-            run(Command::new("pgrep").args(["-f", &format!("serve .*{}", ready.display())]));
+        let ready = format!(
+            "serve .*{}/.*nixbucket-serve.addr",
+            self.tmp.path().display()
+        );
+        let found = run(Command::new("pgrep").args(["-f", &ready]));
         let pids = stdout(&found)
             .split_whitespace()
             .collect::<Vec<_>>()
@@ -230,7 +232,13 @@ fn a_trusted_job_sets_up_builds_pushes_and_substitutes_from_a_file_cache() {
     two_jobs(&job, &["setup"], &url, &format!("{url}'"));
     // setup laid the cache out as the job's user, so the root daemon that read it created
     // nothing there, and every NAR is the job's.
-    for entry in ["nix-cache-info", "nar", "log", "realisations"] {
+    for entry in [
+        "nix-cache-info",
+        "nar",
+        "log",
+        "realisations",
+        "build-trace-v2",
+    ] {
         let meta = std::fs::metadata(cache_dir.join(entry)).unwrap();
         assert_eq!(meta.uid(), job.uid, "{entry} is not the job's");
     }
@@ -255,6 +263,62 @@ fn a_trusted_job_pushes_to_s3_and_the_daemon_substitutes_through_serve() {
     );
 }
 
+/// What earlier jobs left in the bucket for the next one: main's last job used `small` and
+/// `big`, a NAR over the restore's size limit; a job of another branch pushed `other`. All three
+/// are gone from the store again. Returns [small, big, other].
+fn left_by_earlier_jobs(job: &Job, s3: &S3Server, secret: &Path) -> [String; 3] {
+    let tag = nonce();
+    let build_as_root = |expr: String| {
+        let file = job.give(&format!("{}.nix", nonce()), &expr);
+        let built = run(common::nix::nix_command("nix-build")
+            .arg("--no-out-link")
+            .arg(&file));
+        assert_ok(&built);
+        stdout(&built).trim().to_owned()
+    };
+    let small = build_as_root(derivation(&format!("small-{tag}"), "echo small > $out"));
+    // Random bytes: zstd cannot shrink them under the restore's limit either.
+    let big = build_as_root(derivation(
+        &format!("big-{tag}"),
+        "head -c 36000000 /dev/urandom > $out",
+    ));
+    let other = build_as_root(derivation(&format!("other-{tag}"), "echo other > $out"));
+    let push_on = |branch: &str, paths: &[&String]| {
+        assert_ok(&run(common::nixbucket()
+            .envs(s3.env())
+            .env("NIXBUCKET_BRANCH", branch)
+            .args(["push", "--cache", &s3.cache_url(), "--signing-key-file"])
+            .arg(secret)
+            .args(paths)));
+    };
+    push_on("main", &[&small, &big]);
+    push_on("feature", &[&other]);
+    delete_from_store(&[small.clone(), big.clone(), other.clone()]);
+    [small, big, other]
+}
+
+/// The job (through the daemon) realises what [`left_by_earlier_jobs`] left: `small` from the
+/// restore's mirror, `big` and `other` through the server on loopback, none of them built.
+fn substitutes_what_the_restore_left(job: &Job, [small, big, other]: &[String; 3]) {
+    let realised = run(job
+        .command(Path::new("/usr/bin/nix-store"))
+        .arg("--realise")
+        .args([small, big, other]));
+    assert_ok(&realised);
+    let log = stderr(&realised);
+    assert!(
+        log.contains(&format!("copying path '{small}' from 'file://")),
+        "the restored path did not come from the mirror:\n{log}"
+    );
+    for path in [big, other] {
+        assert!(
+            log.contains(&format!("copying path '{path}' from 'http://127.0.0.1:")),
+            "{path} did not come through the server:\n{log}"
+        );
+    }
+    assert!(!log.contains("building '"), "built instead:\n{log}");
+}
+
 /// The shape users start from: the standard installers give the job a root nix-daemon with no
 /// AWS credentials, and the job runs `setup` with no flags against a store that takes only
 /// signed requests. The restore takes what main's last job used, but not a NAR over its size
@@ -268,46 +332,16 @@ fn default_setup_lets_a_daemon_without_credentials_substitute_what_the_restore_l
     job.env.push(("NIXBUCKET_BRANCH".into(), "main".into()));
     let (secret, _) = keygen(job.tmp.path(), "ours-1");
     let secret = job.give("key.sec", &std::fs::read_to_string(secret).unwrap());
-    let tag = nonce();
-    let small = derivation(&format!("small-{tag}"), "echo small > $out");
-    // Random bytes: zstd cannot shrink them under the restore's limit either.
-    let big = derivation(
-        &format!("big-{tag}"),
-        "head -c 36000000 /dev/urandom > $out",
-    );
-    let other = derivation(&format!("other-{tag}"), "echo other > $out");
-    let build_as_root = |expr: &str| {
-        let file = job.give(&format!("{}.nix", nonce()), expr);
-        let built = run(common::nix::nix_command("nix-build")
-            .arg("--no-out-link")
-            .arg(&file));
-        assert_ok(&built);
-        stdout(&built).trim().to_owned()
-    };
-    let (small, big, other) = (
-        build_as_root(&small),
-        build_as_root(&big),
-        build_as_root(&other),
-    );
-    let push_on = |branch: &str, paths: &[&String]| {
-        assert_ok(&run(common::nixbucket()
-            .envs(s3.env())
-            .env("NIXBUCKET_BRANCH", branch)
-            .args(["push", "--cache", &s3.cache_url(), "--signing-key-file"])
-            .arg(&secret)
-            .args(paths)));
-    };
-    push_on("main", &[&small, &big]);
-    push_on("feature", &[&other]);
-    delete_from_store(&[small.clone(), big.clone(), other.clone()]);
+    let paths = left_by_earlier_jobs(&job, &s3, &secret);
 
-    let setup = job.nixbucket(&[
-        "setup",
+    let key = [
         "--cache",
         &s3.cache_url(),
         "--signing-key-file",
         secret.to_str().unwrap(),
-    ]);
+    ];
+    let setup: Vec<&str> = ["setup"].iter().chain(&key).copied().collect();
+    let setup = job.nixbucket(&setup);
     assert_ok(&setup);
     let log = stderr(&setup);
     assert!(
@@ -316,32 +350,160 @@ fn default_setup_lets_a_daemon_without_credentials_substitute_what_the_restore_l
         "setup did not say it serves the daemon, and why:\n{log}"
     );
     assert!(log.contains("restored 1 of "), "{log}");
-    let realised = run(job
-        .command(Path::new("/usr/bin/nix-store"))
-        .arg("--realise")
-        .args([&small, &big, &other]));
-    assert_ok(&realised);
-    let log = stderr(&realised);
+    substitutes_what_the_restore_left(&job, &paths);
+    let push: Vec<&str> = ["push"].iter().chain(&key).copied().collect();
+    assert_ok(&job.nixbucket(&push));
+    assert_eq!(job.servers(), "", "push left a server of this job running");
+}
+
+/// The inputs of action.yml with their defaults, as the runner sets them (`INPUT_NAME`, empty
+/// where there is no default), read from the action's own file.
+fn action_defaults() -> Vec<(String, String)> {
+    let action =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/action.yml")).unwrap();
+    let mut inputs: Vec<(String, String)> = Vec::new();
+    let mut in_inputs = false;
+    for line in action.lines() {
+        if !line.starts_with(' ') && !line.is_empty() {
+            in_inputs = line == "inputs:";
+            continue;
+        }
+        if !in_inputs {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix("  ").and_then(|l| l.strip_suffix(':')) {
+            if !name.starts_with(' ') {
+                inputs.push((format!("INPUT_{}", name.to_uppercase()), String::new()));
+            }
+        } else if let Some(value) = line.strip_prefix("    default: ") {
+            inputs.last_mut().unwrap().1 = value.trim_matches('"').to_owned();
+        }
+    }
+    assert!(inputs.len() > 10, "{inputs:?}");
+    inputs
+}
+
+/// The same shape through the GitHub Action: its main and post steps run by node as the
+/// unprivileged job, with the defaults of action.yml and only `cache` and `signing-key` given,
+/// static AWS keys in the job's environment and none in the daemon's.
+#[test]
+fn the_action_with_default_inputs_lets_a_daemon_without_credentials_substitute_what_the_restore_left()
+ {
+    let job = Job::new(&format!("{BASE_CONF}trusted-users = root nobody\n"));
+    let s3 = S3Server::start();
+    let (secret, _) = keygen(job.tmp.path(), "ours-1");
+    let key_text = std::fs::read_to_string(&secret).unwrap().trim().to_owned();
+    let secret = job.give("key.sec", &key_text);
+    let paths = left_by_earlier_jobs(&job, &s3, &secret);
+
+    // The action's files where the job can read them (the checkout may be under a 0700 folder).
+    let action = job.tmp.path().join("action");
+    std::fs::create_dir(&action).unwrap();
+    for file in ["main.js", "post.js", "shim.js", "release-digests.json"] {
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("action")
+                .join(file),
+            action.join(file),
+        )
+        .unwrap();
+    }
+    set_mode(&action, 0o755);
+    let runner_temp = job.home.join("runner-temp");
+    std::fs::create_dir(&runner_temp).unwrap();
+    assert_ok(&run(Command::new("chown")
+        .arg("nobody:nogroup")
+        .arg(&runner_temp)));
+    let event = job.give("event.json", r#"{"repository":{"default_branch":"main"}}"#);
+    let step = |phase: &str, state: &[(String, String)]| {
+        let files: Vec<PathBuf> = ["state", "output", "summary", "env"]
+            .iter()
+            .map(|name| job.give(&format!("{phase}-{name}"), ""))
+            .collect();
+        let mut env = action_defaults();
+        env.retain(|(k, _)| {
+            !["INPUT_CACHE", "INPUT_SIGNING-KEY", "INPUT_BINARY"].contains(&k.as_str())
+        });
+        env.extend([
+            ("INPUT_CACHE".to_owned(), s3.cache_url()),
+            ("INPUT_SIGNING-KEY".to_owned(), key_text.clone()),
+            ("INPUT_BINARY".to_owned(), job.binary.display().to_string()),
+        ]);
+        let path = |p: &Path| p.display().to_string();
+        env.extend(
+            [
+                ("GITHUB_ACTIONS", "true".to_owned()),
+                ("GITHUB_STATE", path(&files[0])),
+                ("GITHUB_OUTPUT", path(&files[1])),
+                ("GITHUB_STEP_SUMMARY", path(&files[2])),
+                ("GITHUB_ENV", path(&files[3])),
+                ("GITHUB_EVENT_NAME", "push".to_owned()),
+                ("GITHUB_EVENT_PATH", path(&event)),
+                ("GITHUB_REF_TYPE", "branch".to_owned()),
+                ("GITHUB_REF_NAME", "main".to_owned()),
+                ("GITHUB_REPOSITORY", "org/app".to_owned()),
+                ("GITHUB_RUN_ID", "7".to_owned()),
+                ("RUNNER_TEMP", path(&runner_temp)),
+            ]
+            .map(|(k, v)| (k.to_owned(), v)),
+        );
+        env.extend(s3.env());
+        env.extend(state.iter().map(|(k, v)| (format!("STATE_{k}"), v.clone())));
+        let out = run(job
+            .command(Path::new("/usr/bin/node"))
+            .arg(action.join(format!("{phase}.js")))
+            .current_dir(&job.home)
+            .envs(env));
+        let read = |i: usize| std::fs::read_to_string(&files[i]).unwrap();
+        (out, read(0), read(1), read(3))
+    };
+
+    let (main, state, _, env_file) = step("main", &[]);
+    assert_ok(&main);
+    let log = format!("{}{}", stdout(&main), stderr(&main));
     assert!(
-        log.contains(&format!("copying path '{small}' from 'file://")),
-        "the restored path did not come from the mirror:\n{log}"
+        log.contains("through a nixbucket serve of this job")
+            && log.contains("serve: auto, the nix-daemon"),
+        "the main step did not say it serves the daemon, and why:\n{log}"
     );
-    for path in [&big, &other] {
+    assert!(log.contains("restored 1 of "), "{log}");
+    assert!(
+        !env_file.contains("AWS_"),
+        "credentials handed to later steps:\n{env_file}"
+    );
+    assert_ne!(
+        job.servers(),
+        "",
+        "no server of this job after the main step"
+    );
+    substitutes_what_the_restore_left(&job, &paths);
+
+    let state: Vec<(String, String)> = common::parse_step_file(&state).into_iter().collect();
+    let (post, _, outputs, _) = step("post", &state);
+    assert_ok(&post);
+    let outputs = common::parse_step_file(&outputs);
+    assert_eq!(
+        outputs.get("pushed-paths").map(String::as_str),
+        Some("0"),
+        "{outputs:?}"
+    );
+    assert_eq!(
+        job.servers(),
+        "",
+        "the post step left a server of this job running"
+    );
+    // Only the runner's mask commands may carry it: the runner hides them.
+    let base64 = key_text.split_once(':').unwrap().1;
+    for out in [&main, &post] {
+        let printed = format!("{}{}", stdout(out), stderr(out));
         assert!(
-            log.contains(&format!("copying path '{path}' from 'http://127.0.0.1:")),
-            "{path} did not come through the server:\n{log}"
+            !printed
+                .lines()
+                .filter(|l| !l.starts_with("::add-mask::"))
+                .any(|l| l.contains(base64)),
+            "the signing key was printed:\n{printed}"
         );
     }
-    assert!(!log.contains("building '"), "built instead:\n{log}");
-    let push = job.nixbucket(&[
-        "push",
-        "--cache",
-        &s3.cache_url(),
-        "--signing-key-file",
-        secret.to_str().unwrap(),
-    ]);
-    assert_ok(&push);
-    assert_eq!(job.servers(), "", "push left a server of this job running");
 }
 
 #[test]

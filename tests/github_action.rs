@@ -26,7 +26,9 @@ use std::process::{Command, Output};
 use common::nix::{build_closure, copy_into_fresh_store, nonce};
 use common::s3::S3Server;
 use common::store::S3Store;
-use common::{assert_ok, keygen, list_files, nixbucket, register_secret, run, stderr, stdout};
+use common::{
+    assert_ok, keygen, list_files, nixbucket, parse_step_file, register_secret, run, stderr, stdout,
+};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -73,27 +75,6 @@ impl Step {
             self.summary
         )
     }
-}
-
-/// `name=value` and `name<<DELIM … DELIM` entries of a runner step file, as the runner reads them.
-fn parse_step_file(text: &str) -> BTreeMap<String, String> {
-    let mut map = BTreeMap::new();
-    let mut lines = text.lines();
-    while let Some(line) = lines.next() {
-        if let Some((name, delimiter)) = line.split_once("<<") {
-            let mut value = Vec::new();
-            for l in lines.by_ref() {
-                if l == delimiter {
-                    break;
-                }
-                value.push(l);
-            }
-            map.insert(name.to_owned(), value.join("\n"));
-        } else if let Some((name, value)) = line.split_once('=') {
-            map.insert(name.to_owned(), value.to_owned());
-        }
-    }
-    map
 }
 
 impl Job {

@@ -140,15 +140,31 @@ fn a_job_extending_the_template_builds_and_its_after_script_pushes() {
     assert!(narinfo.contains("Sig: gitlab-test-1:"), "{narinfo}");
     // before_script pointed Nix at the cache.
     let user_conf = std::fs::read_to_string(conf.join("user/nix.conf")).unwrap();
+    // The bucket through a server of the job (the template's default): the CI user's Nix has
+    // no S3 store with the job's credentials.
     assert!(
         user_conf
             .lines()
             .any(|l| l.starts_with("extra-substituters = ")
-                && l.contains(&format!(" s3://{}?", s3.bucket()))
+                && l.contains(" http://127.0.0.1:")
                 && l.contains("/nixbucket-mirror-")),
-        "not the mirror, then the bucket: {user_conf}"
+        "not the mirror, then the server: {user_conf}"
+    );
+    assert!(
+        log.contains("through a nixbucket serve of this job"),
+        "{log}"
     );
     assert!(log.contains("pushed "), "{log}");
+    // The server lived from before_script to after_script, where push asked it for the hit
+    // rate and stopped it.
+    assert!(
+        log.contains("cache: "),
+        "push found no server to stop:\n{log}"
+    );
+    assert!(
+        !server_running(&dir),
+        "after_script left the server running"
+    );
     let base64 = secret.trim().split_once(':').unwrap().1;
     assert!(!log.contains(base64), "the signing key leaked:\n{log}");
 }
@@ -173,4 +189,28 @@ fn an_unprotected_ref_pulls_and_does_not_push() {
         "{log}"
     );
     assert!(narinfos(&s3).is_empty(), "{:?}", narinfos(&s3));
+    // A job that does not push still ends the server setup started (`nixbucket finish`).
+    assert!(
+        log.contains("cache: "),
+        "finish found no server to stop:\n{log}"
+    );
+    assert!(
+        !server_running(&dir),
+        "after_script left the server running"
+    );
+}
+
+/// Whether the server `setup` recorded in the template's state file is still running (not a
+/// zombie: an orphan's parent here may not reap it).
+fn server_running(project: &std::path::Path) -> bool {
+    let state = std::fs::read_to_string(project.join(".nixbucket/state")).unwrap();
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    let Some(pid) = state["serve"]["pid"].as_u64() else {
+        return false;
+    };
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
 }

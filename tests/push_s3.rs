@@ -63,6 +63,57 @@ fn a_large_path_goes_up_in_parts_and_nix_accepts_it(#[case] kind: S3Kind) {
     ));
 }
 
+/// A URL copied from Nix's manual, with the parameters of Nix 2.33 to 2.35: the storage class
+/// goes on every object, multipart ones too (AWS's own answers, on moto), the rest are named as
+/// ignored, and Nix takes the cache back.
+#[test]
+fn the_url_s_storage_class_goes_on_every_object_and_nix_s_tuning_is_named_as_ignored() {
+    let s3 = S3Kind::Moto.start();
+    let s3 = s3.as_ref();
+    let tmp = tempfile::tempdir().unwrap();
+    let big = build(
+        tmp.path(),
+        &derivation(
+            &format!("big-{}", nonce()),
+            "head -c 20000000 /dev/urandom > $out",
+        ),
+    );
+    let [app, ..] = build_closure(tmp.path(), &nonce());
+    let (secret, public) = keygen(tmp.path(), "s3-cache-1");
+    let url = format!(
+        "{}&storage-class=STANDARD_IA&addressing-style=path&retry-attempts=5&multipart-chunk-size=16777216",
+        s3.cache_url()
+    );
+    let out = run(push_cmd(s3)
+        .args(["push", "--cache", &url, "--signing-key-file"])
+        .arg(&secret)
+        .args([&big, &app]));
+    assert_ok(&out);
+    let log = common::stderr(&out);
+    assert!(
+        log.contains("ignores these parameters of the cache URL")
+            && log.contains("retry-attempts, multipart-chunk-size"),
+        "{log}"
+    );
+    let admin = s3.admin();
+    let keys: Vec<String> = ["nar/", ""]
+        .iter()
+        .flat_map(|prefix| admin.keys(s3.bucket(), prefix))
+        .filter(|k| k.ends_with(".narinfo") || k.starts_with("nar/"))
+        .collect();
+    assert!(keys.len() >= 8, "{keys:?}");
+    for key in &keys {
+        let head = admin.head(s3.bucket(), key).unwrap();
+        assert_eq!(head.storage_class.as_deref(), Some("STANDARD_IA"), "{key}");
+    }
+    assert_ok(&copy_into_fresh_store(
+        &s3.anon_http_url(),
+        &public,
+        &tmp.path().join("fresh"),
+        &big,
+    ));
+}
+
 /// A server that checks credentials: s3s-fs always does; moto only when told to, with keys its
 /// IAM issued.
 fn checking_server(kind: S3Kind) -> Box<dyn S3Store> {

@@ -749,3 +749,59 @@ async fn silent_connections_are_closed_and_cannot_hold_every_place() {
     assert!(half_closed, "the half-sent request was not closed");
     assert!(silent_closed, "the silent connection was not closed");
 }
+
+/// Nix runs one post-build-hook. One that the user or another tool set (magic-nix-cache writes
+/// its own) is never silently replaced: --push-during-build is refused, naming it, no server
+/// is left running, and nix.conf keeps the other hook. Setup without the flag still works.
+#[test]
+fn push_during_build_refuses_to_replace_another_tool_s_post_build_hook() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start();
+    let (secret, _) = keygen(tmp.path(), "ours-1");
+    let other = "/usr/local/bin/another-tools-hook";
+    let conf = NixConfig::new(
+        tmp.path(),
+        &format!("{BASE_CONF}post-build-hook = {other}\n"),
+    );
+    let state = tmp.path().join("state.json");
+    let setup = |push_during_build: bool| {
+        let mut cmd = conf.nixbucket();
+        cmd.args(["setup", "--no-restore", "--cache", &s3.cache_url()])
+            .arg("--signing-key-file")
+            .arg(&secret)
+            .arg("--state-file")
+            .arg(&state)
+            .envs(s3_env(&s3));
+        if push_during_build {
+            cmd.arg("--push-during-build");
+        }
+        run(&mut cmd)
+    };
+    let out = setup(true);
+    let err = common::assert_fails(&out);
+    assert!(
+        err.contains(&format!(
+            "would replace the post-build-hook Nix already runs ({other})"
+        )),
+        "{err}"
+    );
+    let user_conf = std::fs::read_to_string(conf.user_conf()).unwrap_or_default();
+    assert!(!user_conf.contains("post-build-hook"), "{user_conf}");
+    let log = std::fs::read_to_string(tmp.path().join("nixbucket-serve.log")).unwrap_or_default();
+    let servers = run(Command::new("pgrep").args([
+        "-f",
+        &format!(
+            "serve .*{}",
+            tmp.path().join("nixbucket-serve.addr").display()
+        ),
+    ]));
+    assert!(
+        stdout(&servers).trim().is_empty(),
+        "a server is left: {log}"
+    );
+    let out = setup(false);
+    assert_ok(&out);
+    let _guard = SetupServe {
+        state: state.clone(),
+    };
+}

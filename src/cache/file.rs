@@ -22,7 +22,9 @@ pub(crate) struct FileCache {
 }
 
 /// The folders Nix creates in a `file://` cache whenever it opens one, as a substituter too.
-const LAYOUT_DIRS: [&str; 3] = ["nar", "log", "realisations"];
+/// What Nix creates when it opens a `file://` cache: `build-trace-v2/` is where Nix 2.35 and
+/// later keep realisations, `realisations/` where earlier ones did.
+const LAYOUT_DIRS: [&str; 4] = ["nar", "log", "realisations", "build-trace-v2"];
 
 /// Lays out a `file://` cache as Nix would: its folders and `nix-cache-info`. `setup` does this
 /// before the build, so that a root nix-daemon that substitutes from the cache finds them and

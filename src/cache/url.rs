@@ -13,6 +13,31 @@ use std::str::FromStr;
 /// Parameters that only make sense for `s3://` caches; kept in dedicated fields.
 const S3_PARAMS: &[&str] = &["region", "endpoint", "scheme", "profile"];
 
+/// The other parameters Nix 2.33–2.35 documents for `s3://` stores (some inherited from its HTTP
+/// store); kept in `params`. `buffer-size` is Nix's old name for `multipart-chunk-size`.
+const S3_STORE_PARAMS: &[&str] = &[
+    "addressing-style",
+    "storage-class",
+    "multipart-chunk-size",
+    "multipart-threshold",
+    "buffer-size",
+    "retry-attempts",
+    "retry-delay",
+    "retry-delay-rate-limited",
+    "retry-max-delay",
+    "tls-certificate",
+    "tls-private-key",
+];
+
+/// The parameters nixbucket acts on (beside the dedicated S3 ones); Nix's others are accepted,
+/// so a URL copied from Nix's manual works, and named as ignored ([`CacheUrl::ignored_params`]).
+const USED_PARAMS: &[&str] = &[
+    "compression",
+    "write-nar-listing",
+    "addressing-style",
+    "storage-class",
+];
+
 /// Nix's binary-cache store parameters. Accepted for every cache kind and kept in `params`.
 pub const BINARY_CACHE_PARAMS: &[&str] = &[
     "compression",
@@ -28,6 +53,11 @@ pub const BINARY_CACHE_PARAMS: &[&str] = &[
     "log-compression",
     "trusted",
     "index-debug-info",
+    "compression-level",
+    "secret-keys",
+    "local-nar-cache",
+    "path-info-cache-size",
+    "system-features",
 ];
 
 /// Where a binary cache lives, parsed from a Nix store URL.
@@ -88,6 +118,8 @@ pub enum CacheUrlError {
     BadScheme { url: String, value: String },
     #[error("cache URL '{url}': parameter '{name}' has an empty value")]
     EmptyValue { url: String, name: String },
+    #[error("cache URL '{url}': addressing-style must be auto, path or virtual, not '{value}'")]
+    BadAddressingStyle { url: String, value: String },
 }
 
 fn suggestion_text(s: &Option<&'static str>) -> String {
@@ -111,6 +143,32 @@ impl CacheUrl {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// The parameters given that nixbucket does not act on (Nix's own tuning: retries,
+    /// multipart sizes, TLS files, …), in order, for a note to the user.
+    pub fn ignored_params(&self) -> Vec<&str> {
+        self.params()
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .filter(|n| !USED_PARAMS.contains(n))
+            .collect()
+    }
+
+    /// `addressing-style=path` (true) or `virtual` (false); None for `auto` or none given,
+    /// where a custom endpoint means path style and AWS itself virtual-hosted style.
+    pub fn path_style(&self) -> Option<bool> {
+        match self.param("addressing-style") {
+            Some("path") => Some(true),
+            Some("virtual") => Some(false),
+            _ => None,
+        }
+    }
+
+    /// `endpoint=host[:port]` without a scheme: Nix 2.33 to 2.35 take the host for a scheme
+    /// and fail, where nixbucket (and older Nix) complete it with `scheme`, else https.
+    pub fn endpoint_lacks_scheme(&self) -> bool {
+        matches!(self, CacheUrl::S3 { endpoint: Some(ep), .. } if !ep.contains("://"))
     }
 
     /// The endpoint as a full URL for the S3 client, or `None` for AWS itself.
@@ -174,6 +232,19 @@ impl FromStr for CacheUrl {
                 }
                 s3_fields[i] = Some(value);
             } else if BINARY_CACHE_PARAMS.contains(&name.as_str()) {
+                params.push((name, value));
+            } else if S3_STORE_PARAMS.contains(&name.as_str()) {
+                if !is_s3 {
+                    return Err(CacheUrlError::S3OnlyParam { url, name });
+                }
+                if name == "addressing-style"
+                    && !matches!(value.as_str(), "auto" | "path" | "virtual")
+                {
+                    return Err(CacheUrlError::BadAddressingStyle { url, value });
+                }
+                if value.is_empty() {
+                    return Err(CacheUrlError::EmptyValue { url, name });
+                }
                 params.push((name, value));
             } else {
                 let suggestion = closest_param(&name);
@@ -329,6 +400,7 @@ fn closest_param(name: &str) -> Option<&'static str> {
     S3_PARAMS
         .iter()
         .chain(BINARY_CACHE_PARAMS)
+        .chain(S3_STORE_PARAMS)
         .map(|known| (edit_distance(name, known), *known))
         .filter(|(d, known)| *d <= 2.max(known.len() / 3))
         .min_by_key(|(d, _)| *d)
@@ -512,9 +584,92 @@ mod tests {
     #[case::malformed("s3://b?region", "malformed parameter 'region'")]
     #[case::scheme("s3://b?scheme=ftp", "scheme must be 'http' or 'https', not 'ftp'")]
     #[case::empty_value("s3://b?region=", "parameter 'region' has an empty value")]
+    #[case::s3_store_on_file(
+        "file:///x?storage-class=STANDARD_IA",
+        "parameter 'storage-class' only applies to s3:// caches"
+    )]
+    #[case::addressing(
+        "s3://b?addressing-style=dns",
+        "addressing-style must be auto, path or virtual, not 'dns'"
+    )]
+    #[case::empty_storage_class(
+        "s3://b?storage-class=",
+        "parameter 'storage-class' has an empty value"
+    )]
     fn refused(#[case] s: &str, #[case] expected: &str) {
         let err = parse(s).unwrap_err().to_string();
         assert!(err.contains(expected), "{s:?}: got {err:?}");
+    }
+
+    /// Every parameter Nix 2.35.2's manual documents for `s3://` stores (including what they
+    /// inherit from its HTTP and binary cache stores): a URL copied from it parses, the ones
+    /// nixbucket acts on are read, and the rest are named as ignored.
+    #[test]
+    fn every_parameter_nix_2_35_documents_for_s3_is_accepted_and_the_unused_named() {
+        let url = "s3://b?region=eu-west-1&endpoint=https://s3.example.com&scheme=https\
+                   &profile=ci&addressing-style=virtual&storage-class=STANDARD_IA\
+                   &multipart-upload=true&multipart-chunk-size=16777216\
+                   &multipart-threshold=104857600&buffer-size=8388608&retry-attempts=5\
+                   &retry-delay=250&retry-delay-rate-limited=5000&retry-max-delay=60000\
+                   &tls-certificate=/c.pem&tls-private-key=/k.pem&compression=zstd\
+                   &compression-level=6&parallel-compression=true&write-nar-listing=true\
+                   &index-debug-info=true&secret-key=/s&secret-keys=/s&local-nar-cache=/n\
+                   &narinfo-compression=xz&ls-compression=xz&log-compression=xz\
+                   &priority=30&want-mass-query=true&trusted=true&path-info-cache-size=1\
+                   &system-features=kvm";
+        let u = parse(url).unwrap();
+        assert_eq!(u.path_style(), Some(false));
+        assert_eq!(u.param("storage-class"), Some("STANDARD_IA"));
+        let ignored = u.ignored_params();
+        for used in [
+            "compression",
+            "write-nar-listing",
+            "storage-class",
+            "addressing-style",
+        ] {
+            assert!(!ignored.contains(&used), "{used} is used");
+        }
+        for unused in [
+            "retry-attempts",
+            "multipart-chunk-size",
+            "tls-certificate",
+            "priority",
+        ] {
+            assert!(
+                ignored.contains(&unused),
+                "{unused} is not used: {ignored:?}"
+            );
+        }
+        assert!(!u.endpoint_lacks_scheme());
+        assert_eq!(parse(&u.to_string()).unwrap(), u);
+        let file = parse("file:///c?compression-level=9&secret-keys=/k&priority=10").unwrap();
+        assert_eq!(
+            file.ignored_params(),
+            ["compression-level", "secret-keys", "priority"]
+        );
+    }
+
+    #[test]
+    fn an_endpoint_without_a_scheme_is_told_apart() {
+        assert!(
+            parse("s3://b?endpoint=minio.local:9000")
+                .unwrap()
+                .endpoint_lacks_scheme()
+        );
+        assert!(
+            !parse("s3://b?endpoint=http://minio.local:9000")
+                .unwrap()
+                .endpoint_lacks_scheme()
+        );
+        assert!(!parse("s3://b").unwrap().endpoint_lacks_scheme());
+        assert_eq!(
+            parse("s3://b?addressing-style=path").unwrap().path_style(),
+            Some(true)
+        );
+        assert_eq!(
+            parse("s3://b?addressing-style=auto").unwrap().path_style(),
+            None
+        );
     }
 
     #[test]

@@ -23,10 +23,29 @@ use zeroize::Zeroizing;
 use crate::cache::{Cache, CacheUrl, OpenOptions};
 use crate::nix::{Compression, SecretKey};
 
-/// The `--cache` argument as a cache URL; the error quotes what the user typed.
+/// The `--cache` argument as a cache URL; the error quotes what the user typed. Nix's
+/// parameters that nixbucket does not act on are named in a note, and an endpoint without a
+/// scheme, which Nix 2.33 to 2.35 misread, in a warning.
 pub(crate) fn parse_cache_url(text: &str) -> anyhow::Result<CacheUrl> {
-    text.parse()
-        .with_context(|| format!("invalid cache URL {text:?}"))
+    let url: CacheUrl = text
+        .parse()
+        .with_context(|| format!("invalid cache URL {text:?}"))?;
+    let ignored = url.ignored_params();
+    if !ignored.is_empty() {
+        eprintln!(
+            "note: nixbucket ignores these parameters of the cache URL (Nix's own settings; \
+             Nix still reads them where it reads the URL): {}",
+            ignored.join(", ")
+        );
+    }
+    if url.endpoint_lacks_scheme() {
+        eprintln!(
+            "warning: the cache URL's endpoint has no scheme: nixbucket completes it with \
+             `scheme` (else https), but Nix 2.33 to 2.35 misread such an endpoint; write \
+             endpoint=https://HOST[:PORT] (or http://)"
+        );
+    }
+    Ok(url)
 }
 
 /// Opens the cache; the error names it.

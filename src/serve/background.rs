@@ -142,7 +142,7 @@ pub fn install_hook_script(state_path: &Path, served: &Background) -> anyhow::Re
     let exe = exe
         .to_str()
         .context("the nixbucket binary's path is not UTF-8")?;
-    let script = sibling(state_path, "nixbucket-post-build-hook");
+    let script = hook_script_path(state_path);
     // Nix 2.8's nix-build does not show a hook's output, so it goes to a log of its own.
     let log = sibling(state_path, "nixbucket-hook.log");
     let log = log
@@ -163,6 +163,11 @@ pub fn install_hook_script(state_path: &Path, served: &Background) -> anyhow::Re
     crate::atomic_file::write(&script, Some(0o700), text.as_bytes())
         .with_context(|| format!("could not write {}", script.display()))?;
     Ok(script)
+}
+
+/// Where [`install_hook_script`] writes the hook for a state file.
+pub fn hook_script_path(state_path: &Path) -> PathBuf {
+    sibling(state_path, "nixbucket-post-build-hook")
 }
 
 /// Whether `pid` is still a `nixbucket serve` process (and not a process that got its pid

@@ -279,10 +279,9 @@ impl Job {
 
     /// Whether Nix reads the cache through a server of this job, and the line that says why.
     /// With `auto`: a `file://` cache, or a `--substituter`, Nix reads itself; an `s3://` one
-    /// goes through the server when the Nix that substitutes cannot read it with the job's
-    /// credentials: a nix-daemon (it fetches with its own environment, not the job's), a Nix
-    /// without S3 requests of its own, or credentials from an assumed role (kept out of the
-    /// environment of Nix and of every later step).
+    /// goes through the server, since no Nix is known to read it with the job's credentials:
+    /// a nix-daemon fetches with its own environment, not the job's; a Nix may have no S3 store
+    /// or send unsigned requests; an assumed role's credentials stay out of Nix's environment.
     pub fn serve_choice(&self) -> anyhow::Result<(bool, String)> {
         let url = &self.url;
         let (serve, why) = match self.serve.mode {
@@ -297,7 +296,10 @@ impl Job {
                 _ => {
                     let env = NixEnv::detect().map_err(anyhow::Error::new)?;
                     let version = store::nix_version()?;
-                    auto_serve(&env, version, self.open.credentials.is_some())
+                    (
+                        true,
+                        why_serve(&env, version, self.open.credentials.is_some()),
+                    )
                 }
             },
         };
@@ -346,6 +348,7 @@ impl Job {
             Some(served) => {
                 let mut extra = vec![("fallback", vec!["true".to_owned()])];
                 if self.serve.push_during_build {
+                    refuse_another_hook(&self.state_path)?;
                     let hook = background::install_hook_script(&self.state_path, served)?;
                     extra.push(("post-build-hook", vec![hook.display().to_string()]));
                 }
@@ -369,6 +372,22 @@ impl Job {
     }
 }
 
+/// Nix runs one post-build-hook: `--push-during-build` must not silently replace one that the
+/// user or another tool set (magic-nix-cache writes its own). Ours, from an earlier setup of
+/// this state file, may be replaced.
+fn refuse_another_hook(state_path: &Path) -> anyhow::Result<()> {
+    let env = NixEnv::detect().map_err(anyhow::Error::new)?;
+    let ours = background::hook_script_path(state_path);
+    match env.post_build_hook {
+        Some(hook) if Path::new(&hook) != ours => anyhow::bail!(
+            "--push-during-build would replace the post-build-hook Nix already runs ({hook}), \
+             set by you or another tool (magic-nix-cache writes one), and Nix runs only one. \
+             Leave --push-during-build out: push uploads what the job built when it ends"
+        ),
+        _ => Ok(()),
+    }
+}
+
 impl ServeMode {
     fn name(self) -> &'static str {
         match self {
@@ -379,25 +398,22 @@ impl ServeMode {
     }
 }
 
-/// The `auto` choice for an `s3://` cache, and why.
-fn auto_serve(env: &NixEnv, version: &store::NixVersion, role: bool) -> (bool, String) {
+/// Why `auto` serves an `s3://` cache, for the line setup prints: no Nix is known to read the
+/// bucket with the job's credentials, so it always does.
+fn why_serve(env: &NixEnv, version: &store::NixVersion, role: bool) -> String {
     if let Some(why) = configure::s3_substituter_risk(env, version) {
-        return (true, why);
+        return why;
     }
     if role {
-        return (
-            true,
-            "the job's AWS credentials come from an assumed role, which stays out of the \
-                     environment of Nix and of the job's later steps"
-                .to_owned(),
-        );
+        return "the job's AWS credentials come from an assumed role, which stays out of the \
+                environment of Nix and of the job's later steps"
+            .to_owned();
     }
-    (
-        false,
-        format!(
-            "{} runs as this job and reads s3:// with its credentials",
-            version.text
-        ),
+    // Nix 2.33 and later read s3:// over curl, but sign the requests only where they were
+    // built with AWS authentication (Debian's 2.34 was not), and nothing Nix prints says which.
+    format!(
+        "{} may send unsigned S3 requests, which a private bucket refuses",
+        version.text
     )
 }
 
@@ -530,7 +546,7 @@ mod tests {
     }
 
     #[test]
-    fn auto_serves_an_s3_cache_to_every_nix_that_cannot_read_it_with_the_job_s_credentials() {
+    fn auto_says_why_each_nix_reads_an_s3_cache_through_the_server() {
         let nix = |line: &str| store::NixVersion::parse(line).unwrap();
         let env = |daemon: bool| NixEnv {
             daemon,
@@ -538,19 +554,16 @@ mod tests {
         };
         let (debian, installer) = (nix("nix (Nix) 2.8.0"), nix("nix (Nix) 2.35.1"));
         // What the standard installers give a job: a daemon, whatever its version.
-        let (serve, why) = auto_serve(&env(true), &installer, false);
-        assert!(serve, "{why}");
+        let why = why_serve(&env(true), &installer, false);
         assert!(why.contains("nix-daemon"), "{why}");
         // Single-user, but a Nix that may have no S3 store (Debian's 2.8 has none).
-        let (serve, why) = auto_serve(&env(false), &debian, false);
-        assert!(serve, "{why}");
+        let why = why_serve(&env(false), &debian, false);
         assert!(why.contains("2.8.0"), "{why}");
-        // Single-user with S3 of its own and the job's credentials in its environment.
-        let (serve, why) = auto_serve(&env(false), &installer, false);
-        assert!(!serve, "{why}");
-        // The same Nix, but the credentials are a role's that must not reach later steps.
-        let (serve, why) = auto_serve(&env(false), &installer, true);
-        assert!(serve, "{why}");
+        // Single-user with an S3 store that may not sign (Debian's 2.34 does not).
+        let why = why_serve(&env(false), &installer, false);
+        assert!(why.contains("unsigned S3 requests"), "{why}");
+        // Credentials of a role, which must not reach later steps.
+        let why = why_serve(&env(false), &installer, true);
         assert!(why.contains("assumed role"), "{why}");
     }
 

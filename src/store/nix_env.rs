@@ -16,6 +16,8 @@ pub struct NixEnv {
     pub substituters: Vec<String>,
     pub trusted_substituters: Vec<String>,
     pub trusted_public_keys: Vec<String>,
+    /// The `post-build-hook` Nix runs after each build, if one is set.
+    pub post_build_hook: Option<String>,
 }
 
 impl NixEnv {
@@ -57,6 +59,8 @@ impl NixEnv {
             substituters: setting(&config, "substituters"),
             trusted_substituters: setting(&config, "trusted-substituters"),
             trusted_public_keys: setting(&config, "trusted-public-keys"),
+            post_build_hook: Some(setting(&config, "post-build-hook").join(" "))
+                .filter(|hook| !hook.is_empty()),
         })
     }
 }
@@ -126,11 +130,34 @@ pub fn user_conf_path() -> Option<PathBuf> {
 
 /// The system-wide nix.conf, which the daemon reads: `$NIX_CONF_DIR/nix.conf`, else
 /// `/etc/nix/nix.conf`.
+/// The system nix.conf setup writes: `nix.custom.conf` beside it when nix.conf includes that
+/// file (Determinate Nix's installer owns nix.conf and leaves `nix.custom.conf` to the user),
+/// else nix.conf itself.
 pub fn system_conf_path() -> PathBuf {
-    std::env::var_os("NIX_CONF_DIR")
+    let dir = std::env::var_os("NIX_CONF_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/etc/nix"))
-        .join("nix.conf")
+        .unwrap_or_else(|| PathBuf::from("/etc/nix"));
+    let main = dir.join("nix.conf");
+    let text = std::fs::read_to_string(&main).unwrap_or_default();
+    match includes_custom_conf(&text) {
+        true => dir.join(CUSTOM_CONF),
+        false => main,
+    }
+}
+
+/// The file Determinate Nix's nix.conf includes for the user's own settings.
+const CUSTOM_CONF: &str = "nix.custom.conf";
+
+/// Whether a nix.conf includes `nix.custom.conf` (`include` or `!include`, relative or by the
+/// absolute path of the same name).
+fn includes_custom_conf(text: &str) -> bool {
+    text.lines().any(|line| {
+        let mut words = line.split_whitespace();
+        matches!(words.next(), Some("include" | "!include"))
+            && words
+                .next()
+                .is_some_and(|f| f == CUSTOM_CONF || f.ends_with(&format!("/{CUSTOM_CONF}")))
+    })
 }
 
 struct NixOutput {
@@ -180,6 +207,19 @@ fn setting(config: &serde_json::Value, name: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn determinate_s_custom_conf_is_written_where_nix_conf_includes_it() {
+        // What Determinate's installer writes (its nix.conf ends with this line).
+        assert!(includes_custom_conf(
+            "extra-x = y\n!include nix.custom.conf\n"
+        ));
+        assert!(includes_custom_conf("include /etc/nix/nix.custom.conf"));
+        assert!(!includes_custom_conf("# !include nix.custom.conf\n"));
+        assert!(!includes_custom_conf(
+            "!include other.conf\nsubstituters = x\n"
+        ));
+    }
 
     #[test]
     fn reads_wrapped_and_bare_setting_values() {

@@ -447,6 +447,48 @@ mod tests {
         assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:#?}");
     }
 
+    /// Lix (2.94 on) leaves `signatures` and `deriver` out of `path-info --json` when they are
+    /// empty, where Nix prints `[]` and null: the same paths read the same either way. Made
+    /// from each captured Nix's closure by dropping those fields (there is no Lix here).
+    #[test]
+    fn lix_s_shape_without_empty_signatures_and_deriver_reads_the_same() {
+        let mut dropped = 0;
+        for captured in captured() {
+            for text in &captured.closures {
+                let mut json: Value = serde_json::from_str(text).unwrap();
+                let entries: Vec<&mut Value> = match &mut json {
+                    Value::Object(map) => map.values_mut().collect(),
+                    Value::Array(items) => items.iter_mut().collect(),
+                    _ => unreachable!(),
+                };
+                for entry in entries {
+                    let Value::Object(fields) = entry else {
+                        continue;
+                    };
+                    for name in ["signatures", "deriver"] {
+                        let empty = match fields.get(name) {
+                            Some(Value::Array(items)) => items.is_empty(),
+                            Some(Value::Null) => true,
+                            _ => false,
+                        };
+                        if empty {
+                            fields.remove(name);
+                            dropped += 1;
+                        }
+                    }
+                }
+                let lix = parse_path_info_json(json.to_string().as_bytes(), false).unwrap();
+                let nix = parse_path_info_json(text.as_bytes(), false).unwrap();
+                assert_eq!(lix, nix, "Nix {}", captured.version);
+            }
+        }
+        // 2.8 leaves them out already, as Lix (its descendant) does; the later ones print them.
+        assert!(
+            dropped > 0,
+            "no captured Nix printed an empty signatures or deriver"
+        );
+    }
+
     #[test]
     fn a_missing_path_is_an_error_naming_it_in_every_version() {
         for captured in captured() {

@@ -201,3 +201,24 @@ pub fn list_files(root: &Path) -> Vec<String> {
     out.sort();
     out
 }
+
+/// `name=value` and `name<<DELIM … DELIM` entries of a runner step file, as the runner reads them.
+pub fn parse_step_file(text: &str) -> std::collections::BTreeMap<String, String> {
+    let mut map = std::collections::BTreeMap::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if let Some((name, delimiter)) = line.split_once("<<") {
+            let mut value = Vec::new();
+            for l in lines.by_ref() {
+                if l == delimiter {
+                    break;
+                }
+                value.push(l);
+            }
+            map.insert(name.to_owned(), value.join("\n"));
+        } else if let Some((name, value)) = line.split_once('=') {
+            map.insert(name.to_owned(), value.to_owned());
+        }
+    }
+    map
+}

@@ -103,6 +103,8 @@ pub struct Head {
     pub size: u64,
     pub etag: String,
     pub last_modified: Option<SystemTime>,
+    /// `x-amz-storage-class`, which stores send for classes other than STANDARD.
+    pub storage_class: Option<String>,
 }
 
 /// A blocking S3 client independent of the code under test: each call runs on a thread and
@@ -190,6 +192,7 @@ impl Admin {
                     last_modified: out
                         .last_modified()
                         .and_then(|t| SystemTime::try_from(*t).ok()),
+                    storage_class: out.storage_class().map(|c| c.as_str().to_owned()),
                 }),
                 Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => None,
                 Err(e) => panic!("head {bucket}/{key}: {e:?}"),

@@ -105,6 +105,8 @@ struct Ctx {
     endpoint: String,
     /// For messages: where the credentials came from (never the credentials themselves).
     cred_source: String,
+    /// The URL's `storage-class`, for every object written.
+    storage_class: Option<aws_sdk_s3::types::StorageClass>,
     /// What this store turned out to take, learnt from its refusals.
     features: Features,
 }
@@ -223,6 +225,7 @@ impl Ctx {
             .content_type(content_type)
             .set_if_match(if_match)
             .set_if_none_match(if_none_match)
+            .set_storage_class(self.storage_class.clone())
             .body(ByteStream::from(body))
             .send()
             .await
@@ -292,12 +295,15 @@ impl S3Cache {
                 // and many reject the SDK's default CRC checksum headers.
                 conf = conf
                     .endpoint_url(&ep)
-                    .force_path_style(true)
+                    .force_path_style(url.path_style().unwrap_or(true))
                     .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
                     .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
                 ep
             }
             None => {
+                if let Some(path_style) = url.path_style() {
+                    conf = conf.force_path_style(path_style);
+                }
                 let r = sdk.region().map_or("us-east-1", |r| r.as_ref());
                 format!("AWS S3 (region {r})")
             }
@@ -309,6 +315,9 @@ impl S3Cache {
             bucket: bucket.clone(),
             endpoint,
             cred_source,
+            storage_class: url
+                .param("storage-class")
+                .map(aws_sdk_s3::types::StorageClass::from),
             features: Features {
                 list_page_size: AtomicI32::new(opts.list_page_size.clamp(1, ASKED_PAGE_SIZE)),
                 conditional_writes: AtomicBool::new(true),
@@ -399,6 +408,7 @@ impl S3Cache {
             .copy_source(format!("{}/{}", ctx.bucket, key))
             .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
             .content_type(content_type)
+            .set_storage_class(ctx.storage_class.clone())
             .send()
             .await
         {

@@ -58,6 +58,7 @@ impl Upload {
             .bucket(&ctx.bucket)
             .key(&self.key)
             .content_type(&self.content_type)
+            .set_storage_class(ctx.storage_class.clone())
             .send()
             .await
             .map_err(|e| ctx.error("CreateMultipartUpload", &self.key, e))?;
