@@ -101,8 +101,7 @@ for rep in $(seq "$REPS"); do
         fi
     fi
 
-    # Nix through `nixbucket serve`, without a mirror: what a daemon without credentials read
-    # the bucket through until now.
+    # Nix through `nixbucket serve`, without a mirror: setup's defaults without the restore.
     fresh
     t0=$(now)
     "$bin" setup --serve --no-restore --cache "$s3" --signing-key-file "$tmp/sk" \
@@ -113,17 +112,20 @@ for rep in $(seq "$REPS"); do
     kill "$serve_pid"
     substituted "$tmp/serve.log" "http://127.0.0.1:"
 
+    # What a job gets with setup's defaults: the restore into a mirror, and the bucket through
+    # a server of the job behind it.
     fresh
     t0=$(now)
-    NIXBUCKET_BRANCH=main "$bin" setup --cache "$s3" --substituter "$http" --signing-key-file "$tmp/sk" \
+    NIXBUCKET_BRANCH=main "$bin" setup --cache "$s3" --signing-key-file "$tmp/sk" \
         --state-file "$tmp/state.json" --mirror "$tmp/mirror" ${RESTORE_JOBS:+--restore-jobs "$RESTORE_JOBS"} 2>"$tmp/setup.log" ||
         fail "setup failed: $(cat "$tmp/setup.log")"
     t1=$(now)
     build "$tmp/job.log"
     t_setup+=("$(secs "$t0" "$t1")")
     t_job+=("$(secs "$t0" "$(now)")")
-    # Large paths are left to Nix, which fetches them from the bucket.
-    substituted "$tmp/job.log" "file://$tmp/mirror" "$http"
+    "$bin" finish --state-file "$tmp/state.json" 2>/dev/null
+    # Large paths are left to Nix, which fetches them through the server.
+    substituted "$tmp/job.log" "file://$tmp/mirror" "http://127.0.0.1:"
     from_mirror=$(grep -c "copying path '.*' from 'file://$tmp/mirror" "$tmp/job.log" || true)
 done
 
@@ -143,7 +145,7 @@ if ((${#t_s3[@]})); then
 fi
 echo "| Nix through nixbucket serve (setup --serve --no-restore) | $(median "${t_serve[@]}") | ${t_serve[*]} |"
 echo "| nixbucket setup (restore into the mirror) | $(median "${t_setup[@]}") | ${t_setup[*]} |"
-echo "| nixbucket setup + nix-build from the mirror | $m_job | ${t_job[*]} |"
+echo "| nixbucket setup (defaults: restore, then serve) + nix-build | $m_job | ${t_job[*]} |"
 echo
 echo "nixbucket setup + build is $(ratio "$m_http" "$m_job")x faster than Nix reading the bucket over http://,"
 echo "and $(ratio "$(median "${t_serve[@]}")" "$m_job")x faster than Nix reading it through nixbucket serve."

@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use crate::cache::Cache;
 use crate::nix::layout::{self, NARINFO_TYPE};
-use crate::nix::{NarInfo, SecretKey};
+use crate::nix::{NarInfo, PathInfo, PublicKey, SecretKey};
 use crate::push::realisations::{self, Realisation};
 
 /// What became of one document.
@@ -18,12 +18,29 @@ pub enum Signed {
     AlreadyWas,
     /// Deleted after the listing or the first read (a gc running alongside): not written back.
     Gone,
+    /// Nothing the operator trusts vouches for it: left as it is.
+    NotVouched,
+}
+
+/// What must vouch for a document before our signature goes on it. Anyone who can write to
+/// the bucket can put a narinfo or realisation there; signing it turns that write access into
+/// a signature every Nix that trusts our key accepts.
+#[derive(Clone, Debug)]
+pub enum Vouch {
+    /// A signature that verifies under one of these keys.
+    Keys(Vec<PublicKey>),
+    /// The local store's record of the path: NarHash, NarSize and references equal.
+    Local(PathInfo),
+    /// Nothing: the operator said so (`--sign-unverified`).
+    Anything,
 }
 
 /// A document in a cache that carries signatures.
 trait Signable: Sized {
     const TYPE: &'static str;
     fn read(key: &str, bytes: &[u8]) -> anyhow::Result<Self>;
+    /// Whether `vouch` vouches for it as it is now.
+    fn vouched(&self, vouch: &Vouch) -> bool;
     fn signatures(&self) -> Vec<String>;
     fn remove_signatures(&mut self, key_name: &str);
     fn sign(&mut self, key: &SecretKey);
@@ -34,6 +51,18 @@ impl Signable for NarInfo {
     const TYPE: &'static str = NARINFO_TYPE;
     fn read(_key: &str, bytes: &[u8]) -> anyhow::Result<Self> {
         layout::read_narinfo(bytes, None).context("not a valid narinfo")
+    }
+    fn vouched(&self, vouch: &Vouch) -> bool {
+        match vouch {
+            Vouch::Keys(keys) => self.info.verify(keys),
+            Vouch::Local(local) => {
+                local.path == self.info.path
+                    && local.nar_hash == self.info.nar_hash
+                    && local.nar_size == self.info.nar_size
+                    && local.references == self.info.references
+            }
+            Vouch::Anything => true,
+        }
     }
     fn signatures(&self) -> Vec<String> {
         self.info.signatures.iter().map(|s| s.to_string()).collect()
@@ -55,6 +84,13 @@ impl Signable for Realisation {
         realisations::read(key, bytes)
             .map_err(|why| anyhow::anyhow!("not a valid realisation: {why}"))
     }
+    fn vouched(&self, vouch: &Vouch) -> bool {
+        match vouch {
+            Vouch::Keys(keys) => self.verify(keys),
+            Vouch::Local(_) => false,
+            Vouch::Anything => true,
+        }
+    }
     fn signatures(&self) -> Vec<String> {
         Realisation::signatures(self)
     }
@@ -69,32 +105,39 @@ impl Signable for Realisation {
     }
 }
 
+/// How to sign: the key, the key names whose signatures go, and what must vouch first.
+pub struct Signing<'a> {
+    pub key: &'a SecretKey,
+    pub remove: &'a [String],
+    pub vouch: &'a Vouch,
+}
+
 /// Rewrites one narinfo or realisation (by its key) if its signatures change (`listed`: the
-/// key came from the listing, not from the user). The write is conditional on the document
-/// being the one read: when another writer changed it meanwhile, it is read and signed again,
-/// and when it vanished (gc deleted it) it stays deleted, since writing it back would name a
-/// NAR that gc may delete next.
+/// key came from the listing, not from the user), and only if what `signing` trusts vouches
+/// for it as read. The write is conditional on the document being the one read: when another
+/// writer changed it meanwhile, it is read, checked and signed again, and when it vanished (gc
+/// deleted it) it stays deleted, since writing it back would name a NAR that gc may delete
+/// next.
 pub async fn sign_one(
     cache: &Cache,
     key_name: &str,
-    key: &SecretKey,
-    remove: &[String],
+    signing: &Signing<'_>,
     listed: bool,
 ) -> anyhow::Result<Signed> {
     if key_name.starts_with(realisations::DIR) {
-        sign_document::<Realisation>(cache, key_name, key, remove, listed).await
+        sign_document::<Realisation>(cache, key_name, signing, listed).await
     } else {
-        sign_document::<NarInfo>(cache, key_name, key, remove, listed).await
+        sign_document::<NarInfo>(cache, key_name, signing, listed).await
     }
 }
 
 async fn sign_document<D: Signable>(
     cache: &Cache,
     key_name: &str,
-    key: &SecretKey,
-    remove: &[String],
+    signing: &Signing<'_>,
     listed: bool,
 ) -> anyhow::Result<Signed> {
+    let Signing { key, remove, vouch } = signing;
     for attempt in 0..3 {
         let Some((bytes, version)) = cache.get_versioned(key_name).await? else {
             if attempt == 0 && !listed {
@@ -103,8 +146,11 @@ async fn sign_document<D: Signable>(
             return Ok(Signed::Gone);
         };
         let mut document = D::read(key_name, &bytes)?;
+        if !document.vouched(vouch) {
+            return Ok(Signed::NotVouched);
+        }
         let before = document.signatures();
-        for name in remove {
+        for name in remove.iter() {
             document.remove_signatures(name);
         }
         document.sign(key);

@@ -286,6 +286,8 @@ fn content_addressed_outputs_are_substituted_through_their_realisations(#[case] 
             "--all",
             "--cache",
             &target.url,
+            "--trusted-key",
+            &public,
             "--signing-key-file",
         ])
         .arg(&other_secret));

@@ -66,8 +66,26 @@ fn sign_makes_an_unsigned_s3_cache_acceptable_to_nix_without_touching_nars() {
     };
     let before = nar_state();
 
+    // Unsigned narinfos are what anyone with write access could have put in the bucket: by
+    // default sign leaves them alone and says how to sign them.
     let out = run(cmd()
         .args(["sign", "--cache", &url, "--all", "--signing-key-file"])
+        .arg(&secret));
+    assert_ok(&out);
+    let log = stderr(&out);
+    assert!(
+        log.contains("signed 0 narinfos with sign-test-1")
+            && log.contains("3 narinfos or realisations were left unsigned")
+            && log.contains("--sign-unverified"),
+        "{log}"
+    );
+    for p in [&app, &lib, &data] {
+        let names = sig_names(&bucket.join(format!("{}.narinfo", hash_part(p))));
+        assert!(names.is_empty(), "{p} was signed: {names:?}");
+    }
+    let out = run(cmd()
+        .args(["sign", "--cache", &url, "--all", "--sign-unverified"])
+        .arg("--signing-key-file")
         .arg(&secret));
     assert_ok(&out);
     assert!(
@@ -109,6 +127,79 @@ fn sign_makes_an_unsigned_s3_cache_acceptable_to_nix_without_touching_nars() {
     );
 }
 
+/// Write access to the bucket must not become a trusted signature: a narinfo planted with a
+/// NarHash other than the local store's, under a path the operator names, is refused, and a
+/// realisation nobody trusted signed is left as it is by `sign --all`.
+#[test]
+fn sign_refuses_what_neither_a_trusted_key_nor_the_local_store_vouches_for() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [app, lib, _] = build_closure(tmp.path(), &nonce());
+    let (secret, _) = keygen(tmp.path(), "vouch-1");
+    let cache = tmp.path().join("cache");
+    let url = format!("file://{}", cache.display());
+    assert_ok(&run(nixbucket().args([
+        "push",
+        "--unsigned",
+        "--cache",
+        &url,
+        &app,
+    ])));
+    let narinfo = |p: &str| cache.join(format!("{}.narinfo", hash_part(p)));
+    // The planted one: lib's narinfo with another NAR's hash (a writer's substitute).
+    let planted = std::fs::read_to_string(narinfo(&lib)).unwrap();
+    let app_hash = std::fs::read_to_string(narinfo(&app))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("NarHash: "))
+        .unwrap()
+        .to_owned();
+    let planted: String = planted
+        .lines()
+        .map(|l| {
+            if l.starts_with("NarHash: ") {
+                app_hash.clone()
+            } else {
+                l.to_owned()
+            }
+        })
+        .map(|l| l + "\n")
+        .collect();
+    std::fs::write(narinfo(&lib), planted).unwrap();
+    let realisation = cache.join("realisations/sha256:1111111111111111111111111111111111111111111111111111111111111111!out.doi");
+    let planted_realisation = format!(
+        r#"{{"dependentRealisations":{{}},"id":"sha256:1111111111111111111111111111111111111111111111111111111111111111!out","outPath":"{}","signatures":[]}}"#,
+        &lib["/nix/store/".len()..]
+    );
+    std::fs::write(&realisation, &planted_realisation).unwrap();
+
+    // Named: app matches the local store and is signed; lib does not, and is refused.
+    let out = run(nixbucket()
+        .args(["sign", "--cache", &url, "--signing-key-file"])
+        .arg(&secret)
+        .args([&app, &lib]));
+    let err = assert_fails(&out);
+    assert!(
+        err.contains(&format!(
+            "{}.narinfo: not signed: it does not describe the path in the local store",
+            hash_part(&lib)
+        )),
+        "{err}"
+    );
+    assert_eq!(sig_names(&narinfo(&app)), ["vouch-1"]);
+    assert!(sig_names(&narinfo(&lib)).is_empty());
+
+    // Listed: nothing trusted signed the planted realisation, so it stays unsigned.
+    let out = run(nixbucket()
+        .args(["sign", "--cache", &url, "--all", "--signing-key-file"])
+        .arg(&secret));
+    assert_ok(&out);
+    assert_eq!(
+        std::fs::read_to_string(&realisation).unwrap(),
+        planted_realisation
+    );
+    assert!(sig_names(&narinfo(&lib)).is_empty());
+}
+
 #[test]
 fn key_rotation_adds_the_new_signature_and_removes_the_old() {
     let tmp = tempfile::tempdir().unwrap();
@@ -134,17 +225,31 @@ fn key_rotation_adds_the_new_signature_and_removes_the_old() {
     assert_eq!(both, ["rotate-new-1", "rotate-old-1"]);
     assert_eq!(sig_names(&narinfo(&lib)), ["rotate-old-1"]);
 
-    let out = run(nixbucket()
-        .args([
-            "sign",
-            "--cache",
-            &url,
-            "--all",
-            "--remove-key",
-            "rotate-old-1",
-        ])
-        .arg("--signing-key-file")
-        .arg(&new_secret));
+    let rotate = |trusted: &[&str]| {
+        run(nixbucket()
+            .args([
+                "sign",
+                "--cache",
+                &url,
+                "--all",
+                "--remove-key",
+                "rotate-old-1",
+            ])
+            .args(trusted)
+            .arg("--signing-key-file")
+            .arg(&new_secret))
+    };
+    // lib carries only the old key's signature: unless the operator names that key as
+    // trusted, nothing vouches for it, and it stays as it was.
+    let out = rotate(&[]);
+    assert_ok(&out);
+    assert!(
+        stderr(&out).contains("1 narinfos or realisations were left unsigned"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(sig_names(&narinfo(&lib)), ["rotate-old-1"]);
+    let out = rotate(&["--trusted-key", &old_public]);
     assert_ok(&out);
     for p in [&app, &lib, &data] {
         assert_eq!(sig_names(&narinfo(p)), ["rotate-new-1"], "{p}");
@@ -250,7 +355,8 @@ fn sign_does_not_bring_back_a_narinfo_deleted_while_it_signed(#[case] held: &'st
         .replace(&server.endpoint(), &proxy.endpoint());
     let sign = nixbucket()
         .envs(server.env())
-        .args(["sign", "--cache", &url, "--all", "--signing-key-file"])
+        .args(["sign", "--cache", &url, "--all", "--sign-unverified"])
+        .arg("--signing-key-file")
         .arg(&secret)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
