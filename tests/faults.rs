@@ -961,3 +961,49 @@ fn derivation_with_inputs(name: &str, inputs: &[String]) -> String {
         derivation(name, &format!("echo {refs} > $out"))
     )
 }
+
+/// A policy that refuses the `.ls` listings (403 AccessDenied on every PUT of one): the
+/// narinfos landed before them, Nix reads no listing, so each path counts as pushed, none
+/// above it fails, and the push says which listings are missing.
+#[rstest]
+#[case::s3s_fs(S3Kind::S3sFs)]
+#[case::moto(S3Kind::Moto)]
+fn a_refused_listing_fails_neither_its_path_nor_those_above_it(#[case] kind: S3Kind) {
+    let f = Fixture::new(SMALL_BIG_MIB);
+    let server = kind.start();
+    let config = FaultConfig {
+        share: 1.0,
+        faults: vec![Fault::AccessDenied],
+        only_target: Some(".ls"),
+        ..FaultConfig::mixed(0.0, 11)
+    };
+    let proxy = FaultProxy::start(&server.endpoint(), config);
+    let url = format!(
+        "{}&write-nar-listing=true",
+        s3_url(server.bucket(), &proxy.endpoint())
+    );
+    let out = run(&mut push_cmd(server.as_ref(), &url, &f.secret, &f.paths()));
+    assert_ok(&out);
+    let err = stderr(&out);
+    assert!(err.contains("pushed 4 paths"), "{err}");
+    assert!(!err.contains("FAILED"), "{err}");
+    assert_eq!(
+        err.matches("warning: the NAR listing of /nix/store/")
+            .count(),
+        4,
+        "{err}"
+    );
+    assert!(
+        proxy.stats().faults_of(Fault::AccessDenied) >= 4,
+        "{:?}",
+        proxy.stats()
+    );
+    assert_eq!(narinfo_count(server.as_ref(), server.bucket()), 4);
+    assert_verifies(
+        server.as_ref(),
+        server.bucket(),
+        &f.public,
+        false,
+        "after refused listings",
+    );
+}

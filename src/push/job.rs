@@ -148,6 +148,14 @@ impl Job {
         report.logs = logs;
         signals.abort();
         eprintln!("{}", report.summary(&self.compression));
+        for pushed in &report.pushed {
+            if let Some(why) = &pushed.listing_failed {
+                eprintln!(
+                    "warning: the NAR listing of {} was not uploaded: {why}",
+                    pushed.path
+                );
+            }
+        }
         if let Some(logs) = &report.logs {
             for (drv, why) in &logs.errors {
                 eprintln!("warning: the build log of {drv} was not uploaded: {why}");

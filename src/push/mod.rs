@@ -124,6 +124,9 @@ pub struct Pushed {
     /// The NAR object was already there (an interrupted or concurrent push) and was reused.
     pub reused_nar: bool,
     pub elapsed: Duration,
+    /// Why the NAR listing asked for did not go up. The path is in the cache all the same:
+    /// Nix reads no listing, so this fails neither the path nor those that need it.
+    pub listing_failed: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -511,8 +514,11 @@ async fn push_one(
     // The listing describes this push's NAR, so it goes up only under this push's narinfo:
     // a path built twice, not reproducibly, has two NARs, and the narinfo that stays names
     // the first.
+    let mut listing_failed = None;
     if opts.nar_listing && ours_there {
-        put_listing(cache, &info.path, listing).await?;
+        if let Err(err) = put_listing(cache, &info.path, listing).await {
+            listing_failed = Some(err.to_string());
+        }
     }
     Ok(Pushed {
         path: info.path,
@@ -520,6 +526,7 @@ async fn push_one(
         file_size,
         reused_nar,
         elapsed: started.elapsed(),
+        listing_failed,
     })
 }
 

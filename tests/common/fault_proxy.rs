@@ -56,6 +56,9 @@ pub enum Fault {
     /// what AWS may say to a CompleteMultipartUpload retried after the first one's answer was
     /// lost (the upload is gone because it became the object).
     CompletedThenNoSuchUpload,
+    /// Answer `403 AccessDenied` without asking the server: a policy that does not let the
+    /// credentials write this key.
+    AccessDenied,
 }
 
 #[derive(Clone, Debug)]
@@ -570,6 +573,12 @@ fn serve(mut client: TcpStream, shared: &Shared) -> std::io::Result<()> {
             "SlowDown",
             "Please reduce your request rate.",
             Some(shared.config.retry_after),
+        ),
+        Some(Fault::AccessDenied) => s3_error(
+            "403 Forbidden",
+            "AccessDenied",
+            "Access Denied (injected by the fault proxy)",
+            None,
         ),
         Some(Fault::NotImplemented) => s3_error(
             "501 Not Implemented",
