@@ -805,3 +805,45 @@ fn push_during_build_refuses_to_replace_another_tool_s_post_build_hook() {
         state: state.clone(),
     };
 }
+
+/// Another team's cache that fails (500 on every read) behind the server: a miss in ours and
+/// an error in theirs is a 404, not a 500 after which Nix would stop asking our cache too. After
+/// its error budget the server asks that cache no more, and our own answers go on.
+#[test]
+fn a_failing_extra_cache_is_a_miss_and_is_asked_no_more_after_its_budget() {
+    use common::fault_proxy::{Fault, FaultConfig, FaultProxy};
+    let s3 = S3Server::start();
+    s3.create_bucket("theirs");
+    let proxy = FaultProxy::start(
+        &s3.endpoint(),
+        FaultConfig {
+            share: 1.0,
+            faults: vec![Fault::Error500],
+            spare_bucket_checks: true,
+            ..FaultConfig::mixed(0.0, 3)
+        },
+    );
+    let theirs = s3
+        .cache_url_for("theirs")
+        .replace(&s3.endpoint(), &proxy.endpoint());
+    let served = Served::start(&s3.cache_url(), &s3_env(&s3), &["--extra-cache", &theirs]);
+    let miss = "/1d5i1r8ldqmbfsb2q3i52hbk3a4kbg9h.narinfo";
+    for _ in 0..5 {
+        let (status, body) = served.get(miss);
+        assert_eq!(status, 404, "{body}\n{}", served.log());
+    }
+    let log = served.log();
+    assert!(
+        log.contains("the extra cache 1 failed (1 of 5), answered as a miss")
+            && log.contains("it is asked no more in this job"),
+        "{log}"
+    );
+    let asked = proxy.stats().total_requests();
+    assert_eq!(served.get(miss).0, 404);
+    assert_eq!(served.get("/nix-cache-info").0, 200);
+    assert_eq!(
+        proxy.stats().total_requests(),
+        asked,
+        "the failing cache was asked again after its budget"
+    );
+}

@@ -17,6 +17,7 @@ mod upload;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -82,6 +83,8 @@ pub struct Server {
     cache: Cache,
     /// Read-only caches served after ours, in this order: what ours lacks, they may have.
     extra: Vec<Cache>,
+    /// Failures of each extra cache so far (see [`first_found`]).
+    extra_failures: Vec<std::sync::atomic::AtomicU32>,
     limits: Limits,
     stats: Arc<Stats>,
     uploads: Option<Uploads>,
@@ -104,6 +107,7 @@ impl Server {
         Server {
             cache,
             extra: Vec::new(),
+            extra_failures: Vec::new(),
             limits: Limits::default(),
             stats: Arc::default(),
             uploads,
@@ -113,13 +117,9 @@ impl Server {
 
     /// Fronts `extra` too: a narinfo, NAR or log ours lacks is looked for in each, in order.
     pub fn with_extra(mut self, extra: Vec<Cache>) -> Server {
+        self.extra_failures = extra.iter().map(|_| Default::default()).collect();
         self.extra = extra;
         self
-    }
-
-    /// Ours, then the read-only ones.
-    fn caches(&self) -> impl Iterator<Item = &Cache> {
-        std::iter::once(&self.cache).chain(&self.extra)
     }
 
     pub fn with_limits(mut self, limits: Limits) -> Server {
@@ -314,20 +314,50 @@ async fn narinfo(server: &Server, hash: HashPart, head: bool) -> Response<Body> 
     }
 }
 
-/// What the first cache that has it answers, ours first; the first error stops the search,
-/// since a cache that could not answer may hold what a later one would answer differently.
+/// What the first cache that has it answers, ours first. An error of ours stops the search
+/// (a cache that could not answer may hold what a later one would answer differently). An
+/// extra cache's error or silence is a miss: another team's outage must not turn our answers
+/// into errors, after which Nix stops asking our cache too. Each extra cache gets
+/// [`EXTRA_TIMEOUT`] an answer and [`EXTRA_ERROR_BUDGET`] failures, then is asked no more.
 async fn first_found<'a, T, F, Fut>(server: &'a Server, ask: F) -> Result<Option<T>, CacheError>
 where
     F: Fn(&'a Cache) -> Fut,
     Fut: std::future::Future<Output = Result<Option<T>, CacheError>>,
 {
-    for cache in server.caches() {
-        if let Some(found) = ask(cache).await? {
-            return Ok(Some(found));
+    if let Some(found) = ask(&server.cache).await? {
+        return Ok(Some(found));
+    }
+    for (i, cache) in server.extra.iter().enumerate() {
+        let failures = &server.extra_failures[i];
+        if failures.load(Ordering::Relaxed) >= EXTRA_ERROR_BUDGET {
+            continue;
         }
+        let why = match tokio::time::timeout(EXTRA_TIMEOUT, ask(cache)).await {
+            Ok(Ok(Some(found))) => return Ok(Some(found)),
+            Ok(Ok(None)) => continue,
+            Ok(Err(err)) => err.to_string(),
+            Err(_) => format!("no answer within {} s", EXTRA_TIMEOUT.as_secs()),
+        };
+        let failed = failures.fetch_add(1, Ordering::Relaxed) + 1;
+        Stats::add(&server.stats.errors, 1);
+        eprintln!(
+            "serve: the extra cache {} failed ({failed} of {EXTRA_ERROR_BUDGET}), answered as a \
+             miss: {why}{}",
+            i + 1,
+            if failed == EXTRA_ERROR_BUDGET {
+                "; it is asked no more in this job"
+            } else {
+                ""
+            }
+        );
     }
     Ok(None)
 }
+
+/// How long an extra cache has to answer before its silence counts as a miss.
+const EXTRA_TIMEOUT: Duration = Duration::from_secs(10);
+/// Failures of one extra cache after which the server stops asking it.
+const EXTRA_ERROR_BUDGET: u32 = 5;
 
 /// NARs and logs, streamed: a NAR of any size passes through in chunks.
 async fn object(server: &Server, key: &str, head: bool) -> Response<Body> {

@@ -146,6 +146,19 @@ impl ExtraCache {
         })
     }
 
+    /// Its URL for Nix, with `priority` set after ours (and after cache.nixos.org's 40), whatever
+    /// the cache's own `nix-cache-info` or the URL said: Nix asks substituters in priority order.
+    fn after_ours(&self) -> String {
+        let (base, query) = self.url.split_once('?').unwrap_or((&self.url, ""));
+        let mut params: Vec<&str> = query
+            .split('&')
+            .filter(|p| !p.is_empty() && !p.starts_with("priority="))
+            .collect();
+        let priority = format!("priority={EXTRA_PRIORITY}");
+        params.push(&priority);
+        format!("{base}?{}", params.join("&"))
+    }
+
     /// One `nixbucket serve` can read it itself (an S3 bucket or a directory), with the job's
     /// credentials; any other Nix reads directly.
     fn served_by_us(&self) -> bool {
@@ -168,6 +181,10 @@ pub enum ServeMode {
     Off,
 }
 
+/// The priority of an extra cache Nix reads itself: after ours and cache.nixos.org's (40), as
+/// a larger number is asked later.
+const EXTRA_PRIORITY: u32 = 50;
+
 /// The background server of a [`Job`].
 #[derive(Clone, Debug, Default)]
 pub struct Serve {
@@ -183,6 +200,7 @@ impl Job {
     /// at the server, started first), restores into a mirror ahead of it when Nix will read
     /// one, then records the store for `push`.
     pub fn run(&self) -> anyhow::Result<Outcome> {
+        self.refuse_an_extra_cache_with_our_key_name()?;
         prepare_cache(&self.url);
         let configure = self.configure && self.preflight()?;
         let serve = if configure {
@@ -226,6 +244,23 @@ impl Job {
             configured: configure,
             served: serve,
         })
+    }
+
+    /// An extra cache's key is trusted for every path it serves. One named like ours would be
+    /// taken for ours: `push` counts paths signed by the other keys Nix trusts as served
+    /// upstream, and a key of our name in both places makes that undecidable.
+    fn refuse_an_extra_cache_with_our_key_name(&self) -> anyhow::Result<()> {
+        for extra in &self.extra_caches {
+            if let Some(ours) = self.keys.iter().find(|k| k.name() == extra.key.name()) {
+                anyhow::bail!(
+                    "the extra cache {} has a key named {:?}, the name of this cache's key \
+                     ({ours}); give one of them another name",
+                    extra.url,
+                    extra.key.name()
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Opens an `s3://` cache the way the job will (HeadBucket with its credentials), so that
@@ -338,7 +373,7 @@ impl Job {
         // A server fronts the extra buckets and directories; Nix reads any other cache itself.
         let also: Vec<String> = (self.extra_caches.iter())
             .filter(|c| served.is_none() || !c.served_by_us())
-            .map(|c| c.url.clone())
+            .map(ExtraCache::after_ours)
             .collect();
         let (substituter, extra) = match served {
             None => {
@@ -602,6 +637,49 @@ mod tests {
         let (serve, line) = job("s3://b", None, ServeMode::Off).serve_choice().unwrap();
         assert!(!serve, "{line}");
         assert!(line.contains("itself (serve: off"), "{line}");
+    }
+
+    #[test]
+    fn an_extra_cache_nix_reads_comes_after_ours_whatever_it_says() {
+        let key = "team-1:LJVaXbIWW8UbgWtbcxdrAQgF9yNR3ElNdnYwQ+l2xK0=";
+        let at = |url: &str| {
+            ExtraCache::parse(&format!("{url} {key}"))
+                .unwrap()
+                .after_ours()
+        };
+        assert_eq!(
+            at("https://team.example"),
+            "https://team.example?priority=50"
+        );
+        assert_eq!(
+            at("https://team.example?priority=10&want-mass-query=true"),
+            "https://team.example?want-mass-query=true&priority=50"
+        );
+    }
+
+    #[test]
+    fn an_extra_cache_with_our_key_name_is_refused() {
+        let ours = PublicKey::parse("team-1:LJVaXbIWW8UbgWtbcxdrAQgF9yNR3ElNdnYwQ+l2xK0=").unwrap();
+        let extra = ExtraCache::parse(
+            "https://team.example team-1:AAAAXbIWW8UbgWtbcxdrAQgF9yNR3ElNdnYwQ+l2xK0=",
+        )
+        .unwrap();
+        let job = Job {
+            url: "file:///c".parse().unwrap(),
+            keys: vec![ours],
+            state_path: "/s/state.json".into(),
+            configure: true,
+            substituter: None,
+            serve: Serve::default(),
+            restore: None,
+            extra_caches: vec![extra],
+            open: OpenOptions::default(),
+        };
+        let err = job.refuse_an_extra_cache_with_our_key_name().unwrap_err();
+        assert!(
+            err.to_string().contains("has a key named \"team-1\""),
+            "{err}"
+        );
     }
 
     #[test]
