@@ -163,6 +163,18 @@ NIX_CONFIG=$ca_conf nix-build --no-out-link "$tmp/ca.nix" >/dev/null 2>&1
 ca_drv=$(NIX_CONFIG=$ca_conf nix-instantiate "$tmp/ca.nix" 2>/dev/null)
 NIX_CONFIG=$ca_conf nix realisation info --json "$ca_drv^out" >"$dir/realisation.json" 2>/dev/null ||
     NIX_CONFIG=$ca_conf nix realisation info --json "$ca_drv" >"$dir/realisation.json"
+# The realisation document `nix copy` writes beside the narinfo, from Nix 2.35 on under
+# build-trace-v2/<derivation>/<output>.doi (earlier ones under realisations/, whose body is what
+# `nix realisation info` prints): the judge of the objects push uploads. Kept under a fixed
+# name, with the key Nix wrote it under.
+if NIX_CONFIG=$ca_conf nix copy --to "file://$tmp/ca-cache" "$ca_drv^out" 2>/dev/null &&
+    [[ -d $tmp/ca-cache/build-trace-v2 ]]; then
+    doi=$(cd "$tmp/ca-cache" && find build-trace-v2 -name '*.doi' | head -n 1)
+    if [[ -n $doi ]]; then
+        printf '%s\n' "$doi" >"$dir/build-trace-key.txt"
+        cp "$tmp/ca-cache/$doi" "$dir/build-trace.doi"
+    fi
+fi
 
 # Derivations as this Nix writes them (src/nix/derivation.rs reads their outputs), one plain
 # and one fixed-output, and where this Nix keeps the build log of the one it built.

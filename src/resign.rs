@@ -124,7 +124,7 @@ pub async fn sign_one(
     signing: &Signing<'_>,
     listed: bool,
 ) -> anyhow::Result<Signed> {
-    if key_name.starts_with(realisations::DIR) {
+    if realisations::is_key(key_name) {
         sign_document::<Realisation>(cache, key_name, signing, listed).await
     } else {
         sign_document::<NarInfo>(cache, key_name, signing, listed).await

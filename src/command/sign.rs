@@ -63,15 +63,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let cache = super::open_cache(&url, OpenOptions::default()).await?;
     let keys: Vec<String> = if args.all {
         let prefixes = layout::narinfo_prefixes();
-        let (narinfos, realisations) = tokio::try_join!(
+        let (narinfos, realisations, traces) = tokio::try_join!(
             cache.list_level(&prefixes, args.jobs),
-            cache.list(realisations::DIR)
+            cache.list(realisations::DIR),
+            cache.list(realisations::BUILD_TRACE_DIR)
         )?;
         narinfos
             .into_iter()
             .map(|o| o.key)
             .filter(|k| layout::is_narinfo_key(k))
-            .chain(realisations.into_iter().map(|o| o.key))
+            .chain(realisations.into_iter().chain(traces).map(|o| o.key))
             .collect()
     } else {
         args.paths
@@ -101,7 +102,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (mut changed, mut realised, mut gone, mut failed, mut unvouched) = (0, 0, 0, 0, 0);
     for (k, result) in &results {
         match result {
-            Ok(Signed::Rewritten) if k.starts_with(realisations::DIR) => realised += 1,
+            Ok(Signed::Rewritten) if realisations::is_key(k) => realised += 1,
             Ok(Signed::Rewritten) => changed += 1,
             Ok(Signed::AlreadyWas) => {}
             Ok(Signed::Gone) => gone += 1,

@@ -474,10 +474,7 @@ async fn read_realisations(
     jobs: usize,
 ) -> Vec<(String, Option<SystemTime>, Option<HashPart>)> {
     use crate::push::realisations;
-    let listed = snap
-        .listing
-        .iter()
-        .filter(|o| o.key.starts_with(realisations::DIR));
+    let listed = snap.listing.iter().filter(|o| realisations::is_key(&o.key));
     futures::stream::iter(listed.map(|o| async move {
         let named = match cache.get(&o.key).await {
             Ok(Some(bytes)) => realisations::read(&o.key, &bytes)
@@ -562,7 +559,13 @@ async fn list_cache(cache: &Cache, nars: bool, jobs: usize) -> Result<Vec<Object
         layout::narinfo_prefixes()
     };
     prefixes.push(usage::PREFIX.to_owned());
-    cache.list_level(&prefixes, jobs).await
+    let mut listed = cache.list_level(&prefixes, jobs).await?;
+    if nars {
+        // Nix 2.35's realisations sit a level down, build-trace-v2/DRV/OUTPUT.doi.
+        let trace_dir = crate::push::realisations::BUILD_TRACE_DIR;
+        listed.extend(cache.list(trace_dir).await?);
+    }
+    Ok(listed)
 }
 
 /// Usage records that were not in `listed`, read: (their keys, their merged contents).

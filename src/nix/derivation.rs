@@ -131,6 +131,7 @@ mod tests {
     #[case::nix_2_8(nix_fixture!("2.8.0", "top.drv"), nix_fixture!("2.8.0", "fixed.drv"))]
     #[case::nix_2_26(nix_fixture!("2.26.3", "top.drv"), nix_fixture!("2.26.3", "fixed.drv"))]
     #[case::nix_2_34(nix_fixture!("2.34.8", "top.drv"), nix_fixture!("2.34.8", "fixed.drv"))]
+    #[case::nix_2_35(nix_fixture!("2.35.2", "top.drv"), nix_fixture!("2.35.2", "fixed.drv"))]
     fn reads_the_outputs_nix_wrote(#[case] top: &str, #[case] fixed: &str) {
         let out = |base: &str| Output {
             name: "out".to_owned(),

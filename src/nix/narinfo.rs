@@ -478,6 +478,7 @@ Sig: fmt-test-1:H1ooAZuz7kBtNoMsm9NLgbxhdltMs3IzeWsSEJhqrTXgHdE3GJx6Weecqx7hNuWF
     #[case::nix_2_8("2.8.0")]
     #[case::nix_2_26("2.26.3")]
     #[case::nix_2_34("2.34.8")]
+    #[case::nix_2_35("2.35.2")]
     fn every_narinfo_nix_copy_wrote_reads_and_writes_back_the_same(#[case] version: &str) {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/nix")

@@ -1,10 +1,8 @@
 //! Realisations of content-addressed derivations: which store path a derivation's output
 //! became when it was built. A cache without them gives `ca-derivations` users no hits, since
-//! their Nix cannot know the output's path before building. Nix keeps them in
-//! `realisations/<id>.doi`, where the id is `sha256:<derivation hash modulo its inputs>!<output>`
-//! (not the `.drv` file's hash): the local Nix is asked for them (`nix realisation info`)
-//! rather than that hash computed here. They are uploaded as Nix prints them, with our
-//! signature added as Nix signs them (over the JSON without its `signatures`): `nix copy
+//! their Nix cannot know the output's path before building. The local Nix is asked for them
+//! (`nix realisation info`) rather than their keys computed here, and they are stored in the
+//! layout of the Nix that printed them ([`Layout`]), signed as that Nix signs them: `nix copy
 //! --from` the cache into a store that requires signatures refuses a realisation without one.
 
 use std::collections::BTreeSet;
@@ -19,49 +17,104 @@ use crate::store::{self, PathInfo, StoreError};
 
 /// How many realisations go up at once.
 const CONCURRENT: usize = 16;
+/// Where Nix 2.8 to 2.34 keep realisations.
 pub const DIR: &str = "realisations/";
+/// Where Nix 2.35 and later keep them (its "build traces").
+pub const BUILD_TRACE_DIR: &str = "build-trace-v2/";
 pub const TYPE: &str = "application/json";
 
-/// One realisation, as the local Nix printed it.
+/// Whether `key` names a realisation, in either layout.
+pub fn is_key(key: &str) -> bool {
+    key.starts_with(DIR) || key.starts_with(BUILD_TRACE_DIR)
+}
+
+/// Where a realisation is stored and what its signature covers: the layout of the Nix that
+/// built (and printed) it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Nix 2.8 to 2.34: `realisations/<id>.doi`, the id `sha256:<derivation hash modulo its
+    /// inputs>!<output>`. The document is what `nix realisation info` prints; a signature
+    /// covers it without `signatures`.
+    Id(String),
+    /// Nix 2.35 on: `build-trace-v2/<derivation>/<output>.doi`, keyed by the resolved
+    /// derivation's base name. The document holds `outPath` and `signatures` as `{keyName,
+    /// sig}`; a signature covers `{"key":{"drvPath","outputName"},"value":{"outPath"}}`.
+    BuildTrace { drv: String, output: String },
+}
+
+/// One realisation, as the local Nix printed it or a cache holds it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Realisation {
-    /// `sha256:<hex>!<output>`.
-    pub id: String,
+    pub layout: Layout,
     pub out_path: StorePath,
+    /// The document as stored in a cache.
     pub json: Value,
 }
 
 impl Realisation {
     pub fn key(&self) -> String {
-        format!("{DIR}{}.doi", self.id)
+        match &self.layout {
+            Layout::Id(id) => format!("{DIR}{id}.doi"),
+            Layout::BuildTrace { drv, output } => format!("{BUILD_TRACE_DIR}{drv}/{output}.doi"),
+        }
     }
 
-    /// What a signature signs: the JSON without `signatures`, keys sorted and no spaces, which
-    /// is how Nix's JSON library writes it.
+    /// How messages name it: its id, or `DRV^OUTPUT`.
+    pub fn name(&self) -> String {
+        match &self.layout {
+            Layout::Id(id) => id.clone(),
+            Layout::BuildTrace { drv, output } => format!("{drv}^{output}"),
+        }
+    }
+
+    /// What a signature signs, compact JSON with sorted keys as Nix's JSON library writes it:
+    /// the document without `signatures`, or from 2.35 on the keyed document without them.
     pub fn fingerprint(&self) -> String {
         let mut json = self.json.clone();
         if let Some(object) = json.as_object_mut() {
             object.remove("signatures");
         }
-        json.to_string()
-    }
-
-    pub fn signatures(&self) -> Vec<String> {
-        self.json["signatures"]
-            .as_array()
-            .map(|sigs| {
-                sigs.iter()
-                    .filter_map(|s| s.as_str().map(str::to_owned))
-                    .collect()
+        match &self.layout {
+            Layout::Id(_) => json.to_string(),
+            Layout::BuildTrace { drv, output } => serde_json::json!({
+                "key": {"drvPath": drv, "outputName": output},
+                "value": json,
             })
-            .unwrap_or_default()
+            .to_string(),
+        }
     }
 
-    /// Nix keeps the signatures as a sorted set of `name:base64` strings.
+    /// The signatures as `name:base64`, whichever way the document writes them.
+    pub fn signatures(&self) -> Vec<String> {
+        let Some(sigs) = self.json["signatures"].as_array() else {
+            return Vec::new();
+        };
+        sigs.iter()
+            .filter_map(|s| match s {
+                Value::String(text) => Some(text.clone()),
+                Value::Object(_) => Some(format!(
+                    "{}:{}",
+                    s.get("keyName")?.as_str()?,
+                    s.get("sig")?.as_str()?
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Nix keeps the signatures as a sorted set: `name:base64` strings, or from 2.35 on
+    /// `{keyName, sig}` objects.
     fn set_signatures(&mut self, mut signatures: Vec<String>) {
         signatures.sort();
         signatures.dedup();
-        self.json["signatures"] = Value::from(signatures);
+        self.json["signatures"] = match self.layout {
+            Layout::Id(_) => Value::from(signatures),
+            Layout::BuildTrace { .. } => signatures
+                .iter()
+                .filter_map(|s| s.split_once(':'))
+                .map(|(name, sig)| serde_json::json!({"keyName": name, "sig": sig}))
+                .collect(),
+        };
     }
 
     /// Drops the signatures by keys named `key_name`.
@@ -152,7 +205,7 @@ pub fn find(
     let paths: BTreeSet<&StorePath> = closure.iter().map(|info| &info.path).collect();
     let mut by_id = std::collections::BTreeMap::new();
     for realisation in found.into_iter().filter(|r| paths.contains(&r.out_path)) {
-        by_id.insert(realisation.id.clone(), realisation);
+        by_id.insert(realisation.key(), realisation);
     }
     Ok(by_id.into_values().collect())
 }
@@ -181,9 +234,30 @@ fn ask_nix(outputs: &[(String, String)]) -> Result<Vec<Realisation>, StoreError>
     parse(&out.stdout)
 }
 
-/// A realisation as stored under `key` in a cache: it parses, its id is the one its name
-/// says, and it names an output path.
+/// A realisation as stored under `key` in a cache, in either layout: it parses, names the
+/// realisation its key says (the id inside it, or the derivation and output of its path), and
+/// names an output path.
 pub fn read(key: &str, bytes: &[u8]) -> Result<Realisation, String> {
+    if let Some(rest) = key.strip_prefix(BUILD_TRACE_DIR) {
+        let (drv, file) = rest
+            .split_once('/')
+            .ok_or("not build-trace-v2/DRV/OUTPUT.doi")?;
+        let output = file.strip_suffix(".doi").ok_or("not a .doi file")?;
+        if !drv.ends_with(".drv") || StorePath::from_base_name(drv).is_err() || output.is_empty() {
+            return Err(format!("{drv}/{output} is not a derivation and its output"));
+        }
+        let json: Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        let out = json["outPath"].as_str().ok_or("no outPath")?;
+        let out_path = StorePath::from_base_name(out).map_err(|e| format!("{out}: {e}"))?;
+        return Ok(Realisation {
+            layout: Layout::BuildTrace {
+                drv: drv.to_owned(),
+                output: output.to_owned(),
+            },
+            out_path,
+            json,
+        });
+    }
     let mut array = b"[".to_vec();
     array.extend_from_slice(bytes);
     array.push(b']');
@@ -192,24 +266,24 @@ pub fn read(key: &str, bytes: &[u8]) -> Result<Realisation, String> {
         return Err("not a realisation (no id or outPath)".to_owned());
     };
     if realisation.key() != key {
-        return Err(format!("its id is {}", realisation.id));
+        return Err(format!("its id is {}", realisation.name()));
     }
     Ok(realisation)
 }
 
 /// `nix realisation info --json`'s answer: an array of objects with an `id` and an `outPath`
-/// (a base name on newer Nix, absolute on older); outputs not built are left out.
+/// (a base name on newer Nix, absolute on older), or from Nix 2.35 on of `{key: {drvPath,
+/// outputName}, value: {outPath, signatures}}` beside `{opaquePath}` entries, which are no
+/// realisations. Outputs not built are left out.
 pub fn parse(json: &[u8]) -> Result<Vec<Realisation>, StoreError> {
     let bad = |why: &str| StoreError::BadJson(format!("nix realisation info: {why}"));
     let value: Value = serde_json::from_slice(json).map_err(|e| bad(&e.to_string()))?;
     let items = value.as_array().ok_or_else(|| bad("not an array"))?;
     let mut found = Vec::new();
     for item in items {
-        if item.get("key").is_some() && item.get("value").is_some() {
-            return Err(bad(
-                "it prints realisations as {key, value}, the layout of Nix 2.35 and later, \
-                 which this nixbucket does not write yet",
-            ));
+        if let (Some(key), Some(value)) = (item.get("key"), item.get("value")) {
+            found.push(build_trace(key, value).map_err(|why| bad(&why))?);
+            continue;
         }
         let (Some(id), Some(out)) = (item["id"].as_str(), item["outPath"].as_str()) else {
             continue;
@@ -224,12 +298,46 @@ pub fn parse(json: &[u8]) -> Result<Vec<Realisation>, StoreError> {
             return Err(bad(&format!("{id:?} is not a realisation id")));
         }
         found.push(Realisation {
-            id: id.to_owned(),
+            layout: Layout::Id(id.to_owned()),
             out_path,
             json: item.clone(),
         });
     }
     Ok(found)
+}
+
+/// One `{key, value}` entry Nix 2.35 prints, as the document it stores.
+fn build_trace(key: &Value, value: &Value) -> Result<Realisation, String> {
+    let drv = key["drvPath"].as_str().ok_or("a key without drvPath")?;
+    let output = key["outputName"]
+        .as_str()
+        .ok_or("a key without outputName")?;
+    let drv = drv
+        .strip_prefix(crate::nix::STORE_DIR)
+        .map_or(drv, |d| d.trim_start_matches('/'));
+    if !drv.ends_with(".drv") || StorePath::from_base_name(drv).is_err() {
+        return Err(format!("{drv:?} is not a derivation"));
+    }
+    if output.is_empty() || output.contains('/') {
+        return Err(format!("{output:?} is not an output name"));
+    }
+    let out = value["outPath"].as_str().ok_or("a value without outPath")?;
+    let out = out
+        .strip_prefix(crate::nix::STORE_DIR)
+        .map_or(out, |o| o.trim_start_matches('/'));
+    let out_path = StorePath::from_base_name(out).map_err(|e| format!("{out}: {e}"))?;
+    let signatures = value
+        .get("signatures")
+        .cloned()
+        .unwrap_or(Value::Array(Vec::new()));
+    Ok(Realisation {
+        layout: Layout::BuildTrace {
+            drv: drv.to_owned(),
+            output: output.to_owned(),
+        },
+        json: serde_json::json!({"outPath": out_path.base_name(), "signatures": signatures}),
+        out_path,
+    })
 }
 
 /// Uploads `realisations` whose output is among `landed` (in the cache now), signed with `key`
@@ -254,7 +362,7 @@ pub async fn push(
                 let cache = cache.clone();
                 async move {
                     let result = cache.put_if_absent(&r.key(), r.body(), TYPE).await;
-                    (r.id, result)
+                    (r.name(), result)
                 }
             }),
     )
@@ -284,6 +392,7 @@ mod tests {
     #[case::nix_2_8(nix_fixture!("2.8.0", "realisation.json"), nix_fixture!("2.8.0", "public-key.txt"))]
     #[case::nix_2_26(nix_fixture!("2.26.3", "realisation.json"), nix_fixture!("2.26.3", "public-key.txt"))]
     #[case::nix_2_34(nix_fixture!("2.34.8", "realisation.json"), nix_fixture!("2.34.8", "public-key.txt"))]
+    #[case::nix_2_35(nix_fixture!("2.35.2", "realisation.json"), nix_fixture!("2.35.2", "public-key.txt"))]
     fn verifies_the_signature_nix_made(#[case] json: &str, #[case] public: &str) {
         let found = parse(json.as_bytes()).unwrap();
         assert_eq!(found.len(), 1, "{json}");
@@ -292,8 +401,47 @@ mod tests {
         let mut moved = found[0].clone();
         moved.json["outPath"] = Value::from("00000000000000000000000000000000-elsewhere");
         assert!(!moved.verify(&[key]));
-        // Written back byte for byte, signatures included.
-        assert_eq!(found[0].body(), json.trim().trim_matches(['[', ']']));
+        if let Layout::Id(_) = found[0].layout {
+            // Written back byte for byte, signatures included.
+            assert_eq!(found[0].body(), json.trim().trim_matches(['[', ']']));
+        }
+    }
+
+    /// Nix 2.35 prints `{key, value}` and stores the value under build-trace-v2/DRV/OUT.doi:
+    /// from what it printed we store the bytes, under the key, that its own `nix copy` wrote
+    /// (scripts/capture-nix-fixtures.sh), and read them back; a signature of ours on them
+    /// verifies, and one moved to another derivation does not.
+    #[test]
+    fn nix_2_35_s_build_trace_is_stored_as_its_nix_copy_stores_it() {
+        let printed = nix_fixture!("2.35.2", "realisation.json");
+        let stored = nix_fixture!("2.35.2", "build-trace.doi");
+        let stored_key = nix_fixture!("2.35.2", "build-trace-key.txt").trim();
+        let public = PublicKey::parse(nix_fixture!("2.35.2", "public-key.txt").trim()).unwrap();
+        let found = parse(printed.as_bytes()).unwrap().remove(0);
+        assert_eq!(found.key(), stored_key);
+        assert_eq!(found.body(), stored.as_bytes());
+        let read_back = read(stored_key, stored.as_bytes()).unwrap();
+        assert_eq!(read_back, found);
+        assert!(read_back.verify(std::slice::from_ref(&public)));
+        let ours = SecretKey::generate("team-1").unwrap();
+        let mut signed = read_back.clone();
+        signed.sign(&ours);
+        assert!(signed.verify(&[ours.to_public()]));
+        assert!(
+            signed.verify(std::slice::from_ref(&public)),
+            "Nix's signature was lost"
+        );
+        assert!(signed.body().starts_with(br#"{"outPath":"#));
+        let elsewhere = Realisation {
+            layout: Layout::BuildTrace {
+                drv: "00000000000000000000000000000000-other.drv".into(),
+                output: "out".into(),
+            },
+            ..signed
+        };
+        assert!(!elsewhere.verify(&[ours.to_public(), public]));
+        assert!(read("build-trace-v2/not-a-drv/out.doi", stored.as_bytes()).is_err());
+        assert!(read(&format!("{stored_key}.x"), stored.as_bytes()).is_err());
     }
 
     #[test]
@@ -312,9 +460,13 @@ mod tests {
         r.remove_signatures("team-1");
         assert_eq!(r.signatures(), nix);
         assert!(!r.verify(&[ours.to_public()]));
-        // Nix 2.35 prints another layout, which is refused by name rather than skipped.
         let keyed = br#"[{"key":{"drvPath":"x.drv","outputName":"out"},"value":{"outPath":"y"}}]"#;
-        assert!(parse(keyed).unwrap_err().to_string().contains("2.35"));
+        assert!(
+            parse(keyed)
+                .unwrap_err()
+                .to_string()
+                .contains("not a derivation")
+        );
     }
 
     #[test]

@@ -313,6 +313,24 @@ mod tests {
                     trusted: Some(false),
                 },
             ),
+            // Nix 2.35: as 2.34.
+            (
+                output(
+                    nix_fixture!("2.35.2", "daemon-store-info-untrusted.json"),
+                    "",
+                ),
+                StoreInfo {
+                    daemon: true,
+                    trusted: Some(false),
+                },
+            ),
+            (
+                output(nix_fixture!("2.35.2", "daemon-store-info-trusted.json"), ""),
+                StoreInfo {
+                    daemon: true,
+                    trusted: Some(true),
+                },
+            ),
         ];
         for (i, (out, expected)) in cases.into_iter().enumerate() {
             assert_eq!(StoreInfo::parse(&out), expected, "case {i}");
@@ -325,6 +343,7 @@ mod tests {
             nix_fixture!("2.8.0", "config.json"),
             nix_fixture!("2.26.3", "config.json"),
             nix_fixture!("2.34.8", "config.json"),
+            nix_fixture!("2.35.2", "config.json"),
         ] {
             let config: serde_json::Value = serde_json::from_str(text).unwrap();
             assert_eq!(setting(&config, "trusted-users"), ["root"]);

@@ -330,6 +330,29 @@ mod tests {
                 ],
                 narinfos: narinfos!("2.34.8"),
             },
+            Captured {
+                version: "2.35.2",
+                public_key: nix_fixture!("2.35.2", "public-key.txt"),
+                closures: vec![
+                    nix_fixture!("2.35.2", "path-info.json"),
+                    nix_fixture!("2.35.2", "path-info-format-1.json"),
+                    nix_fixture!("2.35.2", "path-info-format-2.json"),
+                    nix_fixture!("2.35.2", "path-info-format-3.json"),
+                ],
+                derivations: vec![
+                    nix_fixture!("2.35.2", "path-info-derivation.json"),
+                    nix_fixture!("2.35.2", "path-info-format-1-derivation.json"),
+                    nix_fixture!("2.35.2", "path-info-format-2-derivation.json"),
+                    nix_fixture!("2.35.2", "path-info-format-3-derivation.json"),
+                ],
+                missing: vec![
+                    nix_fixture!("2.35.2", "path-info-missing.json"),
+                    nix_fixture!("2.35.2", "path-info-format-1-missing.json"),
+                    nix_fixture!("2.35.2", "path-info-format-2-missing.json"),
+                    nix_fixture!("2.35.2", "path-info-format-3-missing.json"),
+                ],
+                narinfos: narinfos!("2.35.2"),
+            },
         ]
     }
 

@@ -68,7 +68,8 @@ async fn check_realisations(
     jobs: usize,
 ) -> anyhow::Result<(usize, Vec<String>)> {
     use crate::push::realisations;
-    let listed = cache.list(realisations::DIR).await?;
+    let mut listed = cache.list(realisations::DIR).await?;
+    listed.extend(cache.list(realisations::BUILD_TRACE_DIR).await?);
     let count = listed.len();
     let checks = futures::stream::iter(listed.into_iter().map(|o| async move {
         let bytes = match cache.get(&o.key).await {
