@@ -72,6 +72,7 @@ build() { # build LOG [NIX OPTIONS...]
 http="http://127.0.0.1:$ANON_PROXY/bench"
 s3="$bucket:$SIGNED_PROXY"
 t_http=() t_copy=() t_s3=() t_serve=() t_setup=() t_job=()
+declare -A variant_times=()
 s3_ok=1
 for rep in $(seq "$REPS"); do
     fresh
@@ -81,12 +82,14 @@ for rep in $(seq "$REPS"); do
     substituted "$tmp/http.log" "$http"
 
     # `nix copy --from`, which copies a closure without a build (what the issue measured).
-    fresh
-    t0=$(now)
-    nix copy --from "$http" --option trusted-public-keys "$public" "$top" 2>"$tmp/copy.log" ||
-        fail "nix copy failed: $(tail -n 5 "$tmp/copy.log")"
-    t_copy+=("$(secs "$t0" "$(now)")")
-    [[ -e $top ]] || fail "nix copy did not bring $top"
+    if [[ -z ${SKIP_COPY:-} ]]; then
+        fresh
+        t0=$(now)
+        nix copy --from "$http" --option trusted-public-keys "$public" "$top" 2>"$tmp/copy.log" ||
+            fail "nix copy failed: $(tail -n 5 "$tmp/copy.log")"
+        t_copy+=("$(secs "$t0" "$(now)")")
+        [[ -e $top ]] || fail "nix copy did not bring $top"
+    fi
 
     if ((s3_ok)); then
         fresh
@@ -127,6 +130,19 @@ for rep in $(seq "$REPS"); do
     # Large paths are left to Nix, which fetches them through the server.
     substituted "$tmp/job.log" "file://$tmp/mirror" "http://127.0.0.1:"
     from_mirror=$(grep -c "copying path '.*' from 'file://$tmp/mirror" "$tmp/job.log" || true)
+
+    # The same with other limits on the NARs the mirror takes (NAR_MAX_VARIANTS="4MiB 1MiB").
+    for max in ${NAR_MAX_VARIANTS:-}; do
+        fresh
+        t0=$(now)
+        NIXBUCKET_BRANCH=main "$bin" setup --cache "$s3" --signing-key-file "$tmp/sk" \
+            --state-file "$tmp/state.json" --mirror "$tmp/mirror" --restore-nar-max "$max" 2>"$tmp/setup-$max.log" ||
+            fail "setup failed: $(cat "$tmp/setup-$max.log")"
+        build "$tmp/job-$max.log"
+        variant_times[$max]+="$(secs "$t0" "$(now)") "
+        "$bin" finish --state-file "$tmp/state.json" 2>/dev/null
+        substituted "$tmp/job-$max.log" "file://$tmp/mirror" "http://127.0.0.1:"
+    done
 done
 
 m_http=$(median "${t_http[@]}")
@@ -139,13 +155,19 @@ echo
 echo "| how the next job gets the closure | median s | reps (s) |"
 echo "| --- | ---: | --- |"
 echo "| Nix, the bucket over http:// as substituter | $m_http | ${t_http[*]} |"
-echo "| \`nix copy --from\` the bucket over http:// | $(median "${t_copy[@]}") | ${t_copy[*]} |"
+if ((${#t_copy[@]})); then
+    echo "| \`nix copy --from\` the bucket over http:// | $(median "${t_copy[@]}") | ${t_copy[*]} |"
+fi
 if ((${#t_s3[@]})); then
     echo "| Nix, the bucket over s3:// as substituter | $(median "${t_s3[@]}") | ${t_s3[*]} |"
 fi
 echo "| Nix through nixbucket serve (setup --serve --no-restore) | $(median "${t_serve[@]}") | ${t_serve[*]} |"
 echo "| nixbucket setup (restore into the mirror) | $(median "${t_setup[@]}") | ${t_setup[*]} |"
 echo "| nixbucket setup (defaults: restore, then serve) + nix-build | $m_job | ${t_job[*]} |"
+for max in ${NAR_MAX_VARIANTS:-}; do
+    read -ra times <<<"${variant_times[$max]}"
+    echo "| the same with \`--restore-nar-max $max\` | $(median "${times[@]}") | ${times[*]} |"
+done
 echo
 echo "nixbucket setup + build is $(ratio "$m_http" "$m_job")x faster than Nix reading the bucket over http://,"
 echo "and $(ratio "$(median "${t_serve[@]}")" "$m_job")x faster than Nix reading it through nixbucket serve."

@@ -16,7 +16,9 @@
 #
 # Environment: NIXBUCKET, BENCH_DIR, PATHS, LAYERS, RTT_MS, RESTORE_JOBS, NIX_ROOT, BIG=SIZE (a single path of SIZE
 # random bytes instead of the small closure, e.g. BIG=2G), FIXTURE=closure (the closure of
-# bench/make-closure.sh instead: 583 paths, 1.75 GB of NAR; a Nix root imports it). The servers and the proxies run on
+# bench/make-closure.sh instead: 583 paths, 1.75 GB of NAR; a Nix root imports it),
+# NAR_MAX_VARIANTS="8MiB 1MiB" (rows with setup --restore-nar-max at each size), SKIP_COPY=1
+# (no `nix copy --from` row, the slowest). The servers and the proxies run on
 # this host, on 127.0.0.1; with NIX_ROOT the Nix side runs in the root (bench/restore-nix.sh).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 

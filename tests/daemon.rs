@@ -415,6 +415,11 @@ fn the_action_with_default_inputs_lets_a_daemon_without_credentials_substitute_w
         .arg("nobody:nogroup")
         .arg(&runner_temp)));
     let event = job.give("event.json", r#"{"repository":{"default_branch":"main"}}"#);
+    // Node where this machine has it (a Debian root of the test script binds it elsewhere).
+    let node = std::env::split_paths(&std::env::var_os("PATH").unwrap())
+        .map(|dir| dir.join("node"))
+        .find(|p| p.is_file())
+        .expect("node is not on PATH: run scripts/install-ci-tools.sh");
     let step = |phase: &str, state: &[(String, String)]| {
         let files: Vec<PathBuf> = ["state", "output", "summary", "env"]
             .iter()
@@ -450,7 +455,7 @@ fn the_action_with_default_inputs_lets_a_daemon_without_credentials_substitute_w
         env.extend(s3.env());
         env.extend(state.iter().map(|(k, v)| (format!("STATE_{k}"), v.clone())));
         let out = run(job
-            .command(Path::new("/usr/bin/node"))
+            .command(&node)
             .arg(action.join(format!("{phase}.js")))
             .current_dir(&job.home)
             .envs(env));

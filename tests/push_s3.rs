@@ -67,7 +67,7 @@ fn a_large_path_goes_up_in_parts_and_nix_accepts_it(#[case] kind: S3Kind) {
 /// goes on every object, multipart ones too (AWS's own answers, on moto), the rest are named as
 /// ignored, and Nix takes the cache back.
 #[test]
-fn the_url_s_storage_class_goes_on_every_object_and_nix_s_tuning_is_named_as_ignored() {
+fn on_moto_the_url_s_storage_class_goes_on_every_object_and_nix_s_tuning_is_named_as_ignored() {
     let s3 = S3Kind::Moto.start();
     let s3 = s3.as_ref();
     let tmp = tempfile::tempdir().unwrap();

@@ -530,20 +530,27 @@ fn content_addressed_builds_are_copied_back_through_signed_realisations() {
         .arg("--state-file")
         .arg(&job.state));
     assert_ok(&pushed);
-    // The dependency has no inputs to resolve, so its two derivations are one.
-    assert!(
-        stderr(&pushed).contains("; 3 realisations"),
-        "{}",
-        stderr(&pushed)
-    );
     let realisations = || {
         list_files(&job.cache)
             .into_iter()
-            .filter(|k| k.starts_with("realisations/"))
+            .filter(|k| k.starts_with("realisations/") || k.starts_with("build-trace-v2/"))
             .collect::<Vec<_>>()
     };
     let before = realisations();
-    assert_eq!(before.len(), 3, "{before:?}");
+    // Up to Nix 2.34, three: the dependency has no inputs to resolve, so its two derivations
+    // are one, and top's instantiated and resolved derivations each have one. From 2.35 on
+    // (build-trace-v2/), Nix keys a realisation by the derivation it built alone: two.
+    let expected = if before.iter().any(|k| k.starts_with("build-trace-v2/")) {
+        2
+    } else {
+        3
+    };
+    assert!(
+        stderr(&pushed).contains(&format!("; {expected} realisations")),
+        "{}",
+        stderr(&pushed)
+    );
+    assert_eq!(before.len(), expected, "{before:?}");
 
     let verify = run(job.conf.nixbucket().args([
         "verify",
@@ -554,7 +561,7 @@ fn content_addressed_builds_are_copied_back_through_signed_realisations() {
     ]));
     assert_ok(&verify);
     assert!(
-        stderr(&verify).contains("and 3 realisations: 0 problems"),
+        stderr(&verify).contains(&format!("and {expected} realisations: 0 problems")),
         "{}",
         stderr(&verify)
     );

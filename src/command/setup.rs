@@ -78,6 +78,10 @@ pub struct Args {
     /// Restore at most this much (NARs as stored, compressed): `500MiB`, `4GiB`.
     #[arg(long, value_name = "SIZE", default_value = "4GiB", value_parser = parse_size)]
     pub restore_max_size: u64,
+    /// Leave NARs larger than this (as stored) to Nix instead of restoring them: `4MiB`. A
+    /// mirror saves round trips, which a large NAR has few of to save.
+    #[arg(long, value_name = "SIZE", default_value = "32MiB", value_parser = parse_size)]
+    pub restore_nar_max: u64,
     /// Restore what the newest job of these branches used, the first branch that has one
     /// [default: the job's branch, then the default branch, as the CI system names them].
     #[arg(long = "restore-branch", value_name = "BRANCH")]
@@ -111,7 +115,11 @@ impl Args {
                     (self.restore_max_size, self.restore_jobs.into()),
                 )
             })
-            .flatten();
+            .flatten()
+            .map(|mut restore| {
+                restore.options.nar_max = self.restore_nar_max;
+                restore
+            });
         let mode = match (self.serve || self.push_during_build, self.no_serve) {
             (true, _) => ServeMode::On,
             (false, true) => ServeMode::Off,

@@ -75,6 +75,8 @@ pub struct Options {
     pub branches: Vec<String>,
     /// At most this many bytes of NARs (as stored, compressed).
     pub max_size: u64,
+    /// NARs over this size (as stored) are left to Nix ([`LARGE_NAR`] by default).
+    pub nar_max: u64,
     /// Requests in flight.
     pub jobs: usize,
     /// Hash parts of the paths the local store has already.
@@ -97,7 +99,7 @@ pub struct Report {
     pub gone: usize,
     /// Left out to stay within the size budget.
     pub over_budget: usize,
-    /// Left to Nix for being over [`LARGE_NAR`].
+    /// Left to Nix for being over [`Options::nar_max`].
     pub large: usize,
     /// Could not be fetched (the bucket has them; Nix will fetch them from it).
     pub failed: usize,
@@ -242,7 +244,7 @@ pub async fn restore(cache: &Cache, opts: &Options) -> Result<Report, RestoreErr
 
     let wanted = fetch_narinfos(cache, todo, opts.jobs, &mut report).await;
     let sizes: Vec<u64> = wanted.iter().map(|w| nar_bytes(&w.info)).collect();
-    let (keep, large, over_budget) = select(&sizes, opts.max_size);
+    let (keep, large, over_budget) = select(&sizes, opts.max_size, opts.nar_max);
     (report.large, report.over_budget) = (large, over_budget);
     let mut wanted: Vec<Wanted> = wanted
         .into_iter()
@@ -352,16 +354,16 @@ async fn fetch_nars(cache: &Cache, opts: &Options, wanted: Vec<Wanted>, report: 
     }
 }
 
-/// Which of the NARs of `sizes` to restore: none over [`LARGE_NAR`], and within `budget` the
+/// Which of the NARs of `sizes` to restore: none over `nar_max`, and within `budget` the
 /// smallest first, which restores the most paths (round trips saved) for the bytes. Also the
 /// number left out as large and as over the budget.
-fn select(sizes: &[u64], budget: u64) -> (Vec<bool>, usize, usize) {
+fn select(sizes: &[u64], budget: u64, nar_max: u64) -> (Vec<bool>, usize, usize) {
     let mut order: Vec<usize> = (0..sizes.len()).collect();
     order.sort_by_key(|&i| sizes[i]);
     let mut keep = vec![false; sizes.len()];
     let (mut large, mut over, mut left) = (0, 0, budget);
     for i in order {
-        if sizes[i] > LARGE_NAR {
+        if sizes[i] > nar_max {
             large += 1;
         } else if sizes[i] <= left {
             left -= sizes[i];
@@ -508,15 +510,20 @@ mod tests {
     fn small_paths_are_chosen_first_within_the_budget_and_large_ones_left_to_nix() {
         let sizes = [300, 100, LARGE_NAR + 1, 200, LARGE_NAR];
         assert_eq!(
-            select(&sizes, 350),
+            select(&sizes, 350, LARGE_NAR),
             (vec![false, true, false, true, false], 1, 2)
         );
         assert_eq!(
-            select(&sizes, u64::MAX),
+            select(&sizes, u64::MAX, LARGE_NAR),
             (vec![true, true, false, true, true], 1, 0)
         );
-        assert_eq!(select(&sizes, 0), (vec![false; 5], 1, 4));
-        assert_eq!(select(&[], 10), (vec![], 0, 0));
+        assert_eq!(select(&sizes, 0, LARGE_NAR), (vec![false; 5], 1, 4));
+        assert_eq!(
+            select(&sizes, u64::MAX, 150).1,
+            4,
+            "a lower limit leaves more to Nix"
+        );
+        assert_eq!(select(&[], 10, LARGE_NAR), (vec![], 0, 0));
     }
 
     #[test]

@@ -80,6 +80,7 @@ impl Restore {
                 mirror,
                 branches,
                 max_size,
+                nar_max: crate::restore::LARGE_NAR,
                 jobs,
                 have: Default::default(),
                 progress: Some(std::time::Duration::from_secs(5)),

@@ -169,3 +169,18 @@ pub fn start_daemon(conf_dir: &Path, dir: &Path) -> Daemon {
     }
     panic!("nix-daemon did not create {}", daemon.socket.display());
 }
+
+/// A NAR listing without `"executable": false`, which Nix 2.35 writes of every plain file and
+/// earlier versions (and nixbucket) leave out: readers take a missing one as false.
+pub fn without_executable_false(listing: &mut serde_json::Value) {
+    match listing {
+        serde_json::Value::Object(map) => {
+            if map.get("executable") == Some(&serde_json::Value::Bool(false)) {
+                map.remove("executable");
+            }
+            map.values_mut().for_each(without_executable_false);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(without_executable_false),
+        _ => {}
+    }
+}
