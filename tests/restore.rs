@@ -216,3 +216,63 @@ fn a_bucket_without_usage_records_restores_nothing_and_setup_goes_on() {
     );
     assert!(mirrored(tmp.path()).is_empty());
 }
+
+/// A store that stops answering after the bucket check (a hung endpoint; a throttled one
+/// retried for minutes looks the same): the restore stops at its deadline, setup ends with the
+/// build still pointed at the cache, and nothing half-written is in the mirror.
+#[test]
+fn a_hung_store_holds_setup_no_longer_than_the_restore_deadline() {
+    use common::fault_proxy::{Fault, FaultConfig, FaultProxy};
+    let s3 = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (secret, _) = keygen(tmp.path(), "restore-1");
+    let conf = NixConfig::new(tmp.path(), BASE_CONF);
+    let proxy = FaultProxy::start(
+        &s3.endpoint(),
+        FaultConfig {
+            share: 1.0,
+            faults: vec![Fault::Stall],
+            stall: std::time::Duration::from_secs(120),
+            spare_bucket_checks: true,
+            ..FaultConfig::mixed(0.0, 5)
+        },
+    );
+    let hung = s3.cache_url().replace(&s3.endpoint(), &proxy.endpoint());
+    let started = std::time::Instant::now();
+    let mut cmd = setup(&s3, &conf, tmp.path(), &secret);
+    // The same setup, reading the bucket through the proxy.
+    let args: Vec<std::ffi::OsString> = cmd
+        .get_args()
+        .map(|a| {
+            if a == std::ffi::OsStr::new(&s3.cache_url()) {
+                hung.clone().into()
+            } else {
+                a.to_owned()
+            }
+        })
+        .collect();
+    let mut cmd = conf.nixbucket();
+    cmd.envs(s3.env())
+        .env_remove("NIXBUCKET_BRANCH")
+        .args(&args)
+        .args(["--restore-deadline", "3"]);
+    let out = run(&mut cmd);
+    let took = started.elapsed();
+    assert_ok(&out);
+    let log = stderr(&out);
+    assert!(
+        log.contains("restore: stopped at its deadline of 3 s with 0 paths"),
+        "{log}"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(30),
+        "setup took {took:?}"
+    );
+    let user_conf = std::fs::read_to_string(conf.user_conf()).unwrap();
+    assert!(user_conf.contains("extra-substituters = "), "{user_conf}");
+    assert!(
+        proxy.stats().faults_of(Fault::Stall) >= 1,
+        "{:?}",
+        proxy.stats()
+    );
+}

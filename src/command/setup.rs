@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 
 use super::{KeyArgs, SIGNING_KEY_ENV};
 use crate::nix::PublicKey;
-use crate::setup::{ExtraCache, Job, RESTORE_JOBS, Restore, Serve, ServeMode};
+use crate::setup::{ExtraCache, Job, RESTORE_DEADLINE, RESTORE_JOBS, Restore, Serve, ServeMode};
 use crate::state;
 
 #[derive(clap::Args, Debug)]
@@ -78,6 +78,10 @@ pub struct Args {
     /// Restore at most this much (NARs as stored, compressed): `500MiB`, `4GiB`.
     #[arg(long, value_name = "SIZE", default_value = "4GiB", value_parser = parse_size)]
     pub restore_max_size: u64,
+    /// Stop restoring after this many seconds, with whatever has arrived: the build goes on,
+    /// and Nix fetches the rest from the cache.
+    #[arg(long, value_name = "SECS", default_value_t = RESTORE_DEADLINE.as_secs())]
+    pub restore_deadline: u64,
     /// Leave NARs larger than this (as stored) to Nix instead of restoring them: `4MiB`. A
     /// mirror saves round trips, which a large NAR has few of to save.
     #[arg(long, value_name = "SIZE", default_value = "32MiB", value_parser = parse_size)]
@@ -118,6 +122,7 @@ impl Args {
             .flatten()
             .map(|mut restore| {
                 restore.options.nar_max = self.restore_nar_max;
+                restore.deadline = std::time::Duration::from_secs(self.restore_deadline);
                 restore
             });
         let mode = match (self.serve || self.push_during_build, self.no_serve) {

@@ -21,7 +21,17 @@ pub const RESTORE_JOBS: u16 = 256;
 pub struct Restore {
     /// The restore's settings; what the store has already is filled in when it runs.
     pub options: crate::restore::Options,
+    /// When the restore stops, whatever it has fetched: it only saves time, and a throttled
+    /// or hung store must not hold the build for the SDK's minutes of retries.
+    pub deadline: std::time::Duration,
 }
+
+/// The restore's default deadline: with the bucket check, setup ends within a minute against
+/// a store that answers nothing.
+pub const RESTORE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(40);
+
+/// How long the bucket check may take before the store counts as unreachable for this job.
+const PREFLIGHT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// The default budget: a runner's free disk holds this compressed and the store unpacked.
 pub const RESTORE_MAX_SIZE: u64 = 4 << 30;
@@ -85,6 +95,7 @@ impl Restore {
                 have: Default::default(),
                 progress: Some(std::time::Duration::from_secs(5)),
             },
+            deadline: RESTORE_DEADLINE,
         })
     }
 }
@@ -273,9 +284,17 @@ impl Job {
             return Ok(true);
         };
         let opened = on_own_runtime(|| async {
-            Cache::open_with(&self.url, self.open.clone())
-                .await
-                .map(drop)
+            let open = Cache::open_with(&self.url, self.open.clone());
+            match tokio::time::timeout(PREFLIGHT_DEADLINE, open).await {
+                Ok(opened) => opened.map(drop),
+                Err(_) => Err(CacheError::EndpointUnreachable {
+                    endpoint: self
+                        .url
+                        .s3_endpoint_url()
+                        .unwrap_or_else(|| "AWS S3".into()),
+                    detail: format!("no answer within {} s", PREFLIGHT_DEADLINE.as_secs()),
+                }),
+            }
         });
         let err = match opened {
             Ok(()) => return Ok(true),
@@ -495,19 +514,35 @@ fn run_restore(
         .collect();
     // On a thread of its own: setup runs inside the CLI's runtime and the Action's blocking
     // pool, where a runtime cannot be entered again.
+    let deadline = restore.deadline;
     let restored = std::thread::scope(|s| {
-        s.spawn(|| -> anyhow::Result<crate::restore::Report> {
+        s.spawn(|| -> anyhow::Result<Option<crate::restore::Report>> {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
-                let cache = crate::cache::Cache::open_with(url, open.clone()).await?;
-                Ok(crate::restore::restore(&cache, &opts).await?)
+                let work = async {
+                    let cache = crate::cache::Cache::open_with(url, open.clone()).await?;
+                    anyhow::Ok(crate::restore::restore(&cache, &opts).await?)
+                };
+                // Each file lands whole (a temporary name, then a rename, the narinfo last),
+                // so a restore cut off at its deadline leaves a mirror Nix can read.
+                match tokio::time::timeout(deadline, work).await {
+                    Ok(report) => report.map(Some),
+                    Err(_) => Ok(None),
+                }
             })
         })
         .join()
         .unwrap_or_else(|_| Err(anyhow::anyhow!("the restore stopped unexpectedly")))
     });
     match restored {
-        Ok(report) => eprintln!("{}", report.summary()),
+        Ok(Some(report)) => eprintln!("{}", report.summary()),
+        Ok(None) => eprintln!(
+            "restore: stopped at its deadline of {} s with {} paths in {}; Nix fetches the \
+             rest from {url} (--restore-deadline)",
+            deadline.as_secs(),
+            crate::restore::mirrored(&opts.mirror).len(),
+            opts.mirror.display()
+        ),
         Err(err) => eprintln!(
             "warning: could not restore into {}: {err:#}; Nix substitutes from {url} directly",
             opts.mirror.display()
