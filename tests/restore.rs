@@ -239,7 +239,7 @@ fn a_hung_store_holds_setup_no_longer_than_the_restore_deadline() {
     );
     let hung = s3.cache_url().replace(&s3.endpoint(), &proxy.endpoint());
     let started = std::time::Instant::now();
-    let mut cmd = setup(&s3, &conf, tmp.path(), &secret);
+    let cmd = setup(&s3, &conf, tmp.path(), &secret);
     // The same setup, reading the bucket through the proxy.
     let args: Vec<std::ffi::OsString> = cmd
         .get_args()
