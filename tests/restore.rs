@@ -276,3 +276,119 @@ fn a_hung_store_holds_setup_no_longer_than_the_restore_deadline() {
         proxy.stats()
     );
 }
+
+/// A NAR object larger than its narinfo's FileSize (one planted to fill the runner's disk) is
+/// read to one byte past that size, refused, and left to the cache; the rest is restored.
+#[test]
+fn a_nar_larger_than_its_narinfo_says_is_read_one_byte_past_it_and_left_to_the_cache() {
+    let s3 = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (secret, _) = keygen(tmp.path(), "restore-1");
+    let (_, closure) = pushed_and_deleted(&s3, tmp.path(), &secret, "dev", 3);
+    let narinfo = s3
+        .admin()
+        .get(s3.bucket(), &narinfo_key(&closure[0]))
+        .unwrap();
+    let narinfo = String::from_utf8(narinfo).unwrap();
+    let field = |name: &str| {
+        narinfo
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .to_owned()
+    };
+    let (url, size) = (field("URL: "), field("FileSize: ").parse::<u64>().unwrap());
+    let object = s3.object_path(&url);
+    let mut planted = std::fs::read(&object).unwrap();
+    planted.resize(planted.len() + (8 << 20), 0);
+    std::fs::write(&object, planted).unwrap();
+
+    let conf = NixConfig::new(tmp.path(), BASE_CONF);
+    let out = run(setup(&s3, &conf, tmp.path(), &secret).env("NIXBUCKET_BRANCH", "dev"));
+    assert_ok(&out);
+    let log = stderr(&out);
+    assert!(
+        log.contains(&format!("{url} has {} bytes, not {size}", size + 1)),
+        "{log}"
+    );
+    assert!(log.contains("restored 2 of 3 paths"), "{log}");
+    let temps: Vec<_> = std::fs::read_dir(tmp.path().join("mirror"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
+        .collect();
+    assert!(temps.is_empty(), "{temps:?}");
+}
+
+/// A mirror on a small disk: the restore takes at most a quarter of what is free there, the
+/// smallest paths first, and says so; the build gets the rest from the cache. The disk is a
+/// 4 MiB tmpfs in a mount namespace of setup's own, gone when it ends.
+#[test]
+fn on_a_small_disk_the_restore_takes_a_quarter_of_what_is_free() {
+    let s3 = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (secret, _) = keygen(tmp.path(), "restore-1");
+    // Three paths of 700 KB of random bytes each: zstd cannot make them smaller.
+    let tag = nonce();
+    let deps: Vec<String> = (0..3)
+        .map(|i| {
+            derivation(
+                &format!("blob{i}-{tag}"),
+                &format!("head -c {} /dev/urandom > $out", 700_000 + i * 1000),
+            )
+        })
+        .collect();
+    let expr = format!(
+        "let {} in {}",
+        (0..3)
+            .map(|i| format!("d{i} = {};", deps[i]))
+            .collect::<String>(),
+        derivation(&format!("top-{tag}"), "echo ${d0} ${d1} ${d2} > $out")
+    );
+    let file = tmp.path().join("blobs.nix");
+    std::fs::write(&file, expr).unwrap();
+    let built = run(common::nix::nix_command("nix-build")
+        .arg("--no-out-link")
+        .arg(&file));
+    assert_ok(&built);
+    let top = stdout(&built).trim().to_owned();
+    let closure = query_closure(&top);
+    assert_ok(&run(nixbucket()
+        .envs(s3.env())
+        .env("NIXBUCKET_BRANCH", "dev")
+        .args(["push", "--cache", &s3.cache_url(), "--signing-key-file"])
+        .arg(&secret)
+        .arg(&top)));
+    assert_ok(&run(common::nix::nix_command("nix-store")
+        .arg("--delete")
+        .args(&closure)));
+
+    let conf = NixConfig::new(tmp.path(), BASE_CONF);
+    let small = tmp.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let setup = setup(&s3, &conf, &small, &secret);
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount -t tmpfs -o size=4m tmpfs "$1" && shift && exec "$@""#)
+        .arg("sh")
+        .arg(&small)
+        .arg(setup.get_program())
+        .args(setup.get_args())
+        .env("NIXBUCKET_BRANCH", "dev");
+    for (key, value) in setup.get_envs() {
+        match value {
+            Some(value) => cmd.env(key, value),
+            None => cmd.env_remove(key),
+        };
+    }
+    cmd.env("NIXBUCKET_BRANCH", "dev");
+    let out = run(&mut cmd);
+    assert_ok(&out);
+    let log = stderr(&out);
+    assert!(
+        log.contains("free where the mirror is; restoring at most 1"),
+        "{log}"
+    );
+    // One blob fits in a quarter of 4 MiB, beside the small top path.
+    assert!(log.contains("restored 2 of 4 paths"), "{log}");
+}

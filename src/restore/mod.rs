@@ -244,7 +244,8 @@ pub async fn restore(cache: &Cache, opts: &Options) -> Result<Report, RestoreErr
 
     let wanted = fetch_narinfos(cache, todo, opts.jobs, &mut report).await;
     let sizes: Vec<u64> = wanted.iter().map(|w| nar_bytes(&w.info)).collect();
-    let (keep, large, over_budget) = select(&sizes, opts.max_size, opts.nar_max);
+    let budget = disk_budget(&opts.mirror, opts.max_size);
+    let (keep, large, over_budget) = select(&sizes, budget, opts.nar_max);
     (report.large, report.over_budget) = (large, over_budget);
     let mut wanted: Vec<Wanted> = wanted
         .into_iter()
@@ -375,6 +376,30 @@ fn select(sizes: &[u64], budget: u64, nar_max: u64) -> (Vec<bool>, usize, usize)
     (keep, large, over)
 }
 
+/// How much of the mirror's disk a restore may fill: a quarter of what is free, since Nix then
+/// unpacks each NAR into the store (often on the same disk, and some three times the size
+/// compressed) and the build needs room too. `max_size` when that is less, or when the free
+/// space cannot be read.
+fn disk_budget(mirror: &Path, max_size: u64) -> u64 {
+    let Ok(stat) = rustix::fs::statvfs(mirror) else {
+        return max_size;
+    };
+    let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+    let budget = free / DISK_SHARE;
+    if budget < max_size {
+        eprintln!(
+            "restore: {} free where the mirror is; restoring at most {} (a quarter, leaving \
+             room for Nix to unpack and build)",
+            crate::push::progress::human_bytes(free),
+            crate::push::progress::human_bytes(budget)
+        );
+    }
+    budget.min(max_size)
+}
+
+/// The share of the free disk a restore leaves for everything else, as a divisor.
+const DISK_SHARE: u64 = 4;
+
 fn nar_bytes(info: &NarInfo) -> u64 {
     info.file_size.unwrap_or(info.nar_size)
 }
@@ -414,8 +439,16 @@ async fn fetch_path(cache: &Cache, mirror: &Path, w: &Wanted) -> Result<u64, Str
             let mut file = tokio::fs::File::create(&temp).await?;
             let mut hasher = Hasher::new();
             let mut buf = vec![0u8; 256 << 10];
+            // An object larger than its narinfo says is read to one byte past that size and
+            // no further: one planted to fill the disk costs no more than the size it claims.
+            let limit = w
+                .info
+                .file_size
+                .map_or(u64::MAX, |size| size.saturating_add(1));
             loop {
-                let n = body.read(&mut buf).await?;
+                let room = usize::try_from(limit - hasher.len()).unwrap_or(usize::MAX);
+                let take = room.min(buf.len());
+                let n = body.read(&mut buf[..take]).await?;
                 if n == 0 {
                     break;
                 }
