@@ -245,18 +245,22 @@ async function downloadVerified(url, expected, dir) {
   const partial = `${binary}.${process.pid}.partial`;
   fs.writeFileSync(partial, bytes, { mode: 0o755 });
   fs.renameSync(partial, binary);
-  return binary;
+  return { binary, bytes };
 }
 
 /**
- * The binary cached in `dir` if its SHA-256 is still the pinned one, or null.
- * The tool cache outlives the job and may be shared by other jobs on a
- * self-hosted runner, so a digest recorded there would prove nothing.
+ * The binary cached in `dir` and the bytes read from it, if their SHA-256 is
+ * still the pinned one, or null. The tool cache outlives the job and may be
+ * shared by other jobs on a self-hosted runner, so a digest recorded there
+ * would prove nothing, and the file may change once checked: what runs is a
+ * copy of the bytes checked here (stageBinary).
  */
 function cachedBinary(dir, expected) {
   const binary = path.join(dir, 'nixbucket');
   try {
-    if (isExecutableFile(binary) && sha256Hex(fs.readFileSync(binary)) === expected) return binary;
+    if (!isExecutableFile(binary)) return null;
+    const bytes = fs.readFileSync(binary);
+    if (sha256Hex(bytes) === expected) return { binary, bytes };
   } catch {
     // Not cached, or unreadable: download it again.
   }
@@ -268,9 +272,12 @@ function cachedBinary(dir, expected) {
  * user can enter (mkdtemp, 0700) under RUNNER_TEMP, and returns the copy and
  * its SHA-256. `post` runs this copy, not the original: the job's build may
  * rebuild or remove the original (a target/release/nixbucket, a tool cache).
+ * `checked`, when given, are the bytes whose digest was checked against a pin:
+ * those are staged, never the file read again, which another user of a shared
+ * tool cache could have swapped in between.
  */
-function stageBinary(binary, env) {
-  const bytes = fs.readFileSync(binary);
+function stageBinary(binary, env, checked = null) {
+  const bytes = checked || fs.readFileSync(binary);
   const base = env.RUNNER_TEMP || os.tmpdir();
   fs.mkdirSync(base, { recursive: true });
   const dir = fs.mkdtempSync(path.join(base, 'nixbucket-bin-'));
@@ -360,6 +367,14 @@ function buildFromSource(env, version) {
  * action/release-digests.json.
  */
 async function resolveBinary(env = process.env, options = {}) {
+  return (await resolveChecked(env, options)).binary;
+}
+
+/**
+ * resolveBinary, with the bytes whose SHA-256 was checked against a pin when
+ * the binary is a release one (`bytes`, else null): runPhase stages those.
+ */
+async function resolveChecked(env = process.env, options = {}) {
   const { platform = process.platform, arch = process.arch } = options;
   if (platform !== 'linux' && platform !== 'darwin') {
     throw new Error(`nixbucket runs on Linux and macOS runners; this one is ${platform}`);
@@ -370,12 +385,12 @@ async function resolveBinary(env = process.env, options = {}) {
     if (!isExecutableFile(binary)) {
       throw new Error(`the binary input names ${binary}, which is not an executable file`);
     }
-    return binary;
+    return { binary, bytes: null };
   }
   const onPath = findOnPath('nixbucket', env.PATH);
   if (onPath) {
     log.debug(`using nixbucket from PATH: ${onPath}`);
-    return onPath;
+    return { binary: onPath, bytes: null };
   }
 
   const version = cargoPackageVersion(fs.readFileSync(path.join(ACTION_DIR, 'Cargo.toml'), 'utf8'));
@@ -388,12 +403,12 @@ async function resolveBinary(env = process.env, options = {}) {
         `this action pins no SHA-256 for ${asset} of v${version} in action/release-digests.json, ` +
           'so the release binary is not downloaded; building nixbucket from source',
       );
-      return buildFromSource(env, version);
+      return { binary: buildFromSource(env, version), bytes: null };
     }
     const dir = toolCacheDir(env.RUNNER_TOOL_CACHE || path.join(os.tmpdir(), 'nixbucket-tool-cache'), version, arch);
     const cached = cachedBinary(dir, expected);
     if (cached) {
-      log.debug(`using the cached release binary ${cached}`);
+      log.debug(`using the cached release binary ${cached.binary}`);
       return cached;
     }
     const url = releaseAssetUrl(env.GITHUB_SERVER_URL, release, asset);
@@ -409,7 +424,7 @@ async function resolveBinary(env = process.env, options = {}) {
       log.warning(`could not download ${url}: ${err.message}; building nixbucket from source`);
     }
   }
-  return buildFromSource(env, version);
+  return { binary: buildFromSource(env, version), bytes: null };
 }
 
 /**
@@ -445,7 +460,8 @@ async function runPhase(phase, env = process.env, options = {}) {
     }
   } else {
     try {
-      run = stageBinary(await resolveBinary(env, options), env);
+      const resolved = await resolveChecked(env, options);
+      run = stageBinary(resolved.binary, env, resolved.bytes);
     } catch (err) {
       log.error(`nixbucket: ${err.message}`);
       process.exitCode = 1;

@@ -204,6 +204,26 @@ function runNode(args, env) {
   });
 }
 
+describe('stageBinary', () => {
+  it('stages the bytes whose digest was checked, not the file read again', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nixbucket-stage-'));
+    try {
+      const checked = Buffer.from('#!/bin/sh\necho checked\n');
+      const binary = path.join(dir, 'nixbucket');
+      // Another user of a shared tool cache swapped the file after the check.
+      fs.writeFileSync(binary, '#!/bin/sh\necho swapped\n', { mode: 0o755 });
+      const staged = shim.stageBinary(binary, { RUNNER_TEMP: dir }, checked);
+      assert.deepEqual(fs.readFileSync(staged.binary), checked);
+      assert.equal(staged.digest, crypto.createHash('sha256').update(checked).digest('hex'));
+      // Without checked bytes (a binary input, one on PATH) the file is what is staged.
+      const plain = shim.stageBinary(binary, { RUNNER_TEMP: dir });
+      assert.deepEqual(fs.readFileSync(plain.binary), fs.readFileSync(binary));
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('release downloads', () => {
   const REPO_VERSION = shim.cargoPackageVersion(fs.readFileSync(path.join(REPO_ROOT, 'Cargo.toml'), 'utf8'));
   const asset = shim.assetName('linux', 'x64');
