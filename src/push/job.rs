@@ -251,10 +251,11 @@ impl Job {
 }
 
 /// The build logs of the derivations new since setup and the closure's derivers, and the
-/// closure with each failed build's derivation added, with its own closure (input derivations
-/// and sources, all small): Nix 2.8 reads a derivation's log from a cache only when the cache
-/// has the derivation, and a failed build is worth inspecting anywhere. Logs that cannot be
-/// found are a warning, not a failed push.
+/// closure with each failed build's derivation added, with its own closure of input
+/// derivations, when it names no source the job added: Nix 2.8 reads a derivation's log from
+/// a cache only when the cache has the derivation, but a source copied in from the checkout
+/// may hold what must never reach the bucket, and no build vouches for it. Logs that cannot
+/// be found are a warning, not a failed push.
 fn with_failed_derivations(
     mut closure: Vec<PathInfo>,
     new_derivations: Vec<StorePath>,
@@ -272,13 +273,35 @@ fn with_failed_derivations(
             return (closure, None);
         }
     };
-    if !found.failed.is_empty() {
-        match store::query_path_info(&found.failed, true) {
-            Ok(extra) => closure.extend(extra.into_iter().filter(|i| !valid.contains(&i.path))),
-            Err(err) => eprintln!("warning: the failed builds' derivations are not pushed: {err}"),
+    for drv in &found.failed {
+        match store::query_path_info(std::slice::from_ref(drv), true) {
+            Ok(extra) => {
+                let extra: Vec<PathInfo> = extra
+                    .into_iter()
+                    .filter(|i| !valid.contains(&i.path))
+                    .collect();
+                match added_sources(&extra) {
+                    0 => closure.extend(extra),
+                    n => eprintln!(
+                        "the derivation of the failed build {drv} is not pushed, only its log: \
+                         it names {n} source path(s) the job added (a `src = ./.` can carry \
+                         untracked files such as an .env), which no build vouches for"
+                    ),
+                }
+            }
+            Err(err) => eprintln!("warning: the derivation of {drv} is not pushed: {err}"),
         }
     }
     (closure, Some(found))
+}
+
+/// Paths among `infos` that are sources: no derivation built them (Nix copied them in at
+/// evaluation, `src = ./.`, `builtins.path`), as opposed to derivations and build outputs.
+fn added_sources(infos: &[PathInfo]) -> usize {
+    infos
+        .iter()
+        .filter(|i| !i.path.is_derivation() && i.deriver.is_none())
+        .count()
 }
 
 /// `found` without the logs of derivations whose outputs the cache already had: those went up

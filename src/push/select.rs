@@ -1,6 +1,6 @@
 //! Which of the job's new paths to push, and why the others are not: paths another cache
-//! already serves (signed by an upstream key), derivations, and the user's include/exclude
-//! patterns. Decided from local metadata only.
+//! already serves (signed by an upstream key), derivations, sources the job added but did not
+//! build, and the user's include/exclude patterns. Decided from local metadata only.
 
 use regex::Regex;
 
@@ -18,8 +18,13 @@ pub struct Filters {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SkipReason {
-    Upstream { key: String },
+    Upstream {
+        key: String,
+    },
     Derivation,
+    /// Copied into the store at evaluation (`src = ./.`, `builtins.path`), built by nothing:
+    /// pushed only where a path the job built needs it.
+    Source,
     Excluded,
     NotIncluded,
 }
@@ -31,6 +36,9 @@ impl std::fmt::Display for SkipReason {
             SkipReason::Derivation => {
                 f.write_str("a derivation (--include-derivations pushes them)")
             }
+            SkipReason::Source => f.write_str(
+                "a source the job added but did not build (pushed only with a path that needs it)",
+            ),
             SkipReason::Excluded => f.write_str("matches --exclude"),
             SkipReason::NotIncluded => f.write_str("does not match --include"),
         }
@@ -53,6 +61,11 @@ impl Filters {
         }
         if info.path.is_derivation() && !self.include_derivations {
             return Some(SkipReason::Derivation);
+        }
+        // A checkout copied in with `src = ./.` can carry untracked files (an .env): such a
+        // path goes up only in the closure of something built from it.
+        if !info.path.is_derivation() && info.deriver.is_none() {
+            return Some(SkipReason::Source);
         }
         let name = info.path.name();
         if self.exclude.as_ref().is_some_and(|re| re.is_match(name)) {
@@ -99,13 +112,16 @@ mod tests {
     use super::*;
     use crate::nix::{Sha256, Signature};
 
+    /// A path some derivation built (it records its deriver), signed by `signed_by`.
     fn info(base: &str, signed_by: &[&str]) -> PathInfo {
         PathInfo {
             path: StorePath::from_base_name(base).unwrap(),
             nar_hash: Sha256([0; 32]),
             nar_size: 1,
             references: vec![],
-            deriver: None,
+            deriver: Some(
+                StorePath::from_base_name("00000000000000000000000000000000-built.drv").unwrap(),
+            ),
             signatures: signed_by
                 .iter()
                 .map(|k| Signature {
@@ -157,5 +173,19 @@ mod tests {
         for (base, sigs, expected) in cases {
             assert_eq!(filters.skip_root(&info(base, sigs)), expected, "{base}");
         }
+        // The same name, but copied in at evaluation (no deriver): a source, not pushed by
+        // itself; and one served upstream stays "upstream" whatever else it is.
+        let mut source = info("bw9svbjjplvpv3vpkgb10wycmbncwrk1-app", &[]);
+        source.deriver = None;
+        assert_eq!(filters.skip_root(&source), Some(SkipReason::Source));
+        source.signatures = info(
+            "bw9svbjjplvpv3vpkgb10wycmbncwrk1-app",
+            &["cache.nixos.org-1"],
+        )
+        .signatures;
+        assert!(matches!(
+            filters.skip_root(&source),
+            Some(SkipReason::Upstream { .. })
+        ));
     }
 }
