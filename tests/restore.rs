@@ -25,9 +25,23 @@ fn pushed_and_deleted(
     branch: &str,
     count: usize,
 ) -> (PathBuf, Vec<String>) {
+    pushed_and_deleted_made_by(s3, dir, secret, branch, count, |i| {
+        format!("echo {i} > $out")
+    })
+}
+
+/// [`pushed_and_deleted`], each of the `count - 1` paths below the top made by `script(i)`.
+fn pushed_and_deleted_made_by(
+    s3: &dyn S3Store,
+    dir: &Path,
+    secret: &Path,
+    branch: &str,
+    count: usize,
+    script: impl Fn(usize) -> String,
+) -> (PathBuf, Vec<String>) {
     let tag = nonce();
     let deps: Vec<String> = (0..count - 1)
-        .map(|i| derivation(&format!("dep{i}-{tag}"), &format!("echo {i} > $out")))
+        .map(|i| derivation(&format!("dep{i}-{tag}"), &script(i)))
         .collect();
     let names: Vec<String> = (0..deps.len()).map(|i| format!("d{i}")).collect();
     let lets: String = names
@@ -328,41 +342,10 @@ fn on_a_small_disk_the_restore_takes_a_quarter_of_what_is_free() {
     let s3 = S3Server::start();
     let tmp = tempfile::tempdir().unwrap();
     let (secret, _) = keygen(tmp.path(), "restore-1");
-    // Three paths of 700 KB of random bytes each: zstd cannot make them smaller.
-    let tag = nonce();
-    let deps: Vec<String> = (0..3)
-        .map(|i| {
-            derivation(
-                &format!("blob{i}-{tag}"),
-                &format!("head -c {} /dev/urandom > $out", 700_000 + i * 1000),
-            )
-        })
-        .collect();
-    let expr = format!(
-        "let {} in {}",
-        (0..3)
-            .map(|i| format!("d{i} = {};", deps[i]))
-            .collect::<String>(),
-        derivation(&format!("top-{tag}"), "echo ${d0} ${d1} ${d2} > $out")
-    );
-    let file = tmp.path().join("blobs.nix");
-    std::fs::write(&file, expr).unwrap();
-    let built = run(common::nix::nix_command("nix-build")
-        .arg("--no-out-link")
-        .arg(&file));
-    assert_ok(&built);
-    let top = stdout(&built).trim().to_owned();
-    let closure = query_closure(&top);
-    assert_ok(&run(nixbucket()
-        .envs(s3.env())
-        .env("NIXBUCKET_BRANCH", "dev")
-        .args(["push", "--cache", &s3.cache_url(), "--signing-key-file"])
-        .arg(&secret)
-        .arg(&top)));
-    assert_ok(&run(common::nix::nix_command("nix-store")
-        .arg("--delete")
-        .args(&closure)));
-
+    // Three paths of 700 KB of random bytes each (zstd cannot make them smaller) below a top.
+    pushed_and_deleted_made_by(&s3, tmp.path(), &secret, "dev", 4, |i| {
+        format!("head -c {} /dev/urandom > $out", 700_000 + i * 1000)
+    });
     let conf = NixConfig::new(tmp.path(), BASE_CONF);
     let small = tmp.path().join("small");
     std::fs::create_dir(&small).unwrap();

@@ -356,6 +356,17 @@ fn an_untrusted_user_gets_told_why_and_what_to_add() {
     );
 }
 
+/// Builds the expression in `file`, which must fail; returns its derivation.
+fn build_and_fail(file: &Path) -> String {
+    let drv = stdout(&run(common::nix::nix_command("nix-instantiate").arg(file)))
+        .trim()
+        .to_owned();
+    assert_fails(&run(common::nix::nix_command("nix-build")
+        .arg("--no-out-link")
+        .arg(file)));
+    drv
+}
+
 /// The logs of the job's builds land in the cache, failed builds' too, where `nix log --store`
 /// reads them: by the output of a build that succeeded (through its narinfo's Deriver), and by
 /// the derivation of one that failed. `--no-build-logs` uploads none.
@@ -380,14 +391,7 @@ fn build_logs_are_read_back_by_nix_log_for_outputs_and_failed_derivations() {
                 &format!("echo failed-{tag}-because >&2; exit 1"),
             ),
         );
-        let drv = stdout(&run(
-            common::nix::nix_command("nix-instantiate").arg(&failing)
-        ))
-        .trim()
-        .to_owned();
-        assert_fails(&run(common::nix::nix_command("nix-build")
-            .arg("--no-out-link")
-            .arg(&failing)));
+        let drv = build_and_fail(&failing);
         let push = job.push(extra);
         assert_ok(&push);
         (tag, built, drv, stderr(&push))
@@ -612,14 +616,7 @@ fn a_failed_build_s_sources_never_reach_the_cache() {
             checkout.display()
         ),
     );
-    let drv = stdout(&run(
-        common::nix::nix_command("nix-instantiate").arg(&failing)
-    ))
-    .trim()
-    .to_owned();
-    assert_fails(&run(common::nix::nix_command("nix-build")
-        .arg("--no-out-link")
-        .arg(&failing)));
+    let drv = build_and_fail(&failing);
     let push = job.push(&[]);
     assert_ok(&push);
     let pushed = stderr(&push);
