@@ -15,6 +15,11 @@ pub const SECRET_VARS: &[&str] = &[
     "INPUT_SIGNING-KEY",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
+    // The Action's token input, the hook's hand-over token and the runner's own tokens.
+    "INPUT_GITHUB-TOKEN",
+    "NIXBUCKET_SERVE_TOKEN",
+    "ACTIONS_RUNTIME_TOKEN",
+    "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
 ];
 
 /// A command for an external program, with no secret in its environment.
