@@ -187,6 +187,42 @@ pub fn remove_mirror(dir: &Path) -> std::io::Result<bool> {
     Ok(true)
 }
 
+/// Removes the mirrors earlier jobs left beside `mirror` (a job killed before its push, on a
+/// runner that keeps its temporary folder): directories named `nixbucket-mirror-*` that hold
+/// the marker `prepare_mirror` writes, made over [`STALE_MIRROR`] ago, so that a job running
+/// beside this one on the same machine keeps its own. Returns how many went.
+pub fn sweep_stale_mirrors(mirror: &Path) -> usize {
+    sweep_mirrors_older_than(mirror, STALE_MIRROR)
+}
+
+/// A mirror older than this belongs to no running job: CI systems end jobs well before.
+const STALE_MIRROR: Duration = Duration::from_secs(24 * 3600);
+
+fn sweep_mirrors_older_than(mirror: &Path, age: Duration) -> usize {
+    let stale = |dir: &Path| {
+        std::fs::metadata(dir.join(MARKER))
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|e| e >= age))
+    };
+    let (Some(parent), Some(ours)) = (mirror.parent(), mirror.file_name()) else {
+        return 0;
+    };
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name() != ours)
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with("nixbucket-mirror-"))
+        })
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter(|e| stale(&e.path()) && remove_mirror(&e.path()).unwrap_or(false))
+        .count()
+}
+
 /// Hash parts of the narinfos in a mirror.
 pub fn mirrored(dir: &Path) -> HashSet<HashPart> {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -510,6 +546,25 @@ mod tests {
 
     fn keys(names: &[&str]) -> Vec<String> {
         names.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn stale_mirrors_beside_ours_go_and_nothing_else() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ours = tmp.path().join("nixbucket-mirror-ours");
+        let stale = tmp.path().join("nixbucket-mirror-0123");
+        let unmarked = tmp.path().join("nixbucket-mirror-4567");
+        let other = tmp.path().join("something-else");
+        for dir in [&ours, &stale, &other] {
+            prepare_mirror(dir).unwrap();
+        }
+        std::fs::create_dir(&unmarked).unwrap();
+        // Made just now: another job's, maybe running beside this one.
+        assert_eq!(sweep_stale_mirrors(&ours), 0);
+        assert!(stale.exists());
+        assert_eq!(sweep_mirrors_older_than(&ours, Duration::ZERO), 1);
+        assert!(!stale.exists());
+        assert!(ours.exists() && unmarked.exists() && other.exists());
     }
 
     #[test]

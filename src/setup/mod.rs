@@ -508,6 +508,10 @@ fn run_restore(
     store_paths: &[String],
 ) -> PathBuf {
     let mut opts = restore.options.clone();
+    let swept = crate::restore::sweep_stale_mirrors(&opts.mirror);
+    if swept > 0 {
+        eprintln!("restore: removed {swept} mirror(s) earlier jobs left here");
+    }
     opts.have = store_paths
         .iter()
         .filter_map(|name| name.get(..32).and_then(crate::nix::HashPart::parse))

@@ -171,7 +171,8 @@ fn nix_output(args: &[&str]) -> Result<NixOutput, StoreError> {
         .output()
         .map_err(StoreError::Spawn)?;
     if !out.status.success() {
-        return Err(StoreError::Failed {
+        return Err(StoreError::Command {
+            command: args.join(" "),
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         });
     }
@@ -219,6 +220,18 @@ mod tests {
         assert!(!includes_custom_conf(
             "!include other.conf\nsubstituters = x\n"
         ));
+    }
+
+    #[test]
+    fn a_failing_nix_command_is_named_as_it_ran() {
+        let err = StoreError::Command {
+            command: ["config", "show", "--json"].join(" "),
+            stderr: "error: unknown setting".into(),
+        };
+        assert_eq!(
+            err.to_string(),
+            "`nix config show --json` failed: error: unknown setting"
+        );
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub enum StoreError {
     Version(String),
     #[error("`nix path-info` failed: {stderr}")]
     Failed { stderr: String },
+    /// Another `nix` command: named as it ran.
+    #[error("`nix {command}` failed: {stderr}")]
+    Command { command: String, stderr: String },
     #[error("`nix realisation info` failed: {stderr}")]
     Realisations { stderr: String },
     #[error(
