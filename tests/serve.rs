@@ -492,7 +492,8 @@ fn push_during_build_uploads_as_paths_are_built_and_the_final_push_does_the_rest
         assert!(listing.contains(r#""type":"regular""#), "{listing}");
     }
 
-    // A path the hook never sees (added, not built): the job-end push uploads only that.
+    // A path the hook never sees (added, not built): a source no build vouches for, which the
+    // job-end push leaves out too.
     let file = tmp.path().join(format!("added-{tag}"));
     std::fs::write(&file, &tag).unwrap();
     let added = run(conf.nix("nix-store").arg("--add").arg(&file));
@@ -517,7 +518,7 @@ fn push_during_build_uploads_as_paths_are_built_and_the_final_push_does_the_rest
     );
     let added_path = stdout(&added).trim().to_owned();
     let added_hash = &added_path["/nix/store/".len()..][..32];
-    assert!(s3.object_path(&format!("{added_hash}.narinfo")).exists());
+    assert!(!s3.object_path(&format!("{added_hash}.narinfo")).exists());
 }
 
 #[test]
