@@ -504,3 +504,25 @@ fn setup_without_any_credentials_says_the_job_gets_no_cache_and_goes_on() {
         "the store was not recorded"
     );
 }
+
+/// `NIXBUCKET_NO_SERVE=false` in a job's environment does not stand against `--serve`; `true`
+/// does, in one clear error.
+#[test]
+fn no_serve_from_the_environment_conflicts_with_serve_only_when_true() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, public) = keygen(tmp.path(), "test-cache-1");
+    let setup = |no_serve: &str| {
+        run(nixbucket()
+            .env("NIXBUCKET_NO_SERVE", no_serve)
+            .args(["setup", "--no-configure", "--serve", "--cache"])
+            .arg(format!("file://{}", tmp.path().join("cache").display()))
+            .args(["--public-key", &public, "--state-file"])
+            .arg(tmp.path().join("state.json")))
+    };
+    assert_ok(&setup("false"));
+    let err = one_error(&setup("true"));
+    assert!(
+        err.contains("--no-serve (or $NIXBUCKET_NO_SERVE) cannot go with --serve"),
+        "{err}"
+    );
+}

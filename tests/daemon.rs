@@ -481,9 +481,30 @@ fn the_action_with_default_inputs_lets_a_daemon_without_credentials_substitute_w
         "",
         "no server of this job after the main step"
     );
+    // The server outlives the step, and later steps can read its environment: the signing key
+    // the step was given is not there.
+    let state: Vec<(String, String)> = common::parse_step_file(&state).into_iter().collect();
+    let state_file = &state
+        .iter()
+        .find(|(k, _)| k == "nixbucket-state-file")
+        .unwrap()
+        .1;
+    let recorded: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(state_file).unwrap()).unwrap();
+    let pid = recorded["serve"]["pid"].as_u64().unwrap();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(
+        environ.contains("INPUT_CACHE="),
+        "not the server's environment: {environ}"
+    );
+    let base64 = key_text.split_once(':').unwrap().1;
+    assert!(
+        !environ.contains(base64) && !environ.contains("INPUT_SIGNING-KEY"),
+        "the signing key is in the server's environment"
+    );
     substitutes_what_the_restore_left(&job, &paths);
 
-    let state: Vec<(String, String)> = common::parse_step_file(&state).into_iter().collect();
     let (post, _, outputs, _) = step("post", &state);
     assert_ok(&post);
     let outputs = common::parse_step_file(&outputs);

@@ -59,11 +59,11 @@ pub struct Args {
     /// s3:// cache when the Nix that substitutes could not read the bucket itself: a
     /// nix-daemon (it has no access to the job's AWS credentials), or a Nix without S3 support.
     /// `push` stops the server and reports the job's cache hit rate.
-    #[arg(long, conflicts_with_all = ["substituter", "no_serve"])]
+    #[arg(long, conflicts_with = "substituter")]
     pub serve: bool,
     /// Never start a server: Nix reads the cache itself (a daemon then needs AWS credentials
     /// of its own for an s3:// cache).
-    #[arg(long, env = "NIXBUCKET_NO_SERVE", conflicts_with = "push_during_build")]
+    #[arg(long, env = "NIXBUCKET_NO_SERVE")]
     pub no_serve: bool,
     /// Upload each path as soon as Nix has built it (a post-build-hook hands it to the
     /// server, which this starts), so `push` only uploads what remains.
@@ -125,8 +125,14 @@ impl Args {
                 restore.deadline = std::time::Duration::from_secs(self.restore_deadline);
                 restore
             });
+        // Checked here, not by clap: `NIXBUCKET_NO_SERVE=false` in the environment counts as
+        // given for clap's conflicts.
         let mode = match (self.serve || self.push_during_build, self.no_serve) {
-            (true, _) => ServeMode::On,
+            (true, true) => bail!(
+                "--no-serve (or $NIXBUCKET_NO_SERVE) cannot go with --serve or \
+                 --push-during-build, which need the server"
+            ),
+            (true, false) => ServeMode::On,
             (false, true) => ServeMode::Off,
             (false, false) => ServeMode::Auto,
         };

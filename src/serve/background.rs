@@ -34,12 +34,14 @@ pub struct Background {
 /// detached process that outlives `setup`: its own
 /// process group (a CI step's end or Ctrl-C does not reach it), output to a log file next to
 /// the state file. Fixed `credentials` (a role the Action assumed) reach it on its standard
-/// input, never in its environment or arguments. Returns once it answers.
+/// input, never in its environment or arguments; the signing key only when it `signs` the
+/// hook's hand-overs. Returns once it answers.
 pub fn start(
     cache: &str,
     extra_caches: &[String],
     state_path: &Path,
     signing_key_file: Option<&Path>,
+    signs: bool,
     credentials: Option<&aws_credential_types::Credentials>,
 ) -> anyhow::Result<Background> {
     use std::os::unix::process::CommandExt;
@@ -58,6 +60,31 @@ pub fn start(
     getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("no random bytes: {e}"))?;
     let token = zeroize::Zeroizing::new(random.iter().map(|b| format!("{b:02x}")).collect());
     let mut cmd = Command::new(&exe);
+    // The server outlives setup, and a later step of the job, running as the same user, can
+    // read its environment: none of the secrets the step was given go there (the Action's
+    // signing key and tokens); the signing key only when the server signs hand-overs with it
+    // and no key file names it. AWS credentials of the job's own environment stay: the later
+    // steps have them already, and the server reads the bucket with them.
+    for var in crate::store::SECRET_VARS {
+        if !var.starts_with("AWS_") {
+            cmd.env_remove(var);
+        }
+    }
+    if let (Some(key), true) = (std::env::var_os(crate::command::SIGNING_KEY_ENV), signs) {
+        if signing_key_file.is_none() {
+            cmd.env(crate::command::SIGNING_KEY_ENV, key);
+        }
+    }
+    if credentials.is_some() {
+        // Fixed credentials come on the pipe below: none from the environment may stand in.
+        for var in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+        ] {
+            cmd.env_remove(var);
+        }
+    }
     cmd.env(TOKEN_ENV, &*token);
     cmd.args(["serve", "--cache", cache, "--ready-file"])
         .arg(&ready)

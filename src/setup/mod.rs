@@ -228,6 +228,7 @@ impl Job {
                 &self.fronted(),
                 &self.state_path,
                 self.serve.signing_key_file.as_deref(),
+                self.serve.push_during_build,
                 self.open.credentials.as_ref(),
             )?),
             false => None,
