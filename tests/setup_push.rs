@@ -652,3 +652,38 @@ fn a_failed_build_s_sources_never_reach_the_cache() {
         assert!(stdout(&by_drv).contains(&format!("failed-{tag}-here")));
     }
 }
+
+/// Two failed builds that share an input derivation: each failed derivation goes up with its
+/// input derivations, the shared one once (pushing it twice stopped the whole push).
+#[test]
+fn two_failed_builds_sharing_an_input_derivation_push_it_once() {
+    let job = Job::new();
+    let tmp = &job.tmp;
+    assert_ok(&job.setup());
+    let tag = nonce();
+    let shared = derivation(&format!("shared-{tag}"), "echo shared > $out");
+    let failing = |name: &str| {
+        write_expr(
+            tmp.path(),
+            &format!(
+                "let shared = {shared}; in {}",
+                derivation(
+                    &format!("{name}-{tag}"),
+                    &format!("echo ${{shared}} {name}-failed >&2; exit 1")
+                )
+            ),
+        )
+    };
+    let (one, two) = (failing("one"), failing("two"));
+    let drvs = [build_and_fail(&one), build_and_fail(&two)];
+    let push = job.push(&[]);
+    assert_ok(&push);
+    let pushed = stderr(&push);
+    for drv in &drvs {
+        assert!(pushed.contains(&format!("build failed: {drv}")), "{pushed}");
+        let narinfo = job
+            .cache
+            .join(format!("{}.narinfo", &drv["/nix/store/".len()..][..32]));
+        assert!(narinfo.is_file(), "{drv} was not pushed:\n{pushed}");
+    }
+}

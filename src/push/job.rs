@@ -183,7 +183,7 @@ impl Job {
         let query = tokio::task::spawn_blocking(move || {
             // Nix's configuration (for the upstream keys) is read beside the store queries
             // that do not need it.
-            let (closure, skipped, new_derivations) = std::thread::scope(|scope| {
+            let (closure, skipped, added) = std::thread::scope(|scope| {
                 let keys = scope.spawn(|| upstream_keys(&upstream, our_key.as_deref()));
                 let filters = || -> anyhow::Result<Filters> {
                     let keys = keys.join().expect("the key query does not panic");
@@ -198,21 +198,21 @@ impl Job {
                     since_setup(&state_path, keep, filters)
                 } else {
                     let (closure, skipped) = named_closure(&paths, filters)?;
-                    Ok::<_, anyhow::Error>((closure, skipped, Vec::new()))
+                    Ok::<_, anyhow::Error>((closure, skipped, Added::default()))
                 }
             })?;
             if keep {
                 return Ok((closure, skipped, None, Vec::new()));
             }
             let realisations =
-                realisations::find(&closure, &new_derivations).unwrap_or_else(|err| {
+                realisations::find(&closure, &added.derivations).unwrap_or_else(|err| {
                     eprintln!("warning: no realisations are pushed: {err}");
                     Vec::new()
                 });
             if !want_logs {
                 return Ok((closure, skipped, None, realisations));
             }
-            let (closure, logs) = with_failed_derivations(closure, new_derivations);
+            let (closure, logs) = with_failed_derivations(closure, added);
             anyhow::Ok((closure, skipped, logs, realisations))
         });
         let open = Cache::open_with(&self.url, self.open.clone());
@@ -258,14 +258,14 @@ impl Job {
 /// be found are a warning, not a failed push.
 fn with_failed_derivations(
     mut closure: Vec<PathInfo>,
-    new_derivations: Vec<StorePath>,
+    added: Added,
 ) -> (Vec<PathInfo>, Option<logs::Found>) {
     let derivations = closure
         .iter()
         .filter_map(|info| info.deriver.clone())
-        .chain(new_derivations)
+        .chain(added.derivations)
         .collect();
-    let valid: BTreeSet<StorePath> = closure.iter().map(|i| i.path.clone()).collect();
+    let mut valid: BTreeSet<StorePath> = closure.iter().map(|i| i.path.clone()).collect();
     let found = match logs::find(derivations, &valid) {
         Ok(found) => found,
         Err(err) => {
@@ -280,8 +280,16 @@ fn with_failed_derivations(
                     .into_iter()
                     .filter(|i| !valid.contains(&i.path))
                     .collect();
-                match added_sources(&extra) {
-                    0 => closure.extend(extra),
+                match extra
+                    .iter()
+                    .filter(|i| added.sources.contains(&i.path))
+                    .count()
+                {
+                    0 => {
+                        // Two failed builds may share an input derivation: it goes in once.
+                        valid.extend(extra.iter().map(|i| i.path.clone()));
+                        closure.extend(extra);
+                    }
                     n => eprintln!(
                         "the derivation of the failed build {drv} is not pushed, only its log: \
                          it names {n} source path(s) the job added (a `src = ./.` can carry \
@@ -293,15 +301,6 @@ fn with_failed_derivations(
         }
     }
     (closure, Some(found))
-}
-
-/// Paths among `infos` that are sources: no derivation built them (Nix copied them in at
-/// evaluation, `src = ./.`, `builtins.path`), as opposed to derivations and build outputs.
-fn added_sources(infos: &[PathInfo]) -> usize {
-    infos
-        .iter()
-        .filter(|i| !i.path.is_derivation() && i.deriver.is_none())
-        .count()
 }
 
 /// `found` without the logs of derivations whose outputs the cache already had: those went up
@@ -401,11 +400,19 @@ fn stop_on_signal(cancel: Arc<AtomicBool>) -> anyhow::Result<tokio::task::JoinHa
 /// and the server itself; the restore mirror, counted and removed. A dry run (`keep`) leaves
 /// both. The state file and the store directory are each read once. `filters` is asked for
 /// only when the paths are known.
+/// What the store gained since setup besides the closure to push: the derivations (whose
+/// builds may have failed), and the sources the job added but built nothing from.
+#[derive(Debug, Default)]
+struct Added {
+    derivations: Vec<StorePath>,
+    sources: BTreeSet<StorePath>,
+}
+
 fn since_setup(
     state_path: &Path,
     keep: bool,
     filters: impl FnOnce() -> anyhow::Result<Filters>,
-) -> anyhow::Result<(Vec<PathInfo>, Skipped, Vec<StorePath>)> {
+) -> anyhow::Result<(Vec<PathInfo>, Skipped, Added)> {
     let state = State::load(state_path)?;
     if let Some(served) = &state.serve {
         if let Some(stats) = crate::serve::background::finish(served, keep) {
@@ -427,13 +434,22 @@ fn since_setup(
     let added = store::query_valid_path_info(&added)?;
     let filters = filters()?;
     let (roots, skipped) = select::split_roots(added, &filters);
+    let sources = skipped
+        .iter()
+        .filter(|(_, why)| *why == select::SkipReason::Source)
+        .map(|(path, _)| path.clone())
+        .collect();
+    let added = Added {
+        derivations,
+        sources,
+    };
     if roots.is_empty() {
-        return Ok((Vec::new(), skipped, derivations));
+        return Ok((Vec::new(), skipped, added));
     }
     let roots: Vec<_> = roots.into_iter().map(|i| i.path).collect();
     let (closure, skipped) =
         without_upstream(store::query_path_info(&roots, true)?, skipped, &filters)?;
-    Ok((closure, skipped, derivations))
+    Ok((closure, skipped, added))
 }
 
 /// The closure of the paths a user named (`./result` works too).
