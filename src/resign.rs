@@ -56,10 +56,15 @@ impl Signable for NarInfo {
         match vouch {
             Vouch::Keys(keys) => self.info.verify(keys),
             Vouch::Local(local) => {
+                let sorted = |refs: &[crate::nix::StorePath]| {
+                    let mut refs = refs.to_vec();
+                    refs.sort();
+                    refs
+                };
                 local.path == self.info.path
                     && local.nar_hash == self.info.nar_hash
                     && local.nar_size == self.info.nar_size
-                    && local.references == self.info.references
+                    && sorted(&local.references) == sorted(&self.info.references)
             }
             Vouch::Anything => true,
         }

@@ -375,3 +375,30 @@ fn on_a_small_disk_the_restore_takes_a_quarter_of_what_is_free() {
     // One blob fits in a quarter of 4 MiB, beside the small top path.
     assert!(log.contains("restored 2 of 4 paths"), "{log}");
 }
+
+/// A narinfo without FileSize gives no bound to read its NAR against: its path is left to Nix
+/// as a large one, whatever its NarSize says.
+#[test]
+fn a_narinfo_without_file_size_is_left_to_nix() {
+    let s3 = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (secret, _) = keygen(tmp.path(), "restore-1");
+    let (_, closure) = pushed_and_deleted(&s3, tmp.path(), &secret, "dev", 3);
+    let object = s3.object_path(&narinfo_key(&closure[0]));
+    let narinfo = std::fs::read_to_string(&object).unwrap();
+    let without: String = narinfo
+        .lines()
+        .filter(|l| !l.starts_with("FileSize: "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(without, narinfo);
+    std::fs::write(&object, without).unwrap();
+    let conf = NixConfig::new(tmp.path(), BASE_CONF);
+    let out = run(setup(&s3, &conf, tmp.path(), &secret).env("NIXBUCKET_BRANCH", "dev"));
+    assert_ok(&out);
+    let log = stderr(&out);
+    assert!(
+        log.contains("restored 2 of 3 paths") && log.contains("1 large, left to Nix"),
+        "{log}"
+    );
+}

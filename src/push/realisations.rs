@@ -243,7 +243,11 @@ pub fn read(key: &str, bytes: &[u8]) -> Result<Realisation, String> {
             .split_once('/')
             .ok_or("not build-trace-v2/DRV/OUTPUT.doi")?;
         let output = file.strip_suffix(".doi").ok_or("not a .doi file")?;
-        if !drv.ends_with(".drv") || StorePath::from_base_name(drv).is_err() || output.is_empty() {
+        if !drv.ends_with(".drv")
+            || StorePath::from_base_name(drv).is_err()
+            || output.is_empty()
+            || output.contains('/')
+        {
             return Err(format!("{drv}/{output} is not a derivation and its output"));
         }
         let json: Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
@@ -441,6 +445,8 @@ mod tests {
         };
         assert!(!elsewhere.verify(&[ours.to_public(), public]));
         assert!(read("build-trace-v2/not-a-drv/out.doi", stored.as_bytes()).is_err());
+        let nested = stored_key.replace("/out.doi", "/out/more.doi");
+        assert!(read(&nested, stored.as_bytes()).is_err(), "{nested}");
         assert!(read(&format!("{stored_key}.x"), stored.as_bytes()).is_err());
     }
 

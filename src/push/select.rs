@@ -37,7 +37,8 @@ impl std::fmt::Display for SkipReason {
                 f.write_str("a derivation (--include-derivations pushes them)")
             }
             SkipReason::Source => f.write_str(
-                "a source the job added but did not build (pushed only with a path that needs it)",
+                "a source the job added but did not build (pushed only with a path that needs \
+                 it, or when --include names it)",
             ),
             SkipReason::Excluded => f.write_str("matches --exclude"),
             SkipReason::NotIncluded => f.write_str("does not match --include"),
@@ -63,8 +64,13 @@ impl Filters {
             return Some(SkipReason::Derivation);
         }
         // A checkout copied in with `src = ./.` can carry untracked files (an .env): such a
-        // path goes up only in the closure of something built from it.
-        if !info.path.is_derivation() && info.deriver.is_none() {
+        // path goes up only in the closure of something built from it, or when --include
+        // names it (a requireFile download, a flake input worth caching).
+        let included = self
+            .include
+            .as_ref()
+            .is_some_and(|re| re.is_match(info.path.name()));
+        if !info.path.is_derivation() && info.deriver.is_none() && !included {
             return Some(SkipReason::Source);
         }
         let name = info.path.name();
@@ -175,9 +181,13 @@ mod tests {
         }
         // The same name, but copied in at evaluation (no deriver): a source, not pushed by
         // itself; and one served upstream stays "upstream" whatever else it is.
-        let mut source = info("bw9svbjjplvpv3vpkgb10wycmbncwrk1-app", &[]);
+        let mut source = info("bw9svbjjplvpv3vpkgb10wycmbncwrk1-lib", &[]);
         source.deriver = None;
         assert_eq!(filters.skip_root(&source), Some(SkipReason::Source));
+        // Unless --include names it.
+        let mut named = info("bw9svbjjplvpv3vpkgb10wycmbncwrk1-app", &[]);
+        named.deriver = None;
+        assert_eq!(filters.skip_root(&named), None);
         source.signatures = info(
             "bw9svbjjplvpv3vpkgb10wycmbncwrk1-app",
             &["cache.nixos.org-1"],

@@ -279,7 +279,12 @@ pub async fn restore(cache: &Cache, opts: &Options) -> Result<Report, RestoreErr
     report.present = report.wanted - todo.len();
 
     let wanted = fetch_narinfos(cache, todo, opts.jobs, &mut report).await;
-    let sizes: Vec<u64> = wanted.iter().map(|w| nar_bytes(&w.info)).collect();
+    // A narinfo without FileSize gives no bound to read its NAR against (NarSize is whatever
+    // the writer said): its path is left to Nix, as a large one.
+    let sizes: Vec<u64> = wanted
+        .iter()
+        .map(|w| w.info.file_size.unwrap_or(u64::MAX))
+        .collect();
     let budget = disk_budget(&opts.mirror, opts.max_size);
     let (keep, large, over_budget) = select(&sizes, budget, opts.nar_max);
     (report.large, report.over_budget) = (large, over_budget);

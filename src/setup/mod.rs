@@ -250,9 +250,20 @@ impl Job {
                 }
             }
         }
-        let store_paths = store::read_store_dir(Path::new(STORE_DIR))?;
-        let mirror = restore.map(|r| run_restore(&self.url, &self.open, r, &store_paths));
-        record_store(self, store_paths, served.map(|s| s.state), mirror)?;
+        let pid = served.as_ref().map(|s| s.state.pid);
+        let recorded = store::read_store_dir(Path::new(STORE_DIR))
+            .map_err(anyhow::Error::from)
+            .and_then(|store_paths| {
+                let mirror = restore.map(|r| run_restore(&self.url, &self.open, r, &store_paths));
+                record_store(self, store_paths, served.map(|s| s.state), mirror)
+            });
+        if let (Err(_), Some(pid)) = (&recorded, pid) {
+            // Without a record no push would find the server to stop.
+            if let Err(stop) = background::stop(pid) {
+                eprintln!("warning: could not stop nixbucket serve (pid {pid}): {stop:#}");
+            }
+        }
+        recorded?;
         Ok(Outcome {
             configured: configure,
             served: serve,
@@ -310,6 +321,13 @@ impl Job {
                 eprintln!(
                     "notice: {err}. This job gets no cache: Nix builds what it needs, and \
                      nothing is pulled from {}",
+                    self.url
+                );
+                Ok(false)
+            }
+            err @ CacheError::CredentialsUnavailable { .. } => {
+                eprintln!(
+                    "warning: {err}. This job builds without the cache {} for now",
                     self.url
                 );
                 Ok(false)
