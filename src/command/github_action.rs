@@ -439,6 +439,13 @@ async fn push_and_report(inputs: &Inputs) -> anyhow::Result<(ExitCode, usize, u6
     let cache = job.url.to_string();
     match result {
         Err(err) => {
+            // A push that failed before it finished what setup started (the role, the key,
+            // the state) leaves the server and the mirror: they end here.
+            if let Some(state_file) = &job.state_file {
+                for line in crate::push::job::finish_unpushed(state_file) {
+                    say(&line);
+                }
+            }
             let outage = is_outage(err.as_ref());
             let message = format!("{err:#}");
             report(

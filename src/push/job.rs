@@ -334,12 +334,14 @@ pub fn finish_unpushed(state_path: &Path) -> Vec<String> {
         return Vec::new();
     };
     let mut lines = Vec::new();
-    if let Some(served) = &state.serve {
-        if let Some(stats) = crate::serve::background::finish(served, false) {
+    // Either may be gone already: a push ends both before it uploads.
+    use crate::serve::background;
+    if let Some(served) = state.serve.as_ref().filter(|s| background::running(s.pid)) {
+        if let Some(stats) = background::finish(served, false) {
             lines.push(stats.summary());
         }
     }
-    if let Some(dir) = state.mirror.as_deref() {
+    if let Some(dir) = state.mirror.as_deref().filter(|d| d.exists()) {
         let added = store::read_store_dir(Path::new(STORE_DIR))
             .map(|now| store::added_since(&state.store_paths, &now));
         lines.push(mirror_report(

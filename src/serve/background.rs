@@ -218,6 +218,11 @@ fn is_our_server(pid: u32) -> bool {
         && args.get(1).is_some_and(|a| *a == b"serve")
 }
 
+/// Whether the server `setup` recorded as `pid` still runs (and is that server).
+pub fn running(pid: u32) -> bool {
+    is_our_server(pid)
+}
+
 /// Stops the server `setup` started: SIGTERM to the recorded pid only, if it still is ours.
 pub fn stop(pid: u32) -> anyhow::Result<()> {
     if !is_our_server(pid) {
