@@ -423,22 +423,6 @@ fn substitutes_from(conf: &str, s3: &S3Server, main: &Step) -> bool {
         })
 }
 
-/// Whether the server the main step started (recorded in the state file) is still running: its
-/// process is there and not a zombie (an orphan's parent here may not reap it).
-fn server_running(state_file: &Path) -> bool {
-    let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(state_file).unwrap()).unwrap();
-    let Some(pid) = state["serve"]["pid"].as_u64() else {
-        return false;
-    };
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
-}
-
 /// The mirror setup restores into, listed ahead of the bucket, in the runner's temp folder.
 fn mirror_first(conf: &str, job: &Job) -> bool {
     let mirror = format!(
@@ -577,7 +561,10 @@ fn push_what_the_job_built(runner: Runner, key_name: &str) -> (Step, Step) {
     assert!(post.out.status.success(), "{}", post.describe());
     assert!(post.state.is_empty(), "{}", post.describe());
     assert!(!copy.exists(), "post left {copy:?} behind");
-    assert!(!server_running(&state_file), "post left the server running");
+    assert!(
+        !common::recorded_server_running(&state_file),
+        "post left the server running"
+    );
     let found = narinfos(&s3);
     for path in [&app, &lib, &data] {
         let key = format!("{}.narinfo", hash_part(path));
@@ -725,7 +712,12 @@ fn a_fork_pull_request_pulls_and_pushes_nothing() {
     assert!(conf.contains(&public), "{conf}");
     let state_file = PathBuf::from(&state["nixbucket-state-file"]);
     let served = stderr(&main.out).contains("through a nixbucket serve");
-    assert_eq!(server_running(&state_file), served, "{}", main.describe());
+    assert_eq!(
+        common::recorded_server_running(&state_file),
+        served,
+        "{}",
+        main.describe()
+    );
 
     let [app, ..] = build_closure(keys.path(), &nonce());
     let post = job.step("post", "pull_request", &state);
@@ -750,7 +742,7 @@ fn a_fork_pull_request_pulls_and_pushes_nothing() {
     );
     assert!(!post.summary.contains(&app));
     assert!(
-        !server_running(&state_file),
+        !common::recorded_server_running(&state_file),
         "the post step of a run that pushes nothing left the server running"
     );
     assert_secret_hidden(&main, &secret);

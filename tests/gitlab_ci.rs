@@ -200,17 +200,7 @@ fn an_unprotected_ref_pulls_and_does_not_push() {
     );
 }
 
-/// Whether the server `setup` recorded in the template's state file is still running (not a
-/// zombie: an orphan's parent here may not reap it).
+/// Whether the server `setup` recorded in the template's state file is still running.
 fn server_running(project: &std::path::Path) -> bool {
-    let state = std::fs::read_to_string(project.join(".nixbucket/state")).unwrap();
-    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
-    let Some(pid) = state["serve"]["pid"].as_u64() else {
-        return false;
-    };
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
-    })
+    common::recorded_server_running(&project.join(".nixbucket/state"))
 }

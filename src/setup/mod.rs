@@ -307,7 +307,7 @@ impl Job {
                     detail: format!("no answer within {} s", PREFLIGHT_DEADLINE.as_secs()),
                 }),
             }
-        });
+        })?;
         let err = match opened {
             Ok(()) => return Ok(true),
             Err(err) => err,
@@ -492,29 +492,23 @@ fn why_serve(env: &NixEnv, version: &store::NixVersion, role: bool) -> String {
 }
 
 /// Runs `work` on a runtime of its own, on a thread of its own: setup runs inside the CLI's
-/// runtime and the Action's blocking pool, where a runtime cannot be entered again.
-fn on_own_runtime<T, F, W>(work: W) -> Result<T, CacheError>
+/// runtime and the Action's blocking pool, where a runtime cannot be entered again. The error
+/// is only that the runtime could not start or the work panicked; what `work` returns is its
+/// own.
+fn on_own_runtime<T, F, W>(work: W) -> anyhow::Result<T>
 where
     T: Send,
-    F: std::future::Future<Output = Result<T, CacheError>>,
+    F: std::future::Future<Output = T>,
     W: FnOnce() -> F + Send,
 {
     std::thread::scope(|s| {
-        s.spawn(|| {
-            let runtime = tokio::runtime::Runtime::new().map_err(|e| CacheError::Io {
-                action: "start a runtime for",
-                path: PathBuf::from("the cache"),
-                source: e,
-            })?;
-            runtime.block_on(work())
-        })
-        .join()
-        .unwrap_or_else(|_| {
-            Err(CacheError::EndpointUnreachable {
-                endpoint: "the cache".into(),
-                detail: "the check stopped unexpectedly".into(),
+        s.spawn(|| anyhow::Ok(tokio::runtime::Runtime::new()?.block_on(work())))
+            .join()
+            .unwrap_or_else(|_| {
+                Err(anyhow::anyhow!(
+                    "setup's work on the cache stopped unexpectedly"
+                ))
             })
-        })
     })
 }
 
@@ -535,28 +529,20 @@ fn run_restore(
         .iter()
         .filter_map(|name| name.get(..32).and_then(crate::nix::HashPart::parse))
         .collect();
-    // On a thread of its own: setup runs inside the CLI's runtime and the Action's blocking
-    // pool, where a runtime cannot be entered again.
     let deadline = restore.deadline;
-    let restored = std::thread::scope(|s| {
-        s.spawn(|| -> anyhow::Result<Option<crate::restore::Report>> {
-            let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(async {
-                let work = async {
-                    let cache = crate::cache::Cache::open_with(url, open.clone()).await?;
-                    anyhow::Ok(crate::restore::restore(&cache, &opts).await?)
-                };
-                // Each file lands whole (a temporary name, then a rename, the narinfo last),
-                // so a restore cut off at its deadline leaves a mirror Nix can read.
-                match tokio::time::timeout(deadline, work).await {
-                    Ok(report) => report.map(Some),
-                    Err(_) => Ok(None),
-                }
-            })
-        })
-        .join()
-        .unwrap_or_else(|_| Err(anyhow::anyhow!("the restore stopped unexpectedly")))
-    });
+    let restored = on_own_runtime(|| async {
+        let work = async {
+            let cache = crate::cache::Cache::open_with(url, open.clone()).await?;
+            anyhow::Ok(crate::restore::restore(&cache, &opts).await?)
+        };
+        // Each file lands whole (a temporary name, then a rename, the narinfo last), so a
+        // restore cut off at its deadline leaves a mirror Nix can read.
+        match tokio::time::timeout(deadline, work).await {
+            Ok(report) => report.map(Some),
+            Err(_) => Ok(None),
+        }
+    })
+    .and_then(|restored| restored);
     match restored {
         Ok(Some(report)) => eprintln!("{}", report.summary()),
         Ok(None) => eprintln!(

@@ -222,3 +222,18 @@ pub fn parse_step_file(text: &str) -> std::collections::BTreeMap<String, String>
     }
     map
 }
+
+/// Whether the server `setup` recorded in `state_file` still runs: its process is there and
+/// not a zombie (an orphan's parent here may not reap it). False when none was recorded.
+pub fn recorded_server_running(state_file: &Path) -> bool {
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(state_file).unwrap()).unwrap();
+    let Some(pid) = state["serve"]["pid"].as_u64() else {
+        return false;
+    };
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
+}
