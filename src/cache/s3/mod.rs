@@ -52,6 +52,7 @@ use tokio::task::JoinSet;
 use super::{CacheError, CacheUrl, ObjectInfo, OpenOptions};
 
 mod error;
+pub mod parameter;
 mod retry;
 mod upload;
 
@@ -249,13 +250,72 @@ fn to_size(n: Option<i64>) -> u64 {
     n.and_then(|n| u64::try_from(n).ok()).unwrap_or(0)
 }
 
+/// The AWS SDK's configuration for `url`: the URL's region, else the default chain, else
+/// us-east-1; the credentials given, else the URL's profile alone (as Nix does), else the
+/// default chain. Every client that talks to the store's account starts from it.
+pub(crate) async fn sdk_config(url: &CacheUrl, opts: &OpenOptions) -> aws_config::SdkConfig {
+    let (region, profile) = match url {
+        CacheUrl::S3 {
+            region, profile, ..
+        } => (region.clone(), profile.clone()),
+        CacheUrl::File { .. } => (None, None),
+    };
+    let mut default_region = aws_config::default_provider::region::DefaultRegionChain::builder();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(p) = &profile {
+        default_region = default_region.profile_name(p);
+        loader = loader.profile_name(p);
+    }
+    let region_chain = RegionProviderChain::first_try(region.map(Region::new))
+        .or_else(default_region.build())
+        .or_else(Region::new("us-east-1"));
+    loader = loader.region(region_chain);
+    if let Some(creds) = &opts.credentials {
+        loader = loader.credentials_provider(creds.clone());
+    } else if let Some(p) = &profile {
+        // Like Nix: a profile named in the URL is the only source, even if env vars are set.
+        loader = loader.credentials_provider(
+            aws_config::profile::ProfileFileCredentialsProvider::builder()
+                .profile_name(p)
+                .build(),
+        );
+    }
+    loader.load().await
+}
+
+/// The S3 client's configuration for `url` (its endpoint and addressing), and the endpoint
+/// in words for messages: the custom endpoint's URL, or AWS S3 with its region.
+pub(crate) fn s3_config(
+    url: &CacheUrl,
+    sdk: &aws_config::SdkConfig,
+) -> (aws_sdk_s3::config::Builder, String) {
+    let mut conf = aws_sdk_s3::config::Builder::from(sdk);
+    let endpoint = match url.s3_endpoint_url() {
+        Some(ep) => {
+            // S3-compatible stores rarely have wildcard DNS for virtual-hosted buckets,
+            // and many reject the SDK's default CRC checksum headers.
+            conf = conf
+                .endpoint_url(&ep)
+                .force_path_style(url.path_style().unwrap_or(true))
+                .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+                .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+            ep
+        }
+        None => {
+            if let Some(path_style) = url.path_style() {
+                conf = conf.force_path_style(path_style);
+            }
+            let r = sdk.region().map_or("us-east-1", |r| r.as_ref());
+            format!("AWS S3 (region {r})")
+        }
+    };
+    (conf, endpoint)
+}
+
 impl S3Cache {
     pub(crate) async fn open(url: &CacheUrl, opts: OpenOptions) -> Result<S3Cache, CacheError> {
         let CacheUrl::S3 {
-            bucket,
-            region,
-            profile,
-            ..
+            bucket, profile, ..
         } = url
         else {
             return Err(CacheError::InvalidKey {
@@ -264,51 +324,9 @@ impl S3Cache {
             });
         };
         let cred_source = credential_source(&opts, profile.as_deref());
-
-        let mut default_region =
-            aws_config::default_provider::region::DefaultRegionChain::builder();
-        let mut loader = aws_config::defaults(BehaviorVersion::latest());
-        if let Some(p) = profile {
-            default_region = default_region.profile_name(p);
-            loader = loader.profile_name(p);
-        }
-        let region_chain = RegionProviderChain::first_try(region.clone().map(Region::new))
-            .or_else(default_region.build())
-            .or_else(Region::new("us-east-1"));
-        loader = loader.region(region_chain);
-        if let Some(creds) = &opts.credentials {
-            loader = loader.credentials_provider(creds.clone());
-        } else if let Some(p) = profile {
-            // Like Nix: a profile named in the URL is the only source, even if env vars are set.
-            loader = loader.credentials_provider(
-                aws_config::profile::ProfileFileCredentialsProvider::builder()
-                    .profile_name(p)
-                    .build(),
-            );
-        }
-        let sdk = loader.load().await;
-
-        let mut conf = aws_sdk_s3::config::Builder::from(&sdk);
-        let endpoint = match url.s3_endpoint_url() {
-            Some(ep) => {
-                // S3-compatible stores rarely have wildcard DNS for virtual-hosted buckets,
-                // and many reject the SDK's default CRC checksum headers.
-                conf = conf
-                    .endpoint_url(&ep)
-                    .force_path_style(url.path_style().unwrap_or(true))
-                    .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-                    .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
-                ep
-            }
-            None => {
-                if let Some(path_style) = url.path_style() {
-                    conf = conf.force_path_style(path_style);
-                }
-                let r = sdk.region().map_or("us-east-1", |r| r.as_ref());
-                format!("AWS S3 (region {r})")
-            }
-        };
-        conf = fault_tolerance(conf, opts.max_attempts).interceptor(super::meter::Counter);
+        let sdk = sdk_config(url, &opts).await;
+        let (conf, endpoint) = s3_config(url, &sdk);
+        let conf = fault_tolerance(conf, opts.max_attempts).interceptor(super::meter::Counter);
         super::meter::opened(url);
         let ctx = Ctx {
             client: Client::from_conf(conf.build()),
