@@ -90,6 +90,8 @@ impl std::fmt::Debug for Secret {
 pub struct Inputs {
     pub cache: String,
     pub signing_key: Secret,
+    /// The SSM parameter the post step reads the signing key from, with the role.
+    pub signing_key_parameter: Option<String>,
     pub public_keys: Vec<String>,
     pub compression: Option<String>,
     pub jobs: Option<usize>,
@@ -117,6 +119,11 @@ pub fn input_var(name: &str) -> String {
 }
 
 impl Inputs {
+    /// Whether the workflow gave a signing key: its text, or the parameter that holds it.
+    pub fn has_signing_key(&self) -> bool {
+        !self.signing_key.is_empty() || self.signing_key_parameter.is_some()
+    }
+
     /// Reads the inputs through `env` (`std::env::var(..).ok()` in the binary).
     pub fn read(env: impl Fn(&str) -> Option<String>) -> Result<Inputs, GithubError> {
         let text = |name: &str| {
@@ -161,6 +168,7 @@ impl Inputs {
         Ok(Inputs {
             cache,
             signing_key: Secret::new(text("signing-key").unwrap_or_default()),
+            signing_key_parameter: text("signing-key-parameter"),
             public_keys: text("public-keys")
                 .map(|v| v.split_whitespace().map(str::to_owned).collect())
                 .unwrap_or_default(),

@@ -114,7 +114,7 @@ fn pull_only_reason(inputs: &Inputs) -> Option<PullOnly> {
     github::decide(
         event_name.as_deref(),
         event.as_ref(),
-        !inputs.signing_key.is_empty(),
+        inputs.has_signing_key(),
         inputs.skip_push,
     )
 }
@@ -333,8 +333,11 @@ fn push_job(inputs: &Inputs, state_file: Option<String>) -> anyhow::Result<Job> 
         .cache
         .parse()
         .with_context(|| format!("the input cache is not a cache URL: {:?}", inputs.cache))?;
-    let key = signing_key(inputs)?
-        .context("the input signing-key is empty now, but was set when the job started")?;
+    // A key in a parameter is read once the role is assumed, in push_and_report.
+    let key = signing_key(inputs)?;
+    if key.is_none() && inputs.signing_key_parameter.is_none() {
+        anyhow::bail!("the input signing-key is empty now, but was set when the job started");
+    }
     let compression_arg = inputs
         .compression
         .as_deref()
@@ -367,7 +370,7 @@ fn push_job(inputs: &Inputs, state_file: Option<String>) -> anyhow::Result<Job> 
         open: OpenOptions::default(),
         paths: Vec::new(),
         state_file: Some(state_file.map_or_else(state_path, PathBuf::from)),
-        signing_key: Some(key),
+        signing_key: key,
         compression,
         tuning: Default::default(),
         nar_listing,
@@ -432,6 +435,11 @@ async fn push_and_report(inputs: &Inputs) -> anyhow::Result<(ExitCode, usize, u6
         if let Some(role_arn) = &inputs.aws_role_arn {
             // A fresh token: the one from `main` may have expired during a long build.
             job.open.credentials = Some(oidc_credentials(inputs, role_arn).await?);
+        }
+        if let Some(name) = &inputs.signing_key_parameter {
+            if job.signing_key.is_none() {
+                job.signing_key = Some(super::key_from_parameter(&job.url, &job.open, name).await?);
+            }
         }
         job.run().await
     }

@@ -66,6 +66,15 @@ pub struct KeyArgs {
     /// $NIXBUCKET_SIGNING_KEY.
     #[arg(long, env = "NIXBUCKET_SIGNING_KEY_FILE", value_name = "FILE")]
     pub signing_key_file: Option<PathBuf>,
+    /// The AWS SSM parameter (SecureString) that holds the secret key, read with the cache's
+    /// credentials: where `nixbucket init` keeps it, readable by CI's role only.
+    #[arg(
+        long,
+        env = "NIXBUCKET_SIGNING_KEY_PARAMETER",
+        value_name = "NAME",
+        conflicts_with = "signing_key_file"
+    )]
+    pub signing_key_parameter: Option<String>,
 }
 
 impl KeyArgs {
@@ -87,6 +96,19 @@ impl KeyArgs {
         }
     }
 
+    /// The key as [`KeyArgs::load`] finds it, or from the SSM parameter named, read with the
+    /// credentials `opts` gives for `url`.
+    pub async fn load_for(
+        &self,
+        url: &CacheUrl,
+        opts: &OpenOptions,
+    ) -> anyhow::Result<Option<Arc<SecretKey>>> {
+        match &self.signing_key_parameter {
+            Some(name) => key_from_parameter(url, opts, name).await.map(Some),
+            None => self.load(),
+        }
+    }
+
     /// The key, or an error that says how to give one, ending in `hint`.
     pub fn require(&self, hint: &str) -> anyhow::Result<Arc<SecretKey>> {
         match self.load()? {
@@ -96,6 +118,23 @@ impl KeyArgs {
             ),
         }
     }
+}
+
+/// The secret key held by the SSM parameter `name` of `url`'s account.
+pub(crate) async fn key_from_parameter(
+    url: &CacheUrl,
+    opts: &OpenOptions,
+    name: &str,
+) -> anyhow::Result<Arc<SecretKey>> {
+    if !matches!(url, CacheUrl::S3 { .. }) {
+        bail!(
+            "a signing key parameter is read from AWS SSM, with the credentials of an s3:// cache; {url} is not one"
+        );
+    }
+    let text = crate::cache::s3::parameter::read_secure(url, opts, name).await?;
+    let key = SecretKey::parse(&text)
+        .with_context(|| format!("the SSM parameter {name} does not hold a Nix secret key"))?;
+    Ok(Arc::new(key))
 }
 
 fn load_key_file(path: &Path) -> anyhow::Result<SecretKey> {

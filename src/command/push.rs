@@ -95,14 +95,15 @@ fn parse_size(text: &str) -> Result<u64, String> {
 impl Args {
     /// The push these arguments ask for, its key loaded (none with --unsigned, or for a dry
     /// run without one) and its compression chosen.
-    pub fn job(self) -> anyhow::Result<Job> {
+    pub async fn job(self) -> anyhow::Result<Job> {
         let url = super::parse_cache_url(&self.cache)?;
         let compression = super::resolve_compression(self.compression, &url)?;
         let nar_listing = super::nar_listing(self.write_nar_listing, &url);
-        let signing_key = match (self.unsigned, self.dry_run) {
-            (true, _) => None,
-            (false, true) => self.key.load()?,
-            (false, false) => Some(self.key.require(
+        let signing_key = match (self.unsigned, self.dry_run, &self.key.signing_key_parameter) {
+            (true, _, _) => None,
+            (false, _, Some(_)) => self.key.load_for(&url, &OpenOptions::default()).await?,
+            (false, true, None) => self.key.load()?,
+            (false, false, None) => Some(self.key.require(
                 ", or --unsigned to push paths that Nix will refuse until they are signed \
                  (create a key with `nixbucket keygen NAME`)",
             )?),
@@ -139,7 +140,7 @@ impl Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let job = args.job()?;
+    let job = args.job().await?;
     if job.dry_run {
         let prepared = job.prepare().await?;
         for info in &prepared.plan.missing {
