@@ -29,6 +29,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Create the bucket, CI's role, the signing key and the workflow of a private cache.
+    Init(command::init::Args),
     /// Create a signing key pair in Nix's own format and print the public key.
     Keygen(command::keygen::Args),
     /// Before the build: make Nix substitute from the cache, and record the store.
@@ -71,6 +73,7 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Init(args) => command::init::run(args).await,
             Command::Keygen(args) => command::keygen::run(args),
             Command::Setup(args) => command::setup::run(args),
             Command::Push(args) => command::push::run(args).await,

@@ -10,6 +10,7 @@
 //! - [`state`]: what `setup` hands to `push` across CI steps.
 //! - [`verify`], [`resign`]: checking that a cache is whole; signing what it holds anew.
 //! - [`gc`]: garbage collection of a cache, by age of use or size, closures kept whole.
+//! - [`init`]: a new cache's bucket, CI role, signing key and workflow, in the user's account.
 //! - [`ci`]: glue for CI systems (the GitHub Action's inputs, step files, OIDC, reports).
 //! - [`command`]: one module per subcommand: arguments resolved into a library job.
 //! - [`atomic_file`], [`signal`]: whole-file writes, and the signals of a cancelled step.
@@ -36,6 +37,7 @@ pub mod cli;
 pub mod command;
 pub mod cost;
 pub mod gc;
+pub mod init;
 pub mod nix;
 pub mod push;
 pub mod resign;

@@ -6,6 +6,7 @@ pub mod finish;
 pub mod gc;
 pub mod github_action;
 pub mod hook;
+pub mod init;
 pub mod keygen;
 pub mod push;
 pub mod serve;

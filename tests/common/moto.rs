@@ -36,6 +36,8 @@ pub struct MotoServer {
     secret_key: String,
     /// With [`MotoServer::start_with_auth`]: keys that may only read.
     reader: Option<(String, String)>,
+    /// With [`MotoServer::start_with_auth`]: keys that may do anything in any service.
+    admin: Option<(String, String)>,
     child: Option<Child>,
 }
 
@@ -105,9 +107,24 @@ impl MotoServer {
         s.admin().create_bucket(&s.bucket);
         (s.access_key, s.secret_key) = s.iam_user("nixbucket-writer", &["s3:*"]);
         s.reader = Some(s.iam_user("nixbucket-reader", READ_ONLY));
+        s.admin = Some(s.iam_user("nixbucket-admin", &["*"]));
         // From the next request on, moto checks them all.
         s.moto_api("reset-auth", "0");
         s
+    }
+
+    /// The keys of [`MotoServer::start_with_auth`] that may do anything, in every service
+    /// (IAM, STS, SSM as well as S3): an account's administrator.
+    pub fn admin_keys(&self) -> (&str, &str) {
+        let (k, s) = self.admin.as_ref().expect("a server started with auth");
+        (k, s)
+    }
+
+    /// Lets the next request through without checking it, then checks again. For requests
+    /// that AWS takes unsigned and moto does not (AssumeRoleWithWebIdentity: moto answers an
+    /// unsigned query-protocol request with HTTP 500 once it checks signatures).
+    pub fn let_the_next_request_through(&self) {
+        self.moto_api("reset-auth", "1");
     }
 
     /// The read-only keys of [`MotoServer::start_with_auth`].
@@ -130,6 +147,7 @@ impl MotoServer {
                         access_key,
                         secret_key,
                         reader: None,
+                        admin: None,
                         child: Some(child),
                     };
                 }
