@@ -580,3 +580,93 @@ fn init_keeps_an_existing_bucket_s_lifecycle_rules_and_leaves_an_existing_workfl
         "{out}"
     );
 }
+
+/// A store without IAM (s3s-fs stands for R2, B2, Garage or MinIO): init creates the bucket
+/// through the S3 API, keeps the key in a file of its own, writes a workflow that takes the
+/// store's keys and the signing key from secrets, and names what is left to the user.
+#[test]
+fn init_on_a_store_without_iam_creates_the_bucket_and_names_the_steps_left() {
+    let s3 = common::s3::S3Server::start();
+    let bucket = format!("nb-noiam-{}", nonce().to_lowercase());
+    let home = tempfile::tempdir().unwrap();
+    let cache = format!(
+        "s3://{bucket}?region={}&endpoint={}",
+        s3.region(),
+        s3.endpoint()
+    );
+    let workflow = home.path().join("checkout/.github/workflows/nix.yml");
+    let init = |extra: &[&str]| {
+        let mut cmd = nixbucket();
+        cmd.envs(s3.env())
+            .env("HOME", home.path())
+            .env_remove("XDG_CONFIG_HOME")
+            .stdin(std::process::Stdio::null())
+            .args(["init", "--cache", &cache, "--github", REPO])
+            .args(["--action-ref", ACTION_COMMIT, "--workflow"])
+            .arg(&workflow)
+            .args(extra);
+        run(&mut cmd)
+    };
+
+    let done = init(&["--yes"]);
+    assert!(done.status.success(), "{}", both(&done));
+    let out = stdout(&done);
+    assert!(
+        out.contains(&format!("  change  bucket {bucket}: create it")),
+        "{out}"
+    );
+    assert!(
+        out.contains("gh secret set NIXBUCKET_AWS_ACCESS_KEY_ID"),
+        "{out}"
+    );
+    assert!(
+        out.contains("gh secret set NIXBUCKET_SIGNING_KEY --repo Acme/Widget <"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("OIDC"),
+        "no IAM here, yet init spoke of it:\n{out}"
+    );
+    // s3s-fs has neither public access blocks nor lifecycle rules: init says so.
+    assert!(
+        out.contains("left to you: this store has no lifecycle rules"),
+        "{out}"
+    );
+    assert!(
+        std::fs::metadata(s3.root().join(&bucket)).is_ok_and(|m| m.is_dir()),
+        "the bucket was not created"
+    );
+
+    let key_file = home
+        .path()
+        .join(format!(".config/nixbucket/{bucket}-1.sec"));
+    let meta = std::fs::metadata(&key_file).expect("the key file");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let secret = std::fs::read_to_string(&key_file).unwrap();
+    common::s3::register_secret(&secret);
+    assert!(!both(&done).contains(secret.split_once(':').unwrap().1));
+
+    let text = std::fs::read_to_string(&workflow).expect("the workflow");
+    assert!(!text.contains("id-token"), "{text}");
+    assert!(
+        text.contains("${{ secrets.NIXBUCKET_SIGNING_KEY }}"),
+        "{text}"
+    );
+    assert!(out.contains(&workflow_value(&text, "public-keys")), "{out}");
+    lint_workflow(&home.path().join("checkout"));
+
+    let again = init(&["--yes"]);
+    assert!(again.status.success(), "{}", both(&again));
+    let again = stdout(&again);
+    assert!(again.contains("init: nothing to change"), "{again}");
+    assert!(
+        again.contains("  you     lifecycle rule aborting uploads left incomplete for 1 day: this store has no lifecycle rules"),
+        "{again}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&key_file).unwrap(),
+        secret,
+        "the key was replaced"
+    );
+}

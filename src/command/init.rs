@@ -165,6 +165,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     println!("\ninit: done.");
+    for note in outcome.iter().flat_map(|o| &o.notes) {
+        println!("  left to you: {note}");
+    }
     if let Some(arn) = &role_arn {
         println!("  role:        {arn}");
         println!(

@@ -42,14 +42,30 @@ pub enum InitError {
     LocalKey { path: PathBuf, message: String },
 }
 
-fn aws_error<E>(doing: impl Into<String>) -> impl FnOnce(E) -> InitError
+type SdkError<E> = aws_smithy_runtime_api::client::result::SdkError<
+    E,
+    aws_smithy_runtime_api::client::orchestrator::HttpResponse,
+>;
+
+/// An SDK error as one line: the service's code and message when it answered with them (the
+/// whole response otherwise, for a failure that never reached the service).
+fn aws_error<E>(doing: impl Into<String>) -> impl FnOnce(SdkError<E>) -> InitError
 where
-    E: std::error::Error + 'static,
+    E: ProvideErrorMetadata + std::error::Error + 'static,
 {
     let doing = doing.into();
-    move |err| InitError::Aws {
-        doing,
-        message: DisplayErrorContext(&err).to_string(),
+    move |err| {
+        let status = err.raw_response().map(|r| r.status().as_u16());
+        let message = match (err.as_service_error().and_then(|e| e.code()), status) {
+            (Some(code), Some(status)) => format!(
+                "{code}: {} (HTTP {status})",
+                err.as_service_error()
+                    .and_then(|e| e.message())
+                    .unwrap_or("no message")
+            ),
+            _ => DisplayErrorContext(&err).to_string(),
+        };
+        InitError::Aws { doing, message }
     }
 }
 
@@ -144,7 +160,14 @@ impl Names {
 pub struct Outcome {
     pub role_arn: Option<String>,
     pub public_key: PublicKey,
+    /// What the store turned out not to do, for the user to see to.
+    pub notes: Vec<String>,
 }
+
+const NO_PUBLIC_ACCESS_BLOCK: &str =
+    "this store has no public access block; check in its console that the bucket is private";
+const NO_LIFECYCLE: &str =
+    "this store has no lifecycle rules; abort stale multipart uploads yourself";
 
 fn abort_rule_present(rules: &[LifecycleRule]) -> bool {
     rules.iter().any(|rule| {
@@ -382,6 +405,7 @@ impl Setup {
     /// Performs the changes `found` calls for, in the plan's order.
     pub async fn apply(&self, found: &Found, names: &Names) -> Result<Outcome, InitError> {
         let bucket = &self.bucket;
+        let mut notes = Vec::new();
         if !found.bucket_exists {
             let mut create = self.s3.create_bucket().bucket(bucket);
             if self.region != "us-east-1" {
@@ -414,17 +438,19 @@ impl Setup {
                 .await;
             match result {
                 Ok(_) => {}
+                // A new bucket on a store without public access blocks: say so.
                 Err(err)
-                    if found.bucket_exists
-                        || !unsupported(
+                    if !found.bucket_exists
+                        && unsupported(
                             code_of(&err),
                             err.raw_response().map(|r| r.status().as_u16()),
                         ) =>
                 {
+                    notes.push(NO_PUBLIC_ACCESS_BLOCK.to_owned());
+                }
+                Err(err) => {
                     return Err(aws_error(format!("block public access to {bucket}"))(err));
                 }
-                // A new bucket on a store without public access blocks: nothing to block.
-                Err(_) => {}
             }
         }
         if found.lifecycle_supported && !abort_rule_present(&found.lifecycle_rules) {
@@ -433,14 +459,32 @@ impl Setup {
             let conf = BucketLifecycleConfiguration::builder()
                 .set_rules(Some(rules))
                 .build()
-                .map_err(aws_error("describe the lifecycle rules"))?;
-            self.s3
+                .map_err(|e| InitError::Aws {
+                    doing: "describe the lifecycle rules".into(),
+                    message: e.to_string(),
+                })?;
+            let result = self
+                .s3
                 .put_bucket_lifecycle_configuration()
                 .bucket(bucket)
                 .lifecycle_configuration(conf)
                 .send()
-                .await
-                .map_err(aws_error(format!("add a lifecycle rule to {bucket}")))?;
+                .await;
+            match result {
+                Ok(_) => {}
+                Err(err)
+                    if !found.bucket_exists
+                        && unsupported(
+                            code_of(&err),
+                            err.raw_response().map(|r| r.status().as_u16()),
+                        ) =>
+                {
+                    notes.push(NO_LIFECYCLE.to_owned());
+                }
+                Err(err) => {
+                    return Err(aws_error(format!("add a lifecycle rule to {bucket}"))(err));
+                }
+            }
         }
         let (Some(c), Some(account)) = (&self.iam, found.account.as_deref()) else {
             let public_key = match &found.key {
@@ -450,6 +494,7 @@ impl Setup {
             return Ok(Outcome {
                 role_arn: None,
                 public_key,
+                notes,
             });
         };
         if !found.oidc_provider {
@@ -510,6 +555,7 @@ impl Setup {
         Ok(Outcome {
             role_arn: Some(role_arn),
             public_key,
+            notes,
         })
     }
 
@@ -629,8 +675,9 @@ impl Found {
             "public access blocked",
             match self.public_access_blocked {
                 Some(true) => State::Done,
-                None if self.bucket_exists => State::Manual(
-                    "this store has no public access block; check in its console that the bucket is private".into(),
+                None if self.bucket_exists => State::Manual(NO_PUBLIC_ACCESS_BLOCK.into()),
+                _ if !iam => State::Change(
+                    "block all four kinds, if the store has public access blocks".into(),
                 ),
                 _ => State::Change("block all four kinds".into()),
             },
