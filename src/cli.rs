@@ -31,6 +31,9 @@ pub struct Cli {
 pub enum Command {
     /// Create the bucket, CI's role, the signing key and the workflow of a private cache.
     Init(command::init::Args),
+    /// On a teammate's machine: Nix pulls from the cache, read with your own AWS profile.
+    #[command(name = "use")]
+    Use(command::use_cache::Args),
     /// Create a signing key pair in Nix's own format and print the public key.
     Keygen(command::keygen::Args),
     /// Before the build: make Nix substitute from the cache, and record the store.
@@ -74,6 +77,7 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Init(args) => command::init::run(args).await,
+            Command::Use(args) => command::use_cache::run(args).await,
             Command::Keygen(args) => command::keygen::run(args),
             Command::Setup(args) => command::setup::run(args),
             Command::Push(args) => command::push::run(args).await,

@@ -11,6 +11,7 @@
 //! - [`verify`], [`resign`]: checking that a cache is whole; signing what it holds anew.
 //! - [`gc`]: garbage collection of a cache, by age of use or size, closures kept whole.
 //! - [`init`]: a new cache's bucket, CI role, signing key and workflow, in the user's account.
+//! - [`workstation`]: a developer's machine reading the cache through a user service.
 //! - [`ci`]: glue for CI systems (the GitHub Action's inputs, step files, OIDC, reports).
 //! - [`command`]: one module per subcommand: arguments resolved into a library job.
 //! - [`atomic_file`], [`signal`]: whole-file writes, and the signals of a cancelled step.
@@ -48,3 +49,4 @@ pub mod signal;
 pub mod state;
 pub mod store;
 pub mod verify;
+pub mod workstation;

@@ -635,3 +635,106 @@ fn an_untrusted_job_uses_a_cache_the_admin_allowed() {
         stderr(&again)
     );
 }
+
+/// A teammate's machine: a root nix-daemon with no AWS credentials, and the teammate, whom it
+/// trusts, with an AWS profile of their own in ~/.aws and nothing in the environment. `use`
+/// starts the server with that profile, points Nix at it, and proves a fetch through the
+/// daemon; the teammate's next build substitutes the rest; `use --remove` undoes it all.
+#[test]
+fn use_lets_a_teammate_pull_through_the_daemon_with_their_own_profile() {
+    let job = Job::new(&format!("{BASE_CONF}trusted-users = root nobody\n"));
+    let s3 = S3Server::start();
+    let (secret, public) = keygen(job.tmp.path(), "team-1");
+    let (expr, top) = pushed_by_an_earlier_job(&job, &s3.cache_url(), &secret, &s3.env());
+    let aws = job.home.join(".aws");
+    std::fs::create_dir(&aws).unwrap();
+    assert_ok(&run(Command::new("chown").arg("nobody:nogroup").arg(&aws)));
+    job.give(
+        ".aws/credentials",
+        &format!(
+            "[teammate]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            s3.access_key(),
+            s3.secret_key()
+        ),
+    );
+    let config = job.home.join("xdg-config");
+    let use_cache = |args: &[&str]| {
+        run(job
+            .command(&job.binary)
+            .env("XDG_CONFIG_HOME", &config)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .args(["use", "--cache", &s3.cache_url(), "--service", "none"])
+            .args(args))
+    };
+
+    let used = use_cache(&["--public-key", &public, "--profile", "teammate"]);
+    assert_ok(&used);
+    let out = stdout(&used);
+    assert!(out.contains("with the AWS profile teammate"), "{out}");
+    // The smaller of the two paths the earlier job pushed came through the daemon.
+    let fetched = out
+        .lines()
+        .find_map(|l| l.strip_prefix("use: Nix fetched "))
+        .and_then(|l| l.strip_suffix(" from the cache: it works"))
+        .unwrap_or_else(|| panic!("no fetch proven:\n{out}\n{}", stderr(&used)));
+    let tag = top.rsplit('-').next().unwrap();
+    assert!(
+        fetched.ends_with(&format!("-dep-{tag}")) || fetched == top,
+        "{fetched} is not one of the paths pushed"
+    );
+    let conf = std::fs::read_to_string(job.home.join("nix.conf")).unwrap();
+    assert!(conf.contains("http://127.0.0.1:37"), "{conf}");
+    assert!(conf.contains(&public), "{conf}");
+
+    // The server reads the bucket with the profile: no key in its environment or arguments.
+    let record: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(config.join("nixbucket/use/nixbucket-test.json")).unwrap(),
+    )
+    .unwrap();
+    let pid = record["pid"].as_u64().expect("the server's pid");
+    // Whatever fails below, the server this test started does not outlive it.
+    struct StopOnDrop(u64);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").arg(self.0.to_string()).status();
+        }
+    }
+    let _server = StopOnDrop(pid);
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    for secret in [s3.secret_key(), s3.access_key()] {
+        for (what, bytes) in [("environment", &environ), ("arguments", &cmdline)] {
+            assert!(
+                !String::from_utf8_lossy(bytes).contains(secret),
+                "the server's {what} hold an AWS key"
+            );
+        }
+    }
+
+    // The teammate's build substitutes what is left instead of building it.
+    let build = job.build(&expr);
+    assert_ok(&build);
+    let log = stderr(&build);
+    assert!(
+        log.contains(&format!("copying path '{top}' from 'http://127.0.0.1:")),
+        "{log}"
+    );
+    assert!(!log.contains("building '"), "built instead:\n{log}");
+
+    let removed = use_cache(&["--remove"]);
+    assert_ok(&removed);
+    let conf = std::fs::read_to_string(job.home.join("nix.conf")).unwrap();
+    assert!(!conf.contains("127.0.0.1"), "use --remove left {conf}");
+    // A server that was stopped may stay a zombie until whichever process adopted it reaps
+    // it; a zombie has no command line.
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    assert!(cmdline.is_empty(), "use --remove left the server running");
+    assert!(!config.join("nixbucket/use/nixbucket-test.json").exists());
+    let again = use_cache(&["--remove"]);
+    assert_ok(&again);
+    assert!(
+        stdout(&again).contains("nothing to remove"),
+        "{}",
+        stdout(&again)
+    );
+}

@@ -179,6 +179,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     println!("  public key:  {public_key}");
     println!("  workflow:    {workflow}");
+    println!(
+        "  on a teammate's machine, with their own AWS profile: nixbucket use --cache '{url}' --public-key {public_key}"
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -12,6 +12,7 @@ pub mod push;
 pub mod serve;
 pub mod setup;
 pub mod sign;
+pub mod use_cache;
 pub mod verify;
 
 use std::os::unix::fs::PermissionsExt;

@@ -434,7 +434,7 @@ impl Job {
             keys: &keys,
             extra,
         };
-        configure::configure(&substituter, mirror, settings)
+        configure::configure(&substituter, mirror, settings).map(|c| c.mirrored)
     }
 
     /// The extra caches the background server reads for Nix, in order.

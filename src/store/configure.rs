@@ -60,13 +60,23 @@ pub struct Settings<'a> {
     pub extra: Vec<(&'a str, Vec<String>)>,
 }
 
+/// What [`configure`] did.
+pub struct Configured {
+    /// The nix.conf that holds the settings.
+    pub conf: PathBuf,
+    /// Nix reads the mirror.
+    pub mirrored: bool,
+    /// The file changed and the daemon was restarted to read it.
+    pub restarted: bool,
+}
+
 /// Points Nix at `substituter`, behind the `mirror` directory if there is one and the Nix
-/// that builds will read it (the mirror is laid out then); true if it will.
+/// that builds will read it (the mirror is laid out then).
 pub fn configure(
     substituter: &str,
     mirror: Option<Mirror<'_>>,
     settings: Settings<'_>,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Configured> {
     let Settings { also, keys, extra } = settings;
     let keys: Vec<String> = keys.iter().map(ToString::to_string).collect();
     let env = NixEnv::detect().context("could not ask Nix how it is set up")?;
@@ -152,7 +162,38 @@ pub fn configure(
         },
         path.display()
     );
-    Ok(mirrored)
+    Ok(Configured {
+        conf: path,
+        mirrored,
+        restarted: changed && restart,
+    })
+}
+
+/// Takes nixbucket's settings out of `path` (written by [`configure`]), restarting the
+/// daemon when it reads that file. True if there was something to take out.
+pub fn unconfigure(path: &Path) -> anyhow::Result<bool> {
+    let env = NixEnv::detect().context("could not ask Nix how it is set up")?;
+    let before = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e).with_context(|| format!("could not read {}", path.display())),
+    };
+    let after =
+        conf::set_managed_block(&before, &[]).with_context(|| format!("in {}", path.display()))?;
+    if after == before {
+        return Ok(false);
+    }
+    write_conf(path, &after, &env)?;
+    let system = Some(path) != store::user_conf_path().as_deref();
+    if system && env.daemon {
+        restart_daemon(&env).with_context(|| {
+            format!(
+                "took the cache out of {}, but restarting the nix-daemon failed; restart it yourself",
+                path.display()
+            )
+        })?;
+    }
+    Ok(true)
 }
 
 /// Why Nix may not read an `s3://` substituter with the job's credentials, if it may not: a
