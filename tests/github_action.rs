@@ -88,6 +88,7 @@ impl Job {
         let mut inputs: BTreeMap<&'static str, String> = [
             "cache",
             "signing-key",
+            "signing-key-parameter",
             "public-keys",
             "compression",
             "jobs",
@@ -1058,4 +1059,120 @@ async fn the_oidc_token_is_requested_with_the_sts_audience_and_bearer() {
         std::fs::read_to_string(&file).unwrap(),
         "eyJ.header.payload"
     );
+}
+
+/// The shape `nixbucket init` writes: no secret in GitHub. The job's OIDC token buys the
+/// role's credentials (AssumeRoleWithWebIdentity, on moto), the post step reads the signing
+/// key from its SSM parameter with them and pushes; the server reads the bucket with them in
+/// between, and no later step of the job is handed them.
+#[test]
+fn the_role_and_the_key_s_parameter_push_with_no_secret_in_the_workflow() {
+    let moto = common::moto::MotoServer::start();
+    let keys = tempfile::tempdir().unwrap();
+    let (secret_file, public) = keygen(keys.path(), "role-1");
+    let secret = key_text(&secret_file);
+    let parameter = "/nixbucket/nixbucket-test/signing-key";
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(moto.region().to_owned()))
+            .endpoint_url(moto.endpoint())
+            .credentials_provider(aws_credential_types::Credentials::new(
+                moto.access_key(),
+                moto.secret_key(),
+                None,
+                None,
+                "admin",
+            ))
+            .load()
+            .await;
+        aws_sdk_ssm::Client::new(&sdk)
+            .put_parameter()
+            .name(parameter)
+            .value(&secret)
+            .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+            .send()
+            .await
+            .expect("the key's parameter");
+    });
+    let mut job = Job::new(&moto.cache_url(), "");
+    job.inputs
+        .insert("signing-key-parameter", parameter.to_owned());
+    job.inputs.insert("public-keys", public.clone());
+    job.inputs.insert(
+        "aws-role-arn",
+        "arn:aws:iam::123456789012:role/nixbucket-org-app".to_owned(),
+    );
+    job.inputs.insert("aws-region", moto.region().to_owned());
+    // STS and SSM are moto's too; the step has no AWS keys of its own.
+    job.env("AWS_ENDPOINT_URL", &moto.endpoint());
+    job.env("AWS_EC2_METADATA_DISABLED", "true");
+    job.env(
+        "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
+        "request-token-for-the-test",
+    );
+    let token = r#"{"value":"eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJyZXBvOm9yZy9hcHA6cmVmOnJlZnMvaGVhZHMvbWFpbiJ9.c2ln"}"#;
+
+    let (port, asked) = serve_once("200 OK", token);
+    job.env(
+        "ACTIONS_ID_TOKEN_REQUEST_URL",
+        &format!("http://127.0.0.1:{port}/token?run=1"),
+    );
+    let main = job.step("main", "push", &BTreeMap::new());
+    assert!(main.out.status.success(), "{}", main.describe());
+    let asked = asked.join().unwrap();
+    assert!(
+        asked.head.contains("audience=sts.amazonaws.com"),
+        "{}",
+        asked.head
+    );
+    let state = parse_step_file(&main.state);
+    assert_eq!(
+        state.get("nixbucket-mode").map(String::as_str),
+        Some("push")
+    );
+    assert!(
+        !main.env_file.contains("AWS_"),
+        "the role's credentials went to the job's later steps:\n{}",
+        main.env_file
+    );
+    let conf = std::fs::read_to_string(job.user_conf()).unwrap();
+    assert!(conf.contains("http://127.0.0.1:"), "not served: {conf}");
+
+    let [app, ..] = build_closure(keys.path(), &nonce());
+
+    let (port, _) = serve_once("200 OK", token);
+    job.env(
+        "ACTIONS_ID_TOKEN_REQUEST_URL",
+        &format!("http://127.0.0.1:{port}/token?run=1"),
+    );
+    let post = job.step("post", "push", &state);
+    assert!(post.out.status.success(), "{}", post.describe());
+    let pushed: usize = parse_step_file(&post.output)["pushed-paths"]
+        .parse()
+        .unwrap();
+    assert!(pushed >= 3, "{}", post.describe());
+    let verify = run(nixbucket().envs(moto.env()).args([
+        "verify",
+        "--cache",
+        &moto.cache_url(),
+        "--public-key",
+        &public,
+    ]));
+    assert_ok(&verify);
+    assert!(
+        stderr(&verify).contains(&format!("checked {pushed} narinfos: 0 problems")),
+        "{}",
+        stderr(&verify)
+    );
+    let narinfo = moto
+        .admin()
+        .get(moto.bucket(), &format!("{}.narinfo", hash_part(&app)))
+        .expect("the app's narinfo");
+    assert!(
+        String::from_utf8_lossy(&narinfo).contains("Sig: role-1:"),
+        "{app} is not signed with the key from the parameter"
+    );
+    assert_secret_hidden(&main, &secret);
+    assert_secret_hidden(&post, &secret);
 }
