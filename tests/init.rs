@@ -29,12 +29,40 @@ fn both(out: &Output) -> String {
     format!("{}{}", stdout(out), stderr(out))
 }
 
+/// GitHub's REST API as far as init asks it: every repository is `Acme/Widget`. Answers until
+/// the test process ends; returns its URL.
+fn github_api() -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let body = r#"{"full_name":"Acme/Widget","private":false}"#;
+            let _ = write!(
+                reader.into_inner(),
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
+}
+
 /// A new user's shell: the administrator's keys, the AWS services pointed at moto, a home of
 /// its own (where init keeps nothing for AWS: the key goes to SSM).
 struct User<'a> {
     moto: &'a MotoServer,
     home: tempfile::TempDir,
     cache: String,
+    github: String,
+    /// What the user types after --github.
+    repo: &'static str,
 }
 
 impl User<'_> {
@@ -47,6 +75,8 @@ impl User<'_> {
                 moto.region(),
                 moto.endpoint()
             ),
+            github: github_api(),
+            repo: REPO,
         }
     }
 
@@ -62,9 +92,10 @@ impl User<'_> {
             .env("AWS_SECRET_ACCESS_KEY", secret)
             .env("AWS_ENDPOINT_URL", self.moto.endpoint())
             .env("HOME", self.home.path())
+            .env("GITHUB_API_URL", &self.github)
             .env_remove("XDG_CONFIG_HOME")
             .stdin(std::process::Stdio::null())
-            .args(["init", "--cache", &self.cache, "--github", REPO])
+            .args(["init", "--cache", &self.cache, "--github", self.repo])
             .args(["--action-ref", ACTION_COMMIT, "--workflow"])
             .arg(&workflow)
             .args(extra);
@@ -508,7 +539,9 @@ fn init_sets_up_a_cache_that_only_the_repository_s_role_fills_and_a_second_run_c
 fn init_keeps_an_existing_bucket_s_lifecycle_rules_and_leaves_an_existing_workflow_alone() {
     let moto = MotoServer::start_with_auth();
     let bucket = format!("nb-keep-{}", nonce().to_lowercase());
-    let user = User::new(&moto, &bucket);
+    let mut user = User::new(&moto, &bucket);
+    // Typed as a clone URL may spell it: the trust policy must take GitHub's spelling.
+    user.repo = "acme/widget";
     let account = Account::new(&moto);
     let s3 = account.s3();
     account.rt.block_on(async {
@@ -595,10 +628,12 @@ fn init_on_a_store_without_iam_creates_the_bucket_and_names_the_steps_left() {
         s3.endpoint()
     );
     let workflow = home.path().join("checkout/.github/workflows/nix.yml");
+    let github = github_api();
     let init = |extra: &[&str]| {
         let mut cmd = nixbucket();
         cmd.envs(s3.env())
             .env("HOME", home.path())
+            .env("GITHUB_API_URL", &github)
             .env_remove("XDG_CONFIG_HOME")
             .stdin(std::process::Stdio::null())
             .args(["init", "--cache", &cache, "--github", REPO])

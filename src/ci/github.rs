@@ -595,6 +595,48 @@ fn rows<'a>(md: &mut String, items: impl ExactSizeIterator<Item = (&'a StorePath
     }
 }
 
+/// How GitHub spells `owner/name` (`full_name`), asked of the REST API at `api` (GitHub's,
+/// or an Enterprise server's): `None` when it answers that there is no such repository, which
+/// is also its answer for a private one the token may not see.
+pub async fn repository_full_name(
+    api: &str,
+    owner_and_name: &str,
+    token: Option<&Secret>,
+) -> Result<Option<String>, String> {
+    let mut builder = octocrab::Octocrab::builder()
+        .base_uri(api)
+        .map_err(|e| e.to_string())?
+        .set_connect_timeout(Some(Duration::from_secs(5)))
+        .set_read_timeout(Some(Duration::from_secs(10)));
+    if let Some(token) = token {
+        builder = builder.personal_token(token.expose().to_owned());
+    }
+    let client = builder.build().map_err(|e| e.to_string())?;
+    let url = format!("{}/repos/{owner_and_name}", api.trim_end_matches('/'));
+    let response = client
+        ._get(url.as_str())
+        .await
+        .map_err(|e| format!("could not be reached: {e}"))?;
+    let status = response.status();
+    let body = client
+        .body_to_string(response)
+        .await
+        .map_err(|e| format!("sent an unreadable answer: {e}"))?;
+    if status.as_u16() == 404 {
+        return Ok(None);
+    }
+    if !status.is_success() {
+        return Err(format!("answered HTTP {status}"));
+    }
+    #[derive(serde::Deserialize)]
+    struct Repository {
+        full_name: String,
+    }
+    let repo: Repository =
+        serde_json::from_str(&body).map_err(|e| format!("answered without a name: {e}"))?;
+    Ok(Some(repo.full_name))
+}
+
 fn octocrab_for(base: &str, token: &Secret) -> Result<octocrab::Octocrab, String> {
     octocrab::Octocrab::builder()
         .base_uri(base)

@@ -56,6 +56,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("--github {text:?} is not OWNER/REPO"))?,
         None => origin_repo(&checkout)?,
     };
+    let repo = spelled_as_github_does(repo).await;
     let action = action_ref(args.action_ref.as_deref())?;
     let names = Names::new(repo, bucket, &config_dir()?);
     let workflow_path = args
@@ -290,6 +291,59 @@ fn origin_repo(checkout: &Path) -> anyhow::Result<GithubRepo> {
             "the checkout's origin ({url}) is not a github.com repository; pass --github OWNER/REPO"
         )
     })
+}
+
+/// The repository as GitHub spells it: the token's `sub` claim carries that spelling, and the
+/// trust policy compares it case-sensitively, so `acme/widget` from a clone URL would lock out
+/// every run of `Acme/Widget`. Asked of `$GITHUB_API_URL` (else api.github.com) with
+/// `$GITHUB_TOKEN` or `$GH_TOKEN` if set; when it cannot tell, the name stays as given, with a
+/// warning.
+async fn spelled_as_github_does(repo: GithubRepo) -> GithubRepo {
+    let api = std::env::var("GITHUB_API_URL")
+        .ok()
+        .filter(|a| !a.is_empty())
+        .unwrap_or_else(|| "https://api.github.com".to_owned());
+    let token = ["GITHUB_TOKEN", "GH_TOKEN"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|t| !t.is_empty()))
+        .map(crate::ci::github::Secret::new);
+    let unchecked = |why: String| {
+        eprintln!(
+            "warning: could not ask GitHub how it spells {repo} ({why}); the role trusts \
+             repo:{repo}:* exactly as written, and GitHub's tokens name the repository in \
+             GitHub's own case: check it, or pass --github OWNER/REPO as GitHub shows it"
+        );
+    };
+    match crate::ci::github::repository_full_name(&api, &repo.to_string(), token.as_ref()).await {
+        Ok(Some(name)) if name == repo.to_string() => repo,
+        Ok(Some(name)) => match GithubRepo::parse(&name) {
+            Some(spelled) if name.eq_ignore_ascii_case(&repo.to_string()) => {
+                println!(
+                    "init: GitHub spells the repository {spelled}; the role trusts that spelling"
+                );
+                spelled
+            }
+            // A rename or a transfer: GitHub redirects, and the token names the new home.
+            Some(moved) => {
+                println!("init: {repo} is now {moved} on GitHub; the role trusts {moved}");
+                moved
+            }
+            None => {
+                unchecked(format!("it answered the name {name:?}"));
+                repo
+            }
+        },
+        Ok(None) => {
+            unchecked(format!(
+                "{api} knows no such repository; a private one needs $GITHUB_TOKEN or $GH_TOKEN"
+            ));
+            repo
+        }
+        Err(why) => {
+            unchecked(format!("{api} {why}"));
+            repo
+        }
+    }
 }
 
 /// `nixbucket/nixbucket@…` as the workflow's `uses:`.
