@@ -738,3 +738,47 @@ fn use_lets_a_teammate_pull_through_the_daemon_with_their_own_profile() {
         stdout(&again)
     );
 }
+
+/// A teammate the daemon does not trust, and no sudo to write the system's nix.conf with: one
+/// error that names the lines to add and where, and nothing left running or recorded.
+#[test]
+fn use_by_an_untrusted_teammate_without_sudo_says_what_to_add_and_leaves_nothing() {
+    let job = Job::new(BASE_CONF);
+    let s3 = S3Server::start();
+    let (_, public) = keygen(job.tmp.path(), "team-2");
+    let aws = job.home.join(".aws");
+    std::fs::create_dir(&aws).unwrap();
+    assert_ok(&run(Command::new("chown").arg("nobody:nogroup").arg(&aws)));
+    job.give(
+        ".aws/credentials",
+        &format!(
+            "[teammate]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            s3.access_key(),
+            s3.secret_key()
+        ),
+    );
+    let config = job.home.join("xdg-config");
+    let used = run(job
+        .command(&job.binary)
+        .env("XDG_CONFIG_HOME", &config)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .args(["use", "--cache", &s3.cache_url(), "--service", "none"])
+        .args(["--public-key", &public, "--profile", "teammate"]));
+    common::assert_fails(&used);
+    let err = stderr(&used);
+    assert!(err.contains("does not trust user \"nobody\""), "{err}");
+    assert!(
+        err.contains("extra-substituters = http://127.0.0.1:37"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("extra-trusted-public-keys = {public}")),
+        "{err}"
+    );
+    assert!(err.contains("the server is stopped"), "{err}");
+    assert!(!config.join("nixbucket/use/nixbucket-test.json").exists());
+    let left =
+        run(Command::new("pgrep")
+            .args(["-f", "serve --cache s3://nixbucket-test.*profile=teammate"]));
+    assert_eq!(stdout(&left), "", "a server was left running");
+}

@@ -163,7 +163,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     let keys = [key.clone()];
-    let configured = configure::configure(
+    let configured = match configure::configure(
         &substituter,
         None,
         Settings {
@@ -171,7 +171,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             keys: &keys,
             extra: vec![("fallback", vec!["true".to_owned()])],
         },
-    )?;
+    ) {
+        Ok(configured) => configured,
+        Err(err) => {
+            // Nothing half-done stays: a server no Nix reads would only hold the port.
+            for problem in record.stop_service() {
+                eprintln!("warning: {problem}");
+            }
+            let _ = std::fs::remove_file(&record_path);
+            return Err(err.context("nothing is left of this `use`: the server is stopped"));
+        }
+    };
     record.nix_conf = Some(configured.conf.clone());
     record.save(&record_path)?;
     if configured.restarted {

@@ -34,6 +34,15 @@ pub enum InitError {
          bucket names are global, so another account may own it; pick another name"
     )]
     BucketOfAnother { bucket: String, status: u16 },
+    #[error(
+        "the bucket {bucket} is in region {region}, not {asked}: write ?region={region} in the \
+         cache URL (if the bucket is yours)"
+    )]
+    OtherRegion {
+        bucket: String,
+        region: String,
+        asked: String,
+    },
     #[error("the SSM parameter {name} does not hold a Nix secret key, so init leaves it alone")]
     BadKeyParameter { name: String },
     #[error("the key parameter {name} changed while init ran")]
@@ -299,8 +308,19 @@ impl Setup {
             Ok(_) => found.bucket_exists = true,
             Err(err) => {
                 let status = err.raw_response().map(|r| r.status().as_u16());
+                let actual_region = err
+                    .raw_response()
+                    .and_then(|r| r.headers().get("x-amz-bucket-region"))
+                    .map(str::to_owned);
                 match status {
                     Some(404) => return Ok(()),
+                    Some(301) if actual_region.is_some() => {
+                        return Err(InitError::OtherRegion {
+                            bucket: bucket.clone(),
+                            region: actual_region.unwrap_or_default(),
+                            asked: self.region.clone(),
+                        });
+                    }
                     Some(status @ (301 | 403)) => {
                         return Err(InitError::BucketOfAnother {
                             bucket: bucket.clone(),
