@@ -198,24 +198,48 @@ pub fn hook_script_path(state_path: &Path) -> PathBuf {
 }
 
 /// Whether `pid` is still a `nixbucket serve` process (and not a process that got its pid
-/// after it ended). A zombie counts as gone.
+/// after it ended). A zombie counts as gone. Linux answers from /proc; macOS, which has no
+/// /proc, from `ps`.
 fn is_our_server(pid: u32) -> bool {
-    let proc = PathBuf::from(format!("/proc/{pid}"));
-    let zombie = std::fs::read_to_string(proc.join("stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(true);
-    if zombie {
-        return false;
+    if cfg!(target_os = "linux") {
+        let proc = PathBuf::from(format!("/proc/{pid}"));
+        let zombie = std::fs::read_to_string(proc.join("stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true);
+        if zombie {
+            return false;
+        }
+        let cmdline = std::fs::read(proc.join("cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        return args
+            .first()
+            .is_some_and(|a| a.ends_with(b"nixbucket") || a.ends_with(b"nixbucket (deleted)"))
+            && args.get(1).is_some_and(|a| *a == b"serve");
     }
-    let cmdline = std::fs::read(proc.join("cmdline")).unwrap_or_default();
-    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    args.first()
-        .is_some_and(|a| a.ends_with(b"nixbucket") || a.ends_with(b"nixbucket (deleted)"))
-        && args.get(1).is_some_and(|a| *a == b"serve")
+    let Ok(out) = crate::store::child_command("ps")
+        .args(["-o", "stat=,command=", "-p", &pid.to_string()])
+        .output()
+    else {
+        return false;
+    };
+    serves(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// Whether a `ps -o stat=,command=` line is a live `nixbucket serve`: not a zombie (`Z`),
+/// and its command a nixbucket binary followed by `serve`.
+fn serves(ps_line: &str) -> bool {
+    let line = ps_line.trim();
+    let Some((stat, command)) = line.split_once(char::is_whitespace) else {
+        return false;
+    };
+    let mut words = command.split_whitespace();
+    !stat.starts_with('Z')
+        && words.next().is_some_and(|exe| exe.ends_with("nixbucket"))
+        && words.next() == Some("serve")
 }
 
 /// Whether the server `setup` recorded as `pid` still runs (and is that server).
@@ -298,5 +322,23 @@ fn drain(addr: SocketAddr) -> anyhow::Result<StatsSnapshot> {
             said = Instant::now();
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ps_line_tells_a_live_server_from_a_zombie_or_another_program() {
+        assert!(serves(
+            "Ss   /usr/local/bin/nixbucket serve --cache s3://c\n"
+        ));
+        assert!(!serves(
+            "Z    /usr/local/bin/nixbucket serve --cache s3://c"
+        ));
+        assert!(!serves("S    /usr/local/bin/nixbucket push"));
+        assert!(!serves("S    /bin/sleep serve"));
+        assert!(!serves(""));
     }
 }
