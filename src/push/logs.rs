@@ -74,9 +74,22 @@ pub fn local_log(log_dir: &Path, drv: &StorePath) -> Option<(PathBuf, bool)> {
 /// A log's text, bzip2 undone, and whether it was cut: one over `max` bytes keeps its last
 /// `max` bytes (where a build's error is), after a line that says how much was left out.
 pub fn read_log(path: &Path, bzip2: bool, max: u64) -> std::io::Result<(Vec<u8>, bool)> {
+    read_log_within(path, bzip2, max, BZIP2_READ_MAX)
+}
+
+/// The most of a bzip2 log that is undone: a few kilobytes of bzip2 can stand for terabytes
+/// of text, which would keep push busy for hours. Past it, the log ends where reading stopped.
+const BZIP2_READ_MAX: u64 = 4 << 30;
+
+fn read_log_within(
+    path: &Path,
+    bzip2: bool,
+    max: u64,
+    bzip2_read_max: u64,
+) -> std::io::Result<(Vec<u8>, bool)> {
     let file = std::fs::File::open(path)?;
     let mut reader: Box<dyn Read> = if bzip2 {
-        Box::new(bzip2::read::BzDecoder::new(file))
+        Box::new(bzip2::read::BzDecoder::new(file).take(bzip2_read_max))
     } else {
         Box::new(file)
     };
@@ -97,14 +110,23 @@ pub fn read_log(path: &Path, bzip2: bool, max: u64) -> std::io::Result<(Vec<u8>,
         }
     }
     let kept = Vec::from(kept);
-    if total <= max as u64 {
+    let stopped = bzip2 && total >= bzip2_read_max;
+    if total <= max as u64 && !stopped {
         return Ok((kept, false));
     }
     let left_out = total - kept.len() as u64;
-    let mut text = format!(
-        "[nixbucket: this log was {total} bytes; its first {left_out} are left out, \
-         over the cap of {max}]\n"
-    )
+    let mut text = if stopped {
+        format!(
+            "[nixbucket: this log is over {total} bytes once bzip2 is undone, so reading \
+             stopped there; of what was read, the first {left_out} bytes are left out, over \
+             the cap of {max}]\n"
+        )
+    } else {
+        format!(
+            "[nixbucket: this log was {total} bytes; its first {left_out} are left out, \
+             over the cap of {max}]\n"
+        )
+    }
     .into_bytes();
     text.extend_from_slice(&kept);
     Ok((text, true))
@@ -290,5 +312,20 @@ mod tests {
         }
         let drv = StorePath::from_base_name("1qac8f80gnqdnadi3k4smi34vfwqlra4-x.drv").unwrap();
         assert!(local_log(tmp.path(), &drv).is_none());
+
+        // A bzip2 log that undoes into more than the reading limit stops there and says so,
+        // keeping the end of what was read; a plain file has no such limit.
+        let limit = 100_000;
+        let (cut, truncated) = read_log_within(&compressed, true, 1000, limit).unwrap();
+        assert!(truncated);
+        let (note, tail) = cut.split_at(cut.iter().position(|&b| b == b'\n').unwrap() + 1);
+        assert_eq!(tail, &text[limit as usize - 1000..limit as usize]);
+        let note = String::from_utf8_lossy(note);
+        assert!(
+            note.contains(&format!("over {limit} bytes once bzip2 is undone")),
+            "{note}"
+        );
+        let (whole, truncated) = read_log_within(&plain, false, text.len() as u64, limit).unwrap();
+        assert_eq!((whole, truncated), (text, false));
     }
 }
