@@ -254,6 +254,22 @@ fn content_addressed_outputs_are_substituted_through_their_realisations(#[case] 
         .filter(|k| is_realisation(k))
         .collect();
     assert_eq!(realisations.len(), 2, "{realisations:?}");
+    // Pushed again, the realisations are found where they are, with reads: the one write is
+    // the push's usage record (`usage/…`), which every push leaves for gc.
+    let again = push();
+    assert_ok(&again);
+    let requests = stderr(&again)
+        .lines()
+        .find(|l| l.starts_with("requests: "))
+        .unwrap_or_default()
+        .to_owned();
+    if backend != Backend::File {
+        assert!(
+            requests.contains(" PUT 1)") || requests.contains(" PUT 1,"),
+            "a second push wrote more than its usage record: {requests}\n{}",
+            stderr(&again)
+        );
+    }
 
     let fresh = tmp.path().join("fresh");
     let substituted = run(nix_command("nix")
