@@ -20,6 +20,9 @@ pub enum Signed {
     Gone,
     /// Nothing the operator trusts vouches for it: left as it is.
     NotVouched,
+    /// A realisation in a form this nixbucket does not read (a newer Nix's layout, or a
+    /// damaged file): left as it is, with the reason.
+    Unreadable(String),
 }
 
 /// What must vouch for a document before our signature goes on it. Anyone who can write to
@@ -150,7 +153,15 @@ async fn sign_document<D: Signable>(
             }
             return Ok(Signed::Gone);
         };
-        let mut document = D::read(key_name, &bytes)?;
+        let mut document = match D::read(key_name, &bytes) {
+            Ok(document) => document,
+            // A realisation only saves a content-addressed build; one we cannot read must not
+            // stop the narinfos from being signed.
+            Err(why) if realisations::is_key(key_name) => {
+                return Ok(Signed::Unreadable(format!("{why:#}")));
+            }
+            Err(why) => return Err(why),
+        };
         if !document.vouched(vouch) {
             return Ok(Signed::NotVouched);
         }

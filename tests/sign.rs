@@ -188,11 +188,23 @@ fn sign_refuses_what_neither_a_trusted_key_nor_the_local_store_vouches_for() {
     assert_eq!(sig_names(&narinfo(&app)), ["vouch-1"]);
     assert!(sig_names(&narinfo(&lib)).is_empty());
 
+    // One in a form this nixbucket does not read (a later Nix's, or damaged) is left alone
+    // with a warning, and does not stop the rest.
+    let unknown = cache.join("build-trace-v2/not-a-derivation/out.doi");
+    std::fs::create_dir_all(unknown.parent().unwrap()).unwrap();
+    std::fs::write(&unknown, "{}").unwrap();
+
     // Listed: nothing trusted signed the planted realisation, so it stays unsigned.
     let out = run(nixbucket()
         .args(["sign", "--cache", &url, "--all", "--signing-key-file"])
         .arg(&secret));
     assert_ok(&out);
+    let err = stderr(&out);
+    assert!(
+        err.contains("warning: build-trace-v2/not-a-derivation/out.doi: left unsigned: not a valid realisation: not-a-derivation/out is not a derivation and its output"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&unknown).unwrap(), "{}");
     assert_eq!(
         std::fs::read_to_string(&realisation).unwrap(),
         planted_realisation

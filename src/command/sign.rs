@@ -100,6 +100,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .collect()
         .await;
     let (mut changed, mut realised, mut gone, mut failed, mut unvouched) = (0, 0, 0, 0, 0);
+    let mut unreadable = 0;
     for (k, result) in &results {
         match result {
             Ok(Signed::Rewritten) if realisations::is_key(k) => realised += 1,
@@ -115,6 +116,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 );
             }
             Ok(Signed::NotVouched) => unvouched += 1,
+            Ok(Signed::Unreadable(why)) => {
+                unreadable += 1;
+                eprintln!("warning: {k}: left unsigned: {why}");
+            }
             Err(e) => {
                 failed += 1;
                 eprintln!("error: {k}: {e:#}");
@@ -129,7 +134,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             String::new()
         },
         key.name(),
-        results.len() - changed - realised - gone - failed - unvouched,
+        results.len() - changed - realised - gone - failed - unvouched - unreadable,
         if gone > 0 {
             format!("; {gone} deleted meanwhile (left deleted)")
         } else {
@@ -141,6 +146,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             String::new()
         }
     );
+    if unreadable > 0 {
+        eprintln!(
+            "warning: {unreadable} realisations were left unsigned: this nixbucket does not \
+             read their form (a newer Nix's layout, or a damaged file); a Nix that needs them \
+             builds those outputs again"
+        );
+    }
     if unvouched > 0 {
         eprintln!(
             "warning: {unvouched} narinfos or realisations were left unsigned: no signature by a \
