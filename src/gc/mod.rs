@@ -15,7 +15,8 @@
 //!    it first (see [`crate::push`]), and then it stays; build logs (`log/<derivation>`) go
 //!    with the last narinfo their derivation built, or, if it built none that stays (a
 //!    failed build), once they are as old as an unused path may be; realisations go with the
-//!    narinfo of the path they name;
+//!    narinfo of the path they name; each of these is looked at (HEAD) first, and one written
+//!    since gc's listing (a push running alongside wrote it again) stays;
 //! 4. when NARs were deleted, narinfos are listed a third time: one that a push wrote for a
 //!    NAR gc deleted in the moment between its look and the deletion goes again, with every
 //!    narinfo that references its path, so no narinfo is left without its NAR;
@@ -120,6 +121,10 @@ pub struct GcReport {
     pub phases: Vec<(&'static str, Duration)>,
 }
 
+/// How far the store's clock and ours may disagree when gc compares a LastModified with the
+/// moment of its listing.
+const CLOCK_MARGIN: Duration = Duration::from_secs(300);
+
 /// Records how long each step took.
 struct Clock(std::time::Instant);
 
@@ -147,6 +152,9 @@ struct Snapshot {
 pub async fn collect(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcError> {
     let jobs = opts.jobs.max(1);
     let mut clock = Clock(std::time::Instant::now());
+    // What a writer changed after this moment (gc's now, less a margin for the store's clock
+    // and ours) is taken as changed since the listing.
+    let listed_at = opts.now - CLOCK_MARGIN;
     let mut report = GcReport::default();
     let mut snap = read_snapshot(cache, jobs, &mut clock, &mut report).await?;
     let mut plan = plan::plan(&snap.entries, &snap.usage, &snap.nar_sizes, opts);
@@ -184,7 +192,7 @@ pub async fn collect(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcErro
     clock.lap(&mut report, "delete narinfos, list again");
     // 3. NARs that nothing names any more.
     let stale = delete_orphan_nars(cache, &snap, &repaired, opts, &mut report).await?;
-    let beside = doomed_beside(cache, &snap, repaired.live(&snap), opts, jobs).await;
+    let mut beside = doomed_beside(cache, &snap, repaired.live(&snap), opts, jobs).await;
     let keys: Vec<String> = beside
         .logs
         .iter()
@@ -192,7 +200,14 @@ pub async fn collect(cache: &Cache, opts: &GcOptions) -> Result<GcReport, GcErro
         .chain(&beside.listings)
         .cloned()
         .collect();
-    delete_all(cache, &keys, jobs).await?;
+    // A last look (HEAD) at each before they go, a thousand to a DeleteObjects: a push
+    // running alongside may have written one again (a rebuilt path's log, realisation or
+    // listing), and then it stays.
+    let (stale_keys, touched) = still_stale(cache, &keys, listed_at, jobs).await?;
+    delete_all(cache, &stale_keys, jobs).await?;
+    report.young += touched;
+    let stale_keys: HashSet<&str> = stale_keys.iter().map(String::as_str).collect();
+    beside.retain(|key| stale_keys.contains(key));
     beside.count(&snap, &mut report);
     clock.lap(&mut report, "delete NARs, logs and realisations");
     // 4. A push may have reused a NAR in the moment between gc's last look at it and its
@@ -422,6 +437,13 @@ struct Beside {
 }
 
 impl Beside {
+    /// Keeps only the keys `deleted` says were.
+    fn retain(&mut self, deleted: impl Fn(&str) -> bool) {
+        for keys in [&mut self.logs, &mut self.realisations, &mut self.listings] {
+            keys.retain(|k| deleted(k));
+        }
+    }
+
     /// Counts them, and their bytes, in the report.
     fn count(&self, snap: &Snapshot, report: &mut GcReport) {
         report.logs_deleted = self.logs.len();
@@ -776,6 +798,42 @@ struct StaleDeleted {
     bytes: u64,
     /// Found touched since the plan, and left.
     touched: usize,
+}
+
+/// Of `keys`, those still there and not written since `young_before`, looked at (HEAD) now;
+/// and how many were written since.
+async fn still_stale(
+    cache: &Cache,
+    keys: &[String],
+    young_before: SystemTime,
+    jobs: usize,
+) -> Result<(Vec<String>, usize), GcError> {
+    let looks: Vec<(String, Result<Option<ObjectInfo>, CacheError>)> =
+        futures::stream::iter(keys.iter().cloned())
+            .map(|key| async move {
+                let looked = cache.head(&key).await;
+                (key, looked)
+            })
+            .buffer_unordered(jobs)
+            .collect()
+            .await;
+    let (mut stale, mut touched, mut failed) = (Vec::new(), 0, Vec::new());
+    for (key, looked) in looks {
+        match looked {
+            Ok(None) => {}
+            Ok(Some(now)) if now.last_modified.is_none_or(|t| t > young_before) => touched += 1,
+            Ok(Some(_)) => stale.push(key),
+            Err(e) => failed.push(e),
+        }
+    }
+    let mut errors = failed.into_iter();
+    if let Some(first) = errors.next() {
+        return Err(GcError::Delete {
+            failed: 1 + errors.count(),
+            first,
+        });
+    }
+    Ok((stale, touched))
 }
 
 /// Deletes each object that is still older than `young_before` when looked at right before
