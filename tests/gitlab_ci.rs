@@ -37,8 +37,8 @@ fn git(dir: &Path, args: &[&str]) {
 }
 
 /// A project that includes the template and has one job extending it; `job_yaml` is extra YAML
-/// for the job (indented by two spaces).
-fn project(dir: &Path, tag: &str, job_yaml: &str) {
+/// for the job (indented by two spaces), `script` extra lines of its script (indented by four).
+fn project(dir: &Path, tag: &str, job_yaml: &str, script: &str) {
     std::fs::copy(
         repo().join("ci-templates/gitlab/nixbucket.gitlab-ci.yml"),
         dir.join("nixbucket.gitlab-ci.yml"),
@@ -56,7 +56,7 @@ fn project(dir: &Path, tag: &str, job_yaml: &str) {
         format!(
             "include:\n  - local: nixbucket.gitlab-ci.yml\n\n\
              build:\n  extends: .nixbucket\n{job_yaml}  script:\n    \
-             - nix-build --no-out-link --option substituters '' app.nix > built-path\n"
+             - nix-build --no-out-link --option substituters '' app.nix > built-path\n{script}"
         ),
     )
     .unwrap();
@@ -150,6 +150,7 @@ fn a_job_extending_the_template_builds_and_its_after_script_pushes() {
         &dir,
         &nonce(),
         "  variables:\n    NIXBUCKET_PUSH_UNPROTECTED: \"true\"\n",
+        "",
     );
 
     let out = gitlab_ci_local(&dir, &s3, secret.trim(), &conf);
@@ -211,7 +212,7 @@ fn an_unprotected_ref_pulls_and_does_not_push() {
     let dir = tmp.path().join("project");
     std::fs::create_dir(&dir).unwrap();
     let conf = nix_conf(tmp.path());
-    project(&dir, &nonce(), "");
+    project(&dir, &nonce(), "", "");
 
     let out = gitlab_ci_local(&dir, &s3, secret.trim(), &conf);
     let log = format!("{}\n{}", stdout(&out), stderr(&out));
@@ -238,8 +239,12 @@ fn release_asset() -> String {
     format!("nixbucket-{}-unknown-linux-musl", std::env::consts::ARCH)
 }
 
-#[test]
-fn a_job_without_a_binary_downloads_the_pinned_release_binary_and_pushes_with_it() {
+#[rstest::rstest]
+#[case::after_script_runs_the_kept_copy(false)]
+#[case::after_script_downloads_again_when_the_script_changed_the_kept_copy(true)]
+fn a_job_without_a_binary_downloads_the_pinned_release_binary_and_pushes_with_it(
+    #[case] script_changes_the_kept_copy: bool,
+) {
     let binary = std::fs::read(static_binary()).unwrap();
     let asset = release_asset();
     let tag = format!("v{}", cargo_version());
@@ -255,10 +260,18 @@ fn a_job_without_a_binary_downloads_the_pinned_release_binary_and_pushes_with_it
     let dir = tmp.path().join("project");
     std::fs::create_dir(&dir).unwrap();
     let conf = nix_conf(tmp.path());
+    let kept = dir.join(format!(".nixbucket/release/{}/{asset}", cargo_version()));
+    // The job's script, as the same user, puts something else where the download was kept.
+    let change = format!("    - rm -f {0} && echo planted > {0}\n", kept.display());
     project(
         &dir,
         &nonce(),
         "  variables:\n    NIXBUCKET_PUSH_UNPROTECTED: \"true\"\n",
+        if script_changes_the_kept_copy {
+            &change
+        } else {
+            ""
+        },
     );
 
     let pinned = Binary::Release {
@@ -278,17 +291,15 @@ fn a_job_without_a_binary_downloads_the_pinned_release_binary_and_pushes_with_it
         )),
         "{log}"
     );
-    // Downloaded once, following the redirect; after_script ran the copy before_script kept,
-    // checked against the pin again.
-    assert_eq!(
-        release.requests(),
-        [
-            format!("/acme/nixbucket/releases/download/{tag}/{asset}"),
-            format!("/storage/{asset}"),
-        ],
-        "{log}"
-    );
-    let kept = dir.join(format!(".nixbucket/release/{}/{asset}", cargo_version()));
+    // Downloaded following the redirect. after_script checks a copy of what before_script
+    // kept against the pin: it runs that, or downloads again when the copy no longer matches.
+    let download = [
+        format!("/acme/nixbucket/releases/download/{tag}/{asset}"),
+        format!("/storage/{asset}"),
+    ];
+    let times = if script_changes_the_kept_copy { 2 } else { 1 };
+    let expected: Vec<String> = (0..times).flat_map(|_| download.clone()).collect();
+    assert_eq!(release.requests(), expected, "{log}");
     assert_eq!(std::fs::read(&kept).unwrap(), binary, "{log}");
     // The downloaded binary set the cache up and pushed the build.
     let built = std::fs::read_to_string(dir.join("built-path")).unwrap();
@@ -319,7 +330,7 @@ fn a_release_binary_that_does_not_match_its_pin_fails_the_job_and_never_runs() {
     let dir = tmp.path().join("project");
     std::fs::create_dir(&dir).unwrap();
     let conf = nix_conf(tmp.path());
-    project(&dir, &nonce(), "");
+    project(&dir, &nonce(), "", "");
 
     let pin = sha256_hex(b"the binary release.yml built");
     let pinned = Binary::Release {
