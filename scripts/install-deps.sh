@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what nixbucket's tests need on a fresh Debian machine (run as root): Nix (Debian's
-# nix-bin), zstd, the two S3 servers the tests run on (s3s-fs, and moto's, which answers as AWS
-# does), cargo-nextest, and the nix.conf settings a single-user, sandbox-less Nix needs. Safe to run again: each step is skipped when already done.
+# nix-bin), zstd, file and curl, the two S3 servers the tests run on (s3s-fs, and moto's, which
+# answers as AWS does), cargo-nextest, and the nix.conf settings a single-user, sandbox-less Nix
+# needs. Safe to run again: each step is skipped when already done.
 # Quiet on success; on failure prints the failing step's output and exits non-zero.
 set -euo pipefail
 
@@ -29,10 +30,17 @@ if [[ $(id -u) -ne 0 ]]; then
     exit 1
 fi
 
-if ! command -v nix-store >/dev/null || ! command -v zstd >/dev/null; then
+packages=()
+command -v nix-store >/dev/null || packages+=(nix-bin)
+command -v zstd >/dev/null || packages+=(zstd)
+# scripts/build-release.sh checks with `file` that the release binary is static; the GitLab
+# template's test downloads it with curl.
+command -v file >/dev/null || packages+=(file)
+command -v curl >/dev/null || packages+=(curl)
+if ((${#packages[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     run "update the apt package lists" apt-get update
-    run "install nix-bin and zstd" apt-get install -y --no-install-recommends nix-bin zstd
+    run "install ${packages[*]}" apt-get install -y --no-install-recommends "${packages[@]}"
 fi
 
 mkdir -p "$(dirname "$NIX_CONF")"

@@ -6,6 +6,11 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
+# The static release binary, built once for the run the way release.yml builds it. The tests of
+# the action's and the GitLab template's downloads serve it as a release asset; a later run
+# reuses the build in the target directory.
+NIXBUCKET_RELEASE_BINARY=$(scripts/build-release.sh)
+export NIXBUCKET_RELEASE_BINARY
 # Every child's output (tests/common run()) and the tests' own output land here; the secrets
 # the tests create are registered here too, and check-secrets.sh greps the one for the other.
 NIXBUCKET_TEST_LOG_DIR=${NIXBUCKET_TEST_LOG_DIR:-$(mktemp -d -t nixbucket-test-logs.XXXXXX)}

@@ -13,6 +13,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -343,4 +344,115 @@ fn node_test_runner_reports_a_failing_test() {
     let ran = node_test(&[file]);
     assert!(!ran.output.status.success(), "{}", ran.describe());
     assert_eq!(node_counts(&ran), (0, 1), "{}", ran.describe());
+}
+
+// --- the templates' install block -------------------------------------------------------
+
+const INSTALL_START: &str =
+    "# --- install nixbucket: the same in the GitLab and Travis templates ---";
+const INSTALL_END: &str = "# --- end of install nixbucket ---";
+
+/// The lines of a template's install block, without their indentation.
+fn install_block(relative: &str) -> Vec<String> {
+    let text = read(relative);
+    let (_, rest) = text
+        .split_once(INSTALL_START)
+        .unwrap_or_else(|| panic!("{relative} has no {INSTALL_START:?} line"));
+    let (block, _) = rest
+        .split_once(INSTALL_END)
+        .unwrap_or_else(|| panic!("{relative} has no {INSTALL_END:?} line"));
+    block.lines().map(|line| line.trim().to_owned()).collect()
+}
+
+/// The pins of an install block: `(version, asset) → SHA-256`. Every line of `nb_pinned`'s
+/// `case` is a pin, the catch-all, or a comment: a pin this cannot read is an error, not a
+/// pin left out of the comparison.
+fn template_pins(block: &[String]) -> BTreeMap<(String, String), String> {
+    let pin = regex::Regex::new(
+        r#"^"?([0-9][0-9A-Za-z.+-]*)/(nixbucket-[a-z0-9_-]+)"?\) echo ([0-9a-f]{64}) ;;$"#,
+    )
+    .unwrap();
+    let start = block
+        .iter()
+        .position(|line| line == "nb_pinned() {")
+        .expect("the install block defines nb_pinned");
+    let mut pins = BTreeMap::new();
+    for line in &block[start + 1..] {
+        match line.as_str() {
+            "case \"$1\" in" | "*) ;;" => {}
+            "esac" => return pins,
+            comment if comment.starts_with('#') => {}
+            other => {
+                let found = pin
+                    .captures(other)
+                    .unwrap_or_else(|| panic!("nb_pinned has a line that is not a pin: {other:?}"));
+                pins.insert(
+                    (found[1].to_owned(), found[2].to_owned()),
+                    found[3].to_owned(),
+                );
+            }
+        }
+    }
+    panic!("nb_pinned's case has no esac");
+}
+
+fn action_pins() -> BTreeMap<(String, String), String> {
+    let table: serde_json::Value =
+        serde_json::from_str(&read("action/release-digests.json")).expect("release-digests.json");
+    let mut pins = BTreeMap::new();
+    for (version, assets) in table["releases"].as_object().expect("a releases object") {
+        for (asset, digest) in assets.as_object().expect("an object of asset digests") {
+            let digest = digest.as_str().expect("a digest string").to_owned();
+            pins.insert((version.clone(), asset.clone()), digest);
+        }
+    }
+    pins
+}
+
+#[test]
+fn the_gitlab_and_travis_templates_install_nixbucket_with_the_same_lines() {
+    let gitlab = install_block("ci-templates/gitlab/nixbucket.gitlab-ci.yml");
+    let travis = install_block("ci-templates/travis/nixbucket.travis.yml");
+    assert!(gitlab.len() > 20, "{gitlab:?}");
+    assert_eq!(gitlab, travis);
+}
+
+#[test]
+fn the_templates_install_the_crates_version_and_pin_what_the_action_pins() {
+    let block = install_block("ci-templates/gitlab/nixbucket.gitlab-ci.yml");
+    let default = format!(
+        "nb_version=${{NIXBUCKET_VERSION:-{}}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(
+        block.contains(&default),
+        "the templates' default version is not Cargo.toml's: expected {default:?} in {block:?}"
+    );
+    assert_eq!(template_pins(&block), action_pins());
+}
+
+#[test]
+fn template_pins_are_read_and_an_unreadable_pin_is_refused() {
+    let digest = "0123456789abcdef".repeat(4);
+    let block = |pin: &str| -> Vec<String> {
+        ["nb_pinned() {", "case \"$1\" in", pin, "*) ;;", "esac", "}"]
+            .map(str::to_owned)
+            .to_vec()
+    };
+    let pins = template_pins(&block(&format!(
+        "0.2.0/nixbucket-x86_64-unknown-linux-musl) echo {digest} ;;"
+    )));
+    assert_eq!(
+        pins,
+        BTreeMap::from([(
+            (
+                "0.2.0".to_owned(),
+                "nixbucket-x86_64-unknown-linux-musl".to_owned()
+            ),
+            digest.clone()
+        )])
+    );
+    let upper = format!("0.2.0/nixbucket-x) echo {} ;;", digest.to_uppercase());
+    let refused = std::panic::catch_unwind(|| template_pins(&block(&upper)));
+    assert!(refused.is_err(), "an upper-case digest was read as a pin");
 }

@@ -9,7 +9,7 @@ const fs = require('node:fs');
 const http = require('node:http');
 const os = require('node:os');
 const path = require('node:path');
-const { spawn } = require('node:child_process');
+const { spawn, spawnSync } = require('node:child_process');
 const { describe, it, before, after, beforeEach, afterEach } = require('node:test');
 
 const shim = require('../shim.js');
@@ -224,6 +224,21 @@ describe('stageBinary', () => {
   });
 });
 
+/**
+ * The static release binary: the one scripts/test.sh built for the whole run
+ * ($NIXBUCKET_RELEASE_BINARY), else built now by the script release.yml runs.
+ */
+function releaseBinary() {
+  if (process.env.NIXBUCKET_RELEASE_BINARY) return process.env.NIXBUCKET_RELEASE_BINARY;
+  const built = spawnSync(path.join(REPO_ROOT, 'scripts', 'build-release.sh'), [], {
+    cwd: REPO_ROOT,
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  assert.equal(built.status, 0, `scripts/build-release.sh failed:\n${built.stderr}${built.error || ''}`);
+  return built.stdout.trim().split('\n').pop();
+}
+
 describe('release downloads', () => {
   const REPO_VERSION = shim.cargoPackageVersion(fs.readFileSync(path.join(REPO_ROOT, 'Cargo.toml'), 'utf8'));
   const asset = shim.assetName('linux', 'x64');
@@ -312,6 +327,19 @@ describe('release downloads', () => {
     assert.match(third.stdout, new RegExp(`^resolved ${cached()}$`, 'm'));
     assert.equal(requests.length, 4, 'a cached binary that no longer matches was used');
     assert.deepEqual(fs.readFileSync(cached()), body);
+  });
+
+  it('downloads the real static binary scripts/build-release.sh builds, which then runs', async () => {
+    const body = fs.readFileSync(releaseBinary());
+    routes = { [releasePath]: [302, '/storage/binary'], '/storage/binary': [200, body] };
+    const result = await resolve({ [REPO_VERSION]: { [asset]: sha256(body) } });
+    assert.equal(result.status, 0, result.stdout + result.stderr);
+    assert.match(result.stdout, new RegExp(`^resolved ${cached()}$`, 'm'));
+    assert.deepEqual(requests, [releasePath, '/storage/binary']);
+    assert.deepEqual(fs.readFileSync(cached()), body);
+    const ran = spawnSync(cached(), ['--version'], { encoding: 'utf8' });
+    assert.equal(ran.status, 0, `${cached()} --version: ${ran.stderr}${ran.error || ''}`);
+    assert.equal(ran.stdout.trim(), `nixbucket ${REPO_VERSION}`);
   });
 
   it('refuses a release binary whose digest is not pinned for this version, without downloading it', async () => {

@@ -5,6 +5,7 @@ pub mod cache;
 pub mod fault_proxy;
 pub mod moto;
 pub mod nix;
+pub mod release;
 pub mod s3;
 pub mod store;
 
