@@ -35,6 +35,7 @@ pub mod ci;
 pub mod cli;
 pub mod command;
 pub mod cost;
+pub mod doctor;
 pub mod gc;
 pub mod nix;
 pub mod push;

@@ -52,6 +52,7 @@ use tokio::task::JoinSet;
 use super::{CacheError, CacheUrl, ObjectInfo, OpenOptions};
 
 mod error;
+pub mod probe;
 mod retry;
 mod upload;
 
@@ -249,70 +250,101 @@ fn to_size(n: Option<i64>) -> u64 {
     n.and_then(|n| u64::try_from(n).ok()).unwrap_or(0)
 }
 
+/// What a client of one bucket is made from: the SDK's settings (region and credential chain
+/// as the URL names them), the S3 settings with nixbucket's retries and request meter, and the
+/// words messages use for the endpoint and the credentials.
+pub(crate) struct ClientParts {
+    pub(crate) sdk: aws_config::SdkConfig,
+    pub(crate) conf: aws_sdk_s3::config::Builder,
+    pub(crate) bucket: String,
+    pub(crate) endpoint: String,
+    pub(crate) cred_source: String,
+}
+
+/// The settings [`S3Cache::open`] makes its client from; no request is sent.
+pub(crate) async fn client_config(
+    url: &CacheUrl,
+    opts: &OpenOptions,
+) -> Result<ClientParts, CacheError> {
+    let CacheUrl::S3 {
+        bucket,
+        region,
+        profile,
+        ..
+    } = url
+    else {
+        return Err(CacheError::InvalidKey {
+            key: url.to_string(),
+            reason: "not an s3:// URL",
+        });
+    };
+    let cred_source = credential_source(opts, profile.as_deref());
+
+    let mut default_region = aws_config::default_provider::region::DefaultRegionChain::builder();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(p) = profile {
+        default_region = default_region.profile_name(p);
+        loader = loader.profile_name(p);
+    }
+    let region_chain = RegionProviderChain::first_try(region.clone().map(Region::new))
+        .or_else(default_region.build())
+        .or_else(Region::new("us-east-1"));
+    loader = loader.region(region_chain);
+    if let Some(creds) = &opts.credentials {
+        loader = loader.credentials_provider(creds.clone());
+    } else if let Some(p) = profile {
+        // Like Nix: a profile named in the URL is the only source, even if env vars are set.
+        loader = loader.credentials_provider(
+            aws_config::profile::ProfileFileCredentialsProvider::builder()
+                .profile_name(p)
+                .build(),
+        );
+    }
+    let sdk = loader.load().await;
+
+    let mut conf = aws_sdk_s3::config::Builder::from(&sdk);
+    let endpoint = match url.s3_endpoint_url() {
+        Some(ep) => {
+            // S3-compatible stores rarely have wildcard DNS for virtual-hosted buckets,
+            // and many reject the SDK's default CRC checksum headers.
+            conf = conf
+                .endpoint_url(&ep)
+                .force_path_style(url.path_style().unwrap_or(true))
+                .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+                .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+            ep
+        }
+        None => {
+            if let Some(path_style) = url.path_style() {
+                conf = conf.force_path_style(path_style);
+            }
+            let r = sdk.region().map_or("us-east-1", |r| r.as_ref());
+            format!("AWS S3 (region {r})")
+        }
+    };
+    conf = fault_tolerance(conf, opts.max_attempts).interceptor(super::meter::Counter);
+    Ok(ClientParts {
+        sdk,
+        conf,
+        bucket: bucket.clone(),
+        endpoint,
+        cred_source,
+    })
+}
+
 impl S3Cache {
     pub(crate) async fn open(url: &CacheUrl, opts: OpenOptions) -> Result<S3Cache, CacheError> {
-        let CacheUrl::S3 {
+        let ClientParts {
+            sdk: _,
+            conf,
             bucket,
-            region,
-            profile,
-            ..
-        } = url
-        else {
-            return Err(CacheError::InvalidKey {
-                key: url.to_string(),
-                reason: "not an s3:// URL",
-            });
-        };
-        let cred_source = credential_source(&opts, profile.as_deref());
-
-        let mut default_region =
-            aws_config::default_provider::region::DefaultRegionChain::builder();
-        let mut loader = aws_config::defaults(BehaviorVersion::latest());
-        if let Some(p) = profile {
-            default_region = default_region.profile_name(p);
-            loader = loader.profile_name(p);
-        }
-        let region_chain = RegionProviderChain::first_try(region.clone().map(Region::new))
-            .or_else(default_region.build())
-            .or_else(Region::new("us-east-1"));
-        loader = loader.region(region_chain);
-        if let Some(creds) = &opts.credentials {
-            loader = loader.credentials_provider(creds.clone());
-        } else if let Some(p) = profile {
-            // Like Nix: a profile named in the URL is the only source, even if env vars are set.
-            loader = loader.credentials_provider(
-                aws_config::profile::ProfileFileCredentialsProvider::builder()
-                    .profile_name(p)
-                    .build(),
-            );
-        }
-        let sdk = loader.load().await;
-
-        let mut conf = aws_sdk_s3::config::Builder::from(&sdk);
-        let endpoint = match url.s3_endpoint_url() {
-            Some(ep) => {
-                // S3-compatible stores rarely have wildcard DNS for virtual-hosted buckets,
-                // and many reject the SDK's default CRC checksum headers.
-                conf = conf
-                    .endpoint_url(&ep)
-                    .force_path_style(url.path_style().unwrap_or(true))
-                    .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-                    .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
-                ep
-            }
-            None => {
-                if let Some(path_style) = url.path_style() {
-                    conf = conf.force_path_style(path_style);
-                }
-                let r = sdk.region().map_or("us-east-1", |r| r.as_ref());
-                format!("AWS S3 (region {r})")
-            }
-        };
-        conf = fault_tolerance(conf, opts.max_attempts).interceptor(super::meter::Counter);
+            endpoint,
+            cred_source,
+        } = client_config(url, &opts).await?;
         super::meter::opened(url);
         let ctx = Ctx {
             client: Client::from_conf(conf.build()),
-            bucket: bucket.clone(),
+            bucket,
             endpoint,
             cred_source,
             storage_class: url
