@@ -81,6 +81,7 @@ pub async fn run(url: &CacheUrl, opts: &Options) -> Found {
         )
         .collect();
     let no_credentials = signed.iter().any(|a| a.no_credentials);
+    let redirected = signed.iter().any(|a| redirect(a));
     checks.push(region_check(
         url,
         &probe.region(),
@@ -89,11 +90,12 @@ pub async fn run(url: &CacheUrl, opts: &Options) -> Found {
         &head,
     ));
     checks.push(clock_check(&signed, SystemTime::now()));
-    if no_credentials {
-        checks.push(Check::skipped(
-            "permissions",
-            "not probed: there are no credentials to sign requests with (see credentials)",
-        ));
+    if no_credentials || redirected {
+        let why = match no_credentials {
+            true => "there are no credentials to sign requests with (see credentials)",
+            false => "the bucket answers from another region (see region)",
+        };
+        checks.push(Check::skipped("permissions", format!("not probed: {why}")));
     } else {
         checks.push(list_check(&bucket, &who, &list, &absent));
         checks.push(get_check(&bucket, &who, &info, body.as_deref()));
@@ -102,7 +104,13 @@ pub async fn run(url: &CacheUrl, opts: &Options) -> Found {
             Some((key, put, delete)) => write_check(&bucket, &who, key, put, delete.as_ref()),
         });
     }
-    checks.push(public_check(&bucket, &anonymous, opts.public));
+    checks.push(match redirect(&anonymous) {
+        true => Check::skipped(
+            "public",
+            "not probed: the bucket answers from another region (see region)",
+        ),
+        false => public_check(&bucket, &anonymous, opts.public),
+    });
     checks.push(lifecycle_check(&bucket, &lifecycle, &days));
     let sample = sample(&probe, &keys).await;
     Found {
@@ -110,6 +118,11 @@ pub async fn run(url: &CacheUrl, opts: &Options) -> Found {
         sample,
         probe: Some(probe),
     }
+}
+
+/// S3 sends the request elsewhere: the bucket is in another region than the one signed for.
+fn redirect(answer: &Answer) -> bool {
+    answer.status == Some(301) || answer.code.as_deref() == Some("PermanentRedirect")
 }
 
 /// Up to [`SAMPLE`] narinfos, spread over the listing, read and parsed.
@@ -247,9 +260,8 @@ pub fn region_check(
             ),
         );
     }
-    let redirected = head.status == Some(301) || head.code.as_deref() == Some("PermanentRedirect");
     match (head.status, head.code.as_deref()) {
-        _ if redirected => Check::fail(
+        _ if redirect(head) => Check::fail(
             NAME,
             format!("S3 redirects requests for bucket {bucket}: it is not in region {signing}"),
             format!(
@@ -342,28 +354,48 @@ fn allow(action: &str, bucket: &str, objects: bool, who: &str) -> String {
 
 pub fn list_check(bucket: &str, who: &str, list: &Answer, absent: &Answer) -> Check {
     const NAME: &str = "list";
-    let missing = match (absent.status, absent.code.as_deref()) {
-        (Some(404), _) => "a missing narinfo answers 404, as Nix expects".to_owned(),
-        (Some(403), _) => "a missing narinfo answers 403, not 404".to_owned(),
-        _ => format!("a missing narinfo answers {}", absent.summary()),
-    };
-    match (list.is_success(), list.status) {
-        (true, _) => Check::ok(NAME, format!("ListBucket allowed; {missing}")),
-        (false, Some(403)) => Check::fail(
-            NAME,
-            format!(
-                "ListBucket denied to {who} ({}); {missing}: S3 then answers 403 instead of 404 \
-                 for every path the cache lacks, and Nix takes that for an error, not a miss",
-                list.summary()
+    let fix = allow("s3:ListBucket", bucket, false, who);
+    if list.is_success() {
+        return match absent.status {
+            Some(404) => Check::ok(
+                NAME,
+                "ListBucket allowed; a missing narinfo answers 404, as Nix expects",
             ),
-            allow("s3:ListBucket", bucket, false, who),
-        ),
-        (false, _) => Check::fail(
+            _ => Check::warn(
+                NAME,
+                format!(
+                    "ListBucket allowed, but a missing narinfo answers {}, not 404: Nix takes \
+                     that for an error, not a miss",
+                    absent.summary()
+                ),
+                "look for a bucket policy that denies GetObject to these credentials",
+            ),
+        };
+    }
+    if list.status != Some(403) {
+        return Check::fail(
             NAME,
             format!("listing the bucket failed: {}", list.summary()),
-            allow("s3:ListBucket", bucket, false, who),
-        ),
+            "see the checks above (region, credentials, clock)",
+        );
     }
+    let missing = match absent.status {
+        Some(403) => "and so a missing narinfo answers 403, not 404".to_owned(),
+        _ => format!(
+            "(this store answers {} for a missing narinfo all the same; AWS answers 403)",
+            absent.summary()
+        ),
+    };
+    Check::fail(
+        NAME,
+        format!(
+            "ListBucket denied to {who} ({}) {missing}: without ListBucket, S3 answers 403 \
+             instead of 404 for every path the cache lacks, and Nix takes that for an error, \
+             not a miss",
+            list.summary()
+        ),
+        fix,
+    )
 }
 
 pub fn get_check(bucket: &str, who: &str, info: &Answer, body: Option<&[u8]>) -> Check {
@@ -399,7 +431,7 @@ pub fn get_check(bucket: &str, who: &str, info: &Answer, body: Option<&[u8]>) ->
         _ => Check::fail(
             NAME,
             format!("reading nix-cache-info failed: {}", info.summary()),
-            allow("s3:GetObject", bucket, true, who),
+            "see the checks above (region, credentials, clock)",
         ),
     }
 }
@@ -525,5 +557,138 @@ pub fn lifecycle_check(bucket: &str, answer: &Answer, days: &[i32]) -> Check {
             NAME,
             format!("could not read the lifecycle rules ({})", answer.summary()),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::doctor::Status;
+
+    fn answer(status: u16, code: Option<&str>, message: &str) -> Answer {
+        Answer {
+            status: Some(status),
+            code: code.map(str::to_owned),
+            message: message.to_owned(),
+            ..Answer::default()
+        }
+    }
+
+    #[test]
+    fn a_bucket_in_another_region_fails_with_the_url_that_names_it() {
+        let url: CacheUrl = "s3://b?region=us-east-1&profile=p".parse().unwrap();
+        let head = Answer {
+            bucket_region: Some("eu-west-1".into()),
+            ..answer(301, None, "")
+        };
+        let check = region_check(&url, "us-east-1", "AWS S3", "b", &head);
+        assert_eq!(check.status, Status::Fail, "{check}");
+        assert!(
+            check
+                .fix
+                .unwrap()
+                .ends_with("s3://b?region=eu-west-1&profile=p")
+        );
+        // AWS's answer to a request signed for the wrong region names the right one.
+        let malformed = answer(
+            400,
+            Some("AuthorizationHeaderMalformed"),
+            "the region 'us-east-1' is wrong; expecting 'ap-south-1'",
+        );
+        let check = region_check(&url, "us-east-1", "AWS S3", "b", &malformed);
+        assert!(check.fix.unwrap().contains("region=ap-south-1"));
+        let missing = region_check(&url, "us-east-1", "AWS S3", "b", &answer(404, None, ""));
+        assert!(missing.fix.unwrap().contains("aws s3 mb s3://b"));
+        let fine = Answer {
+            bucket_region: Some("us-east-1".into()),
+            ..answer(200, None, "")
+        };
+        assert_eq!(
+            region_check(&url, "us-east-1", "AWS S3", "b", &fine).status,
+            Status::Ok
+        );
+    }
+
+    #[test]
+    fn the_clock_fails_past_fifteen_minutes_and_on_s3_s_refusal() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let dated = |secs: i64| Answer {
+            date: Some(match secs >= 0 {
+                true => now + Duration::from_secs(secs as u64),
+                false => now - Duration::from_secs((-secs) as u64),
+            }),
+            ..answer(200, None, "")
+        };
+        assert_eq!(clock_check(&[&dated(2)], now).status, Status::Ok);
+        assert_eq!(clock_check(&[&dated(-120)], now).status, Status::Warn);
+        let far = clock_check(&[&dated(2), &dated(-3600)], now);
+        assert_eq!(far.status, Status::Fail, "{far}");
+        assert!(far.detail.contains("3600 s behind"), "{far}");
+        let refused = answer(403, Some("RequestTimeTooSkewed"), "");
+        assert_eq!(clock_check(&[&refused], now).status, Status::Fail);
+        assert_eq!(clock_check(&[], now).status, Status::Skipped);
+    }
+
+    #[test]
+    fn a_denied_listing_fails_and_says_what_a_miss_then_looks_like() {
+        let denied = answer(403, Some("AccessDenied"), "Access Denied");
+        let check = list_check(
+            "b",
+            "arn:x",
+            &denied,
+            &answer(403, Some("AccessDenied"), ""),
+        );
+        assert_eq!(check.status, Status::Fail, "{check}");
+        assert!(check.detail.contains("403, not 404"), "{check}");
+        assert!(
+            check
+                .fix
+                .unwrap()
+                .contains("s3:ListBucket on arn:aws:s3:::b to arn:x")
+        );
+        let other = list_check(
+            "b",
+            "arn:x",
+            &answer(500, Some("InternalError"), ""),
+            &denied,
+        );
+        assert!(!other.fix.unwrap().contains("s3:ListBucket"));
+        let ok = list_check("b", "arn:x", &answer(200, None, ""), &answer(404, None, ""));
+        assert_eq!(ok.status, Status::Ok);
+    }
+
+    #[test]
+    fn reads_anyone_may_make_fail_unless_the_cache_is_public() {
+        let read = answer(200, None, "");
+        assert_eq!(public_check("b", &read, false).status, Status::Fail);
+        assert_eq!(public_check("b", &read, true).status, Status::Ok);
+        let refused = answer(403, Some("AccessDenied"), "");
+        assert_eq!(public_check("b", &refused, false).status, Status::Ok);
+        assert_eq!(public_check("b", &refused, true).status, Status::Warn);
+    }
+
+    #[test]
+    fn a_missing_abort_rule_warns_with_the_rule() {
+        let none = answer(404, Some("NoSuchLifecycleConfiguration"), "");
+        let check = lifecycle_check("b", &none, &[]);
+        assert_eq!(check.status, Status::Warn);
+        assert!(
+            check
+                .fix
+                .unwrap()
+                .contains("AbortIncompleteMultipartUpload")
+        );
+        assert_eq!(
+            lifecycle_check("b", &answer(200, None, ""), &[7, 1]).status,
+            Status::Ok
+        );
+        let refused = answer(403, Some("AccessDenied"), "");
+        assert_eq!(lifecycle_check("b", &refused, &[]).status, Status::Skipped);
+    }
+
+    #[test]
+    fn an_access_key_is_shown_by_its_last_four_characters() {
+        assert_eq!(shortened("AKIAIOSFODNN7EXAMPLE"), "…MPLE");
+        assert_eq!(shortened("AB"), "…AB");
     }
 }

@@ -217,6 +217,11 @@ pub fn end_to_end(facts: &Facts, opts: &Options, sample: &[Sampled]) -> Check {
             env.user,
             store::system_conf_path().display()
         )
+    } else if log.contains("don't know how to open Nix store") {
+        format!(
+            "this Nix cannot read that store: run `nixbucket setup --cache {url}`, which \
+             points Nix at a nixbucket serve on 127.0.0.1 that it reads over HTTP"
+        )
     } else if log.contains("signature") {
         "trust the cache's public key in nix.conf (see keys)".to_owned()
     } else {

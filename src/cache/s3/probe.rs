@@ -38,7 +38,11 @@ impl Answer {
     /// `403 AccessDenied`, `404 NoSuchKey`, or why no answer came: for messages.
     pub fn summary(&self) -> String {
         match (self.status, &self.code) {
-            (Some(status), Some(code)) if self.message.is_empty() => format!("{status} {code}"),
+            (Some(status), Some(code))
+                if self.message.is_empty() || self.message.starts_with("HTTP status") =>
+            {
+                format!("{status} {code}")
+            }
             (Some(status), Some(code)) => format!("{status} {code}: {}", self.message),
             (Some(status), None) => format!("{status}"),
             (None, _) => format!("no answer: {}", self.message),
