@@ -13,6 +13,7 @@ use std::process::{Command, Output};
 use common::fault_proxy::{Fault, FaultConfig, FaultProxy, WRONG_REGION_ANSWER};
 use common::moto::MotoServer;
 use common::nix::{Daemon, derivation, nonce, start_daemon};
+use common::s3::S3Server;
 use common::store::S3Store;
 use common::{assert_ok, keygen, nixbucket, run, stderr, stdout};
 use serde_json::Value;
@@ -273,6 +274,12 @@ impl Machine {
     /// `nixbucket doctor --json ARGS` through the daemon, as `user` (`root` or `nobody`), with
     /// only `env` besides what Nix needs.
     fn doctor(&self, user: &str, env: &[(String, String)], args: &[&str]) -> Output {
+        let args: Vec<&str> = ["doctor", "--json"].iter().chain(args).copied().collect();
+        self.nixbucket(user, env, &args)
+    }
+
+    /// `nixbucket ARGS` through the daemon, as `user`, with only `env` besides what Nix needs.
+    fn nixbucket(&self, user: &str, env: &[(String, String)], args: &[&str]) -> Output {
         let mut cmd = match user {
             "root" => Command::new(&self.binary),
             _ => {
@@ -292,7 +299,6 @@ impl Machine {
             .env("NIX_REMOTE", "daemon")
             .env("NIX_DAEMON_SOCKET_PATH", &self.daemon.socket)
             .envs(env.iter().cloned())
-            .args(["doctor", "--json"])
             .args(args))
     }
 }
@@ -302,7 +308,7 @@ const BASE_CONF: &str = common::NIX_CONFIG;
 /// The daemon fetches from the bucket itself (nix.conf lists the s3:// URL) and its
 /// environment has no AWS credentials, as under the standard installers; the job has some.
 #[test]
-fn a_daemon_without_credentials_fails_and_the_fix_names_the_server() {
+fn through_a_daemon_without_credentials_on_moto_the_fetcher_fails_and_the_fix_names_the_server() {
     let moto = MotoServer::start_with_auth();
     let tmp = tempfile::tempdir().unwrap();
     let (secret, public) = keygen(tmp.path(), "cache-1");
@@ -338,7 +344,7 @@ fn a_daemon_without_credentials_fails_and_the_fix_names_the_server() {
 
 /// A job as `nobody`, whose own nix.conf lists a cache the daemon was not told of.
 #[test]
-fn an_untrusted_user_fails_and_the_fix_trusts_the_user() {
+fn through_a_daemon_an_untrusted_user_fails_and_the_fix_trusts_the_user() {
     let tmp = tempfile::tempdir().unwrap();
     let (secret, public) = keygen(tmp.path(), "cache-1");
     let machine = Machine::new(BASE_CONF);
@@ -376,7 +382,7 @@ fn an_untrusted_user_fails_and_the_fix_trusts_the_user() {
 /// The same job, trusted: every Nix check passes and the daemon fetches a path of the cache;
 /// then the daemon's nix.conf changes under it, and the doctor asks for a restart.
 #[test]
-fn a_trusted_user_fetches_through_the_daemon_and_a_changed_conf_wants_a_restart() {
+fn through_a_daemon_a_trusted_user_fetches_and_a_changed_conf_wants_a_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let (secret, public) = keygen(tmp.path(), "cache-1");
     let conf = format!("{BASE_CONF}trusted-users = root nobody\n");
@@ -409,5 +415,65 @@ fn a_trusted_user_fetches_through_the_daemon_and_a_changed_conf_wants_a_restart(
         "daemon-restart",
         "warn",
         &["systemctl restart nix-daemon"],
+    );
+}
+
+/// The shape setup makes for a daemon: Nix reads the bucket through a nixbucket serve of the
+/// job, which has the credentials. The doctor sees who fetches and the daemon fetches a path;
+/// once the server has gone, the doctor says so and names setup as the fix.
+#[test]
+fn through_a_daemon_setup_s_server_fetches_and_a_stopped_one_fails() {
+    let s3 = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (secret, public) = keygen(tmp.path(), "cache-1");
+    let machine = Machine::new(&format!("{BASE_CONF}trusted-users = root nobody\n"));
+    let url = s3.cache_url();
+    let path = pushed_and_gone(tmp.path(), &url, &secret, &s3.env());
+    let state = machine.home.join("state.json").display().to_string();
+    let setup = machine.nixbucket(
+        "nobody",
+        &s3.env(),
+        &[
+            "setup",
+            "--cache",
+            &url,
+            "--public-key",
+            &public,
+            "--no-restore",
+            "--state-file",
+            &state,
+        ],
+    );
+    assert_ok(&setup);
+    let args = ["--cache", &url, "--state-file", &state];
+    let out = machine.doctor("nobody", &s3.env(), &args);
+    let found = checks(&out);
+    expect(&found, "substituter", "ok", &[]);
+    let fetcher = expect(&found, "fetcher", "ok", &[]);
+    assert!(
+        fetcher["detail"]
+            .as_str()
+            .unwrap()
+            .contains("a nixbucket serve on 127.0.0.1:"),
+        "{fetcher}"
+    );
+    let fetch = expect(&found, "fetch", "ok", &[]);
+    let detail = fetch["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&path) && detail.contains("from http://127.0.0.1:"),
+        "{fetch}"
+    );
+
+    assert_ok(&machine.nixbucket("nobody", &[], &["finish", "--state-file", &state]));
+    let out = machine.doctor("nobody", &s3.env(), &args);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let found = checks(&out);
+    let fetcher = expect(&found, "fetcher", "fail", &["nixbucket setup --cache"]);
+    assert!(
+        fetcher["detail"]
+            .as_str()
+            .unwrap()
+            .contains("nothing answers there"),
+        "{fetcher}"
     );
 }
