@@ -9,6 +9,7 @@
 //! - [`setup`]: before the build: Nix pointed at the cache, the restore, the store recorded.
 //! - [`state`]: what `setup` hands to `push` across CI steps.
 //! - [`verify`], [`resign`]: checking that a cache is whole; signing what it holds anew.
+//! - [`doctor`]: why a cache does not work on this machine, one check at a time, with fixes.
 //! - [`gc`]: garbage collection of a cache, by age of use or size, closures kept whole.
 //! - [`ci`]: glue for CI systems (the GitHub Action's inputs, step files, OIDC, reports).
 //! - [`command`]: one module per subcommand: arguments resolved into a library job.
