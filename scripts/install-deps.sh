@@ -29,10 +29,13 @@ if [[ $(id -u) -ne 0 ]]; then
     exit 1
 fi
 
-if ! command -v nix-store >/dev/null || ! command -v zstd >/dev/null; then
+# sqlite3: doctor reads Nix's narinfo cache with it (the stale-misses check and its test).
+if ! command -v nix-store >/dev/null || ! command -v zstd >/dev/null ||
+    ! command -v sqlite3 >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     run "update the apt package lists" apt-get update
-    run "install nix-bin and zstd" apt-get install -y --no-install-recommends nix-bin zstd
+    run "install nix-bin, zstd and sqlite3" apt-get install -y --no-install-recommends \
+        nix-bin zstd sqlite3
 fi
 
 mkdir -p "$(dirname "$NIX_CONF")"

@@ -231,6 +231,119 @@ fn a_wrong_public_key_fails_and_the_fix_names_the_signing_key_s() {
     expect(&checks(&out), "keys", "ok", &[]);
 }
 
+/// A `nixbucket serve` of a cache, started by the test: Nix keeps its narinfo cache for HTTP
+/// substituters (not for `file://`). Stopped on drop.
+struct Served {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Served {
+    fn start(cache_url: &str) -> Served {
+        let dir = tempfile::tempdir().unwrap();
+        let ready = dir.path().join("addr");
+        let child = nixbucket()
+            .args(["serve", "--cache", cache_url, "--ready-file"])
+            .arg(&ready)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start nixbucket serve");
+        let mut served = Served {
+            child,
+            url: String::new(),
+            _dir: dir,
+        };
+        for _ in 0..1200 {
+            if let Ok(Some(status)) = served.child.try_wait() {
+                panic!("nixbucket serve exited: {status}");
+            }
+            if let Ok(url) = std::fs::read_to_string(&ready) {
+                served.url = url.trim().to_owned();
+                return served;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        panic!("nixbucket serve did not start");
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A build ran before the cache had its output, so Nix remembers the miss; the path is pushed
+/// since. The doctor finds the miss that hides the hit, and the fetch fails as the build would;
+/// after the fix line's command, both pass.
+#[test]
+fn a_miss_nix_remembers_hides_a_hit_and_the_fix_makes_nix_forget_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (secret, public) = keygen(tmp.path(), "cache-1");
+    let url = format!("file://{}", tmp.path().join("cache").display());
+    assert_ok(&run(nixbucket()
+        .args(["setup", "--no-configure", "--cache", &url, "--state-file"])
+        .arg(tmp.path().join("state.json"))));
+    let served = Served::start(&url);
+    let conf = common::nix::NixConfig::new(
+        tmp.path(),
+        &format!(
+            "sandbox = false\nexperimental-features = nix-command\nbuild-users-group =\n\
+             substituters = {}\ntrusted-public-keys = {public}\n",
+            served.url
+        ),
+    );
+    let expr = tmp.path().join("stale.nix");
+    let tag = nonce();
+    std::fs::write(
+        &expr,
+        derivation(&format!("stale-{tag}"), "echo stale > $out"),
+    )
+    .unwrap();
+    // Nix asks the (empty) cache before it builds, and remembers the answer.
+    let built = run(conf.nix("nix-build").arg("--no-out-link").arg(&expr));
+    assert_ok(&built);
+    let path = stdout(&built).trim().to_owned();
+    assert_ok(&run(conf
+        .nixbucket()
+        .args(["push", "--cache", &url, "--signing-key-file"])
+        .arg(&secret)
+        .arg(&path)));
+    assert_ok(&run(conf.nix("nix-store").arg("--delete").arg(&path)));
+
+    let doctor = || run(conf.nixbucket().args(["doctor", "--json", "--cache", &url]));
+    let out = doctor();
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let found = checks(&out);
+    let stale = expect(
+        &found,
+        "stale-misses",
+        "warn",
+        &["DELETE FROM NARs WHERE present = 0"],
+    );
+    assert!(
+        stale["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("1 of the 1 misses"),
+        "{stale}"
+    );
+    expect(&found, "fetch", "fail", &[]);
+
+    // The fix line's command, as the user would run it.
+    let fix = stale["fix"].as_str().unwrap();
+    let command = fix.split('`').nth(1).unwrap();
+    assert_ok(&run(Command::new("sh").args(["-c", command])));
+    let out = doctor();
+    assert_ok(&out);
+    let found = checks(&out);
+    expect(&found, "stale-misses", "ok", &[]);
+    expect(&found, "fetch", "ok", &[]);
+}
+
 /// A root nix-daemon of the test's own, with no AWS credentials in its environment, reading
 /// `conf` as its nix.conf; a home for `nobody`; a copy of nixbucket anyone can run.
 struct Machine {
