@@ -60,6 +60,18 @@ fn doctor_s3(url: &str, env: Vec<(String, String)>, extra: &[&str]) -> Output {
 }
 
 #[test]
+fn a_bad_cache_url_is_one_clear_error() {
+    let out = run(nixbucket().args(["doctor", "--cache", "bogus://x"]));
+    let err = common::assert_fails(&out);
+    assert!(err.contains("invalid cache URL \"bogus://x\""), "{err}");
+    assert_eq!(
+        stdout(&out),
+        "",
+        "checks were printed for a URL that is none"
+    );
+}
+
+#[test]
 fn a_public_bucket_fails_and_the_fix_blocks_public_access() {
     // moto's test bucket lets anyone read its objects (see common/moto.rs).
     let moto = MotoServer::start();

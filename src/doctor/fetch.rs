@@ -2,7 +2,6 @@
 //! by the Nix that will build.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use super::keys::Sampled;
 use super::local::{Facts, Via, daemon_credentials_fix};
@@ -193,7 +192,9 @@ pub fn end_to_end(facts: &Facts, opts: &Options, sample: &[Sampled]) -> Check {
             .unwrap_or(via.url())
             .to_owned();
         // Leave the store as it was; a path something else now uses stays.
-        let _ = Command::new("nix-store").args(["--delete", &path]).output();
+        let _ = store::child_command("nix-store")
+            .args(["--delete", &path])
+            .output();
         return Check::ok(
             NAME,
             format!(

@@ -113,15 +113,32 @@ impl Facts {
                 return facts;
             }
         }
-        let env = facts.env.as_ref().expect("set above");
-        if env.daemon {
+        if facts.env.as_ref().is_some_and(|env| env.daemon) {
             facts.daemon = Some(find_daemon());
         }
-        facts.via = find_via(env, opts);
-        if let Some(Via::Serve { port, .. }) = &facts.via {
-            facts.serve_answers = Some(serve_answers(*port));
-        }
+        facts.locate(opts);
         facts
+    }
+
+    /// Finds the substituter that reads the cache `opts` names, and whether a server there
+    /// answers.
+    pub fn locate(&mut self, opts: &Options) {
+        let Some(env) = &self.env else {
+            return;
+        };
+        self.via = find_via(env, opts);
+        self.serve_answers = match &self.via {
+            Some(Via::Serve { port, .. }) => Some(serve_answers(*port)),
+            _ => None,
+        };
+    }
+
+    /// The first `s3://` substituter Nix lists, for a doctor given no cache.
+    pub fn s3_substituter(&self) -> Option<CacheUrl> {
+        let env = self.env.as_ref()?;
+        (env.substituters.iter())
+            .filter(|s| s.starts_with("s3://"))
+            .find_map(|s| s.parse().ok())
     }
 
     /// The keys the Nix that substitutes trusts: a daemon that does not trust this user takes

@@ -120,7 +120,18 @@ pub struct Options {
 /// Every check, in the order a user reads them.
 pub async fn run(opts: &Options) -> Vec<Check> {
     let mut checks = Vec::new();
-    let facts = local::Facts::gather(opts);
+    let mut facts = local::Facts::gather(opts);
+    let mut found = None;
+    if opts.url.is_none() {
+        found = facts.s3_substituter().map(|url| Options {
+            url: Some(url),
+            ..opts.clone()
+        });
+        if let Some(found) = &found {
+            facts.locate(found);
+        }
+    }
+    let opts = found.as_ref().unwrap_or(opts);
     checks.extend(facts.checks(opts));
     let mut probe = None;
     let sample = match &opts.url {
@@ -134,8 +145,8 @@ pub async fn run(opts: &Options) -> Vec<Check> {
         None => {
             checks.push(Check::skipped(
                 "cache",
-                "no cache given, nor found among Nix's substituters or in setup's state: pass \
-                 --cache URL to check the bucket",
+                "no cache given, none recorded by setup, and no s3:// among Nix's \
+                 substituters: pass --cache URL to check the bucket",
             ));
             Vec::new()
         }
