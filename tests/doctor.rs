@@ -93,6 +93,18 @@ fn a_public_bucket_fails_and_the_fix_blocks_public_access() {
     // The probe object went again.
     let left = moto.admin().keys(moto.bucket(), "nixbucket-doctor");
     assert!(left.is_empty(), "{left:?}");
+    // Read as a person would: the failure's line, then its fix under it.
+    let text = stdout(&run(nixbucket().envs(moto.env()).args([
+        "doctor",
+        "--no-fetch",
+        "--cache",
+        &moto.cache_url(),
+    ])));
+    let at = text
+        .find("FAIL  public: an anonymous GET")
+        .unwrap_or_else(|| panic!("{text}"));
+    let next = text[at..].lines().nth(1).unwrap_or_default();
+    assert!(next.starts_with("      fix: block public access"), "{text}");
     // A cache meant to be public passes that check.
     let out = doctor_s3(&moto.cache_url(), moto.env(), &["--public"]);
     expect(&checks(&out), "public", "ok", &[]);

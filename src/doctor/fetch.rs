@@ -1,7 +1,10 @@
 //! Through Nix itself: the misses Nix remembers that now hide hits, and a sample path fetched
 //! by the Nix that will build.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use super::keys::Sampled;
 use super::local::{Facts, Via, daemon_credentials_fix};
@@ -12,6 +15,55 @@ use crate::store;
 
 /// The largest path the fetch check downloads.
 const FETCH_MAX: u64 = 64 << 20;
+
+/// How long the fetch may take before it counts as hung: 64 MiB at a slow 1 MiB/s, and more.
+const FETCH_DEADLINE: Duration = Duration::from_secs(120);
+
+/// The bytes of a child's pipe, read to its end on a thread.
+fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut bytes);
+        }
+        bytes
+    })
+}
+
+/// `nix-store --realise PATH`, its output; `None` if it had not ended by the deadline (it is
+/// then stopped).
+fn realise(path: &str) -> std::io::Result<Option<std::process::Output>> {
+    let mut child = store::child_command("nix-store")
+        .args(["--realise", path])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // Drained on threads of their own, so that a chatty Nix never blocks on a full pipe.
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if started.elapsed() > FETCH_DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (stdout, stderr) = (
+        stdout.join().unwrap_or_default(),
+        stderr.join().unwrap_or_default(),
+    );
+    Ok(status.map(|status| std::process::Output {
+        status,
+        stdout,
+        stderr,
+    }))
+}
 
 /// Misses of the cache's substituter in Nix's narinfo cache (SQLite, read with the `sqlite3`
 /// program where it is installed) whose narinfo the cache holds now: Nix does not ask again
@@ -167,11 +219,19 @@ pub fn end_to_end(facts: &Facts, opts: &Options, sample: &[Sampled]) -> Check {
         );
     };
     let path = narinfo.path.to_string();
-    let out = store::child_command("nix-store")
-        .args(["--realise", &path])
-        .output();
-    let out = match out {
-        Ok(out) => out,
+    let out = match realise(&path) {
+        Ok(Some(out)) => out,
+        Ok(None) => {
+            return Check::fail(
+                NAME,
+                format!(
+                    "Nix did not fetch {path} within {} s: a substituter that does not answer \
+                     holds every build up",
+                    FETCH_DEADLINE.as_secs()
+                ),
+                "see the checks above (the server, the region, the network)",
+            );
+        }
         Err(e) => return Check::skipped(NAME, format!("nix-store could not run: {e}")),
     };
     let log = String::from_utf8_lossy(&out.stderr).into_owned();
