@@ -520,10 +520,18 @@ fn find_daemon() -> Daemon {
     }
 }
 
+/// The pid of the process that listens on `socket` (Linux's SO_PEERCRED).
+#[cfg(target_os = "linux")]
 fn socket_peer(socket: &Path) -> Option<u32> {
     let stream = std::os::unix::net::UnixStream::connect(socket).ok()?;
     let cred = rustix::net::sockopt::socket_peercred(&stream).ok()?;
     u32::try_from(cred.pid.as_raw_nonzero().get()).ok()
+}
+
+/// Elsewhere the daemon is looked for by name only (macOS has no /proc: then not at all).
+#[cfg(not(target_os = "linux"))]
+fn socket_peer(_: &Path) -> Option<u32> {
+    None
 }
 
 fn comm(pid: u32) -> Option<String> {
@@ -558,6 +566,7 @@ fn only_main_daemon() -> Option<u32> {
 }
 
 /// When the process started: boot time plus its start in clock ticks.
+#[cfg(target_os = "linux")]
 fn started(pid: u32) -> Option<SystemTime> {
     let ticks: u64 = stat_field(pid, 22)?.parse().ok()?;
     let boot: u64 = std::fs::read_to_string("/proc/stat")
@@ -570,6 +579,11 @@ fn started(pid: u32) -> Option<SystemTime> {
     let hz = rustix::param::clock_ticks_per_second().max(1);
     let since_boot = Duration::from_millis(ticks * 1000 / hz);
     Some(SystemTime::UNIX_EPOCH + Duration::from_secs(boot) + since_boot)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn started(_: u32) -> Option<SystemTime> {
+    None
 }
 
 /// The sources of AWS credentials in the process's environment and home (names only, never
