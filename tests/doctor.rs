@@ -456,15 +456,20 @@ fn through_a_daemon_without_credentials_on_moto_the_fetcher_fails_and_the_fix_na
     ));
     pushed_and_gone(tmp.path(), &url, &secret, &moto.env());
     // As root, who may read the daemon's environment.
-    let out = machine.doctor("root", &moto.env(), &["--cache", &url]);
+    let out = machine.doctor(
+        "root",
+        &moto.env(),
+        &["--cache", &url, "--public-key", &public],
+    );
     assert!(!out.status.success(), "{}", stdout(&out));
     let found = checks(&out);
     expect(&found, "substituter", "ok", &[]);
+    let setup = format!("--public-key {public}` (without --no-serve)");
     let fetcher = expect(
         &found,
         "fetcher",
         "fail",
-        &["without --no-serve", "nixbucket setup"],
+        &["`nixbucket setup --cache s3://", &setup],
     );
     assert!(
         fetcher["detail"]

@@ -203,7 +203,7 @@ pub fn end_to_end(facts: &Facts, opts: &Options, sample: &[Sampled]) -> Check {
     if opts.no_fetch {
         return Check::skipped(NAME, "not tried (--no-fetch)");
     }
-    let (Some(via), Some(env), Some(url)) = (&facts.via, &facts.env, &opts.url) else {
+    let (Some(via), Some(env), Some(_)) = (&facts.via, &facts.env, &opts.url) else {
         return Check::skipped(NAME, "not tried: Nix does not read the cache");
     };
     let candidate = sample
@@ -272,6 +272,7 @@ pub fn end_to_end(facts: &Facts, opts: &Options, sample: &[Sampled]) -> Check {
         true => log.trim().to_owned(),
         false => said,
     };
+    let setup = opts.setup_command();
     let fix = if log.contains("untrusted substituter") {
         format!(
             "as root, add `trusted-users = {}` to {} and restart the nix-daemon",
@@ -280,15 +281,15 @@ pub fn end_to_end(facts: &Facts, opts: &Options, sample: &[Sampled]) -> Check {
         )
     } else if log.contains("don't know how to open Nix store") {
         format!(
-            "this Nix cannot read that store: run `nixbucket setup --cache {url}`, which \
-             points Nix at a nixbucket serve on 127.0.0.1 that it reads over HTTP"
+            "this Nix cannot read that store: run `{setup}`, which points Nix at a \
+             nixbucket serve on 127.0.0.1 that it reads over HTTP"
         )
     } else if log.contains("signature") {
         "trust the cache's public key in nix.conf (see keys)".to_owned()
     } else {
         match via {
-            Via::Bucket(_) if env.daemon => daemon_credentials_fix(url),
-            Via::Serve { .. } => format!("run `nixbucket setup --cache {url}` again"),
+            Via::Bucket(_) if env.daemon => daemon_credentials_fix(&setup),
+            Via::Serve { .. } => format!("run `{setup}` again"),
             _ => "see the checks above".to_owned(),
         }
     };

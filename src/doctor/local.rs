@@ -213,18 +213,18 @@ impl Facts {
         };
         let mut checks = vec![nix_check(version, env, self.daemon.as_ref())];
         if let Some(url) = &opts.url {
-            checks.push(self.substituter_check(env, url));
+            checks.push(self.substituter_check(env, url, opts));
         }
         if let Some(check) = self.restart_check() {
             checks.push(check);
         }
-        if let Some(url) = &opts.url {
-            checks.push(self.fetcher_check(version, env, url));
+        if opts.url.is_some() {
+            checks.push(self.fetcher_check(version, env, &opts.setup_command()));
         }
         checks
     }
 
-    fn substituter_check(&self, env: &NixEnv, url: &CacheUrl) -> Check {
+    fn substituter_check(&self, env: &NixEnv, url: &CacheUrl, opts: &Options) -> Check {
         let Some(via) = &self.via else {
             let listed = match env.substituters.is_empty() {
                 true => "none".to_owned(),
@@ -236,8 +236,10 @@ impl Facts {
                     "Nix does not list {url}, nor a nixbucket serve of it, among its substituters ({listed})"
                 ),
                 format!(
-                    "run `nixbucket setup --cache {url}`, or add `extra-substituters = {url}` \
-                     and `extra-trusted-public-keys = <the cache's public key>` to {}",
+                    "run `{}`, or add `extra-substituters = {url}` and \
+                     `extra-trusted-public-keys = {}` to {}",
+                    opts.setup_command(),
+                    opts.key_text(),
                     conf_to_edit(env, self).display()
                 ),
             );
@@ -304,7 +306,8 @@ impl Facts {
         })
     }
 
-    fn fetcher_check(&self, version: &NixVersion, env: &NixEnv, url: &CacheUrl) -> Check {
+    /// `setup` is the command that points Nix at the cache, for the fix lines.
+    fn fetcher_check(&self, version: &NixVersion, env: &NixEnv, setup: &str) -> Check {
         const NAME: &str = "fetcher";
         match &self.via {
             None => Check::skipped(NAME, "Nix does not read the cache (see substituter)"),
@@ -326,10 +329,7 @@ impl Facts {
                         "Nix reads {sub}, but nothing answers there: the nixbucket serve setup \
                          started has stopped"
                     ),
-                    format!(
-                        "run `nixbucket setup --cache {url}` again: it starts a new server and \
-                         points Nix at it"
-                    ),
+                    format!("run `{setup}` again: it starts a new server and points Nix at it"),
                 ),
             },
             Some(Via::Bucket(sub)) if env.daemon => {
@@ -338,7 +338,7 @@ impl Facts {
                     Some(pid) => format!("the nix-daemon (pid {pid})"),
                     None => "the nix-daemon".to_owned(),
                 };
-                let fix = daemon_credentials_fix(url);
+                let fix = daemon_credentials_fix(setup);
                 match daemon.credentials {
                     Some(found) if !found.is_empty() => Check::ok(
                         NAME,
@@ -374,8 +374,8 @@ impl Facts {
                         "this user's Nix fetches {sub} with this user's credentials, but {risk}"
                     ),
                     format!(
-                        "run `nixbucket setup --cache {url}`: Nix then reads the bucket through \
-                         a nixbucket serve on 127.0.0.1"
+                        "run `{setup}`: Nix then reads the bucket through a nixbucket serve on \
+                         127.0.0.1"
                     ),
                 ),
                 None => Check::ok(
@@ -395,9 +395,9 @@ const RESTART: &str = "restart the nix-daemon: `sudo systemctl restart nix-daemo
                        launchctl kickstart -k system/org.nixos.nix-daemon`)";
 
 /// What makes a daemon able to read the bucket: the server, or credentials of its own.
-pub fn daemon_credentials_fix(url: &CacheUrl) -> String {
+pub fn daemon_credentials_fix(setup: &str) -> String {
     format!(
-        "run `nixbucket setup --cache {url}` without --no-serve: Nix then reads the bucket \
+        "run `{setup}` (without --no-serve): Nix then reads the bucket \
          through a nixbucket serve on 127.0.0.1 with your credentials. Or give the nix-daemon \
          credentials of its own (AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in its \
          service's environment, or root's ~/.aws/credentials) and restart it"
@@ -701,7 +701,13 @@ mod tests {
         let check = find(&checks, "fetcher");
         assert_eq!(check.status, Status::Fail, "{check}");
         assert!(check.detail.contains("no AWS credentials"), "{check}");
-        assert!(check.fix.as_deref().unwrap().contains("without --no-serve"));
+        assert!(
+            check
+                .fix
+                .as_deref()
+                .unwrap()
+                .contains("(without --no-serve)")
+        );
         // A daemon whose environment this user cannot read: a warning, with the same fix.
         let hidden = Daemon {
             credentials: None,
@@ -747,13 +753,9 @@ mod tests {
         let checks = facts.checks(&opts());
         let check = find(&checks, "substituter");
         assert_eq!(check.status, Status::Fail, "{check}");
-        assert!(
-            check
-                .fix
-                .as_deref()
-                .unwrap()
-                .contains(&format!("nixbucket setup --cache {S3}"))
-        );
+        assert!(check.fix.as_deref().unwrap().contains(&format!(
+            "nixbucket setup --cache {S3} --public-key NAME:PUBLIC-KEY"
+        )));
     }
 
     #[test]

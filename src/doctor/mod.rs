@@ -117,6 +117,26 @@ pub struct Options {
     pub served_port: Option<u16>,
 }
 
+impl Options {
+    /// The cache's public key as a fix line can name it: given, or the signing key's half.
+    pub fn key_text(&self) -> String {
+        (self.keys.first().or(self.signer.as_ref()))
+            .map_or_else(|| "NAME:PUBLIC-KEY".to_owned(), ToString::to_string)
+    }
+
+    /// The `nixbucket setup` that points Nix at the cache, for fix lines.
+    pub fn setup_command(&self) -> String {
+        let url = self
+            .url
+            .as_ref()
+            .map_or_else(|| "URL".to_owned(), ToString::to_string);
+        format!(
+            "nixbucket setup --cache {url} --public-key {}",
+            self.key_text()
+        )
+    }
+}
+
 /// Every check, in the order a user reads them.
 pub async fn run(opts: &Options) -> Vec<Check> {
     let mut checks = Vec::new();
