@@ -518,6 +518,8 @@ fn through_a_daemon_an_untrusted_user_fails_and_the_fix_trusts_the_user() {
         "fail",
         &["trusted-users = nobody", &conf, "restart the nix-daemon"],
     );
+    // The daemon ignores the key of the user's nix.conf too: it trusts only its own.
+    expect(&found, "keys", "fail", &["extra-trusted-public-keys"]);
     expect(&found, "fetch", "fail", &[]);
 }
 

@@ -82,10 +82,20 @@ pub struct Facts {
     pub serve_answers: Option<bool>,
 }
 
+/// The key Nix trusts when nix.conf sets no `trusted-public-keys`.
+const NIX_DEFAULT_KEY: &str = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
+
+/// Whether a nix.conf's text sets `name` (even to nothing).
+fn sets(text: &str, name: &str) -> bool {
+    text.lines()
+        .map(|l| l.split_once('#').map_or(l, |(before, _)| before))
+        .filter_map(|l| l.split_once('='))
+        .any(|(n, _)| n.trim() == name)
+}
+
 /// Substituter settings, each as Nix reads them (`extra-` adds to the same list).
 const SUBSTITUTERS: &[&str] = &["substituters", "extra-substituters"];
 const TRUSTED_SUBSTITUTERS: &[&str] = &["trusted-substituters", "extra-trusted-substituters"];
-const TRUSTED_KEYS: &[&str] = &["trusted-public-keys", "extra-trusted-public-keys"];
 
 impl Facts {
     pub fn gather(opts: &Options) -> Facts {
@@ -151,12 +161,24 @@ impl Facts {
             return Vec::new();
         };
         if env.daemon && !env.trusted {
-            let own: Vec<String> = (self.system_confs.iter())
-                .flat_map(|c| c.values(TRUSTED_KEYS))
+            // The daemon ignores this user's keys: only its own nix.conf counts, where an unset
+            // `trusted-public-keys` means Nix's default.
+            let set: Vec<String> = (self.system_confs.iter())
+                .flat_map(|c| c.values(&["trusted-public-keys"]))
                 .collect();
-            if !own.is_empty() {
-                return own;
-            }
+            let declared = (self.system_confs.iter()).any(|c| {
+                c.text
+                    .as_deref()
+                    .is_some_and(|t| sets(t, "trusted-public-keys"))
+            });
+            let mut own = match declared {
+                true => set,
+                false => vec![NIX_DEFAULT_KEY.to_owned()],
+            };
+            own.extend(
+                (self.system_confs.iter()).flat_map(|c| c.values(&["extra-trusted-public-keys"])),
+            );
+            return own;
         }
         env.trusted_public_keys.clone()
     }
@@ -789,6 +811,29 @@ mod tests {
         let found = credential_sources(&vars, |p| p == Path::new("/root/.aws/credentials"));
         assert_eq!(found, ["AWS_ACCESS_KEY_ID", "/root/.aws/credentials"]);
         assert!(credential_sources(&[], |_| true).is_empty());
+    }
+
+    #[test]
+    fn a_daemon_that_does_not_trust_the_user_takes_only_its_own_keys() {
+        let mut user = env(true, false, &[S3]);
+        user.trusted_public_keys = vec!["mine-1:AAAA".into()];
+        let own = facts_of(
+            user.clone(),
+            "extra-trusted-public-keys = team-1:BBBB\n",
+            None,
+            &opts(),
+        );
+        assert_eq!(own.trusted_keys(&opts()), [NIX_DEFAULT_KEY, "team-1:BBBB"]);
+        let set = facts_of(
+            user.clone(),
+            "trusted-public-keys = admin-1:CCCC\n",
+            None,
+            &opts(),
+        );
+        assert_eq!(set.trusted_keys(&opts()), ["admin-1:CCCC"]);
+        user.trusted = true;
+        let trusted = facts_of(user, "trusted-public-keys = admin-1:CCCC\n", None, &opts());
+        assert_eq!(trusted.trusted_keys(&opts()), ["mine-1:AAAA"]);
     }
 
     #[test]
