@@ -41,7 +41,14 @@ pub async fn sample_directory(url: &CacheUrl) -> Vec<Sampled> {
 
 /// Whether the sample verifies with `trusted` (Nix's keys, as text). `signer` is the public
 /// half of the key push signs with, when the doctor was given it: the fix then names it.
-pub fn check(sample: &[Sampled], trusted: &[String], signer: Option<&PublicKey>) -> Check {
+/// `conf` says where a key goes for the Nix that substitutes (a nix.conf, and whether the
+/// daemon must be restarted).
+pub fn check(
+    sample: &[Sampled],
+    trusted: &[String],
+    signer: Option<&PublicKey>,
+    conf: &str,
+) -> Check {
     const NAME: &str = "keys";
     let keys: Vec<PublicKey> = trusted
         .iter()
@@ -84,9 +91,9 @@ pub fn check(sample: &[Sampled], trusted: &[String], signer: Option<&PublicKey>)
         signer.filter(|s| narinfos.iter().all(|n| n.verify(std::slice::from_ref(*s))));
     let trust_line = match signer_verifies {
         Some(key) => format!("`extra-trusted-public-keys = {key}`"),
-        None => {
-            "the public half of the key push signs with (`nixbucket keygen` printed it)".to_owned()
-        }
+        None => "`extra-trusted-public-keys = NAME:PUBLIC-KEY`, the public half of the key \
+                 push signs with (`nixbucket keygen` printed it),"
+            .to_owned(),
     };
     let same_name: Vec<&str> = signed_by
         .iter()
@@ -120,8 +127,8 @@ pub fn check(sample: &[Sampled], trusted: &[String], signer: Option<&PublicKey>)
     let fix = match signed_by.is_empty() {
         true => "sign them: `nixbucket sign --cache URL --signing-key-file FILE`".to_owned(),
         false => format!(
-            "trust {trust_line} in nix.conf (or give it to setup as --public-key), in place of \
-             any wrong key of the same name"
+            "add {trust_line} to {conf}, in place of any wrong key of the same name (setup \
+             takes it as --public-key)"
         ),
     };
     match verified {
@@ -154,24 +161,25 @@ mod tests {
             &sample,
             &[wrong.to_public().to_string()],
             Some(&right.to_public()),
+            "nix.conf",
         );
         assert_eq!(check.status, crate::doctor::Status::Fail, "{check}");
         assert!(check.detail.contains("the public key is wrong"), "{check}");
         let fix = check.fix.unwrap();
         assert!(fix.contains(&right.to_public().to_string()), "{fix}");
-        let good = super::check(&sample, &[right.to_public().to_string()], None);
+        let good = super::check(&sample, &[right.to_public().to_string()], None, "nix.conf");
         assert_eq!(good.status, crate::doctor::Status::Ok, "{good}");
     }
 
     #[test]
     fn an_untrusted_key_name_is_named() {
         let ours = SecretKey::generate("ours-1").unwrap();
-        let check = check(&signed_sample(&ours), &[], None);
+        let check = check(&signed_sample(&ours), &[], None, "nix.conf");
         assert_eq!(check.status, crate::doctor::Status::Fail, "{check}");
         assert!(check.detail.contains("signed by ours-1"), "{check}");
         assert!(check.detail.contains("trusts none"), "{check}");
         assert_eq!(
-            super::check(&[], &[], None).status,
+            super::check(&[], &[], None, "nix.conf").status,
             crate::doctor::Status::Skipped
         );
     }

@@ -450,6 +450,20 @@ fn nix_check(version: &NixVersion, env: &NixEnv, daemon: Option<&Daemon>) -> Che
     )
 }
 
+impl Facts {
+    /// Where a trusted key goes for the Nix that substitutes, in words for a fix line.
+    pub fn key_conf(&self) -> String {
+        let Some(env) = &self.env else {
+            return "nix.conf".to_owned();
+        };
+        let path = conf_to_edit(env, self);
+        match env.daemon && path == store::system_conf_path() {
+            true => format!("{} (as root; then restart the nix-daemon)", path.display()),
+            false => path.display().to_string(),
+        }
+    }
+}
+
 /// The nix.conf a user would edit: their own where the daemon listens to them, else the
 /// system's.
 fn conf_to_edit(env: &NixEnv, facts: &Facts) -> PathBuf {

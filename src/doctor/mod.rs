@@ -176,6 +176,7 @@ pub async fn run(opts: &Options) -> Vec<Check> {
             &sample,
             &facts.trusted_keys(opts),
             opts.signer.as_ref(),
+            &facts.key_conf(),
         ));
         checks.push(fetch::stale_misses(&facts, opts, probe.as_ref()).await);
         checks.push(fetch::end_to_end(&facts, opts, &sample));
