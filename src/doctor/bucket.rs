@@ -23,6 +23,8 @@ pub struct Found {
     pub probe: Option<Probe>,
 }
 
+/// The bucket's checks, then the sample of narinfos the key and fetch checks read. A bucket
+/// that does not answer at all gets one line, not one timeout per probe.
 pub async fn run(url: &CacheUrl, opts: &Options) -> Found {
     let probe = match Probe::new(url, OpenOptions::default()).await {
         Ok(probe) => probe,
@@ -48,6 +50,20 @@ pub async fn run(url: &CacheUrl, opts: &Options) -> Found {
     let who = who(&identity, probe.credential_source());
     let bucket = probe.bucket().to_owned();
     let head = probe.head_bucket().await;
+    if head.status.is_none() && !head.no_credentials {
+        checks.push(region_check(
+            url,
+            &probe.region(),
+            probe.endpoint(),
+            &bucket,
+            &head,
+        ));
+        return Found {
+            checks,
+            sample: Vec::new(),
+            probe: None,
+        };
+    }
     let (list, keys) = probe.list_top(1000, None).await;
     let (info, body) = probe.get("nix-cache-info").await;
     let absent_key = format!("{PROBE_PREFIX}absent-{}.narinfo", random_hex());
@@ -111,7 +127,9 @@ pub async fn run(url: &CacheUrl, opts: &Options) -> Found {
         ),
         false => public_check(&bucket, &anonymous, opts.public),
     });
-    checks.push(lifecycle_check(&bucket, &lifecycle, &days));
+    if !(no_credentials || redirected) {
+        checks.push(lifecycle_check(&bucket, &lifecycle, &days));
+    }
     let sample = sample(&probe, &keys).await;
     Found {
         checks,

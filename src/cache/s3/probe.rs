@@ -26,7 +26,7 @@ pub struct Answer {
     pub bucket_region: Option<String>,
     /// The store's clock, from its `Date` header.
     pub date: Option<SystemTime>,
-    /// No request went out: the credential chain found no credentials.
+    /// No request went out: the credential chain found no credentials, or could not load them.
     pub no_credentials: bool,
 }
 
@@ -127,7 +127,7 @@ impl Seen {
             return answer;
         };
         if let Some(creds) = find_credentials_error(err) {
-            answer.no_credentials = matches!(creds, CredentialsError::CredentialsNotLoaded(_));
+            answer.no_credentials = true;
             answer.message = format!("{creds}: {}", root_cause(creds));
             return answer;
         }
