@@ -150,6 +150,31 @@ fn credentials_without_list_bucket_fail_and_the_fix_allows_it() {
 }
 
 #[test]
+fn no_credentials_fail_once_and_the_fix_says_how_to_give_them() {
+    let moto = MotoServer::start_with_auth();
+    let home = tempfile::tempdir().unwrap();
+    // No keys, no ~/.aws, no instance role to wait for.
+    let env = vec![
+        ("HOME".to_owned(), home.path().display().to_string()),
+        ("AWS_EC2_METADATA_DISABLED".to_owned(), "true".to_owned()),
+    ];
+    let out = doctor_s3(&moto.cache_url(), env, &[]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let found = checks(&out);
+    expect(
+        &found,
+        "credentials",
+        "fail",
+        &["aws configure", "AWS_PROFILE"],
+    );
+    // One failure, not one per request that could not be signed.
+    expect(&found, "permissions", "skipped", &[]);
+    assert!(!found.iter().any(|c| c["name"] == "list"), "{found:?}");
+    // Nobody's credentials are needed to see that anonymous reads are refused.
+    expect(&found, "public", "ok", &[]);
+}
+
+#[test]
 fn a_wrong_region_fails_and_the_fix_names_the_bucket_s_region() {
     let moto = MotoServer::start();
     let proxy = FaultProxy::start(
