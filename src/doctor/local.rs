@@ -382,7 +382,8 @@ impl Facts {
                         NAME,
                         format!(
                             "{who} fetches {sub} itself, with credentials of its own that user \
-                             {:?} cannot see (the fetch check below tells whether it can)",
+                             {:?} cannot see (the fetch check below tells whether it can; the \
+                             doctor run as root sees them)",
                             env.user
                         ),
                         fix,
