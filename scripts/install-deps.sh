@@ -34,9 +34,11 @@ packages=()
 command -v nix-store >/dev/null || packages+=(nix-bin)
 command -v zstd >/dev/null || packages+=(zstd)
 # scripts/build-release.sh checks with `file` that the release binary is static; the GitLab
-# template's test downloads it with curl.
+# template's test downloads it with curl; doctor reads Nix's narinfo cache with sqlite3 (the
+# stale-misses check and its test).
 command -v file >/dev/null || packages+=(file)
 command -v curl >/dev/null || packages+=(curl)
+command -v sqlite3 >/dev/null || packages+=(sqlite3)
 if ((${#packages[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     run "update the apt package lists" apt-get update

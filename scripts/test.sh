@@ -28,7 +28,7 @@ cargo nextest run --no-fail-fast --success-output final -E "$serial" --test-thre
 # Debian root of its own (scripts/nix-roots.sh) with the binaries built above. Not those on moto:
 # it runs on the host's Python, which a root does not have, and what it checks (AWS's answers)
 # does not change with the Nix version.
-nix_parallel='((binary(push) | binary(push_s3)) & not test(/moto/)) | binary(nix_versions) | binary(nix_formats)'
+nix_parallel='((binary(push) | binary(push_s3)) & not test(/moto/)) | binary(nix_versions) | binary(nix_formats) | (binary(doctor) & test(/^through_a_daemon/) & not test(/moto/))'
 # A root sees this repository at the same path, so it runs the binaries where they were built:
 # nextest reads what cargo would tell it from two files (no archive, no copy of the binaries).
 roots=$(scripts/nix-roots.sh)

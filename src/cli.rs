@@ -46,6 +46,8 @@ pub enum Command {
     Sign(command::sign::Args),
     /// Check that a cache is whole: signatures, NARs, references (and with --deep, NAR hashes).
     Verify(command::verify::Args),
+    /// Check why the cache does not work here: Nix, the daemon, credentials, the bucket, keys.
+    Doctor(command::doctor::Args),
     /// Delete closures no job used for a while, or beyond a size budget; the cache stays whole.
     Gc(command::gc::Args),
     /// The GitHub Action's steps (run by its JavaScript): `main` sets up, `post` pushes.
@@ -85,6 +87,7 @@ pub fn main() -> ExitCode {
             Command::Sign(args) => command::sign::run(args).await,
             Command::Verify(args) => command::verify::run(args).await,
             Command::Gc(args) => command::gc::run(args).await,
+            Command::Doctor(args) => command::doctor::run(args).await,
             Command::GithubAction(args) => command::github_action::run(args).await,
             Command::Serve(args) => command::serve::run(args).await,
             Command::Hook(args) => Ok(command::hook::run(args)),

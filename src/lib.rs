@@ -9,6 +9,7 @@
 //! - [`setup`]: before the build: Nix pointed at the cache, the restore, the store recorded.
 //! - [`state`]: what `setup` hands to `push` across CI steps.
 //! - [`verify`], [`resign`]: checking that a cache is whole; signing what it holds anew.
+//! - [`doctor`]: why a cache does not work on this machine, one check at a time, with fixes.
 //! - [`gc`]: garbage collection of a cache, by age of use or size, closures kept whole.
 //! - [`init`]: a new cache's bucket, CI role, signing key and workflow, in the user's account.
 //! - [`workstation`]: a developer's machine reading the cache through a user service.
@@ -37,6 +38,7 @@ pub mod ci;
 pub mod cli;
 pub mod command;
 pub mod cost;
+pub mod doctor;
 pub mod gc;
 pub mod init;
 pub mod nix;

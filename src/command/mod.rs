@@ -2,6 +2,7 @@
 //! resolves the arguments into a library job and runs it. No subcommand uses another: what
 //! several share (the cache and signing-key flags, the compression choice) is here.
 
+pub mod doctor;
 pub mod finish;
 pub mod gc;
 pub mod github_action;

@@ -59,7 +59,17 @@ pub enum Fault {
     /// Answer `403 AccessDenied` without asking the server: a policy that does not let the
     /// credentials write this key.
     AccessDenied,
+    /// Answer `301 PermanentRedirect` naming the bucket's region as [`WRONG_REGION_ANSWER`]
+    /// (`x-amz-bucket-region`), without asking the server: what AWS answers a request signed
+    /// for another region than the bucket's.
+    WrongRegion,
+    /// Forward the request, then answer with a `Date` an hour ahead: a server whose clock (or,
+    /// seen from it, this machine's) is an hour off.
+    SkewedClock,
 }
+
+/// The region [`Fault::WrongRegion`] says the bucket is in.
+pub const WRONG_REGION_ANSWER: &str = "eu-west-3";
 
 #[derive(Clone, Debug)]
 pub struct FaultConfig {
@@ -530,6 +540,27 @@ fn delete_errors(request_body: &[u8]) -> Vec<u8> {
     .into_bytes()
 }
 
+/// `answer` with its `Date` header (added if missing) an hour ahead of now.
+fn with_date_an_hour_ahead(answer: &[u8]) -> Vec<u8> {
+    let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return answer.to_vec();
+    };
+    let head = String::from_utf8_lossy(&answer[..end]);
+    let ahead = std::time::SystemTime::now() + Duration::from_secs(3600);
+    let date = aws_smithy_types::DateTime::from(ahead)
+        .fmt(aws_smithy_types::date_time::Format::HttpDate)
+        .expect("a date S3 can write");
+    let mut lines: Vec<String> = head
+        .split("\r\n")
+        .filter(|l| !l.to_ascii_lowercase().starts_with("date:"))
+        .map(str::to_owned)
+        .collect();
+    lines.push(format!("Date: {date}"));
+    let mut out = lines.join("\r\n").into_bytes();
+    out.extend_from_slice(&answer[end..]);
+    out
+}
+
 /// Sleeps up to `d`, returning early when the proxy stops.
 fn pause(shared: &Shared, d: Duration) {
     let until = Instant::now() + d;
@@ -580,6 +611,22 @@ fn serve(mut client: TcpStream, shared: &Shared) -> std::io::Result<()> {
             "Access Denied (injected by the fault proxy)",
             None,
         ),
+        Some(Fault::WrongRegion) => {
+            let mut answer = s3_error(
+                "301 Moved Permanently",
+                "PermanentRedirect",
+                "The bucket you are attempting to access must be addressed using the specified endpoint.",
+                None,
+            );
+            let at = answer
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .unwrap_or(0);
+            let header = format!("\r\nx-amz-bucket-region: {WRONG_REGION_ANSWER}");
+            answer.splice(at..at, header.into_bytes());
+            answer
+        }
+        Some(Fault::SkewedClock) => with_date_an_hour_ahead(&forward(shared, &req)?),
         Some(Fault::NotImplemented) => s3_error(
             "501 Not Implemented",
             "NotImplemented",

@@ -38,6 +38,8 @@ pub struct MotoServer {
     reader: Option<(String, String)>,
     /// With [`MotoServer::start_with_auth`]: keys that may do anything in any service.
     admin: Option<(String, String)>,
+    /// With [`MotoServer::start_with_auth_and`]: the keys of further users, by name.
+    users: Vec<(String, (String, String))>,
     child: Option<Child>,
 }
 
@@ -102,12 +104,22 @@ impl MotoServer {
     /// allowed by that key's policy. `access_key()` may do anything in S3; `reader()` may
     /// only read. Anonymous reads are refused here (nothing is set up for them).
     pub fn start_with_auth() -> MotoServer {
+        MotoServer::start_with_auth_and(&[])
+    }
+
+    /// [`MotoServer::start_with_auth`], with IAM users of these names allowed these actions
+    /// (keys by [`MotoServer::keys_of`]).
+    pub fn start_with_auth_and(users: &[(&str, &[&str])]) -> MotoServer {
         // Keys for the setup requests below, which moto does not check yet.
         let mut s = MotoServer::spawn_on_free_port("AKSETUP".into(), "setup".into());
         s.admin().create_bucket(&s.bucket);
         (s.access_key, s.secret_key) = s.iam_user("nixbucket-writer", &["s3:*"]);
         s.reader = Some(s.iam_user("nixbucket-reader", READ_ONLY));
         s.admin = Some(s.iam_user("nixbucket-admin", &["*"]));
+        for (name, actions) in users {
+            let keys = s.iam_user(name, actions);
+            s.users.push(((*name).to_owned(), keys));
+        }
         // From the next request on, moto checks them all.
         s.moto_api("reset-auth", "0");
         s
@@ -125,6 +137,16 @@ impl MotoServer {
     /// unsigned query-protocol request with HTTP 500 once it checks signatures).
     pub fn let_the_next_request_through(&self) {
         self.moto_api("reset-auth", "1");
+    }
+
+    /// The keys of a user of [`MotoServer::start_with_auth_and`].
+    pub fn keys_of(&self, name: &str) -> (&str, &str) {
+        let (_, (k, s)) = self
+            .users
+            .iter()
+            .find(|(n, _)| n == name)
+            .expect("a user made at the start");
+        (k, s)
     }
 
     /// The read-only keys of [`MotoServer::start_with_auth`].
@@ -148,6 +170,7 @@ impl MotoServer {
                         secret_key,
                         reader: None,
                         admin: None,
+                        users: Vec::new(),
                         child: Some(child),
                     };
                 }

@@ -225,6 +225,18 @@ impl Admin {
         keys
     }
 
+    pub fn put(&self, bucket: &str, key: &str, body: &'static [u8]) {
+        self.call(|c| async move {
+            c.put_object()
+                .bucket(bucket)
+                .key(key)
+                .body(aws_sdk_s3::primitives::ByteStream::from_static(body))
+                .send()
+                .await
+        })
+        .unwrap_or_else(|e| panic!("put {bucket}/{key}: {e:?}"));
+    }
+
     pub fn delete(&self, bucket: &str, key: &str) {
         self.call(|c| async move { c.delete_object().bucket(bucket).key(key).send().await })
             .unwrap_or_else(|e| panic!("delete {bucket}/{key}: {e:?}"));

@@ -53,6 +53,7 @@ use super::{CacheError, CacheUrl, ObjectInfo, OpenOptions};
 
 mod error;
 pub mod parameter;
+pub mod probe;
 mod retry;
 mod upload;
 
@@ -312,25 +313,57 @@ pub(crate) fn s3_config(
     (conf, endpoint)
 }
 
+/// What a client of one bucket is made from: the SDK's settings (region and credential chain
+/// as the URL names them), the S3 settings with nixbucket's retries and request meter, and the
+/// words messages use for the endpoint and the credentials.
+pub(crate) struct ClientParts {
+    pub(crate) sdk: aws_config::SdkConfig,
+    pub(crate) conf: aws_sdk_s3::config::Builder,
+    pub(crate) bucket: String,
+    pub(crate) endpoint: String,
+    pub(crate) cred_source: String,
+}
+
+/// The settings [`S3Cache::open`] makes its client from; no request is sent.
+pub(crate) async fn client_config(
+    url: &CacheUrl,
+    opts: &OpenOptions,
+) -> Result<ClientParts, CacheError> {
+    let CacheUrl::S3 {
+        bucket, profile, ..
+    } = url
+    else {
+        return Err(CacheError::InvalidKey {
+            key: url.to_string(),
+            reason: "not an s3:// URL",
+        });
+    };
+    let cred_source = credential_source(opts, profile.as_deref());
+    let sdk = sdk_config(url, opts).await;
+    let (mut conf, endpoint) = s3_config(url, &sdk);
+    conf = fault_tolerance(conf, opts.max_attempts).interceptor(super::meter::Counter);
+    Ok(ClientParts {
+        sdk,
+        conf,
+        bucket: bucket.clone(),
+        endpoint,
+        cred_source,
+    })
+}
+
 impl S3Cache {
     pub(crate) async fn open(url: &CacheUrl, opts: OpenOptions) -> Result<S3Cache, CacheError> {
-        let CacheUrl::S3 {
-            bucket, profile, ..
-        } = url
-        else {
-            return Err(CacheError::InvalidKey {
-                key: url.to_string(),
-                reason: "not an s3:// URL",
-            });
-        };
-        let cred_source = credential_source(&opts, profile.as_deref());
-        let sdk = sdk_config(url, &opts).await;
-        let (conf, endpoint) = s3_config(url, &sdk);
-        let conf = fault_tolerance(conf, opts.max_attempts).interceptor(super::meter::Counter);
+        let ClientParts {
+            sdk: _,
+            conf,
+            bucket,
+            endpoint,
+            cred_source,
+        } = client_config(url, &opts).await?;
         super::meter::opened(url);
         let ctx = Ctx {
             client: Client::from_conf(conf.build()),
-            bucket: bucket.clone(),
+            bucket,
             endpoint,
             cred_source,
             storage_class: url
