@@ -636,16 +636,8 @@ fn an_untrusted_job_uses_a_cache_the_admin_allowed() {
     );
 }
 
-/// A teammate's machine: a root nix-daemon with no AWS credentials, and the teammate, whom it
-/// trusts, with an AWS profile of their own in ~/.aws and nothing in the environment. `use`
-/// starts the server with that profile, points Nix at it, and proves a fetch through the
-/// daemon; the teammate's next build substitutes the rest; `use --remove` undoes it all.
-#[test]
-fn use_lets_a_teammate_pull_through_the_daemon_with_their_own_profile() {
-    let job = Job::new(&format!("{BASE_CONF}trusted-users = root nobody\n"));
-    let s3 = S3Server::start();
-    let (secret, public) = keygen(job.tmp.path(), "team-1");
-    let (expr, top) = pushed_by_an_earlier_job(&job, &s3.cache_url(), &secret, &s3.env());
+/// The profile `teammate` in the job's ~/.aws, with the server's keys.
+fn give_profile(job: &Job, s3: &S3Server) {
     let aws = job.home.join(".aws");
     std::fs::create_dir(&aws).unwrap();
     assert_ok(&run(Command::new("chown").arg("nobody:nogroup").arg(&aws)));
@@ -657,6 +649,19 @@ fn use_lets_a_teammate_pull_through_the_daemon_with_their_own_profile() {
             s3.secret_key()
         ),
     );
+}
+
+/// A teammate's machine: a root nix-daemon with no AWS credentials, and the teammate, whom it
+/// trusts, with an AWS profile of their own in ~/.aws and nothing in the environment. `use`
+/// starts the server with that profile, points Nix at it, and proves a fetch through the
+/// daemon; the teammate's next build substitutes the rest; `use --remove` undoes it all.
+#[test]
+fn use_lets_a_teammate_pull_through_the_daemon_with_their_own_profile() {
+    let job = Job::new(&format!("{BASE_CONF}trusted-users = root nobody\n"));
+    let s3 = S3Server::start();
+    let (secret, public) = keygen(job.tmp.path(), "team-1");
+    let (expr, top) = pushed_by_an_earlier_job(&job, &s3.cache_url(), &secret, &s3.env());
+    give_profile(&job, &s3);
     let config = job.home.join("xdg-config");
     let use_cache = |args: &[&str]| {
         run(job
@@ -746,17 +751,7 @@ fn use_by_an_untrusted_teammate_without_sudo_says_what_to_add_and_leaves_nothing
     let job = Job::new(BASE_CONF);
     let s3 = S3Server::start();
     let (_, public) = keygen(job.tmp.path(), "team-2");
-    let aws = job.home.join(".aws");
-    std::fs::create_dir(&aws).unwrap();
-    assert_ok(&run(Command::new("chown").arg("nobody:nogroup").arg(&aws)));
-    job.give(
-        ".aws/credentials",
-        &format!(
-            "[teammate]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
-            s3.access_key(),
-            s3.secret_key()
-        ),
-    );
+    give_profile(&job, &s3);
     let config = job.home.join("xdg-config");
     let used = run(job
         .command(&job.binary)

@@ -58,7 +58,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let repo = spelled_as_github_does(repo).await;
     let action = action_ref(args.action_ref.as_deref())?;
-    let names = Names::new(repo, bucket, &config_dir()?);
+    let names = Names::new(repo, bucket, &super::config_dir()?);
     let workflow_path = args
         .workflow
         .clone()
@@ -68,24 +68,20 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let found = setup.inspect(&names).await?;
     let mut plan = found.plan(&names, setup.has_iam());
 
+    // The workflow file (`whole`), or the lines of its job to merge into an existing one.
+    let workflow_text = |key: &crate::nix::PublicKey, role_arn: Option<&str>, whole: bool| {
+        let (url, key) = (url.to_string(), key.to_string());
+        let workflow = workflow_for(&url, &names, &found.region, &action, &key, role_arn);
+        if whole {
+            workflow.file()
+        } else {
+            workflow.job_lines()
+        }
+    };
     // The workflow's text needs the role and the key; when both exist already it is known now.
     let known_workflow = match (&found.key, found.role.as_ref(), setup.has_iam()) {
-        (Some(key), Some((arn, _)), true) => Some(workflow_text(
-            &url,
-            &names,
-            &found.region,
-            &action,
-            key,
-            Some(arn),
-        )),
-        (Some(key), _, false) => Some(workflow_text(
-            &url,
-            &names,
-            &found.region,
-            &action,
-            key,
-            None,
-        )),
+        (Some(key), Some((arn, _)), true) => Some(workflow_text(key, Some(arn), true)),
+        (Some(key), _, false) => Some(workflow_text(key, None, true)),
         _ => None,
     };
     let existing = std::fs::read_to_string(&workflow_path).ok();
@@ -134,14 +130,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             found.role.as_ref().map(|(arn, _)| arn.clone()),
         ),
     };
-    let text = workflow_text(
-        &url,
-        &names,
-        &found.region,
-        &action,
-        &public_key,
-        role_arn.as_deref(),
-    );
+    let text = workflow_text(&public_key, role_arn.as_deref(), true);
     let workflow = match &existing {
         None => {
             write_workflow(&workflow_path, &text)?;
@@ -149,14 +138,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Some(have) if *have == text => format!("{} is up to date", workflow_path.display()),
         Some(_) => {
-            let lines = workflow_job_lines(
-                &url,
-                &names,
-                &found.region,
-                &action,
-                &public_key,
-                role_arn.as_deref(),
-            );
+            let lines = workflow_text(&public_key, role_arn.as_deref(), false);
             println!(
                 "\n{} exists, so init did not touch it. Give the job that builds these lines \
                  (its permissions, then the steps before your build):\n\n{lines}",
@@ -207,30 +189,6 @@ fn workflow_for<'a>(
             None => Access::Secrets,
         },
     }
-}
-
-fn workflow_text(
-    url: &CacheUrl,
-    names: &Names,
-    region: &str,
-    action: &str,
-    key: &crate::nix::PublicKey,
-    role_arn: Option<&str>,
-) -> String {
-    let (url, key) = (url.to_string(), key.to_string());
-    workflow_for(&url, names, region, action, &key, role_arn).file()
-}
-
-fn workflow_job_lines(
-    url: &CacheUrl,
-    names: &Names,
-    region: &str,
-    action: &str,
-    key: &crate::nix::PublicKey,
-    role_arn: Option<&str>,
-) -> String {
-    let (url, key) = (url.to_string(), key.to_string());
-    workflow_for(&url, names, region, action, &key, role_arn).job_lines()
 }
 
 fn write_workflow(path: &Path, text: &str) -> anyhow::Result<()> {
@@ -363,16 +321,4 @@ fn action_ref(given: Option<&str>) -> anyhow::Result<String> {
             Ok(format!("{ACTION_REPOSITORY}@v{version}"))
         }
     }
-}
-
-/// Where init keeps what stays on this machine: `$XDG_CONFIG_HOME/nixbucket`, else
-/// `~/.config/nixbucket`.
-fn config_dir() -> anyhow::Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(dir).join("nixbucket"));
-    }
-    let home = std::env::var_os("HOME")
-        .filter(|h| !h.is_empty())
-        .context("neither XDG_CONFIG_HOME nor HOME is set")?;
-    Ok(PathBuf::from(home).join(".config/nixbucket"))
 }

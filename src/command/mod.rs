@@ -61,6 +61,18 @@ pub(crate) async fn open_cache(url: &CacheUrl, opts: OpenOptions) -> anyhow::Res
 /// The variable that holds the signing key's text when no file is given.
 pub const SIGNING_KEY_ENV: &str = "NIXBUCKET_SIGNING_KEY";
 
+/// Where nixbucket keeps what stays on this machine (init's key file for a store without
+/// IAM, use's records): `$XDG_CONFIG_HOME/nixbucket`, else `~/.config/nixbucket`.
+pub(crate) fn config_dir() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir).join("nixbucket"));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .context("neither XDG_CONFIG_HOME nor HOME is set")?;
+    Ok(PathBuf::from(home).join(".config/nixbucket"))
+}
+
 /// The signing key flag of every command that signs or derives a public key.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct KeyArgs {

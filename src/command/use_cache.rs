@@ -54,7 +54,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
              to extra-substituters"
         );
     };
-    let config = config_dir()?;
+    let config = super::config_dir()?;
     let record_path = Record::path(&config, bucket);
     if args.remove {
         return remove(&record_path);
@@ -295,17 +295,6 @@ async fn prove_a_fetch(url: &CacheUrl, key: &PublicKey) -> anyhow::Result<Proof>
         );
     }
     Ok(Proof::Fetched(path))
-}
-
-/// `$XDG_CONFIG_HOME/nixbucket`, else `~/.config/nixbucket`.
-fn config_dir() -> anyhow::Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(dir).join("nixbucket"));
-    }
-    let home = std::env::var_os("HOME")
-        .filter(|h| !h.is_empty())
-        .context("neither XDG_CONFIG_HOME nor HOME is set")?;
-    Ok(PathBuf::from(home).join(".config/nixbucket"))
 }
 
 /// `$XDG_CACHE_HOME/nixbucket`, else `~/.cache/nixbucket`.

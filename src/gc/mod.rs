@@ -800,6 +800,19 @@ struct StaleDeleted {
     touched: usize,
 }
 
+/// The first of the requests that failed, and how many did.
+#[allow(clippy::result_large_err)] // as large as every GcError the callers return
+fn none_failed(failed: Vec<CacheError>) -> Result<(), GcError> {
+    let mut errors = failed.into_iter();
+    match errors.next() {
+        Some(first) => Err(GcError::Delete {
+            failed: 1 + errors.count(),
+            first,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Of `keys`, those still there and not written since `young_before`, looked at (HEAD) now;
 /// and how many were written since.
 async fn still_stale(
@@ -826,13 +839,7 @@ async fn still_stale(
             Err(e) => failed.push(e),
         }
     }
-    let mut errors = failed.into_iter();
-    if let Some(first) = errors.next() {
-        return Err(GcError::Delete {
-            failed: 1 + errors.count(),
-            first,
-        });
-    }
+    none_failed(failed)?;
     Ok((stale, touched))
 }
 
@@ -877,12 +884,6 @@ async fn delete_stale(
             Err(e) => failed.push(e),
         }
     }
-    let mut errors = failed.into_iter();
-    if let Some(first) = errors.next() {
-        return Err(GcError::Delete {
-            failed: 1 + errors.count(),
-            first,
-        });
-    }
+    none_failed(failed)?;
     Ok(sum)
 }

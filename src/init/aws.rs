@@ -456,22 +456,14 @@ impl Setup {
                 )
                 .send()
                 .await;
-            match result {
-                Ok(_) => {}
-                // A new bucket on a store without public access blocks: say so.
-                Err(err)
-                    if !found.bucket_exists
-                        && unsupported(
-                            code_of(&err),
-                            err.raw_response().map(|r| r.status().as_u16()),
-                        ) =>
-                {
-                    notes.push(NO_PUBLIC_ACCESS_BLOCK.to_owned());
-                }
-                Err(err) => {
-                    return Err(aws_error(format!("block public access to {bucket}"))(err));
-                }
-            }
+            let doing = format!("block public access to {bucket}");
+            lacking(
+                result,
+                !found.bucket_exists,
+                NO_PUBLIC_ACCESS_BLOCK,
+                &mut notes,
+                doing,
+            )?;
         }
         if found.lifecycle_supported && !abort_rule_present(&found.lifecycle_rules) {
             let mut rules = found.lifecycle_rules.clone();
@@ -490,21 +482,14 @@ impl Setup {
                 .lifecycle_configuration(conf)
                 .send()
                 .await;
-            match result {
-                Ok(_) => {}
-                Err(err)
-                    if !found.bucket_exists
-                        && unsupported(
-                            code_of(&err),
-                            err.raw_response().map(|r| r.status().as_u16()),
-                        ) =>
-                {
-                    notes.push(NO_LIFECYCLE.to_owned());
-                }
-                Err(err) => {
-                    return Err(aws_error(format!("add a lifecycle rule to {bucket}"))(err));
-                }
-            }
+            let doing = format!("add a lifecycle rule to {bucket}");
+            lacking(
+                result,
+                !found.bucket_exists,
+                NO_LIFECYCLE,
+                &mut notes,
+                doing,
+            )?;
         }
         let (Some(c), Some(account)) = (&self.iam, found.account.as_deref()) else {
             let public_key = match &found.key {
@@ -657,6 +642,35 @@ fn new_local_key(path: &Path, name: &str) -> Result<PublicKey, InitError> {
         .and_then(|()| file.sync_all())
         .map_err(|e| fail(format!("could not write it: {e}")))?;
     Ok(key.to_public())
+}
+
+/// A bucket setting's change: done; or refused by a store that does not have the feature, for
+/// a bucket init just created there (`new_bucket`), which leaves `note` for the user; or the
+/// error, saying what was being done.
+fn lacking<T, E>(
+    result: Result<T, SdkError<E>>,
+    new_bucket: bool,
+    note: &str,
+    notes: &mut Vec<String>,
+    doing: String,
+) -> Result<(), InitError>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match result {
+        Ok(_) => Ok(()),
+        Err(err)
+            if new_bucket
+                && unsupported(
+                    code_of(&err),
+                    err.raw_response().map(|r| r.status().as_u16()),
+                ) =>
+        {
+            notes.push(note.to_owned());
+            Ok(())
+        }
+        Err(err) => Err(aws_error(doing)(err)),
+    }
 }
 
 /// Whether a store answered that it does not do a bucket feature at all.
