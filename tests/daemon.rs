@@ -5,26 +5,30 @@
 
 mod common;
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::nix::{Daemon, derivation, nonce, query_closure, start_daemon};
+use common::machine::{Machine, set_mode};
+use common::nix::{derivation, nonce, query_closure};
 use common::s3::S3Server;
 use common::store::S3Store;
 use common::{assert_fails, assert_ok, keygen, run, stderr, stdout};
 
 const BASE_CONF: &str = common::NIX_CONFIG;
 
-/// A job that runs as `nobody` against a daemon of its own: its home, its nix.conf, a copy of
-/// nixbucket it can reach (the checkout may sit under a 0700 folder).
+/// A job that runs as `nobody` on a [`Machine`], with an environment of its own.
 struct Job {
-    tmp: tempfile::TempDir,
-    daemon: Daemon,
-    home: PathBuf,
-    binary: PathBuf,
-    uid: u32,
+    machine: Machine,
     env: Vec<(String, String)>,
+}
+
+impl std::ops::Deref for Job {
+    type Target = Machine;
+
+    fn deref(&self) -> &Machine {
+        &self.machine
+    }
 }
 
 impl Job {
@@ -53,47 +57,16 @@ impl Job {
     }
 
     fn new(daemon_conf: &str) -> Job {
-        let tmp = tempfile::tempdir().unwrap();
-        set_mode(tmp.path(), 0o755);
-        let conf_dir = tmp.path().join("etc");
-        std::fs::create_dir(&conf_dir).unwrap();
-        set_mode(&conf_dir, 0o755);
-        std::fs::write(conf_dir.join("nix.conf"), daemon_conf).unwrap();
-        let daemon = start_daemon(&conf_dir, tmp.path());
-        let home = tmp.path().join("home");
-        std::fs::create_dir(&home).unwrap();
-        assert_ok(&run(Command::new("chown").arg("nobody:nogroup").arg(&home)));
-        let binary = tmp.path().join("nixbucket");
-        std::fs::copy(env!("CARGO_BIN_EXE_nixbucket"), &binary).unwrap();
-        set_mode(&binary, 0o755);
-        let uid = stdout(&run(Command::new("id").args(["-u", "nobody"])))
-            .trim()
-            .parse()
-            .unwrap();
         Job {
-            tmp,
-            daemon,
-            home,
-            binary,
-            uid,
+            machine: Machine::new(daemon_conf),
             env: Vec::new(),
         }
     }
 
     /// `program` as `nobody`, through the daemon, with only the job's own environment.
     fn command(&self, program: &Path) -> Command {
-        let mut cmd = Command::new("setpriv");
-        cmd.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
-            .arg(program)
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .env("HOME", &self.home)
-            .env("NIX_CONF_DIR", self.tmp.path().join("etc"))
-            .env("NIX_USER_CONF_FILES", self.home.join("nix.conf"))
-            .env("XDG_CACHE_HOME", self.home.join("cache"))
-            .env("NIX_REMOTE", "daemon")
-            .env("NIX_DAEMON_SOCKET_PATH", &self.daemon.socket)
-            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        let mut cmd = self.command_as("nobody", program);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd
     }
 
@@ -106,24 +79,12 @@ impl Job {
             .arg(state))
     }
 
-    /// A file only `nobody` and root read, in the job's home: the signing key, an expression.
-    fn give(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.home.join(name);
-        std::fs::write(&path, text).unwrap();
-        assert_ok(&run(Command::new("chown").arg("nobody:nogroup").arg(&path)));
-        path
-    }
-
     fn build(&self, expr: &Path) -> Output {
         run(self
             .command(Path::new("/usr/bin/nix-build"))
             .arg("--no-out-link")
             .arg(expr))
     }
-}
-
-fn set_mode(path: &Path, mode: u32) {
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
 /// An expression for dep → top, two paths new to the store.
@@ -500,7 +461,10 @@ fn the_action_with_default_inputs_lets_a_daemon_without_credentials_substitute_w
     );
     let base64 = key_text.split_once(':').unwrap().1;
     assert!(
-        !environ.contains(base64) && !environ.contains("INPUT_SIGNING-KEY"),
+        !environ.contains(base64)
+            && !environ
+                .split('\0')
+                .any(|v| v.starts_with("INPUT_SIGNING-KEY=")),
         "the signing key is in the server's environment"
     );
     substitutes_what_the_restore_left(&job, &paths);

@@ -6,13 +6,13 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use common::fault_proxy::{Fault, FaultConfig, FaultProxy, WRONG_REGION_ANSWER};
+use common::machine::Machine;
 use common::moto::MotoServer;
-use common::nix::{Daemon, derivation, nonce, start_daemon};
+use common::nix::{derivation, nonce};
 use common::s3::S3Server;
 use common::store::S3Store;
 use common::{assert_ok, keygen, nixbucket, run, stderr, stdout};
@@ -393,46 +393,8 @@ fn a_miss_nix_remembers_hides_a_hit_and_the_fix_makes_nix_forget_it() {
     expect(&found, "fetch", "ok", &[]);
 }
 
-/// A root nix-daemon of the test's own, with no AWS credentials in its environment, reading
-/// `conf` as its nix.conf; a home for `nobody`; a copy of nixbucket anyone can run.
-struct Machine {
-    tmp: tempfile::TempDir,
-    daemon: Daemon,
-    home: PathBuf,
-    binary: PathBuf,
-}
-
-fn set_mode(path: &Path, mode: u32) {
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
+/// The doctor's commands on a [`Machine`].
 impl Machine {
-    fn new(conf: &str) -> Machine {
-        let tmp = tempfile::tempdir().unwrap();
-        set_mode(tmp.path(), 0o755);
-        let etc = tmp.path().join("etc");
-        std::fs::create_dir(&etc).unwrap();
-        set_mode(&etc, 0o755);
-        std::fs::write(etc.join("nix.conf"), conf).unwrap();
-        let daemon = start_daemon(&etc, tmp.path());
-        let home = tmp.path().join("home");
-        std::fs::create_dir(&home).unwrap();
-        assert_ok(&run(Command::new("chown").arg("nobody:nogroup").arg(&home)));
-        let binary = tmp.path().join("nixbucket");
-        std::fs::copy(env!("CARGO_BIN_EXE_nixbucket"), &binary).unwrap();
-        set_mode(&binary, 0o755);
-        Machine {
-            tmp,
-            daemon,
-            home,
-            binary,
-        }
-    }
-
-    fn conf_path(&self) -> PathBuf {
-        self.tmp.path().join("etc/nix.conf")
-    }
-
     /// `nixbucket doctor --json ARGS` through the daemon, as `user` (`root` or `nobody`), with
     /// only `env` besides what Nix needs.
     fn doctor(&self, user: &str, env: &[(String, String)], args: &[&str]) -> Output {
@@ -442,24 +404,8 @@ impl Machine {
 
     /// `nixbucket ARGS` through the daemon, as `user`, with only `env` besides what Nix needs.
     fn nixbucket(&self, user: &str, env: &[(String, String)], args: &[&str]) -> Output {
-        let mut cmd = match user {
-            "root" => Command::new(&self.binary),
-            _ => {
-                let mut c = Command::new("setpriv");
-                c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
-                    .arg(&self.binary);
-                c
-            }
-        };
-        run(cmd
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .env("HOME", &self.home)
-            .env("NIX_CONF_DIR", self.tmp.path().join("etc"))
-            .env("NIX_USER_CONF_FILES", self.home.join("nix.conf"))
-            .env("XDG_CACHE_HOME", self.home.join("cache"))
-            .env("NIX_REMOTE", "daemon")
-            .env("NIX_DAEMON_SOCKET_PATH", &self.daemon.socket)
+        run(self
+            .command_as(user, &self.binary)
             .envs(env.iter().cloned())
             .args(args))
     }

@@ -1066,7 +1066,7 @@ async fn the_oidc_token_is_requested_with_the_sts_audience_and_bearer() {
 /// key from its SSM parameter with them and pushes; the server reads the bucket with them in
 /// between, and no later step of the job is handed them.
 #[test]
-fn the_role_and_the_key_s_parameter_push_with_no_secret_in_the_workflow() {
+fn on_moto_the_role_and_the_key_s_parameter_push_with_no_secret_in_the_workflow() {
     let moto = common::moto::MotoServer::start();
     let keys = tempfile::tempdir().unwrap();
     let (secret_file, public) = keygen(keys.path(), "role-1");

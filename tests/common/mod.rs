@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod fault_proxy;
+pub mod machine;
 pub mod moto;
 pub mod nix;
 pub mod release;
