@@ -774,6 +774,44 @@ fn an_empty_signing_key_pulls_with_one_notice() {
     assert!(conf.contains(&public), "{conf}");
 }
 
+/// A run with aws-role-arn but no OIDC token to assume it with (a job without `id-token:
+/// write`, or one Dependabot started) pulls and pushes nothing, with one notice that says why,
+/// instead of failing the job.
+#[test]
+fn a_role_without_an_oidc_token_pulls_with_one_notice() {
+    let keys = tempfile::tempdir().unwrap();
+    let (secret_file, public) = keygen(keys.path(), "gha-notoken-1");
+    let cache = keys.path().join("cache");
+    let mut job = Job::new(&format!("file://{}", cache.display()), "");
+    job.inputs.insert("public-keys", public.clone());
+    job.inputs.insert(
+        "signing-key-parameter",
+        "/nixbucket/cache/signing-key".to_owned(),
+    );
+    job.inputs.insert(
+        "aws-role-arn",
+        "arn:aws:iam::123456789012:role/nixbucket-org-app".to_owned(),
+    );
+    let main = job.step("main", "push", &BTreeMap::new());
+    assert!(main.out.status.success(), "{}", main.describe());
+    let notices: Vec<_> = stdout(&main.out)
+        .lines()
+        .filter(|l| l.starts_with("::notice::"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(notices.len(), 1, "{}", main.describe());
+    assert!(notices[0].contains("no OIDC token"), "{}", notices[0]);
+    let state = parse_step_file(&main.state);
+    let post = job.step("post", "push", &state);
+    assert!(post.out.status.success(), "{}", post.describe());
+    assert!(
+        stdout(&post.out).contains("nothing pushed"),
+        "{}",
+        post.describe()
+    );
+    drop(secret_file);
+}
+
 #[test]
 fn a_bad_signing_key_fails_main_and_is_never_printed() {
     let keys = tempfile::tempdir().unwrap();
@@ -1175,4 +1213,10 @@ fn on_moto_the_role_and_the_key_s_parameter_push_with_no_secret_in_the_workflow(
     );
     assert_secret_hidden(&main, &secret);
     assert_secret_hidden(&post, &secret);
+    let base64 = secret.split_once(':').unwrap().1;
+    assert!(
+        stdout(&post.out).contains(&format!("::add-mask::{base64}")),
+        "the key read from SSM is not masked: {}",
+        post.describe()
+    );
 }

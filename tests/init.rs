@@ -394,7 +394,7 @@ fn init_sets_up_a_cache_that_only_the_repository_s_role_fills_and_a_second_run_c
         .block_on(
             iam.get_role_policy()
                 .role_name("nixbucket-Acme-Widget")
-                .policy_name("nixbucket-cache")
+                .policy_name(format!("nixbucket-cache-{bucket}"))
                 .send(),
         )
         .expect("the role's policy");
@@ -542,6 +542,9 @@ fn init_keeps_an_existing_bucket_s_lifecycle_rules_and_leaves_an_existing_workfl
     let mut user = User::new(&moto, &bucket);
     // Typed as a clone URL may spell it: the trust policy must take GitHub's spelling.
     user.repo = "acme/widget";
+    // No region in the URL: init finds one (here the SDK's last resort, us-east-1), and the
+    // workflow's URL names it, since CI does not have this shell's AWS configuration.
+    user.cache = format!("s3://{bucket}?endpoint={}", moto.endpoint());
     let account = Account::new(&moto);
     let s3 = account.s3();
     account.rt.block_on(async {
@@ -610,6 +613,13 @@ fn init_keeps_an_existing_bucket_s_lifecycle_rules_and_leaves_an_existing_workfl
     assert!(out.contains("      id-token: write"), "{out}");
     assert!(
         out.contains("aws-role-arn: arn:aws:iam::123456789012:role/nixbucket-Acme-Widget"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "cache: s3://{bucket}?region=us-east-1&endpoint={}",
+            moto.endpoint()
+        )),
         "{out}"
     );
 }

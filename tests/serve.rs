@@ -172,6 +172,26 @@ fn answers_misses_with_404_and_failures_without_details() {
     assert_eq!(served.get("/nar/../../etc/passwd").0, 404);
     assert_eq!(served.get("/nar/missing.nar.zst").0, 404);
     assert_eq!(served.get("/anything-else").0, 404);
+    // A page whose name an attacker points at 127.0.0.1 (DNS rebinding) is refused, whatever
+    // it asks for; curl names the address, as Nix does.
+    let with_host = |host: &str| {
+        let out = run(Command::new("curl").args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            &format!("Host: {host}"),
+            &format!("{}/nix-cache-info", served.url),
+        ]));
+        stdout(&out)
+    };
+    assert_eq!(with_host("attacker.example:80"), "403");
+    assert_eq!(
+        with_host(&format!("localhost:{}", served.addr.port())),
+        "200"
+    );
     let stats = served.stats();
     assert_eq!((stats.narinfo_hits, stats.narinfo_misses), (0, 1));
 
@@ -717,13 +737,15 @@ async fn silent_connections_are_closed_and_cannot_hold_every_place() {
         let started = Instant::now();
         // Two places taken: one sends half a request header, one sends nothing at all.
         let mut half = std::net::TcpStream::connect(addr).unwrap();
-        half.write_all(b"GET /nix-cache-info HTTP/1.1\r\nHost: x\r\n")
+        half.write_all(b"GET /nix-cache-info HTTP/1.1\r\nHost: 127.0.0.1\r\n")
             .unwrap();
         let mut silent = std::net::TcpStream::connect(addr).unwrap();
         // A real request waits for a place, then is answered.
         let mut client = std::net::TcpStream::connect(addr).unwrap();
         client
-            .write_all(b"GET /nix-cache-info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .write_all(
+                b"GET /nix-cache-info HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+            )
             .unwrap();
         let mut answer = String::new();
         client.read_to_string(&mut answer).unwrap();

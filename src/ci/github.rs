@@ -275,6 +275,9 @@ pub enum PullOnly {
     },
     SkipPushInput,
     NoSigningKey,
+    /// `aws-role-arn` is set but the run gets no OIDC token to assume it with (a job without
+    /// `id-token: write`, or a run Dependabot started).
+    NoIdToken,
 }
 
 impl std::fmt::Display for PullOnly {
@@ -296,6 +299,9 @@ impl std::fmt::Display for PullOnly {
                 "this is a {event} event whose payload could not be read ({reason}), so it is treated as coming from a fork"
             ),
             PullOnly::SkipPushInput => f.write_str("the input skip-push is true"),
+            PullOnly::NoIdToken => f.write_str(
+                "the run gets no OIDC token to assume aws-role-arn with (the job needs `permissions: id-token: write`; runs Dependabot starts get none)",
+            ),
             PullOnly::NoSigningKey => f.write_str(
                 "the input signing-key is empty (a secret this workflow does not receive, or none set)",
             ),

@@ -135,7 +135,13 @@ async fn main_step() -> anyhow::Result<ExitCode> {
         .parse()
         .with_context(|| format!("the input cache is not a cache URL: {:?}", inputs.cache))?;
     let key = signing_key(&inputs)?;
-    let pull_only = pull_only_reason(&inputs);
+    let mut pull_only = pull_only_reason(&inputs);
+    if pull_only.is_none()
+        && inputs.aws_role_arn.is_some()
+        && env("ACTIONS_ID_TOKEN_REQUEST_URL").is_none()
+    {
+        pull_only = Some(PullOnly::NoIdToken);
+    }
 
     let mut keys = inputs
         .public_keys
@@ -157,7 +163,7 @@ async fn main_step() -> anyhow::Result<ExitCode> {
             "notice",
             &format!(
                 "nixbucket pulls from {url} and pushes nothing in this run: {reason}{}",
-                if inputs.aws_role_arn.is_some() {
+                if inputs.aws_role_arn.is_some() && !matches!(reason, PullOnly::NoIdToken) {
                     "; aws-role-arn is not assumed either, since its credentials could write to the cache"
                 } else {
                     ""
@@ -438,7 +444,13 @@ async fn push_and_report(inputs: &Inputs) -> anyhow::Result<(ExitCode, usize, u6
         }
         if let Some(name) = &inputs.signing_key_parameter {
             if job.signing_key.is_none() {
-                job.signing_key = Some(super::key_from_parameter(&job.url, &job.open, name).await?);
+                let key = super::key_from_parameter(&job.url, &job.open, name).await?;
+                // Masked as the signing-key input is, before anything else is printed.
+                let text = Secret::new(key.to_nix_string().to_string());
+                for line in github::mask_commands(&text) {
+                    say(&line);
+                }
+                job.signing_key = Some(key);
             }
         }
         job.run().await

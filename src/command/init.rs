@@ -68,9 +68,19 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let found = setup.inspect(&names).await?;
     let mut plan = found.plan(&names, setup.has_iam());
 
+    // The URL CI and teammates use: with the region init found, since neither runs with this
+    // shell's AWS configuration, and without this user's profile.
+    let mut shared_url = url.clone();
+    if let CacheUrl::S3 {
+        region, profile, ..
+    } = &mut shared_url
+    {
+        *region = Some(found.region.clone());
+        *profile = None;
+    }
     // The workflow file (`whole`), or the lines of its job to merge into an existing one.
     let workflow_text = |key: &crate::nix::PublicKey, role_arn: Option<&str>, whole: bool| {
-        let (url, key) = (url.to_string(), key.to_string());
+        let (url, key) = (shared_url.to_string(), key.to_string());
         let workflow = workflow_for(&url, &names, &found.region, &action, &key, role_arn);
         if whole {
             workflow.file()
@@ -163,7 +173,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     println!("  public key:  {public_key}");
     println!("  workflow:    {workflow}");
     println!(
-        "  on a teammate's machine, with their own AWS profile: nixbucket use --cache '{url}' --public-key {public_key}"
+        "  on a teammate's machine, with their own AWS profile: nixbucket use --cache '{shared_url}' --public-key {public_key}"
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -81,15 +81,6 @@ pub struct KeyArgs {
     /// $NIXBUCKET_SIGNING_KEY.
     #[arg(long, env = "NIXBUCKET_SIGNING_KEY_FILE", value_name = "FILE")]
     pub signing_key_file: Option<PathBuf>,
-    /// The AWS SSM parameter (SecureString) that holds the secret key, read with the cache's
-    /// credentials: where `nixbucket init` keeps it, readable by CI's role only.
-    #[arg(
-        long,
-        env = "NIXBUCKET_SIGNING_KEY_PARAMETER",
-        value_name = "NAME",
-        conflicts_with = "signing_key_file"
-    )]
-    pub signing_key_parameter: Option<String>,
 }
 
 impl KeyArgs {
@@ -108,19 +99,6 @@ impl KeyArgs {
                 Ok(Some(Arc::new(key)))
             }
             _ => Ok(None),
-        }
-    }
-
-    /// The key as [`KeyArgs::load`] finds it, or from the SSM parameter named, read with the
-    /// credentials `opts` gives for `url`.
-    pub async fn load_for(
-        &self,
-        url: &CacheUrl,
-        opts: &OpenOptions,
-    ) -> anyhow::Result<Option<Arc<SecretKey>>> {
-        match &self.signing_key_parameter {
-            Some(name) => key_from_parameter(url, opts, name).await.map(Some),
-            None => self.load(),
         }
     }
 

@@ -24,6 +24,15 @@ pub struct Args {
     pub paths: Vec<PathBuf>,
     #[command(flatten)]
     pub key: KeyArgs,
+    /// The AWS SSM parameter (SecureString) that holds the secret key, read with the cache's
+    /// credentials: where `nixbucket init` keeps it, readable by CI's role only.
+    #[arg(
+        long,
+        env = "NIXBUCKET_SIGNING_KEY_PARAMETER",
+        value_name = "NAME",
+        conflicts_with = "signing_key_file"
+    )]
+    pub signing_key_parameter: Option<String>,
     /// Push without signing. Nix refuses unsigned paths unless its users turn signature
     /// checks off, so this is only for caches you sign later with `nixbucket sign`.
     #[arg(long)]
@@ -99,9 +108,11 @@ impl Args {
         let url = super::parse_cache_url(&self.cache)?;
         let compression = super::resolve_compression(self.compression, &url)?;
         let nar_listing = super::nar_listing(self.write_nar_listing, &url);
-        let signing_key = match (self.unsigned, self.dry_run, &self.key.signing_key_parameter) {
+        let signing_key = match (self.unsigned, self.dry_run, &self.signing_key_parameter) {
             (true, _, _) => None,
-            (false, _, Some(_)) => self.key.load_for(&url, &OpenOptions::default()).await?,
+            (false, _, Some(name)) => {
+                Some(super::key_from_parameter(&url, &OpenOptions::default(), name).await?)
+            }
             (false, true, None) => self.key.load()?,
             (false, false, None) => Some(self.key.require(
                 ", or --unsigned to push paths that Nix will refuse until they are signed \

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 
 use crate::cache::{CacheUrl, OpenOptions};
+use crate::nix::conf::Markers;
 use crate::nix::{NarInfo, PublicKey, StorePath};
 use crate::store::configure::{self, Settings};
 use crate::store::{self, NixEnv};
@@ -57,18 +58,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = super::config_dir()?;
     let record_path = Record::path(&config, bucket);
     if args.remove {
-        return remove(&record_path);
+        return remove(&record_path, bucket);
     }
     let key_text = args.public_key.as_deref().unwrap_or_default();
     let key = PublicKey::parse(key_text)
         .with_context(|| format!("--public-key {key_text:?} is not a Nix public key"))?;
-    if let Some(old) = Record::load(&record_path)? {
-        println!("use: {} is set up already; setting it up again", old.cache);
-        for problem in old.stop_service() {
-            eprintln!("warning: {problem}");
-        }
-    }
-
     // The service gets none of this shell's environment: the profile goes into the URL it
     // reads, where nixbucket takes it as the only source of credentials, as Nix does.
     let mut url = url.clone();
@@ -91,32 +85,59 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
              environment: it reads ~/.aws with the default profile. Name a profile with --profile"
         );
     }
-    // Reading the bucket as the service will, before anything is installed.
+    // Reading the bucket as the service will, before anything is installed or replaced.
     super::open_cache(&url, OpenOptions::default()).await?;
+    if let Some(old) = Record::load(&record_path)? {
+        println!("use: {} is set up already; setting it up again", old.cache);
+        for problem in old.stop_service() {
+            eprintln!("warning: {problem}");
+        }
+    }
 
     let manager = args.service.unwrap_or_else(Manager::detect);
     let port = args.port.unwrap_or_else(|| port_for(bucket));
     let home = std::env::var_os("HOME")
         .map(PathBuf::from)
         .context("HOME is not set")?;
+    let exe = std::env::current_exe().context("could not find the nixbucket binary")?;
+    if exe.starts_with(crate::nix::STORE_DIR) {
+        eprintln!(
+            "warning: the service runs {}, which is in the Nix store: a garbage collection or \
+             an upgrade removes it and the service stops; install nixbucket outside the store \
+             (e.g. `nix profile install`, then run `nixbucket use` from the profile's bin) or \
+             run `nixbucket use` again after an upgrade",
+            exe.display()
+        );
+    }
     let service = Service {
         name: format!("nixbucket-{bucket}"),
-        exe: std::env::current_exe().context("could not find the nixbucket binary")?,
+        exe,
         cache: url.to_string(),
         port,
         log: cache_dir(&home).join(format!("use/{bucket}.log")),
     };
     let file = service.file(manager, &home, &config.join(".."));
-    let pid = service.start(manager, file.as_deref())?;
+    // Recorded before it starts, so that `use --remove` finds a service that never answered.
     let mut record = Record {
         cache: url.to_string(),
         port,
         manager,
         service_file: file.clone(),
         service_name: service.name.clone(),
-        pid,
+        pid: None,
         nix_conf: None,
     };
+    record.save(&record_path)?;
+    match service.start(manager, file.as_deref()) {
+        Ok(pid) => record.pid = pid,
+        Err(err) => {
+            for problem in record.stop_service() {
+                eprintln!("warning: {problem}");
+            }
+            let _ = std::fs::remove_file(&record_path);
+            return Err(err);
+        }
+    }
     record.save(&record_path)?;
     println!(
         "use: the server reads {url} {} on 127.0.0.1:{port}, kept running by {}",
@@ -170,6 +191,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             also: &[],
             keys: &keys,
             extra: vec![("fallback", vec!["true".to_owned()])],
+            markers: Markers::use_of(bucket),
         },
     ) {
         Ok(configured) => configured,
@@ -198,19 +220,24 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
              tried; Nix will take the next one from the cache"
         ),
         Proof::Empty => println!("use: the cache is empty: nothing to fetch yet"),
+        Proof::NoneSigned(read) => bail!(
+            "none of the {read} narinfos read from the cache is signed by a key named {}: \
+             is --public-key the cache's key? Nix refuses what it serves; `nixbucket use --remove --cache URL`, then use again with the right key",
+            key.name()
+        ),
     }
     println!("use: `nixbucket use --remove --cache '{url}'` undoes this");
     Ok(ExitCode::SUCCESS)
 }
 
-fn remove(record_path: &std::path::Path) -> anyhow::Result<ExitCode> {
+fn remove(record_path: &std::path::Path, bucket: &str) -> anyhow::Result<ExitCode> {
     let Some(record) = Record::load(record_path)? else {
         println!("use: this cache is not set up here: nothing to remove");
         return Ok(ExitCode::SUCCESS);
     };
     let mut failed = false;
     if let Some(conf) = &record.nix_conf {
-        match configure::unconfigure(conf) {
+        match configure::unconfigure(conf, &Markers::use_of(bucket)) {
             Ok(true) => println!("use: took the cache out of {}", conf.display()),
             Ok(false) => println!("use: {} had nothing of nixbucket's", conf.display()),
             Err(e) => {
@@ -235,6 +262,8 @@ enum Proof {
     Fetched(StorePath),
     NothingNew,
     Empty,
+    /// Narinfos read, none signed by the key's name.
+    NoneSigned(usize),
 }
 
 /// Fetches the smallest of a few paths the cache has and this store lacks, through the Nix
@@ -244,6 +273,7 @@ async fn prove_a_fetch(url: &CacheUrl, key: &PublicKey) -> anyhow::Result<Proof>
     const SAMPLE: usize = 16;
     let cache = super::open_cache(url, OpenOptions::default()).await?;
     let mut infos = Vec::new();
+    let mut read = 0;
     // A listing per first character of the hash, until there are enough: a cache of a
     // million paths is not listed whole.
     for c in crate::nix::base32::ALPHABET {
@@ -254,6 +284,7 @@ async fn prove_a_fetch(url: &CacheUrl, key: &PublicKey) -> anyhow::Result<Proof>
             .take(SAMPLE)
         {
             if let Some(bytes) = cache.get(&object.key).await? {
+                read += 1;
                 if let Ok(info) = NarInfo::parse(&String::from_utf8_lossy(&bytes)) {
                     if info.signatures.iter().any(|s| s.key_name == key.name()) {
                         infos.push(info);
@@ -261,12 +292,16 @@ async fn prove_a_fetch(url: &CacheUrl, key: &PublicKey) -> anyhow::Result<Proof>
                 }
             }
         }
-        if infos.len() >= SAMPLE {
+        if infos.len() >= SAMPLE || read >= 4 * SAMPLE {
             break;
         }
     }
     if infos.is_empty() {
-        return Ok(Proof::Empty);
+        return Ok(if read == 0 {
+            Proof::Empty
+        } else {
+            Proof::NoneSigned(read)
+        });
     }
     let paths: Vec<StorePath> = infos.iter().map(|i| i.path.clone()).collect();
     let present: Vec<StorePath> =

@@ -16,7 +16,9 @@
 //!    with the last narinfo their derivation built, or, if it built none that stays (a
 //!    failed build), once they are as old as an unused path may be; realisations go with the
 //!    narinfo of the path they name; each of these is looked at (HEAD) first, and one written
-//!    since gc's listing (a push running alongside wrote it again) stays;
+//!    since gc's listing (a push running alongside wrote a log or listing again) stays. A push
+//!    finds a realisation already there and leaves it, so a realisation can still go while a
+//!    push puts its path back: a `ca-derivations` user then builds that output again;
 //! 4. when NARs were deleted, narinfos are listed a third time: one that a push wrote for a
 //!    NAR gc deleted in the moment between its look and the deletion goes again, with every
 //!    narinfo that references its path, so no narinfo is left without its NAR;

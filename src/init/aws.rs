@@ -16,9 +16,9 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 use zeroize::Zeroizing;
 
 use super::{
-    ABORT_AFTER_DAYS, AUDIENCE, GITHUB_OIDC_HOST, GithubRepo, LIFECYCLE_RULE_ID, Plan,
-    ROLE_POLICY_NAME, State, key_parameter_name, oidc_provider_arn, parameter_arn,
-    permissions_policy, same_policy, trust_policy,
+    ABORT_AFTER_DAYS, AUDIENCE, GITHUB_OIDC_HOST, GithubRepo, LIFECYCLE_RULE_ID, Plan, State,
+    key_parameter_name, oidc_provider_arn, parameter_arn, permissions_policy, role_policy_name,
+    same_policy, trust_policy,
 };
 use crate::cache::{CacheUrl, OpenOptions};
 use crate::nix::{PublicKey, SecretKey};
@@ -281,7 +281,7 @@ impl Setup {
                     .iam
                     .get_role_policy()
                     .role_name(&names.role)
-                    .policy_name(ROLE_POLICY_NAME)
+                    .policy_name(role_policy_name(&self.bucket))
                     .send()
                     .await
                 {
@@ -544,7 +544,7 @@ impl Setup {
             c.iam
                 .put_role_policy()
                 .role_name(&names.role)
-                .policy_name(ROLE_POLICY_NAME)
+                .policy_name(role_policy_name(&self.bucket))
                 .policy_document(self.role_policy(account, names).to_string())
                 .send()
                 .await
@@ -756,7 +756,8 @@ impl Found {
         );
         plan.push(
             format!(
-                "the role's policy {ROLE_POLICY_NAME}: this bucket and the key parameter, nothing else"
+                "the role's policy {}: this bucket and the key parameter, nothing else",
+                role_policy_name(&self.bucket)
             ),
             if self.role_policy_current {
                 State::Done

@@ -24,8 +24,11 @@ pub const LIFECYCLE_RULE_ID: &str = "nixbucket-abort-incomplete-uploads";
 /// Days after which the rule aborts an incomplete multipart upload. A push completes its
 /// uploads within minutes; a day leaves room for the slowest.
 pub const ABORT_AFTER_DAYS: i32 = 1;
-/// The name of the role's inline policy.
-pub const ROLE_POLICY_NAME: &str = "nixbucket-cache";
+/// The name of the role's inline policy for the cache in `bucket`: one a bucket, so that a
+/// repository whose CI fills two caches has a policy for each.
+pub fn role_policy_name(bucket: &str) -> String {
+    format!("nixbucket-cache-{bucket}")
+}
 
 /// A GitHub repository, in the case GitHub spells it: a trust policy's `sub` condition
 /// compares case-sensitively, so `my-org/My-Repo` is not `my-org/my-repo`.

@@ -219,7 +219,30 @@ pub enum BindError {
     },
 }
 
+/// Whether a request's `Host` names this machine's loopback. A web page whose name an
+/// attacker points at 127.0.0.1 (DNS rebinding) reaches the server with its own name in
+/// `Host`: the private cache must not answer it. Nix, the hook and curl send the address.
+fn loopback_host(req: &Request<Incoming>) -> bool {
+    let Some(host) = req.headers().get(hyper::header::HOST) else {
+        return true;
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    matches!(name, "127.0.0.1" | "localhost" | "::1")
+}
+
 async fn handle(server: &Server, req: Request<Incoming>) -> Response<Body> {
+    if !loopback_host(&req) {
+        return text(
+            StatusCode::FORBIDDEN,
+            "nixbucket serve answers requests for 127.0.0.1 or localhost only\n",
+        );
+    }
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     if path == PUSH_PATH {

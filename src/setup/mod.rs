@@ -433,6 +433,7 @@ impl Job {
             also: &also,
             keys: &keys,
             extra,
+            markers: crate::nix::conf::Markers::setup(),
         };
         configure::configure(&substituter, mirror, settings).map(|c| c.mirrored)
     }

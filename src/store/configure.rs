@@ -58,6 +58,8 @@ pub struct Settings<'a> {
     pub keys: &'a [PublicKey],
     /// Other settings (`fallback`, `post-build-hook`).
     pub extra: Vec<(&'a str, Vec<String>)>,
+    /// The block of nix.conf they go in: setup's, or one `use` keeps for a cache.
+    pub markers: conf::Markers,
 }
 
 /// What [`configure`] did.
@@ -77,7 +79,12 @@ pub fn configure(
     mirror: Option<Mirror<'_>>,
     settings: Settings<'_>,
 ) -> anyhow::Result<Configured> {
-    let Settings { also, keys, extra } = settings;
+    let Settings {
+        also,
+        keys,
+        extra,
+        markers,
+    } = settings;
     let keys: Vec<String> = keys.iter().map(ToString::to_string).collect();
     let env = NixEnv::detect().context("could not ask Nix how it is set up")?;
     if substituter.starts_with("s3://") {
@@ -132,7 +139,7 @@ pub fn configure(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(e).with_context(|| format!("could not read {}", path.display())),
     };
-    let after = conf::set_managed_block(&before, &settings)
+    let after = conf::set_block(&before, &markers, &settings)
         .with_context(|| format!("in {}", path.display()))?;
     let changed = after != before;
     if changed {
@@ -169,9 +176,9 @@ pub fn configure(
     })
 }
 
-/// Takes nixbucket's settings out of `path` (written by [`configure`]), restarting the
+/// Takes the block between `markers` out of `path` (written by [`configure`]), restarting the
 /// daemon when it reads that file. True if there was something to take out.
-pub fn unconfigure(path: &Path) -> anyhow::Result<bool> {
+pub fn unconfigure(path: &Path, markers: &conf::Markers) -> anyhow::Result<bool> {
     let env = NixEnv::detect().context("could not ask Nix how it is set up")?;
     let before = match std::fs::read_to_string(path) {
         Ok(text) => text,
@@ -179,7 +186,7 @@ pub fn unconfigure(path: &Path) -> anyhow::Result<bool> {
         Err(e) => return Err(e).with_context(|| format!("could not read {}", path.display())),
     };
     let after =
-        conf::set_managed_block(&before, &[]).with_context(|| format!("in {}", path.display()))?;
+        conf::set_block(&before, markers, &[]).with_context(|| format!("in {}", path.display()))?;
     if after == before {
         return Ok(false);
     }

@@ -100,7 +100,8 @@ impl Service {
              ExecStart={exec}\n\
              Restart=on-failure\n\
              RestartSec=5\n",
-            self.cache, self.port
+            self.cache.replace('%', "%%"),
+            self.port
         );
         unit.push_str("\n[Install]\nWantedBy=default.target\n");
         unit
@@ -170,6 +171,12 @@ impl Service {
             (Manager::Launchd, Some(file)) => {
                 write_file(file, &self.launchd_plist())?;
                 let domain = format!("gui/{}", rustix::process::getuid().as_raw());
+                // An agent of the same label still loaded (an earlier `use`) makes bootstrap
+                // fail: unload it first, whatever state it is in.
+                let _ = run_quietly(
+                    "launchctl",
+                    &["bootout", &domain, &file.display().to_string()],
+                );
                 run_quietly(
                     "launchctl",
                     &["bootstrap", &domain, &file.display().to_string()],
