@@ -576,6 +576,19 @@ fn init_keeps_an_existing_bucket_s_lifecycle_rules_and_leaves_an_existing_workfl
             .await
             .unwrap();
     });
+    // Another tool made GitHub's provider for another audience: init names the fix, and
+    // leaves that provider as it is.
+    account
+        .rt
+        .block_on(
+            account
+                .iam()
+                .create_open_id_connect_provider()
+                .url("https://token.actions.githubusercontent.com")
+                .client_id_list("some-other-audience")
+                .send(),
+        )
+        .expect("a provider of another tool");
     let existing = "name: CI\non: push\njobs: {}\n";
     std::fs::create_dir_all(user.workflow().parent().unwrap()).unwrap();
     std::fs::write(user.workflow(), existing).unwrap();
@@ -589,6 +602,25 @@ fn init_keeps_an_existing_bucket_s_lifecycle_rules_and_leaves_an_existing_workfl
     );
     assert!(
         plan.contains("add nixbucket-abort-incomplete-uploads, keeping the 1 rule(s) there"),
+        "{plan}"
+    );
+    // Typed `acme/widget`, trusted as GitHub spells it.
+    assert!(
+        plan.contains(
+            "init: GitHub spells the repository Acme/Widget; the role trusts that spelling"
+        ),
+        "{plan}"
+    );
+    assert!(
+        plan.contains(
+            "  change  role nixbucket-Acme-Widget trusting repo:Acme/Widget:*: create it"
+        ),
+        "{plan}"
+    );
+    assert!(
+        plan.contains(
+            "  you     GitHub's OIDC provider in IAM: it does not list the audience sts.amazonaws.com"
+        ) && plan.contains("--client-id sts.amazonaws.com`"),
         "{plan}"
     );
 

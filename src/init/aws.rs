@@ -120,6 +120,16 @@ struct IamClients {
     ssm: aws_sdk_ssm::Client,
 }
 
+/// GitHub's OIDC provider in the account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OidcProvider {
+    Missing,
+    /// There, with the audience the Action asks its token for.
+    Ready,
+    /// There (this ARN), without that audience: STS refuses the Action's tokens.
+    WithoutAudience(String),
+}
+
 /// What the account holds now, as far as init cares.
 pub struct Found {
     pub bucket: String,
@@ -133,7 +143,7 @@ pub struct Found {
     pub lifecycle_rules: Vec<LifecycleRule>,
     /// None: the store does not do lifecycle rules.
     pub lifecycle_supported: bool,
-    pub oidc_provider: bool,
+    pub oidc_provider: OidcProvider,
     /// The role's ARN, when it exists, and whether its trust policy is ours.
     pub role: Option<(String, bool)>,
     pub role_policy_current: bool,
@@ -239,7 +249,7 @@ impl Setup {
             public_access_blocked: None,
             lifecycle_rules: Vec::new(),
             lifecycle_supported: true,
-            oidc_provider: false,
+            oidc_provider: OidcProvider::Missing,
             role: None,
             role_policy_current: false,
             key: None,
@@ -260,10 +270,24 @@ impl Setup {
                 .await
                 .map_err(aws_error("list the account's OIDC providers"))?;
             let want = oidc_provider_arn(&account);
-            found.oidc_provider = providers
+            let listed = providers
                 .open_id_connect_provider_list()
                 .iter()
                 .any(|p| p.arn() == Some(want.as_str()));
+            if listed {
+                let provider = c
+                    .iam
+                    .get_open_id_connect_provider()
+                    .open_id_connect_provider_arn(&want)
+                    .send()
+                    .await
+                    .map_err(aws_error("read GitHub's OIDC provider in IAM"))?;
+                found.oidc_provider = if provider.client_id_list().iter().any(|id| id == AUDIENCE) {
+                    OidcProvider::Ready
+                } else {
+                    OidcProvider::WithoutAudience(want)
+                };
+            }
             found.role = match c.iam.get_role().role_name(&names.role).send().await {
                 Ok(out) => out.role().map(|role| {
                     let trust = trust_policy(&account, &names.repo);
@@ -502,7 +526,7 @@ impl Setup {
                 notes,
             });
         };
-        if !found.oidc_provider {
+        if found.oidc_provider == OidcProvider::Missing {
             c.iam
                 .create_open_id_connect_provider()
                 .url(format!("https://{GITHUB_OIDC_HOST}"))
@@ -740,10 +764,17 @@ impl Found {
         }
         plan.push(
             "GitHub's OIDC provider in IAM",
-            if self.oidc_provider {
-                State::Done
-            } else {
-                State::Change(format!("create https://{GITHUB_OIDC_HOST} for {AUDIENCE}"))
+            match &self.oidc_provider {
+                OidcProvider::Ready => State::Done,
+                OidcProvider::Missing => {
+                    State::Change(format!("create https://{GITHUB_OIDC_HOST} for {AUDIENCE}"))
+                }
+                // Changing another tool's provider is the account owner's call: named, not done.
+                OidcProvider::WithoutAudience(arn) => State::Manual(format!(
+                    "it does not list the audience {AUDIENCE}, so STS refuses the Action's \
+                     tokens: `aws iam add-client-id-to-open-id-connect-provider \
+                     --open-id-connect-provider-arn {arn} --client-id {AUDIENCE}`"
+                )),
             },
         );
         plan.push(
