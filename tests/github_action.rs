@@ -316,6 +316,15 @@ fn dotenv_text(env: &[(String, String)]) -> String {
     text
 }
 
+/// The `::notice::` lines a step printed.
+fn notices(step: &Step) -> Vec<String> {
+    stdout(&step.out)
+        .lines()
+        .filter(|l| l.starts_with("::notice::"))
+        .map(str::to_owned)
+        .collect()
+}
+
 fn key_text(secret_file: &Path) -> String {
     std::fs::read_to_string(secret_file)
         .unwrap()
@@ -694,11 +703,7 @@ fn a_fork_pull_request_pulls_and_pushes_nothing() {
 
     let main = job.step("main", "pull_request", &BTreeMap::new());
     assert!(main.out.status.success(), "{}", main.describe());
-    let notices: Vec<_> = stdout(&main.out)
-        .lines()
-        .filter(|l| l.starts_with("::notice::"))
-        .map(str::to_owned)
-        .collect();
+    let notices = notices(&main);
     assert_eq!(notices.len(), 1, "{}", main.describe());
     assert!(
         notices[0].contains("pushes nothing") && notices[0].contains("fork mallory/app"),
@@ -759,11 +764,7 @@ fn an_empty_signing_key_pulls_with_one_notice() {
     job.inputs.insert("public-keys", format!("{public}\n"));
     let main = job.step("main", "push", &BTreeMap::new());
     assert!(main.out.status.success(), "{}", main.describe());
-    let notices: Vec<_> = stdout(&main.out)
-        .lines()
-        .filter(|l| l.starts_with("::notice::"))
-        .map(str::to_owned)
-        .collect();
+    let notices = notices(&main);
     assert_eq!(notices.len(), 1, "{}", main.describe());
     assert!(
         notices[0].contains("signing-key is empty"),
@@ -794,11 +795,7 @@ fn a_role_without_an_oidc_token_pulls_with_one_notice() {
     );
     let main = job.step("main", "push", &BTreeMap::new());
     assert!(main.out.status.success(), "{}", main.describe());
-    let notices: Vec<_> = stdout(&main.out)
-        .lines()
-        .filter(|l| l.starts_with("::notice::"))
-        .map(str::to_owned)
-        .collect();
+    let notices = notices(&main);
     assert_eq!(notices.len(), 1, "{}", main.describe());
     assert!(notices[0].contains("no OIDC token"), "{}", notices[0]);
     let state = parse_step_file(&main.state);

@@ -2,7 +2,6 @@
 //! writes, so either tool can use the other's keys.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -47,8 +46,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Creates `path` with `mode` from the start, so a secret is never readable by others even
-/// for an instant, and refuses to overwrite: losing a key breaks every cache that trusts it.
+/// [`crate::atomic_file::write_new`], with an error that says what to do about a file there.
 fn write_new(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
     if path.exists() {
         bail!(
@@ -56,12 +54,6 @@ fn write_new(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
             path.display()
         );
     }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)?;
-    file.write_all(contents)?;
-    file.sync_all()?;
+    crate::atomic_file::write_new(path, contents, mode)?;
     Ok(())
 }

@@ -645,8 +645,6 @@ fn local_key(path: &Path) -> Result<Option<PublicKey>, InitError> {
 /// A new key pair, the secret half into `path` (mode 0600 from the start, never replacing a
 /// file), never printed.
 fn new_local_key(path: &Path, name: &str) -> Result<PublicKey, InitError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let fail = |message: String| InitError::LocalKey {
         path: path.to_owned(),
         message,
@@ -656,15 +654,8 @@ fn new_local_key(path: &Path, name: &str) -> Result<PublicKey, InitError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| fail(format!("could not create its directory: {e}")))?;
     }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
+    crate::atomic_file::write_new(path, key.to_nix_string().as_bytes(), 0o600)
         .map_err(|e| fail(format!("could not create it: {e}")))?;
-    file.write_all(key.to_nix_string().as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(|e| fail(format!("could not write it: {e}")))?;
     Ok(key.to_public())
 }
 
